@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make repro` (the pipeline) and `make test` (the suite).
+# Both create .venv on first use. `make repro DATA=<dir>` runs against a local copy of EMNIST.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DATA ?=
+# stages call `python`: make it the venv's
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install repro test bench lineage clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+repro: $(STAMP)
+ifeq ($(strip $(DATA)),)
+	$(BIN)/dvc repro
+else
+	$(BIN)/dvc exp run --set-param data.source=$(abspath $(DATA))
+endif
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_metrics
+
+clean-venv:
+	rm -rf $(VENV)

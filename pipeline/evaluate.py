@@ -1,0 +1,178 @@
+"""DVC stage `evaluate@<variant>`: metrics on the whole test split, plus the study's 10-image protocol.
+
+Writes reports/metrics/<variant>.json (DVC metrics), reports/per_class/<variant>.csv (DVC plots) and
+reports/samples/<variant>.npy (reconstructions of the report's sample images), and logs the same numbers
+to the variant's training run in MLflow (resumed by the run id stored in the model file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import data, metrics, tracking
+from pipeline.config import REPO_ROOT, ConfigError, EvaluateConfig, Params, load_params
+from pipeline.models import build_model
+from pipeline.prepare import PREPARED_DIR
+from pipeline.train import HISTORY_DIR, MODELS_DIR, as_batch_tensor, pick_device
+
+REPORTS_DIR = REPO_ROOT / "reports"
+IMAGE_BYTES = 28 * 28  # one uint8 image
+
+
+def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise data.DataError(f"{path}: missing; run the train stage first (dvc repro train)") from None
+    model = build_model(saved["spec"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), saved
+
+
+@torch.no_grad()
+def batched(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def quantize_uint8(latents: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Per-dimension affine uint8 quantisation (scale/offset calibrated elsewhere), returned dequantised."""
+    scale = torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))
+    codes = torch.clamp(torch.round((latents - lo) / scale), 0, 255)
+    return codes * scale + lo
+
+
+def summary(x: torch.Tensor, y: torch.Tensor, cfg: EvaluateConfig, suffix: str = "") -> dict[str, float]:
+    s = metrics.summarize(x, y, window=cfg.ssim_window, batch_size=cfg.batch_size)
+    return {f"{k}{suffix}": v for k, v in s.items()}
+
+
+def evaluate_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, models_dir: Path = MODELS_DIR,
+                     history_dir: Path = HISTORY_DIR, reports_dir: Path = REPORTS_DIR) -> dict:
+    cfg = params.evaluate
+    device = pick_device(params.train_for(variant).device)
+    model, saved = load_model(models_dir / f"{variant}.pt", device)
+    images, labels = data.load_split(prepared, "test")
+    x = as_batch_tensor(images, device)
+    started = time.perf_counter()
+    recon = batched(model, x, cfg.batch_size)
+    latents = batched(model.encode, x, cfg.batch_size)
+    recon_decoder = batched(model.decode, latents, cfg.batch_size)
+    per_image = metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
+    result = {**summary(x, recon, cfg), **summary(x, recon_decoder, cfg, "_decoder")}
+    seconds = time.perf_counter() - started
+    result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
+    result.update(_compression(model, latents, x, prepared, cfg, device))
+    result.update(_final_losses(history_dir / f"{variant}.csv"))
+    protocol = np.random.default_rng(cfg.protocol_seed).choice(len(x), cfg.protocol_images, replace=False)
+    result["seed_protocol"] = {"indices": sorted(protocol.tolist()), **summary(x[protocol], recon[protocol], cfg),
+                               **summary(x[protocol], recon_decoder[protocol], cfg, "_decoder")}
+    per_class = _per_class(per_image, labels, json.loads((prepared / "mapping.json").read_text()))
+    result.update(variant=variant, n_test=len(x), eval_seconds=seconds, images_per_s=len(x) / seconds,
+                  ssim_window=cfg.ssim_window, per_class=per_class.to_dict(orient="records"),
+                  mlflow_run_id=saved.get("mlflow_run_id"), data_manifest_sha256=saved["data_manifest_sha256"])
+    samples = _sample_indices(len(x), cfg)
+    _write_outputs(variant, result, per_class, _to_uint8(recon[samples]), reports_dir)
+    _log_to_mlflow(params, variant, result, saved, images[samples], _to_uint8(recon[samples]))
+    return result
+
+
+def _compression(model, latents, x, prepared: Path, cfg: EvaluateConfig, device) -> dict:
+    """Latent size in bytes, and the quality of a uint8 latent (scale/offset calibrated on the val split)."""
+    val = as_batch_tensor(data.load_split(prepared, "val")[0], device)
+    val_latents = batched(model.encode, val, cfg.batch_size)
+    lo, hi = val_latents.min(0).values, val_latents.max(0).values
+    recon_uint8 = batched(model.decode, quantize_uint8(latents, lo, hi), cfg.batch_size)
+    dim = latents.shape[1]
+    return {"latent_dim": dim, "bytes_per_image_float32": 4 * dim, "compression_ratio_float32": IMAGE_BYTES / (4 * dim),
+            "bytes_per_image_uint8": dim, "compression_ratio_uint8": IMAGE_BYTES / dim,
+            "uint8_side_info_bytes_per_model": 8 * dim, **summary(x, recon_uint8, cfg, "_uint8")}
+
+
+def _final_losses(history_csv: Path) -> dict:
+    try:
+        last = pd.read_csv(history_csv).iloc[-1]
+    except FileNotFoundError:
+        raise data.DataError(f"{history_csv}: missing; run the train stage first") from None
+    return {"train_loss": float(last.train_loss), "val_loss": float(last.val_loss), "epochs": int(last.epoch)}
+
+
+def _per_class(per_image: dict[str, torch.Tensor], labels: np.ndarray, mapping: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({k: v.cpu().numpy() for k, v in per_image.items()})
+    frame["label"] = labels
+    table = frame.groupby("label").agg(mse=("mse", "mean"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
+                                       n=("mse", "size")).reset_index()
+    table.insert(1, "char", [mapping[i] for i in table.label])
+    return table
+
+
+def _sample_indices(n: int, cfg: EvaluateConfig) -> np.ndarray:
+    """The same test images for every variant, so the report's grids line up."""
+    return np.sort(np.random.default_rng(cfg.protocol_seed + 1).choice(n, min(cfg.grid_images, n), replace=False))
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    return (images.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _write_outputs(variant: str, result: dict, per_class: pd.DataFrame, samples: np.ndarray, reports: Path) -> None:
+    for sub in ("metrics", "per_class", "samples"):
+        (reports / sub).mkdir(parents=True, exist_ok=True)
+    _atomic(reports / "per_class" / f"{variant}.csv", lambda p: per_class.to_csv(p, index=False, float_format="%.6g"))
+    _atomic(reports / "samples" / f"{variant}.npy", lambda p: np.save(open(p, "wb"), samples))
+    _atomic(reports / "metrics" / f"{variant}.json",
+            lambda p: p.write_text(json.dumps(result, indent=2, sort_keys=True, allow_nan=False) + "\n"))
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, originals, recon) -> None:
+    tracking.setup(params.mlflow.experiment)
+    flat = {f"test_{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+    flat.update({f"protocol_{k}": v for k, v in result["seed_protocol"].items() if isinstance(v, float)})
+    try:
+        run = mlflow.start_run(run_id=saved.get("mlflow_run_id"))
+    except mlflow.exceptions.MlflowException:
+        print(f"evaluate: training run {saved.get('mlflow_run_id')} not in this store; logging to a new run")
+        run = mlflow.start_run(run_name=f"{variant}-evaluate", tags={"variant": variant})
+    with run:
+        mlflow.log_metrics(flat)
+        mlflow.set_tags({"evaluated": "true", "evaluate.ssim_window": result["ssim_window"]})
+        grid = np.concatenate([np.concatenate(list(originals), 1), np.concatenate(list(recon), 1)], 0)
+        mlflow.log_image(grid, "reconstructions.png")
+        mlflow.log_dict({k: v for k, v in result.items() if k != "per_class"}, "metrics.json")
+        mlflow.log_table(pd.DataFrame(result["per_class"]), "per_class.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant")
+    parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"))
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        params.variant(args.variant)
+        result = evaluate_variant(params, args.variant)
+    except (ConfigError, data.DataError, tracking.TrackingError) as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 1
+    print(f"evaluate: {args.variant}: MSE {result['mse']:.5f}, PSNR {result['psnr']:.2f} dB "
+          f"(pooled {result['psnr_pooled']:.2f}), SSIM {result['ssim']:.4f} on {result['n_test']} images "
+          f"in {result['eval_seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

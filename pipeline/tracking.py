@@ -1,0 +1,99 @@
+"""MLflow plumbing shared by every stage: where the store is, which experiment, which tags a run carries."""
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import REPO_ROOT
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used."""
+
+
+def project_root(path: Path = REPO_ROOT) -> Path:
+    """The user's checkout, also when DVC runs us in a copy under <root>/.dvc/tmp/exps/ (exp --temp/--queue)."""
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def artifact_location() -> str:
+    return (project_root() / "mlartifacts").as_uri()
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the project's store and experiment; returns the experiment id. Fails fast if unreachable."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        try:
+            experiment_id = client.create_experiment(experiment, artifact_location=_artifact_location_for(uri))
+        except mlflow.exceptions.MlflowException:  # created concurrently by another stage
+            experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _artifact_location_for(uri: str) -> str | None:
+    # A tracking server chooses its own artifact root; a local store gets an absolute one at the repo root.
+    return None if uri.startswith(("http://", "https://")) else artifact_location()
+
+
+def _check_server(uri: str, timeout: float = 5.0) -> None:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+    except OSError as err:
+        raise TrackingError(f"MLflow tracking server {uri} is not reachable ({getattr(err, 'reason', err)}); "
+                            "start it or unset MLFLOW_TRACKING_URI to use the local sqlite store") from None
+
+
+def git_state(root: Path | None = None) -> dict[str, str]:
+    root = root or project_root()
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    tags = {"stage": stage, "mlflow.source.git.commit": "", **git_state()}
+    tags["mlflow.source.git.commit"] = tags["git_commit"]
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become strings so MLflow can log them as params."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value) if isinstance(value, (list, dict)) else value
+    return flat

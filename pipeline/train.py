@@ -1,0 +1,288 @@
+"""DVC stage `train@<variant>`: train one autoencoder variant on the prepared train split.
+
+Writes models/<variant>.pt (final weights), models/<variant>.best.pt (lowest val loss) and
+reports/history/<variant>.csv, and records the run in MLflow. An interrupted run resumes from
+checkpoints/<variant>.ckpt (last completed epoch) and ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from pipeline import data, tracking
+from pipeline.config import REPO_ROOT, ConfigError, Params, TrainConfig, load_params
+from pipeline.models import build_model
+from pipeline.prepare import PREPARED_DIR
+
+MODELS_DIR = REPO_ROOT / "models"
+HISTORY_DIR = REPO_ROOT / "reports" / "history"
+CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def configure_determinism(cfg: TrainConfig) -> None:
+    """Same seed, same thread count, same machine -> bit-identical weights (see README, Reproducibility)."""
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def as_batch_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] on the device, all at once."""
+    return torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255)
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fingerprint(params: Params, variant: str, manifest_sha: str) -> str:
+    """Identifies the training job: a checkpoint is resumed only by the job that wrote it."""
+    job = {"spec": dataclasses.asdict(params.variant(variant)),
+           "train": dataclasses.asdict(params.train_for(variant)), "data": manifest_sha}
+    return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
+
+
+class Trainer:
+    """One variant's training loop; state (model, optimizer, scheduler, history) is checkpointable."""
+
+    def __init__(self, params: Params, variant: str, device: torch.device, steps_per_epoch: int):
+        self.cfg = params.train_for(variant)
+        self.device = device
+        torch.manual_seed(self.cfg.seed)
+        self.model = build_model(params.variant(variant)).to(device)
+        if self.cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = self._optimizer()
+        self.scheduler = self._scheduler(steps_per_epoch)
+        self.history: list[dict] = []
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        kind = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        return kind(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps,
+                    weight_decay=self.cfg.weight_decay)
+
+    def _scheduler(self, steps_per_epoch: int):
+        total = self.cfg.epochs * steps_per_epoch
+        if self.cfg.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, self.cfg.lr, total_steps=total)
+        if self.cfg.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
+        return None
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None, "history": self.history}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history = state["history"]
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def train_epoch(self, train_x: torch.Tensor, epoch: int) -> float:
+        """One shuffled pass; the permutation depends only on (seed, epoch), so resuming is exact."""
+        self.model.train()
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
+        total, bs = torch.zeros((), dtype=torch.float64, device=self.device), self.cfg.batch_size
+        batches = tqdm(range(0, len(train_x), bs), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+                       leave=False, mininterval=1.0)
+        for i, start in enumerate(batches):
+            x = self._prepare(train_x[order[start:start + bs].to(self.device)])
+            with self._autocast():
+                loss = torch.nn.functional.mse_loss(self.model(x).float(), x)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler:
+                self.scheduler.step()
+            total += loss.detach() * len(x)
+            if i % 50 == 0:
+                batches.set_postfix(loss=f"{loss.item():.5f}")
+        return total.item() / len(train_x)
+
+    @torch.no_grad()
+    def val_loss(self, val_x: torch.Tensor, batch_size: int = 2048) -> float:
+        self.model.eval()
+        total = 0.0
+        for start in range(0, len(val_x), batch_size):
+            x = self._prepare(val_x[start:start + batch_size])
+            total += torch.nn.functional.mse_loss(self.model(x), x, reduction="sum").item()
+        return total / val_x.numel()
+
+    def fit(self, train_x: torch.Tensor, val_x: torch.Tensor, on_epoch) -> None:
+        for epoch in range(len(self.history), self.cfg.epochs):
+            lr = self.optimizer.param_groups[0]["lr"]
+            started = time.perf_counter()
+            train_loss = self.train_epoch(train_x, epoch)
+            seconds = time.perf_counter() - started
+            val_loss = self.val_loss(val_x)
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                raise TrainingDiverged(f"epoch {epoch + 1}: loss is {train_loss} (train) / {val_loss} (val); "
+                                       f"lower train.lr (now {self.cfg.lr}) or check the data")
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                   "seconds": seconds, "images_per_s": len(train_x) / seconds}
+            self.history.append(row)
+            tqdm.write(f"epoch {epoch + 1}/{self.cfg.epochs}: train {train_loss:.5f} val {val_loss:.5f} "
+                       f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
+            on_epoch(row)
+
+
+def train_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, models_dir: Path = MODELS_DIR,
+                  history_dir: Path = HISTORY_DIR, checkpoint_dir: Path = CHECKPOINT_DIR) -> Path:
+    """Train (or resume) one variant; returns the final model file."""
+    cfg = params.train_for(variant)
+    configure_determinism(cfg)
+    device = pick_device(cfg.device)
+    manifest_sha = data.manifest_digest(prepared)
+    train_x = as_batch_tensor(data.load_split(prepared, "train")[0], device)
+    val_x = as_batch_tensor(data.load_split(prepared, "val")[0], device)
+    tracking.setup(params.mlflow.experiment)
+    trainer = Trainer(params, variant, device, steps_per_epoch=math.ceil(len(train_x) / cfg.batch_size))
+    ckpt_path, job = checkpoint_dir / f"{variant}.ckpt", fingerprint(params, variant, manifest_sha)
+    ckpt = _load_checkpoint(ckpt_path, job)
+    best = ckpt["best"] if ckpt else {"val_loss": math.inf}
+    if ckpt:
+        trainer.load_state(ckpt["trainer"])
+        print(f"train: resuming {variant} after epoch {len(trainer.history)} from {ckpt_path}")
+    with mlflow.start_run(run_id=ckpt["run_id"] if ckpt else None, run_name=variant,
+                          tags={**tracking.run_tags(f"train@{variant}"), "variant": variant}) as run:
+        if not ckpt:
+            _log_inputs(params, variant, prepared, manifest_sha)
+
+        def on_epoch(row: dict) -> None:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            if row["val_loss"] < best["val_loss"]:
+                best.update(val_loss=row["val_loss"], epoch=row["epoch"], state_dict=_cpu_state(trainer.model))
+            save_atomic({"job": job, "run_id": run.info.run_id, "trainer": trainer.state(), "best": best}, ckpt_path)
+
+        trainer.fit(train_x, val_x, on_epoch)
+        meta = {"variant": variant, "spec": dataclasses.asdict(params.variant(variant)),
+                "train": dataclasses.asdict(cfg), "data_manifest_sha256": manifest_sha, "job": job,
+                "mlflow_run_id": run.info.run_id, "epochs": len(trainer.history)}
+        final = models_dir / f"{variant}.pt"
+        save_atomic({**meta, "state_dict": _cpu_state(trainer.model)}, final)
+        save_atomic({**meta, "state_dict": best["state_dict"], "best_epoch": best["epoch"]},
+                    models_dir / f"{variant}.best.pt")
+        _write_history(trainer.history, history_dir / f"{variant}.csv")
+        _log_outputs(trainer, params, final)
+    ckpt_path.unlink(missing_ok=True)
+    return final
+
+
+def _load_checkpoint(path: Path, job: str) -> dict | None:
+    if not path.exists():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("job") != job:
+        print(f"train: ignoring {path}: written for other params or data")
+        return None
+    return ckpt
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.8g")
+    os.replace(tmp, path)
+
+
+def _log_inputs(params: Params, variant: str, prepared: Path, manifest_sha: str) -> None:
+    flat = tracking.flatten({"data": dataclasses.asdict(params.data), "train": dataclasses.asdict(params.train_for(variant)),
+                             "variant": {k: v for k, v in dataclasses.asdict(params.variant(variant)).items() if k != "train"}})
+    mlflow.log_params({**flat, "variant.name": variant})
+    manifest = data.load_manifest(prepared)
+    images, labels = data.load_split(prepared, "train")
+    dataset = mlflow.data.from_numpy(images[:1000], targets=labels[:1000], name="emnist-prepared-train",
+                                     source=str(prepared.resolve()), digest=manifest_sha[:16])
+    mlflow.log_input(dataset, context="training")
+    mlflow.set_tags({"data.manifest_sha256": manifest_sha, "data.source": manifest["source"],
+                     "data.train_images": str(manifest["counts"]["train"])})
+
+
+def _log_outputs(trainer: Trainer, params: Params, final: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = pd.DataFrame(trainer.history)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(history.epoch, history.train_loss, "o-", label="train")
+    ax.plot(history.epoch, history.val_loss, "s-", label="val")
+    ax.set(xlabel="epoch", ylabel="MSE", yscale="log", title=final.stem)
+    ax.legend()
+    mlflow.log_figure(fig, "loss_curve.png")
+    plt.close(fig)
+    mlflow.log_table(history, "history.json")
+    if params.mlflow.log_model:
+        _log_model(trainer.model)
+
+
+def _log_model(model: torch.nn.Module) -> None:
+    from mlflow.models import infer_signature
+
+    model = model.float().to("cpu", memory_format=torch.contiguous_format).eval()
+    example = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        output = model(example).numpy()
+    mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example.numpy(), output),
+                             input_example=example.numpy(),
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant")
+    parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"))
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        params.variant(args.variant)
+        final = train_variant(params, args.variant)
+    except (ConfigError, data.DataError, tracking.TrackingError, TrainingDiverged) as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 1
+    print(f"train: wrote {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
