@@ -80,6 +80,7 @@ def evaluate_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR
                   ssim_window=cfg.ssim_window, per_class=per_class.to_dict(orient="records"),
                   mlflow_run_id=saved.get("mlflow_run_id"), data_manifest_sha256=saved["data_manifest_sha256"])
     samples = _sample_indices(len(x), cfg)
+    result["sample_indices"] = samples.tolist()
     _write_outputs(variant, result, per_class, _to_uint8(recon[samples]), reports_dir)
     _log_to_mlflow(params, variant, result, saved, images[samples], _to_uint8(recon[samples]))
     return result
