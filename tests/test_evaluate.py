@@ -1,0 +1,147 @@
+"""evaluate stage and report stage on a tiny trained model and generated data."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from pipeline import evaluate, report
+from pipeline.config import parse_params
+from pipeline.prepare import prepare
+from pipeline.train import train_variant
+from tests.conftest import TINY_SPEC
+from tests.fakedata import make_emnist_dir
+
+REQUIRED_KEYS = {"mse", "psnr", "psnr_pooled", "ssim", "mse_decoder", "psnr_decoder", "ssim_decoder",
+                 "max_abs_diff_decoder", "train_loss", "val_loss", "latent_dim", "bytes_per_image_float32",
+                 "compression_ratio_float32", "n_test", "seed_protocol", "per_class"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, object, str]:
+    """Prepared data and two tiny variants trained once for the module, laid out like the repo."""
+    root = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    params = parse_params({
+        "data": {"source": str(make_emnist_dir(root / "emnist"))},
+        "train": {"epochs": 1, "batch_size": 64, "threads": 1},
+        "mlflow": {"log_model": False},
+        "variants": {"tinyA": TINY_SPEC, "tinyB": {**TINY_SPEC, "latent_dim": 4}},
+    })
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        prepare(params.data, root / "prepared")
+        for variant in params.variants:
+            train_variant(params, variant, prepared=root / "prepared", models_dir=root / "models",
+                          history_dir=root / "reports" / "history", checkpoint_dir=root / "checkpoints")
+    return root, params, uri
+
+
+@pytest.fixture
+def workspace(trained, tmp_path: Path, monkeypatch) -> dict:
+    """A private copy of the trained layout (tests may delete files), on the module's tracking store."""
+    root, params, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("prepared", "models", "reports"):
+        shutil.copytree(root / name, tmp_path / name)
+    return {"params": params, **{name: tmp_path / name for name in ("prepared", "models", "reports")}}
+
+
+def run_evaluate(ws: dict, variant: str) -> dict:
+    return evaluate.evaluate_variant(ws["params"], variant, prepared=ws["prepared"], models_dir=ws["models"],
+                                     history_dir=ws["reports"] / "history", reports_dir=ws["reports"])
+
+
+def test_metrics_json_has_the_documented_keys(workspace):
+    result = run_evaluate(workspace, "tinyA")
+    written = json.loads((workspace["reports"] / "metrics" / "tinyA.json").read_text())
+    assert REQUIRED_KEYS <= written.keys()
+    assert written["n_test"] == 94 and written["latent_dim"] == 8
+    assert written["bytes_per_image_float32"] == 32 and written["compression_ratio_float32"] == 784 / 32
+    assert len(written["per_class"]) == 47 and {"char", "mse", "psnr", "ssim"} <= written["per_class"][0].keys()
+    assert written["max_abs_diff_decoder"] == 0.0
+    assert written["mse_decoder"] == written["mse"]
+    assert written["seed_protocol"]["indices"] == result["seed_protocol"]["indices"]
+    assert len(written["seed_protocol"]["indices"]) == 10
+    assert {"mse", "psnr", "ssim", "mse_decoder"} <= written["seed_protocol"].keys()
+
+
+def test_losses_come_from_the_training_history(workspace):
+    result = run_evaluate(workspace, "tinyA")
+    history = (workspace["reports"] / "history" / "tinyA.csv").read_text().splitlines()
+    last = dict(zip(history[0].split(","), history[-1].split(",")))
+    assert result["train_loss"] == pytest.approx(float(last["train_loss"]))
+    assert result["val_loss"] == pytest.approx(float(last["val_loss"]))
+
+
+def test_ssim_matches_scikit_image_on_the_reconstructions(workspace):
+    result = run_evaluate(workspace, "tinyA")
+    model, _ = evaluate.load_model(workspace["models"] / "tinyA.pt", torch.device("cpu"))
+    images = np.load(workspace["prepared"] / "test_images.npy").astype(np.float64) / 255
+    with torch.no_grad():
+        recon = model(torch.from_numpy(images).float().unsqueeze(1)).squeeze(1).double().numpy()
+    expected = np.mean([structural_similarity(a, b, data_range=1.0, win_size=11) for a, b in zip(images, recon)])
+    assert result["ssim"] == pytest.approx(expected, abs=1e-5)  # model output is float32
+
+
+def test_protocol_images_are_seeded(workspace):
+    first = run_evaluate(workspace, "tinyA")["seed_protocol"]["indices"]
+    again = run_evaluate(workspace, "tinyA")["seed_protocol"]["indices"]
+    assert first == again
+
+
+def test_uint8_latent_quantisation_is_close_to_float():
+    latents = torch.rand(100, 8) * 5 - 1
+    lo, hi = latents.min(0).values, latents.max(0).values
+    restored = evaluate.quantize_uint8(latents, lo, hi)
+    assert torch.all((restored - latents).abs() <= (hi - lo) / 255 / 2 + 1e-6)
+    assert len(torch.unique(restored[:, 0])) <= 256
+
+
+def test_evaluate_logs_into_the_training_run(workspace):
+    result = run_evaluate(workspace, "tinyA")
+    run = mlflow.get_run(result["mlflow_run_id"])
+    assert run.info.run_name == "tinyA"
+    assert run.data.metrics["test_ssim"] == pytest.approx(result["ssim"])
+    assert "val_loss" in run.data.metrics  # the same run the training logged into
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"reconstructions.png", "metrics.json"} <= artifacts
+
+
+def test_missing_model_is_a_clear_error(workspace):
+    (workspace["models"] / "tinyA.pt").unlink()
+    with pytest.raises(evaluate.data.DataError, match="tinyA.pt: missing"):
+        run_evaluate(workspace, "tinyA")
+
+
+def test_report_compares_every_variant(workspace):
+    for variant in ("tinyA", "tinyB"):
+        run_evaluate(workspace, variant)
+    path, figures, results = report.write_report(["tinyA", "tinyB"], workspace["reports"], workspace["prepared"])
+    text = path.read_text()
+    assert "## Ranking" in text and "**tinyA**" in text and "**tinyB**" in text
+    assert all(f.exists() and f.stat().st_size > 5000 for f in figures)
+    best = results.mse.idxmin()
+    assert text.index(f"1. **{best}**") > 0
+
+
+def test_report_groups_variant_runs_under_a_report_run(workspace):
+    ids = [run_evaluate(workspace, v)["mlflow_run_id"] for v in ("tinyA", "tinyB")]
+    path, figures, _ = report.write_report(["tinyA", "tinyB"], workspace["reports"], workspace["prepared"])
+    report.log_report("compressnet", path, figures, ids)
+    parents = {mlflow.get_run(i).data.tags["mlflow.parentRunId"] for i in ids}
+    assert len(parents) == 1
+    parent = mlflow.get_run(parents.pop())
+    assert parent.info.run_name == "report"
+
+
+def test_report_needs_every_variant_evaluated(workspace):
+    run_evaluate(workspace, "tinyA")
+    with pytest.raises(report.data.DataError, match="tinyB.json: missing"):
+        report.write_report(["tinyA", "tinyB"], workspace["reports"], workspace["prepared"])
