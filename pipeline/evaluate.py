@@ -76,13 +76,15 @@ def evaluate_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR
     result["seed_protocol"] = {"indices": sorted(protocol.tolist()), **summary(x[protocol], recon[protocol], cfg),
                                **summary(x[protocol], recon_decoder[protocol], cfg, "_decoder")}
     per_class = _per_class(per_image, labels, json.loads((prepared / "mapping.json").read_text()))
-    result.update(variant=variant, n_test=len(x), eval_seconds=seconds, images_per_s=len(x) / seconds,
-                  ssim_window=cfg.ssim_window, per_class=per_class.to_dict(orient="records"),
-                  mlflow_run_id=saved.get("mlflow_run_id"), data_manifest_sha256=saved["data_manifest_sha256"])
     samples = _sample_indices(len(x), cfg)
-    result["sample_indices"] = samples.tolist()
+    result.update(variant=variant, n_test=len(x), ssim_window=cfg.ssim_window, sample_indices=samples.tolist(),
+                  per_class=per_class.to_dict(orient="records"), data_manifest_sha256=saved["data_manifest_sha256"])
+    # Everything above is a deterministic function of data, model weights and params; "run" is not.
+    result["run"] = {"eval_seconds": seconds, "images_per_s": len(x) / seconds,
+                     "model_sha256": data.sha256_file(models_dir / f"{variant}.pt")}
+    result["run"]["mlflow_run_id"] = _log_to_mlflow(params, variant, result, saved, images[samples],
+                                                    _to_uint8(recon[samples]))
     _write_outputs(variant, result, per_class, _to_uint8(recon[samples]), reports_dir)
-    _log_to_mlflow(params, variant, result, saved, images[samples], _to_uint8(recon[samples]))
     return result
 
 
@@ -139,9 +141,10 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, originals, recon) -> None:
+def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, originals, recon) -> str:
+    """Log into the variant's training run (a new run if the store lacks it); returns the run id."""
     tracking.setup(params.mlflow.experiment)
-    flat = {f"test_{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+    flat = {f"test_{k}": v for k, v in {**result, **result["run"]}.items() if isinstance(v, (int, float))}
     flat.update({f"protocol_{k}": v for k, v in result["seed_protocol"].items() if isinstance(v, float)})
     try:
         run = mlflow.start_run(run_id=saved.get("mlflow_run_id"))
@@ -155,6 +158,7 @@ def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, orig
         mlflow.log_image(grid, "reconstructions.png")
         mlflow.log_dict({k: v for k, v in result.items() if k != "per_class"}, "metrics.json")
         mlflow.log_table(pd.DataFrame(result["per_class"]), "per_class.json")
+        return mlflow.active_run().info.run_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"evaluate: {args.variant}: MSE {result['mse']:.5f}, PSNR {result['psnr']:.2f} dB "
           f"(pooled {result['psnr_pooled']:.2f}), SSIM {result['ssim']:.4f} on {result['n_test']} images "
-          f"in {result['eval_seconds']:.1f} s")
+          f"in {result['run']['eval_seconds']:.1f} s")
     return 0
 
 

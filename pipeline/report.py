@@ -38,7 +38,8 @@ def load_results(reports: Path, variants: list[str]) -> pd.DataFrame:
         path = reports / "metrics" / f"{variant}.json"
         if not path.exists():
             raise data.DataError(f"{path}: missing; run the evaluate stage first (dvc repro evaluate@{variant})")
-        rows.append(json.loads(path.read_text()))
+        metrics = json.loads(path.read_text())
+        rows.append({**metrics, **metrics.pop("run")})
     return pd.DataFrame(rows).set_index("variant")
 
 
