@@ -20,7 +20,8 @@ PARAMS_FILE = REPO_ROOT / "params.yaml"
 OFFICIAL_SOURCE = "emnist-balanced"
 OFFICIAL_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 IMAGE_SIZE = 28
-VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # no leading "-": it is a CLI argument
+CUDA_DEVICE = re.compile(r"cuda:[0-9]+")
 
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "linear"]
 
@@ -39,6 +40,7 @@ class DataConfig:
     def check(self, path: str) -> None:
         _require(0.0 < self.val_fraction < 1.0, f"{path}.val_fraction", "a number in (0, 1)", self.val_fraction)
         _require(bool(self.source.strip()), f"{path}.source", f"'{OFFICIAL_SOURCE}' or a directory", self.source)
+        _require(self.seed >= 0, f"{path}.seed", "an integer >= 0", self.seed)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class TrainConfig:
         _require(self.adam_eps > 0, f"{path}.adam_eps", "a number > 0", self.adam_eps)
         _require(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0", self.weight_decay)
         _require(self.threads >= 0, f"{path}.threads", "an integer >= 0", self.threads)
-        ok_device = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        _require(self.seed >= 0, f"{path}.seed", "an integer >= 0", self.seed)
+        ok_device = self.device in ("auto", "cpu", "cuda") or CUDA_DEVICE.fullmatch(self.device) is not None
         _require(ok_device, f"{path}.device", "auto, cpu, cuda or cuda:N", self.device)
 
 
@@ -96,9 +99,12 @@ class VariantSpec:
         _require(self.latent_dim >= 1, f"{path}.latent_dim", "an integer >= 1", self.latent_dim)
         _require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, f"{path}.kernel_size",
                  "an odd integer >= 1", self.kernel_size)
-        size = self.encoded_size()
-        _require(size >= 1, f"{path}.encoder_strides", "strides that keep the feature map >= 1x1",
-                 self.encoder_strides)
+        size = IMAGE_SIZE
+        for stride in self.encoder_strides:  # ceil(size / stride) never reaches 0: check each step instead
+            _require(stride <= size, f"{path}.encoder_strides",
+                     f"strides no larger than the feature map they reduce (stride {stride} on {size}x{size})",
+                     self.encoder_strides)
+            size = -(-size // stride)
         out = size * math.prod(self.decoder_strides)
         _require(out == IMAGE_SIZE, f"{path}.decoder_strides",
                  f"upsampling from {size}x{size} back to {IMAGE_SIZE}x{IMAGE_SIZE} (got {out}x{out})",
@@ -125,6 +131,7 @@ class EvaluateConfig:
         _require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1", self.batch_size)
         _require(self.protocol_images >= 1, f"{path}.protocol_images", "an integer >= 1", self.protocol_images)
         _require(self.grid_images >= 1, f"{path}.grid_images", "an integer >= 1", self.grid_images)
+        _require(self.protocol_seed >= 0, f"{path}.protocol_seed", "an integer >= 0", self.protocol_seed)
 
 
 @dataclass(frozen=True)
@@ -156,19 +163,56 @@ class Params:
         return self.variants[name]
 
     def train_for(self, name: str) -> TrainConfig:
-        """The shared train: section with the variant's own overrides applied."""
-        return dataclasses.replace(self.train, **self.variant(name).train)
+        """The shared train: section with the variant's own overrides applied (converted and checked)."""
+        overrides = self.variant(name).train
+        if not overrides:
+            return self.train
+        return _load_dataclass(TrainConfig, {**dataclasses.asdict(self.train), **overrides}, f"variants.{name}.train")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError(f"{path}: cannot read params file: {reason}") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(_yaml_error(path, err)) from None
+    if raw is None:
+        raise ConfigError(f"{path}: params file is empty")
     return parse_params(raw)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that rejects a key given twice in one mapping (a copied variant would silently replace one)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """One line: file, line and column (1-based), and the problem, instead of PyYAML's multi-line dump."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    detail = f"{problem} ({context})" if context else problem
+    return f"{where}: not valid YAML: {' '.join(detail.split())}"
 
 
 def parse_params(raw: object) -> Params:
@@ -193,7 +237,7 @@ def _load_dataclass(cls, raw: object, path: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)  # YAML keys need not be strings
     if unknown:
         raise ConfigError(f"{_join(path, unknown[0])}: unknown key; allowed: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
@@ -245,8 +289,19 @@ def _scalar(tp, value, key: str):
     else:
         ok = isinstance(value, tp)
     if not ok:
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        hint = ""
+        if tp is float and isinstance(value, str) and _parses_as_float(value):
+            hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}{hint}")
     return value
+
+
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _join(path: str, name: str) -> str:

@@ -84,9 +84,13 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def training_flops_per_image(spec: VariantSpec, batch: int = 8) -> int:
-    """Forward + backward FLOPs per image, counted by torch's FLOP counter on a CPU copy."""
-    model = build_model(dataclasses.replace(spec, init="torch_default"))
-    x = torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE)
-    with FlopCounterMode(display=False) as counter:
-        nn.functional.mse_loss(model(x), x).backward()
+    """Forward + backward FLOPs per image, counted by torch's FLOP counter on a CPU copy.
+
+    Leaves torch's global RNG untouched, so it is safe to call between seeding and building the real model.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(dataclasses.replace(spec, init="torch_default"))
+        x = torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE)
+        with FlopCounterMode(display=False) as counter:
+            nn.functional.mse_loss(model(x), x).backward()
     return counter.get_total_flops() // batch

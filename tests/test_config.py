@@ -1,0 +1,304 @@
+"""The params.yaml schema (pipeline.config): loading, overrides, and one table of bad params -> dotted key."""
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import (OFFICIAL_SOURCE, PARAMS_FILE, REPO_ROOT, ConfigError, Params, TrainConfig,
+                             VariantSpec, load_params, parse_params, resolve_source)
+
+STUDY = {"model01": [1, 1, 2, 1], "model02": [1, 1, 1, 2], "model03": [1, 2, 1, 1], "model04": [2, 1, 1, 1]}
+RAW = yaml.safe_load(PARAMS_FILE.read_text())
+
+
+def valid() -> dict:
+    """A fresh, mutable copy of the repo's params.yaml."""
+    return copy.deepcopy(RAW)
+
+
+def error_of(raw: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- the repo's params.yaml
+
+def test_repo_params_load():
+    params = load_params()
+    assert isinstance(params, Params)
+    assert set(STUDY) <= set(params.variants)
+    for name, decoder_strides in STUDY.items():
+        spec = params.variant(name)
+        assert isinstance(spec, VariantSpec)
+        assert spec.encoder_filters == [32, 64, 64, 64] and spec.encoder_strides == [1, 2, 1, 1]
+        assert spec.decoder_filters == [64, 64, 64, 32] and spec.decoder_strides == decoder_strides
+        assert (spec.latent_dim, spec.kernel_size, spec.latent_activation) == (32, 3, "relu")
+        assert spec.init == "glorot_uniform" and spec.encoded_size() == 14
+    assert params.train.optimizer == "adam" and params.train.lr == 1e-3 and params.train.adam_eps == 1e-7
+    assert params.train.batch_size == 128 and params.train.epochs == 15
+    assert params.data.source == OFFICIAL_SOURCE
+
+
+def test_train_for_applies_only_the_variants_overrides():
+    raw = valid()
+    raw["variants"]["model02"]["train"] = {"epochs": 3, "lr": 2, "schedule": "onecycle"}
+    params = parse_params(raw)
+    shared = params.train
+    assert params.train_for("model01") == shared  # no overrides: the shared section as is
+    own = params.train_for("model02")
+    assert isinstance(own, TrainConfig)
+    assert (own.epochs, own.lr, own.schedule) == (3, 2.0, "onecycle")
+    assert isinstance(own.lr, float)  # converted like the shared section (an int in YAML)
+    untouched = {k: v for k, v in vars(own).items() if k not in ("epochs", "lr", "schedule")}
+    assert untouched == {k: v for k, v in vars(shared).items() if k not in ("epochs", "lr", "schedule")}
+    assert (shared.epochs, shared.lr, shared.schedule) == (15, 1e-3, "constant")  # shared section unchanged
+    assert raw["variants"]["model02"]["train"] == {"epochs": 3, "lr": 2, "schedule": "onecycle"}
+
+
+def test_unknown_variant_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"^variants\.nope: no such variant; known: model01, model02"):
+        load_params().variant("nope")
+
+
+# ---------------------------------------------------------------- the table of bad params
+
+def put(dotted: str, value):
+    """Mutation: set raw[a][b][c] = value for dotted 'a.b.c'."""
+    *parents, last = dotted.split(".")
+
+    def mutate(raw: dict) -> None:
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return mutate
+
+
+def drop(dotted: str):
+    *parents, last = dotted.split(".")
+
+    def mutate(raw: dict) -> None:
+        node = raw
+        for part in parents:
+            node = node[part]
+        del node[last]
+    return mutate
+
+
+def rename_variant(new: str):
+    def mutate(raw: dict) -> None:
+        raw["variants"][new] = raw["variants"].pop("model01")
+    return mutate
+
+
+def several(*mutations):
+    def mutate(raw: dict) -> None:
+        for m in mutations:
+            m(raw)
+    return mutate
+
+
+M1, M2 = "variants.model01", "variants.model02"
+BAD = [
+    # unknown keys, at every level
+    ("top-level", put("extras", 1), "extras", "unknown key"),
+    ("top-level-allowed", put("extras", 1), "extras", "allowed: variants, data, train, evaluate, mlflow"),
+    ("data", put("data.shuffle", True), "data.shuffle", "unknown key"),
+    ("train", put("train.momentum", 0.9), "train.momentum", "unknown key"),
+    ("evaluate", put("evaluate.metric", "ssim"), "evaluate.metric", "unknown key"),
+    ("mlflow", put("mlflow.tracking_uri", "x"), "mlflow.tracking_uri", "unknown key"),
+    ("variant", put(f"{M1}.dropout", 0.1), f"{M1}.dropout", "unknown key"),
+    ("variant-train", put(f"{M1}.train.momentum", 0.9), f"{M1}.train.momentum", "unknown key"),
+    # wrong types
+    ("str-epochs", put("train.epochs", "15"), "train.epochs", "expected int, got str"),
+    ("float-batch", put("train.batch_size", 128.0), "train.batch_size", "expected int, got float"),
+    ("bool-epochs", put("train.epochs", True), "train.epochs", "expected int, got bool"),
+    ("bool-latent", put(f"{M1}.latent_dim", False), f"{M1}.latent_dim", "expected int, got bool"),
+    ("bool-lr", put("train.lr", True), "train.lr", "expected float, got bool"),
+    ("int-for-bool", put("mlflow.log_model", 1), "mlflow.log_model", "expected bool, got int"),
+    ("list-source", put("data.source", ["a"]), "data.source", "expected str, got list"),
+    ("list-device", put("train.device", ["cpu"]), "train.device", "expected str, got list"),
+    ("int-for-list", put(f"{M1}.encoder_filters", 32), f"{M1}.encoder_filters", "expected a list"),
+    ("str-in-list", put(f"{M2}.decoder_strides", [1, "2", 1, 1]), f"{M2}.decoder_strides[1]", "expected int"),
+    ("yaml-1e-3", put("train.lr", "1e-3"), "train.lr", "write 1.0e-3"),
+    ("str-train", put(f"{M1}.train", "fast"), f"{M1}.train", "expected a mapping"),
+    ("str-in-train", put(f"{M1}.train.epochs", "3"), f"{M1}.train.epochs", "expected int, got str"),
+    ("null-section", put("data", None), "data", "expected a mapping"),
+    ("null-variant", put("variants.model01", None), M1, "expected a mapping"),
+    # out of range
+    *[(f"val_fraction={v}", put("data.val_fraction", v), "data.val_fraction", "(0, 1)")
+      for v in (0, 1, 1.5, -0.1, math.nan)],
+    ("batch-0", put("train.batch_size", 0), "train.batch_size", ">= 1"),
+    ("epochs-0", put("train.epochs", 0), "train.epochs", ">= 1"),
+    *[(f"lr={v}", put("train.lr", v), "train.lr", "(0, 10)") for v in (0, -1e-3, math.inf, math.nan, 10)],
+    ("adam-eps-0", put("train.adam_eps", 0.0), "train.adam_eps", "> 0"),
+    ("weight-decay", put("train.weight_decay", -0.1), "train.weight_decay", ">= 0"),
+    ("threads", put("train.threads", -1), "train.threads", ">= 0"),
+    *[(f"device={v}", put("train.device", v), "train.device", "auto, cpu, cuda or cuda:N")
+      for v in ("gpu", "cuda:", "cuda:x", "CPU")],
+    ("data-seed", put("data.seed", -1), "data.seed", ">= 0"),
+    ("train-seed", put("train.seed", -1), "train.seed", ">= 0"),
+    ("protocol-seed", put("evaluate.protocol_seed", -1), "evaluate.protocol_seed", ">= 0"),
+    ("eval-batch", put("evaluate.batch_size", 0), "evaluate.batch_size", ">= 1"),
+    ("protocol-images", put("evaluate.protocol_images", 0), "evaluate.protocol_images", ">= 1"),
+    ("experiment", put("mlflow.experiment", "  "), "mlflow.experiment", "non-empty"),
+    ("source", put("data.source", " "), "data.source", "or a directory"),
+    ("variant-train-lr", put(f"{M1}.train.lr", 0), f"{M1}.train.lr", "(0, 10)"),
+    # bad Literal values
+    ("optimizer", put("train.optimizer", "sgd"), "train.optimizer", "one of adam, adamw"),
+    ("precision", put("train.precision", "fp16"), "train.precision", "one of fp32, bf16"),
+    ("schedule", put("train.schedule", "step"), "train.schedule", "one of constant"),
+    ("ssim-window", put("evaluate.ssim_window", "box"), "evaluate.ssim_window", "one of uniform, gaussian"),
+    ("activation", put(f"{M1}.activation", "swish"), f"{M1}.activation", "got 'swish'"),
+    ("latent-activation", put(f"{M1}.latent_activation", "foo"), f"{M1}.latent_activation", "linear"),
+    ("init", put(f"{M1}.init", "he"), f"{M1}.init", "one of glorot_uniform, torch_default"),
+    ("output-activation", put(f"{M1}.output_activation", "relu"), f"{M1}.output_activation", "sigmoid"),
+    # impossible architectures
+    ("decoder-56", put(f"{M2}.decoder_strides", [2, 2, 1, 1]), f"{M2}.decoder_strides", "(got 56x56)"),
+    ("decoder-14", put(f"{M2}.decoder_strides", [1, 1, 1, 1]), f"{M2}.decoder_strides", "(got 14x14)"),
+    ("encoder-3", put(f"{M1}.encoder_strides", [1, 3, 1, 1]), f"{M1}.decoder_strides", "from 10x10"),
+    ("encoder-64", put(f"{M1}.encoder_strides", [1, 64, 1, 1]), f"{M1}.encoder_strides", "stride 64 on 28x28"),
+    ("encoder-4444", put(f"{M1}.encoder_strides", [4, 4, 4, 4]), f"{M1}.encoder_strides", "stride 4 on 2x2"),
+    ("encoder-past-1x1", several(put(f"{M1}.encoder_filters", [8] * 6), put(f"{M1}.encoder_strides", [2] * 6)),
+     f"{M1}.encoder_strides", "stride 2 on 1x1"),
+    ("encoder-stride-0", put(f"{M1}.encoder_strides", [1, 0, 1, 1]), f"{M1}.encoder_strides", "integers >= 1"),
+    ("encoder-lengths", put(f"{M1}.encoder_strides", [1, 2, 1]), f"{M1}.encoder_strides", "per encoder filter (4)"),
+    ("decoder-lengths", put(f"{M1}.decoder_filters", [64, 32]), f"{M1}.decoder_strides", "per decoder filter (2)"),
+    ("negative-filters", put(f"{M1}.encoder_filters", [32, -64, 64, 64]), f"{M1}.encoder_filters", "integers >= 1"),
+    ("zero-filters", put(f"{M1}.decoder_filters", [64, 64, 0, 32]), f"{M1}.decoder_filters", "integers >= 1"),
+    ("empty-filters", put(f"{M1}.encoder_filters", []), f"{M1}.encoder_filters", "non-empty list"),
+    ("latent-0", put(f"{M1}.latent_dim", 0), f"{M1}.latent_dim", ">= 1"),
+    ("latent-neg", put(f"{M1}.latent_dim", -8), f"{M1}.latent_dim", ">= 1"),
+    ("kernel-even", put(f"{M1}.kernel_size", 4), f"{M1}.kernel_size", "an odd integer"),
+    ("kernel-0", put(f"{M1}.kernel_size", 0), f"{M1}.kernel_size", "an odd integer"),
+    # the variants mapping itself
+    ("name-slash", rename_variant("model/01"), "variants.model/01", "letters, digits"),
+    ("name-dot", rename_variant("model.01"), "variants.model.01", "letters, digits"),
+    ("name-leading-dash", rename_variant("-model01"), "variants.-model01", "letters, digits"),
+    ("no-variants", put("variants", {}), "variants", "at least one variant"),
+    ("null-variants", put("variants", None), "variants", "expected a mapping"),
+    ("missing-variants", drop("variants"), "variants", "required key is missing"),
+    ("missing-latent", drop(f"{M1}.latent_dim"), f"{M1}.latent_dim", "required key is missing"),
+    ("missing-strides", drop(f"{M2}.decoder_strides"), f"{M2}.decoder_strides", "required key is missing"),
+]
+
+
+@pytest.mark.parametrize("mutate, key, fragment", [row[1:] for row in BAD], ids=[row[0] for row in BAD])
+def test_bad_params_name_the_key(mutate, key, fragment):
+    raw = valid()
+    mutate(raw)
+    message = error_of(raw)
+    assert message.split(": ", 1)[0] == key, message  # every message starts with the full dotted key
+    assert fragment in message, message
+    assert "\n" not in message
+
+
+def test_bad_params_table_ids_are_unique():
+    ids = [row[0] for row in BAD]
+    assert len(ids) == len(set(ids))
+
+
+def test_non_mapping_and_non_string_keys():
+    assert error_of([1, 2]).startswith("params.yaml: expected a mapping")
+    raw = valid()
+    raw[1], raw["zz"] = "a", "b"  # mixed key types must not crash the unknown-key report
+    assert error_of(raw).startswith("1: unknown key")
+
+
+def test_valid_variants_accepted():
+    """Sanity for the table: the same checks let real alternatives through."""
+    raw = valid()
+    raw["variants"] = {"tiny_1-b": {"encoder_filters": [4, 8], "encoder_strides": [2, 2], "latent_dim": 8,
+                                    "decoder_filters": [8, 4], "decoder_strides": [2, 2], "kernel_size": 5,
+                                    "latent_activation": "linear", "train": {"lr": 3.0e-3, "device": "cuda:1"}}}
+    raw["train"]["device"] = "cuda:0"
+    params = parse_params(raw)
+    assert params.variant("tiny_1-b").encoded_size() == 7
+    assert params.train_for("tiny_1-b").device == "cuda:1"
+
+
+# ---------------------------------------------------------------- load_params on bad files
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == f"{path}: params file not found"
+
+
+@pytest.mark.parametrize("text, line, fragment", [
+    ("data:\n  seed: 1\ntrain: [1, 2\nevaluate: {}\n", 4, "expected ',' or ']'"),
+    ("data:\n  seed: 1\n   bad: 2\n", 3, "mapping values are not allowed here"),
+    ("train:\n\tepochs: 3\n", 2, "cannot start any token"),
+    ("variants:\n  model01: {}\n  model01: {}\n", 3, "duplicate key 'model01'"),
+], ids=["unclosed-list", "bad-indent", "tab", "duplicate-key"])
+def test_invalid_yaml_is_one_line_naming_file_and_line(tmp_path, text, line, fragment):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"{path}:{line}:"), message
+    assert "not valid YAML" in message and fragment in message, message
+
+
+def test_empty_directory_and_binary_files(tmp_path):
+    with pytest.raises(ConfigError, match="params file is empty"):
+        load_params(write(tmp_path, "# nothing\n"))
+    with pytest.raises(ConfigError, match="cannot read params file"):
+        load_params(tmp_path)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="cannot read params file"):
+        load_params(binary)
+
+
+def test_bad_value_in_a_file_names_the_key(tmp_path):
+    raw = valid()
+    raw["variants"]["model02"]["decoder_strides"] = [2, 2, 1, 1]
+    path = write(tmp_path, yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"^variants\.model02\.decoder_strides: expected upsampling from 14x14"):
+        load_params(path)
+
+
+# ---------------------------------------------------------------- resolve_source
+
+def test_resolve_source(tmp_path):
+    assert resolve_source(OFFICIAL_SOURCE) == OFFICIAL_SOURCE
+    assert resolve_source("data/emnist") == REPO_ROOT / "data" / "emnist"
+    assert resolve_source("./data/../raw") == REPO_ROOT / "raw"
+    assert resolve_source(str(tmp_path)) == tmp_path
+    assert Path(resolve_source("~/x")).is_absolute()
+
+
+# ---------------------------------------------------------------- the train CLI fails fast on bad params
+
+def test_train_cli_rejects_bad_params_before_training(tmp_path):
+    raw = valid()
+    raw["train"]["epochs"] = 0
+    path = write(tmp_path, yaml.safe_dump(raw, sort_keys=False))
+    outputs = [REPO_ROOT / "models", REPO_ROOT / "checkpoints"]
+    before = {p: p.stat().st_mtime_ns for d in outputs if d.exists() for p in d.glob("model01*")}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pipeline.train", "model01", "--params", str(path)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("train: error: train.epochs: expected an integer >= 1, got 0"), result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    after = {p: p.stat().st_mtime_ns for d in outputs if d.exists() for p in d.glob("model01*")}
+    assert after == before  # no models/model01*.pt nor checkpoint written or touched

@@ -1,0 +1,194 @@
+"""The model zoo (pipeline.models): the study's four autoencoders, spec-only variants, init and FLOPs."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import VariantSpec, load_params, parse_params
+from pipeline.models import Autoencoder, build_model, count_parameters, training_flops_per_image
+
+# ORIGINAL_STUDY.md: the position (1-based) of the one stride-2 transposed conv in each decoder
+STRIDE2_AT = {"model01": 3, "model02": 4, "model03": 2, "model04": 1}
+ENCODER_PARAMS, DECODER_PARAMS, TOTAL_PARAMS = 494_112, 543_489, 1_037_601
+N = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors, busy machine: one intra-op thread is faster than contending for two (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params()
+
+
+@pytest.fixture(scope="module")
+def models(params) -> dict[str, Autoencoder]:
+    torch.manual_seed(0)
+    return {name: build_model(params.variant(name)).eval() for name in STRIDE2_AT}
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return torch.rand(N, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def spec(**overrides) -> VariantSpec:
+    base = dict(encoder_filters=[16, 32], encoder_strides=[2, 2], latent_dim=16,
+                decoder_filters=[32, 16], decoder_strides=[2, 2])
+    return VariantSpec(**{**base, **overrides})
+
+
+# ---------------------------------------------------------------- the study's four models
+
+@pytest.mark.parametrize("name", STRIDE2_AT)
+def test_parameter_counts_match_the_study(models, name):
+    model = models[name]
+    assert count_parameters(model.encoder) == ENCODER_PARAMS
+    assert count_parameters(model.decoder) == DECODER_PARAMS
+    assert count_parameters(model) == TOTAL_PARAMS
+
+
+@pytest.mark.parametrize("name", STRIDE2_AT)
+@torch.no_grad()
+def test_shapes_ranges_and_encode_decode_equals_forward(models, x, name):
+    model = models[name]
+    out = model(x)
+    assert out.shape == (N, 1, 28, 28) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+    z = model.encode(x)
+    assert z.shape == (N, 32)
+    assert (z >= 0).all()  # ReLU latent: 32 non-negative floats
+    assert torch.equal(model.decode(z), out)
+
+
+@pytest.mark.parametrize("name, position", STRIDE2_AT.items())
+def test_the_stride2_layer_is_where_the_study_puts_it(models, name, position):
+    model = models[name]
+    convs = [m for m in model.encoder if isinstance(m, nn.Conv2d)]
+    assert [m.stride for m in convs] == [(1, 1), (2, 2), (1, 1), (1, 1)]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(1, 32), (32, 64), (64, 64), (64, 64)]
+    tconvs = [m for m in model.decoder if isinstance(m, nn.ConvTranspose2d)]
+    assert len(tconvs) == 5  # four 3x3 layers, then the 32->1 sigmoid output layer
+    strides = [m.stride[0] for m in tconvs]
+    assert strides == [2 if i == position else 1 for i in range(1, 5)] + [1]
+    assert [(m.in_channels, m.out_channels) for m in tconvs] == [(64, 64), (64, 64), (64, 64), (64, 32), (32, 1)]
+    assert all(m.kernel_size == (3, 3) for m in convs + tconvs)
+    if name == "model02":
+        assert tconvs[3].out_channels == 32  # "the 32-filter layer"
+    assert isinstance(model.decoder[-1], nn.Sigmoid)
+
+
+@torch.no_grad()
+def test_the_feature_map_sizes_follow_the_study(models, x):
+    """14x14 after the encoder's stride-2 conv; 28x28 from the stride-2 transposed conv onwards."""
+    for name, position in STRIDE2_AT.items():
+        sizes, h = [], models[name].encode(x)
+        for layer in models[name].decoder:
+            h = layer(h)
+            if isinstance(layer, nn.ConvTranspose2d):
+                sizes.append(h.shape[-1])
+        assert sizes == [14] * (position - 1) + [28] * (6 - position), name
+
+
+def test_glorot_init_zero_biases_and_weights_within_the_bound(models):
+    for name, model in models.items():
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+        assert len(layers) == 4 + 1 + 1 + 5
+        for layer in layers:
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            assert torch.count_nonzero(layer.bias) == 0, (name, layer)
+            assert layer.weight.abs().max() <= bound, (name, layer)
+            if layer.weight.numel() >= 256:  # uniform on [-bound, bound], not a narrower default
+                assert layer.weight.abs().max() > 0.9 * bound, (name, layer)
+                assert abs(layer.weight.std().item() - bound / math.sqrt(3)) < 0.15 * bound, (name, layer)
+
+
+def test_torch_default_init_is_different():
+    torch.manual_seed(0)
+    model = build_model(spec(init="torch_default"))
+    assert any(torch.count_nonzero(m.bias) > 0 for m in model.modules() if isinstance(m, nn.Linear))
+
+
+@torch.no_grad()
+def test_linear_latent_can_be_negative(params, x):
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(params.variant("model01"), latent_activation="linear"))
+    z = model.encode(x)
+    assert z.shape == (N, 32) and (z < 0).any() and (z > 0).any()
+    assert isinstance(model.encoder[-1], nn.Identity)
+
+
+# ---------------------------------------------------------------- variants defined only by a spec
+
+SPECS = {
+    "brief": {},
+    "kernel5-gelu": dict(kernel_size=5, activation="gelu", latent_activation="tanh"),
+    "one-layer": dict(encoder_filters=[8], encoder_strides=[2], decoder_filters=[8], decoder_strides=[2]),
+    "odd-7x7": dict(encoder_filters=[4, 8, 8], encoder_strides=[2, 2, 1], decoder_filters=[8, 4],
+                    decoder_strides=[4, 1]),
+    "4x4-stride7": dict(encoder_filters=[4, 4, 4, 4], encoder_strides=[1, 2, 2, 2], decoder_filters=[4],
+                        decoder_strides=[7]),
+}
+
+
+@pytest.mark.parametrize("overrides", SPECS.values(), ids=SPECS.keys())
+@torch.no_grad()
+def test_a_variant_defined_only_by_a_spec_builds(x, overrides):
+    variant = spec(**overrides)
+    raw = load_params_raw_with(variant)
+    assert parse_params(raw).variant("new") == variant  # the schema accepts it ...
+    model = build_model(variant)  # ... and it builds and round-trips 28x28
+    z = model.encode(x)
+    assert z.shape == (N, variant.latent_dim)
+    out = model.decode(z)
+    assert out.shape == (N, 1, 28, 28)
+    assert torch.equal(out, model(x))
+    assert ((out >= 0) & (out <= 1)).all()
+
+
+def load_params_raw_with(variant: VariantSpec) -> dict:
+    return {"variants": {"new": dataclasses.asdict(variant)}}
+
+
+# ---------------------------------------------------------------- FLOPs
+
+def test_training_flops_per_image(params):
+    flops = {name: training_flops_per_image(params.variant(name), batch=2) for name in ("model01", "model04")}
+    assert abs(flops["model01"] - 332e6) / 332e6 < 0.01  # ORIGINAL_STUDY.md: ~333 MFLOP per training step
+    assert flops["model04"] > flops["model01"]  # upsampling earlier runs three 64-filter layers at 28x28
+
+
+def test_training_flops_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    training_flops_per_image(spec(), batch=1)
+    assert torch.equal(torch.rand(4), expected)
+
+
+# ---------------------------------------------------------------- model files
+
+@torch.no_grad()
+def test_build_model_accepts_the_spec_stored_in_a_model_file(tmp_path, params, models, x):
+    """As train.py writes models/<variant>.pt and evaluate.py reads it back."""
+    variant = params.variant("model03")
+    path = tmp_path / "model03.pt"
+    torch.save({"variant": "model03", "spec": dataclasses.asdict(variant),
+                "state_dict": models["model03"].state_dict()}, path)
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    assert isinstance(saved["spec"], dict)
+    model = build_model(saved["spec"])
+    assert model.spec == variant
+    model.load_state_dict(saved["state_dict"])
+    assert torch.equal(model.eval()(x), models["model03"](x))
