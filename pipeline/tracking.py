@@ -30,7 +30,22 @@ def tracking_uri() -> str:
 
 
 def artifact_location() -> str:
-    return (project_root() / "mlartifacts").as_uri()
+    """Artifact root of a local store: mlartifacts/ beside its sqlite file (the default store's is <root>/mlartifacts)."""
+    return _local_artifact_root(tracking_uri())
+
+
+def _local_artifact_root(uri: str) -> str:
+    # Beside the database, so a store elsewhere (a test's tmp dir, another checkout) never writes into this repo.
+    database = _sqlite_file(uri)
+    return ((database.parent if database else project_root()) / "mlartifacts").as_uri()
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (relative paths are relative to the working directory, as for SQLite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path).resolve()
 
 
 def setup(experiment: str) -> str:
@@ -53,8 +68,8 @@ def setup(experiment: str) -> str:
 
 
 def _artifact_location_for(uri: str) -> str | None:
-    # A tracking server chooses its own artifact root; a local store gets an absolute one at the repo root.
-    return None if uri.startswith(("http://", "https://")) else artifact_location()
+    # A tracking server chooses its own artifact root; a local store gets an absolute one beside its database.
+    return None if uri.startswith(("http://", "https://")) else _local_artifact_root(uri)
 
 
 def _check_server(uri: str, timeout: float = 5.0) -> None:

@@ -170,7 +170,7 @@ def train_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, m
     manifest_sha = data.manifest_digest(prepared)
     train_x = as_batch_tensor(data.load_split(prepared, "train")[0], device)
     val_x = as_batch_tensor(data.load_split(prepared, "val")[0], device)
-    tracking.setup(params.mlflow.experiment)
+    experiment_id = tracking.setup(params.mlflow.experiment)
     trainer = Trainer(params, variant, device, steps_per_epoch=math.ceil(len(train_x) / cfg.batch_size))
     ckpt_path, job = checkpoint_dir / f"{variant}.ckpt", fingerprint(params, variant, manifest_sha)
     ckpt = _load_checkpoint(ckpt_path, job)
@@ -178,10 +178,13 @@ def train_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, m
     if ckpt:
         trainer.load_state(ckpt["trainer"])
         print(f"train: resuming {variant} after epoch {len(trainer.history)} from {ckpt_path}")
-    with mlflow.start_run(run_id=ckpt["run_id"] if ckpt else None, run_name=variant,
+    run_id = _resumable_run(ckpt["run_id"], experiment_id) if ckpt else None
+    with mlflow.start_run(run_id=run_id, run_name=variant,
                           tags={**tracking.run_tags(f"train@{variant}"), "variant": variant}) as run:
-        if not ckpt:
+        if not run_id:
             _log_inputs(params, variant, prepared, manifest_sha)
+            for row in trainer.history:  # epochs a resumed job trained before its old run went missing
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
         def on_epoch(row: dict) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
@@ -211,6 +214,18 @@ def _load_checkpoint(path: Path, job: str) -> dict | None:
         print(f"train: ignoring {path}: written for other params or data")
         return None
     return ckpt
+
+
+def _resumable_run(run_id: str, experiment_id: str) -> str | None:
+    """The checkpoint's MLflow run if this store still has it, live, in this experiment; else None (a new run)."""
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        run = None
+    if run is None or run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+        print(f"train: MLflow run {run_id} of the checkpoint is not in this store/experiment; logging to a new run")
+        return None
+    return run_id
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
