@@ -146,12 +146,13 @@ def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, orig
     tracking.setup(params.mlflow.experiment)
     flat = {f"test_{k}": v for k, v in {**result, **result["run"]}.items() if isinstance(v, (int, float))}
     flat.update({f"protocol_{k}": v for k, v in result["seed_protocol"].items() if isinstance(v, float)})
+    run = {"run_id": saved.get("mlflow_run_id")}
     try:
-        run = mlflow.start_run(run_id=saved.get("mlflow_run_id"))
+        mlflow.MlflowClient().get_run(run["run_id"])
     except mlflow.exceptions.MlflowException:
-        print(f"evaluate: training run {saved.get('mlflow_run_id')} not in this store; logging to a new run")
-        run = mlflow.start_run(run_name=f"{variant}-evaluate", tags={"variant": variant})
-    with run:
+        print(f"evaluate: training run {run['run_id']} not in this store; logging to a new run")
+        run = {"run_name": f"{variant}-evaluate", "tags": {**tracking.run_tags(f"evaluate@{variant}"), "variant": variant}}
+    with tracking.tracked_run(**run):
         mlflow.log_metrics(flat)
         mlflow.set_tags({"evaluated": "true", "evaluate.ssim_window": result["ssim_window"]})
         grid = np.concatenate([np.concatenate(list(originals), 1), np.concatenate(list(recon), 1)], 0)

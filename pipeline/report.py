@@ -173,7 +173,7 @@ def write_report(variants: list[str], reports: Path = REPORTS_DIR,
 def log_report(experiment: str, report: Path, figures: list[Path], run_ids: list[str]) -> None:
     """One `report` run holding the report; the variant runs become its children in the MLflow UI."""
     tracking.setup(experiment)
-    with mlflow.start_run(run_name="report", tags=tracking.run_tags("report")) as run:
+    with tracking.tracked_run(run_name="report", tags=tracking.run_tags("report")) as run:
         mlflow.log_artifact(str(report))
         for figure in figures:
             mlflow.log_artifact(str(figure), "figures")

@@ -1,8 +1,11 @@
 """MLflow plumbing shared by every stage: where the store is, which experiment, which tags a run carries."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -112,3 +115,31 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[name] = str(value) if isinstance(value, (list, dict)) else value
     return flat
+
+
+@contextlib.contextmanager
+def tracked_run(**start_run_kwargs):
+    """mlflow.start_run that never leaves a run RUNNING: KILLED on Ctrl-C or SIGTERM, FAILED on an error.
+
+    (A SIGKILL cannot be caught; train resumes such a run from its checkpoint.)
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    run = mlflow.start_run(**start_run_kwargs)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"stopped by signal {signum}")

@@ -179,7 +179,7 @@ def train_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, m
         trainer.load_state(ckpt["trainer"])
         print(f"train: resuming {variant} after epoch {len(trainer.history)} from {ckpt_path}")
     run_id = _resumable_run(ckpt["run_id"], experiment_id) if ckpt else None
-    with mlflow.start_run(run_id=run_id, run_name=variant,
+    with tracking.tracked_run(run_id=run_id, run_name=variant,
                           tags={**tracking.run_tags(f"train@{variant}"), "variant": variant}) as run:
         if not run_id:
             _log_inputs(params, variant, prepared, manifest_sha)

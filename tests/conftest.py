@@ -1,6 +1,11 @@
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.fakedata import make_emnist_dir
 
@@ -11,8 +16,9 @@ def emnist_dir(tmp_path: Path) -> Path:
     return make_emnist_dir(tmp_path / "emnist")
 
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_SPEC = {"encoder_filters": [4, 8], "encoder_strides": [2, 2], "latent_dim": 8,
-             "decoder_filters": [8, 4], "decoder_strides": [2, 2]}
+             "decoder_filters": [8, 4], "decoder_strides": [2, 2], "latent_activation": "linear"}
 
 
 @pytest.fixture
@@ -22,3 +28,38 @@ def mlflow_store(tmp_path: Path, monkeypatch) -> str:
     (tmp_path / "mlruns").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 600) -> str:
+    """Run a command that must succeed; on failure the assertion shows its output."""
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def make_project(root: Path, variants: dict, epochs: int = 2, data_source: str | None = None) -> tuple[Path, dict]:
+    """Copy the repo's tracked (and new, unignored) files into a fresh git repo with these variants.
+
+    Returns the root and an environment whose PATH starts with this venv, with no MLFLOW_TRACKING_URI,
+    so stages use the copy's own sqlite store, as a user's checkout would.
+    """
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(epochs=epochs, batch_size=64, threads=1)  # tests share 2 cores
+    params["mlflow"]["log_model"] = False
+    params["variants"] = variants
+    if data_source:
+        params["data"]["source"] = data_source
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        run(cmd, root, env)
+    return root, env

@@ -150,7 +150,7 @@ def test_interrupted_run_resumes_to_identical_weights(baseline, prepared, store,
     assert ran == [0, 1]
     assert ckpt.exists() and not (out / "models" / f"{VARIANT}.pt").exists()
     interrupted = load(ckpt)["run_id"]
-    assert store.get_run(interrupted).info.status == "FAILED"
+    assert store.get_run(interrupted).info.status == "KILLED"
 
     ran = spy_epochs(monkeypatch)
     capsys.readouterr()
