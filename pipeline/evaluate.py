@@ -71,6 +71,7 @@ def evaluate_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
     result.update(_compression(model, latents, x, prepared, cfg, device))
+    result.update(latent_diagnostics(latents))
     result.update(_final_losses(history_dir / f"{variant}.csv"))
     protocol = np.random.default_rng(cfg.protocol_seed).choice(len(x), cfg.protocol_images, replace=False)
     result["seed_protocol"] = {"indices": sorted(protocol.tolist()), **summary(x[protocol], recon[protocol], cfg),
@@ -98,6 +99,20 @@ def _compression(model, latents, x, prepared: Path, cfg: EvaluateConfig, device)
     return {"latent_dim": dim, "bytes_per_image_float32": 4 * dim, "compression_ratio_float32": IMAGE_BYTES / (4 * dim),
             "bytes_per_image_uint8": dim, "compression_ratio_uint8": IMAGE_BYTES / dim,
             "uint8_side_info_bytes_per_model": 8 * dim, **summary(x, recon_uint8, cfg, "_uint8")}
+
+
+def latent_diagnostics(latents: torch.Tensor, variance_share: float = 0.99) -> dict:
+    """Dead units (0 for every image), active units per image, and the dimensions holding 99% of the variance."""
+    latents = latents.double()
+    dead = (latents == 0).all(0)
+    eigenvalues = torch.linalg.eigvalsh(torch.cov(latents.T)).flip(0).clamp(min=0)
+    total = float(eigenvalues.sum())
+    effective = int((eigenvalues.cumsum(0) / total < variance_share).sum()) + 1 if total > 0 else 0
+    return {"dead_latent_units": int(dead.sum()),
+            "active_latent_units_per_image": float((latents != 0).sum(1).double().mean()),
+            "effective_latent_dims": effective,
+            "latent_units": {"mean": latents.mean(0).tolist(), "std": latents.std(0).tolist(),
+                             "active_fraction": (latents != 0).double().mean(0).tolist(), "dead": dead.tolist()}}
 
 
 def _final_losses(history_csv: Path) -> dict:

@@ -27,6 +27,7 @@ from pipeline.prepare import PREPARED_DIR  # noqa: E402
 REPORTS_DIR = REPO_ROOT / "reports"
 REFERENCE = Path(__file__).with_name("reference.yaml")
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
+LATENT_COLUMNS = ["dead_latent_units", "active_latent_units_per_image", "effective_latent_dims"]
 COMPRESSION_COLUMNS = ["latent_dim", "bytes_per_image_float32", "compression_ratio_float32",
                        "bytes_per_image_uint8", "psnr_pooled_uint8"]
 
@@ -80,6 +81,9 @@ def render_markdown(results: pd.DataFrame, reference: dict, figures: list[str]) 
         "", f"The study trained {reference['epochs']} epochs and measured 10 random unseeded test images.", "",
         "## Encoder → decoder run separately", "", _markdown(decoder), "",
         "## The study's protocol (10 seeded test images)", "", _markdown(protocol), "",
+        "## Latent units", "",
+        "A unit is dead when it outputs 0 for every test image; effective dims hold 99% of the latent variance.", "",
+        _markdown(results[LATENT_COLUMNS]), "",
         "## Compression", "", _markdown(compression), "",
         "uint8: per-dimension scale/offset calibrated on the val split (side information per model, not per image).",
         "", "## Figures", "", *[f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures], "",
@@ -88,7 +92,8 @@ def render_markdown(results: pd.DataFrame, reference: dict, figures: list[str]) 
 
 
 def _markdown(table: pd.DataFrame, index: bool = True) -> str:
-    return table.to_markdown(index=index, floatfmt=".5g", missingval="–")
+    blanked = table.astype(object).where(table.notna(), None)  # tabulate shows None as missingval
+    return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–")
 
 
 def plot_study_comparison(results: pd.DataFrame, out: Path) -> None:

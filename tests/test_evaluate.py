@@ -149,3 +149,28 @@ def test_report_needs_every_variant_evaluated(workspace):
     run_evaluate(workspace, "tinyA")
     with pytest.raises(report.data.DataError, match="tinyB.json: missing"):
         report.write_report(["tinyA", "tinyB"], workspace["reports"], workspace["prepared"])
+
+
+def test_dead_latent_units_of_a_constructed_model_are_counted():
+    from pipeline.config import VariantSpec
+    from pipeline.models import build_model
+
+    model = build_model(VariantSpec(**{**TINY_SPEC, "latent_activation": "relu"})).eval()
+    latent_layer = model.encoder[-2]
+    with torch.no_grad():
+        latent_layer.bias[:3] = -1e6  # these three ReLU units can never fire
+        latent_layer.bias[3:] = 1e3  # and these always do
+        latents = model.encode(torch.rand(64, 1, 28, 28))
+    diagnostics = evaluate.latent_diagnostics(latents)
+    assert diagnostics["dead_latent_units"] == 3
+    assert diagnostics["latent_units"]["dead"] == [True] * 3 + [False] * 5
+    assert diagnostics["active_latent_units_per_image"] == 5.0
+
+
+def test_effective_dims_count_the_directions_holding_99_percent_of_variance():
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(6, 6, generator=generator))[0]
+    scales = torch.tensor([10.0, 5.0, 3.0, 0.0, 0.0, 0.0])  # variance shares .75, .93, 1
+    latents = (torch.randn(5000, 6, generator=generator) * scales) @ basis.T
+    assert evaluate.latent_diagnostics(latents)["effective_latent_dims"] == 3
+    assert evaluate.latent_diagnostics(torch.zeros(10, 4))["effective_latent_dims"] == 0
