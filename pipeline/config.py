@@ -4,9 +4,11 @@ Every error names the offending key (dotted path) and what was expected; unknown
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -219,6 +221,28 @@ def parse_params(raw: object) -> Params:
     return _load_dataclass(Params, raw, "")
 
 
+def run_stage(stage: str, doc: str, work, argv: list[str] | None = None, *, per_variant: bool = True,
+              expected: tuple[type[Exception], ...] = ()) -> int:
+    """Command line of a DVC stage: parse [variant] --params, run `work`, turn expected errors into one line."""
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=doc.splitlines()[0])
+    if per_variant:
+        parser.add_argument("variant")
+    parser.add_argument("--params", default=str(PARAMS_FILE))
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        if per_variant:
+            params.variant(args.variant)  # an unknown variant is a ConfigError naming it
+            message = work(params, args.variant)
+        else:
+            message = work(params)
+    except (ConfigError, *expected) as err:
+        print(f"{stage}: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{stage}: {message}")
+    return 0
+
+
 def resolve_source(source: str) -> str | Path:
     """The official dataset name, or the local directory as an absolute path (relative to the repo root)."""
     if source == OFFICIAL_SOURCE:
@@ -310,5 +334,5 @@ def _join(path: str, name: str) -> str:
 
 __all__ = [
     "ConfigError", "DataConfig", "TrainConfig", "VariantSpec", "EvaluateConfig", "MlflowConfig", "Params",
-    "load_params", "parse_params", "resolve_source", "REPO_ROOT", "OFFICIAL_SOURCE",
+    "load_params", "parse_params", "resolve_source", "run_stage", "REPO_ROOT", "OFFICIAL_SOURCE",
 ]

@@ -6,7 +6,6 @@ to the variant's training run in MLflow (resumed by the run id stored in the mod
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import pandas as pd
 import torch
 
 from pipeline import data, metrics, tracking
-from pipeline.config import REPO_ROOT, ConfigError, EvaluateConfig, Params, load_params
+from pipeline.config import REPO_ROOT, EvaluateConfig, Params, run_stage
 from pipeline.models import build_model
 from pipeline.prepare import PREPARED_DIR
 from pipeline.train import HISTORY_DIR, MODELS_DIR, as_batch_tensor, pick_device
@@ -177,22 +176,15 @@ def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, orig
         return mlflow.active_run().info.run_id
 
 
+def _evaluate_and_describe(params: Params, variant: str) -> str:
+    r = evaluate_variant(params, variant)
+    return (f"{variant}: MSE {r['mse']:.5f}, PSNR {r['psnr']:.2f} dB (pooled {r['psnr_pooled']:.2f}), "
+            f"SSIM {r['ssim']:.4f} on {r['n_test']} images in {r['run']['eval_seconds']:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant")
-    parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"))
-    args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-        params.variant(args.variant)
-        result = evaluate_variant(params, args.variant)
-    except (ConfigError, data.DataError, tracking.TrackingError) as err:
-        print(f"evaluate: error: {err}", file=sys.stderr)
-        return 1
-    print(f"evaluate: {args.variant}: MSE {result['mse']:.5f}, PSNR {result['psnr']:.2f} dB "
-          f"(pooled {result['psnr_pooled']:.2f}), SSIM {result['ssim']:.4f} on {result['n_test']} images "
-          f"in {result['run']['eval_seconds']:.1f} s")
-    return 0
+    return run_stage("evaluate", __doc__, _evaluate_and_describe, argv,
+                     expected=(data.DataError, tracking.TrackingError))
 
 
 if __name__ == "__main__":

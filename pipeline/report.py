@@ -5,7 +5,6 @@ so the MLflow UI groups one pipeline's runs together.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from pipeline import data, tracking  # noqa: E402
-from pipeline.config import REPO_ROOT, ConfigError, load_params  # noqa: E402
+from pipeline.config import REPO_ROOT, run_stage  # noqa: E402
 from pipeline.prepare import PREPARED_DIR  # noqa: E402
 
 REPORTS_DIR = REPO_ROOT / "reports"
@@ -190,20 +189,15 @@ def log_report(experiment: str, report: Path, figures: list[Path], run_ids: list
             print(f"report: run {run_id} not found in the tracking store; not grouped")
 
 
+def _report(params) -> str:
+    report, figures, results = write_report(list(params.variants))
+    log_report(params.mlflow.experiment, report, figures, [r for r in results.mlflow_run_id if isinstance(r, str)])
+    return f"wrote {report} and {len(figures)} figures"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"))
-    args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-        report, figures, results = write_report(list(params.variants))
-        run_ids = [r for r in results.mlflow_run_id if isinstance(r, str)]
-        log_report(params.mlflow.experiment, report, figures, run_ids)
-    except (ConfigError, data.DataError, tracking.TrackingError) as err:
-        print(f"report: error: {err}", file=sys.stderr)
-        return 1
-    print(f"report: wrote {report} and {len(figures)} figures")
-    return 0
+    return run_stage("report", __doc__, _report, argv, per_variant=False,
+                     expected=(data.DataError, tracking.TrackingError))
 
 
 if __name__ == "__main__":

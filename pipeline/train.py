@@ -6,7 +6,6 @@ checkpoints/<variant>.ckpt (last completed epoch) and ends with the same weights
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -23,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline import data, tracking
-from pipeline.config import REPO_ROOT, ConfigError, Params, TrainConfig, load_params
+from pipeline.config import REPO_ROOT, Params, TrainConfig, run_stage
 from pipeline.models import build_model
 from pipeline.prepare import PREPARED_DIR
 
@@ -284,19 +283,8 @@ def _log_model(model: torch.nn.Module) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant")
-    parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"))
-    args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-        params.variant(args.variant)
-        final = train_variant(params, args.variant)
-    except (ConfigError, data.DataError, tracking.TrackingError, TrainingDiverged) as err:
-        print(f"train: error: {err}", file=sys.stderr)
-        return 1
-    print(f"train: wrote {final}")
-    return 0
+    return run_stage("train", __doc__, lambda params, variant: f"wrote {train_variant(params, variant)}", argv,
+                     expected=(data.DataError, tracking.TrackingError, TrainingDiverged))
 
 
 if __name__ == "__main__":
