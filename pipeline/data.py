@@ -263,6 +263,14 @@ def write_prepared(out_dir: Path, arrays: dict[str, np.ndarray], extra: dict[str
     os.replace(tmp, out_dir)
 
 
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) on a sibling temporary file, then rename it over `path`: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, 28, 28), upright, and int64 labels of one prepared split."""
     if split not in SPLITS:

@@ -6,8 +6,8 @@ to the variant's training run in MLflow (resumed by the run id stored in the mod
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -66,7 +66,7 @@ def evaluate_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR
     latents = batched(model.encode, x, cfg.batch_size)
     recon_decoder = batched(model.decode, latents, cfg.batch_size)
     per_image = metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
-    result = {**summary(x, recon, cfg), **summary(x, recon_decoder, cfg, "_decoder")}
+    result = {**metrics.summarize_per_image(per_image), **summary(x, recon_decoder, cfg, "_decoder")}
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
     result.update(_compression(model, latents, x, prepared, cfg, device))
@@ -141,18 +141,17 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def _write_outputs(variant: str, result: dict, per_class: pd.DataFrame, samples: np.ndarray, reports: Path) -> None:
-    for sub in ("metrics", "per_class", "samples"):
-        (reports / sub).mkdir(parents=True, exist_ok=True)
-    _atomic(reports / "per_class" / f"{variant}.csv", lambda p: per_class.to_csv(p, index=False, float_format="%.6g"))
-    _atomic(reports / "samples" / f"{variant}.npy", lambda p: np.save(open(p, "wb"), samples))
-    _atomic(reports / "metrics" / f"{variant}.json",
-            lambda p: p.write_text(json.dumps(result, indent=2, sort_keys=True, allow_nan=False) + "\n"))
+    data.atomic_write(reports / "per_class" / f"{variant}.csv",
+                      lambda p: per_class.to_csv(p, index=False, float_format="%.6g"))
+    data.atomic_write(reports / "samples" / f"{variant}.npy", lambda p: p.write_bytes(_npy_bytes(samples)))
+    data.atomic_write(reports / "metrics" / f"{variant}.json",
+                      lambda p: p.write_text(json.dumps(result, indent=2, sort_keys=True, allow_nan=False) + "\n"))
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, originals, recon) -> str:

@@ -134,7 +134,11 @@ def summarize(x, y, window: str = "uniform", batch_size: int = 2048) -> dict[str
     "psnr_inf_images": images with PSNR = +inf (exact reconstructions), left out of "psnr";
     "psnr_undefined_images": images with a constant reference and PSNR -inf or nan, left out of "psnr".
     """
-    m = per_image(x, y, window, batch_size)
+    return summarize_per_image(per_image(x, y, window, batch_size))
+
+
+def summarize_per_image(m: dict[str, torch.Tensor]) -> dict[str, float]:
+    """summarize() from per-image tensors already computed by per_image()."""
     if m["mse"].numel() == 0:
         raise ValueError("no images to summarize")
     psnr = m["psnr"]

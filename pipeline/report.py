@@ -6,7 +6,6 @@ so the MLflow UI groups one pipeline's runs together.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -168,9 +167,7 @@ def write_report(variants: list[str], reports: Path = REPORTS_DIR,
     plot_reconstructions(variants, results, reports, prepared, figures[2])
     plot_per_class(results, figures[3])
     report = reports / "report.md"
-    tmp = report.with_name(report.name + ".tmp")
-    tmp.write_text(render_markdown(results, reference, [f.name for f in figures]))
-    os.replace(tmp, report)
+    data.atomic_write(report, lambda tmp: tmp.write_text(render_markdown(results, reference, [f.name for f in figures])))
     return report, figures, results
 
 

@@ -55,10 +55,7 @@ def as_batch_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    data.atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def fingerprint(params: Params, variant: str, manifest_sha: str) -> str:
@@ -232,10 +229,7 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _write_history(history: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.8g")
-    os.replace(tmp, path)
+    data.atomic_write(path, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.8g"))
 
 
 def _log_inputs(params: Params, variant: str, prepared: Path, manifest_sha: str) -> None:
