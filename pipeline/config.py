@@ -101,24 +101,27 @@ class VariantSpec:
         _require(self.latent_dim >= 1, f"{path}.latent_dim", "an integer >= 1", self.latent_dim)
         _require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, f"{path}.kernel_size",
                  "an odd integer >= 1", self.kernel_size)
-        size = IMAGE_SIZE
-        for stride in self.encoder_strides:  # ceil(size / stride) never reaches 0: check each step instead
+        sizes = self.feature_sizes()
+        for stride, size in zip(self.encoder_strides, sizes):  # ceil(size / stride) never reaches 0: check each
             _require(stride <= size, f"{path}.encoder_strides",
                      f"strides no larger than the feature map they reduce (stride {stride} on {size}x{size})",
                      self.encoder_strides)
-            size = -(-size // stride)
+        size = sizes[-1]
         out = size * math.prod(self.decoder_strides)
         _require(out == IMAGE_SIZE, f"{path}.decoder_strides",
                  f"upsampling from {size}x{size} back to {IMAGE_SIZE}x{IMAGE_SIZE} (got {out}x{out})",
                  self.decoder_strides)
         _load_dataclass(TrainConfig, {**dataclasses.asdict(TrainConfig()), **self.train}, f"{path}.train")
 
-    def encoded_size(self) -> int:
-        """Side of the encoder's last feature map: each 'same' conv gives ceil(n / stride)."""
-        size = IMAGE_SIZE
+    def feature_sizes(self) -> list[int]:
+        """Side of the feature map entering each encoder conv, then of its output: 'same' convs give ceil(n / stride)."""
+        sizes = [IMAGE_SIZE]
         for stride in self.encoder_strides:
-            size = -(-size // stride)
-        return size
+            sizes.append(-(-sizes[-1] // stride))
+        return sizes
+
+    def encoded_size(self) -> int:
+        return self.feature_sizes()[-1]
 
 
 @dataclass(frozen=True)

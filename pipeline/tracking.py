@@ -33,13 +33,11 @@ def tracking_uri() -> str:
 
 
 def artifact_location() -> str:
-    """Artifact root of a local store: mlartifacts/ beside its sqlite file (the default store's is <root>/mlartifacts)."""
-    return _local_artifact_root(tracking_uri())
+    """Artifact root of a local store: mlartifacts/ beside its sqlite file (the default store's is <root>/mlartifacts).
 
-
-def _local_artifact_root(uri: str) -> str:
-    # Beside the database, so a store elsewhere (a test's tmp dir, another checkout) never writes into this repo.
-    database = _sqlite_file(uri)
+    Beside the database, so a store elsewhere (a test's tmp dir, another checkout) never writes into this repo.
+    """
+    database = _sqlite_file(tracking_uri())
     return ((database.parent if database else project_root()) / "mlartifacts").as_uri()
 
 
@@ -54,7 +52,8 @@ def _sqlite_file(uri: str) -> Path | None:
 def setup(experiment: str) -> str:
     """Point MLflow at the project's store and experiment; returns the experiment id. Fails fast if unreachable."""
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
+    remote = uri.startswith(("http://", "https://"))  # a server chooses its own artifact root
+    if remote:
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
@@ -63,16 +62,12 @@ def setup(experiment: str) -> str:
         experiment_id = found.experiment_id
     else:
         try:
-            experiment_id = client.create_experiment(experiment, artifact_location=_artifact_location_for(uri))
+            location = None if remote else artifact_location()
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created concurrently by another stage
             experiment_id = client.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
-
-
-def _artifact_location_for(uri: str) -> str | None:
-    # A tracking server chooses its own artifact root; a local store gets an absolute one beside its database.
-    return None if uri.startswith(("http://", "https://")) else _local_artifact_root(uri)
 
 
 def _check_server(uri: str, timeout: float = 5.0) -> None:

@@ -180,10 +180,10 @@ def train_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, m
         if not run_id:
             _log_inputs(params, variant, prepared, manifest_sha)
             for row in trainer.history:  # epochs a resumed job trained before its old run went missing
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+                _log_epoch(row)
 
         def on_epoch(row: dict) -> None:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            _log_epoch(row)
             if row["val_loss"] < best["val_loss"]:
                 best.update(val_loss=row["val_loss"], epoch=row["epoch"], state_dict=_cpu_state(trainer.model))
             save_atomic({"job": job, "run_id": run.info.run_id, "trainer": trainer.state(), "best": best}, ckpt_path)
@@ -210,6 +210,10 @@ def _load_checkpoint(path: Path, job: str) -> dict | None:
         print(f"train: ignoring {path}: written for other params or data")
         return None
     return ckpt
+
+
+def _log_epoch(row: dict) -> None:
+    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
 def _resumable_run(run_id: str, experiment_id: str) -> str | None:
