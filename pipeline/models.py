@@ -29,8 +29,8 @@ class Autoencoder(nn.Module):
         self.spec = spec
         self.encoder = _encoder(spec)
         self.decoder = _decoder(spec)
-        if spec.init == "glorot_uniform":
-            self.apply(_glorot_uniform)
+        if spec.init != "torch_default":
+            self.apply(INITIALISERS[spec.init])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -77,6 +77,16 @@ def _glorot_uniform(module: nn.Module) -> None:
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.xavier_uniform_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def _he_uniform(module: nn.Module) -> None:
+    """Keras' he_uniform: uniform with variance 2 / fan_in (suited to ReLU), zero biases."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+        nn.init.zeros_(module.bias)
+
+
+INITIALISERS = {"glorot_uniform": _glorot_uniform, "he_uniform": _he_uniform}
 
 
 def count_parameters(module: nn.Module) -> int:

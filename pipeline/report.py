@@ -1,53 +1,60 @@
-"""DVC stage `report`: compare every evaluated variant in reports/report.md and reports/figures/*.png.
+"""DVC stage `report`: compare every evaluated run in reports/report.md and reports/figures/*.png.
 
-Also logs the report to MLflow as a `report` run and makes it the parent of the variant runs it compares,
-so the MLflow UI groups one pipeline's runs together.
+Runs are (variant, seed) pairs. The report opens with findings generated from the numbers: the best
+variant by mean test MSE over seeds, and which differences exceed the seed-to-seed spread (Welch's t-test,
+Benjamini-Hochberg adjusted). It also logs to MLflow as a `report` run and becomes the parent of the runs
+it compares, so the MLflow UI groups one pipeline's runs together.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from pipeline import data, tracking  # noqa: E402
-from pipeline.config import REPO_ROOT, run_stage  # noqa: E402
-from pipeline.prepare import PREPARED_DIR  # noqa: E402
+from pipeline import data, figures, stats, tracking
+from pipeline.cli import run_stage
+from pipeline.config import REPO_ROOT, Params, run_name
+from pipeline.prepare import PREPARED_DIR
 
 REPORTS_DIR = REPO_ROOT / "reports"
 REFERENCE = Path(__file__).with_name("reference.yaml")
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
-LATENT_COLUMNS = ["dead_latent_units", "active_latent_units_per_image", "effective_latent_dims"]
+SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
+RUN_COLUMNS = ["variant", "seed", "epochs", "mse", "psnr", "ssim", "dead_latent_units",
+               "active_latent_units_per_image", "effective_latent_dims"]
 COMPRESSION_COLUMNS = ["latent_dim", "bytes_per_image_float32", "compression_ratio_float32",
-                       "bytes_per_image_uint8", "psnr_pooled_uint8"]
+                       "bytes_per_image_uint8", "psnr_pooled_uint8", "max_abs_diff_decoder", "eval_seconds"]
 
 
-def load_results(reports: Path, variants: list[str]) -> pd.DataFrame:
-    """The metrics of the variants in params.yaml (stale files of removed variants are ignored)."""
+def load_results(reports: Path, runs: list[tuple[str, int]]) -> pd.DataFrame:
+    """One row per (variant, seed) in params.yaml, indexed by run name (stale files of removed runs are ignored)."""
     rows = []
-    for variant in variants:
-        path = reports / "metrics" / f"{variant}.json"
+    for variant, seed in runs:
+        path = reports / "metrics" / f"{run_name(variant, seed)}.json"
         if not path.exists():
-            raise data.DataError(f"{path}: missing; run the evaluate stage first (dvc repro evaluate@{variant})")
+            raise data.DataError(f"{path}: missing; run the evaluate stage first (dvc repro evaluate@{variant}-{seed})")
         metrics = json.loads(path.read_text())
-        rows.append({**metrics, **metrics.pop("run")})
-    return pd.DataFrame(rows).set_index("variant")
+        rows.append({**metrics, **metrics.pop("run"), "run": run_name(variant, seed)})
+    return pd.DataFrame(rows).set_index("run")
 
 
-def study_table(results: pd.DataFrame, reference: dict) -> pd.DataFrame:
-    """Ours (full test set) beside the study's reported numbers and its published weights, per variant."""
+def variant_means(results: pd.DataFrame) -> pd.DataFrame:
+    numeric = results.select_dtypes("number").drop(columns="seed")
+    return numeric.groupby(results.variant, sort=False).mean()
+
+
+def study_table(means: pd.DataFrame, n_seeds: int, reference: dict) -> pd.DataFrame:
+    """Ours (full test set, mean over seeds) beside the study's reported numbers and its published weights."""
     rows = []
-    for variant, ours in results.iterrows():
-        rows.append({"variant": variant, "source": f"CompressNet ({int(ours.epochs)} ep, {int(ours.n_test)} img)",
-                     **{c: ours[c] for c in STUDY_COLUMNS}})
+    for variant, ours in means.iterrows():
+        rows.append({"variant": variant, "source": f"CompressNet ({int(ours.epochs)} ep, {n_seeds} seeds, "
+                                                   f"{int(ours.n_test)} img)", **{c: ours[c] for c in STUDY_COLUMNS}})
         if variant in reference["reported"]:
             rows.append({"variant": variant, "source": "study, reported (10 img)", **reference["reported"][variant]})
             rows.append({"variant": variant, "source": "study weights, full test",
@@ -55,36 +62,88 @@ def study_table(results: pd.DataFrame, reference: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["variant", "source"])
 
 
-def ranking(results: pd.DataFrame) -> list[str]:
-    """Variants from best to worst by pooled test MSE, with the gap to the best."""
-    ordered = results.sort_values("mse")
-    best = ordered.iloc[0]
-    lines = []
-    for place, (variant, row) in enumerate(ordered.iterrows(), 1):
-        gap = "" if place == 1 else f", {row.psnr_pooled - best.psnr_pooled:+.2f} dB pooled PSNR vs {ordered.index[0]}"
-        lines.append(f"{place}. **{variant}**: MSE {row.mse:.5f}, PSNR {row.psnr:.2f} dB, SSIM {row.ssim:.4f}{gap}")
+def findings(summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict], reference: dict) -> list[str]:
+    """Sentences generated from the numbers only: the best variant, significance, and the study's question."""
+    best = summary.mse_mean.idxmin()
+    n = int(summary.n.min())
+    lines = [f"- Best variant by mean test MSE over {n} seed(s): **{best}** "
+             f"(MSE {_pm(summary.loc[best], 'mse', '.5f')}, pooled PSNR {_pm(summary.loc[best], 'psnr_pooled', '.2f')} dB, "
+             f"SSIM {_pm(summary.loc[best], 'ssim', '.4f')})."]
+    if n < 2:
+        return lines + ["- With one seed per variant no difference can be told from seed-to-seed luck; "
+                        "list more `seeds:` in params.yaml."]
+    involving = tests[(tests.a == best) | (tests.b == best)]
+    others = lambda frame: [b if a == best else a for a, b in zip(frame.a, frame.b)]  # noqa: E731
+    worse, tied = others(involving[involving.significant]), others(involving[~involving.significant])
+    lines.append(f"- Significantly worse than {best} (Welch's t-test on per-seed test MSE, Benjamini-Hochberg "
+                 f"adjusted p < {stats.ALPHA}): {', '.join(worse) or 'none'}. "
+                 f"Not distinguishable from {best} with {n} seeds: {', '.join(tied) or 'none'}.")
+    for label, members in stats.families(specs).items():
+        lines.append(_family_finding(label, members, summary, tests, specs, reference))
+    dead = summary[summary.dead_latent_units_mean >= 1]
+    if len(dead):
+        lines.append("- Dead latent units (mean over seeds): " + ", ".join(
+            f"{v} {r.dead_latent_units_mean:.1f}" for v, r in dead.iterrows()) + "; every other variant 0.")
     return lines
 
 
-def render_markdown(results: pd.DataFrame, reference: dict, figures: list[str]) -> str:
-    compression = results[COMPRESSION_COLUMNS + ["max_abs_diff_decoder", "eval_seconds"]]
-    decoder = results[["mse_decoder", "psnr_decoder", "ssim_decoder", "max_abs_diff_decoder"]]
-    protocol = pd.DataFrame({v: r for v, r in results.seed_protocol.items()}).T[["mse", "psnr", "psnr_pooled", "ssim"]]
+def _family_finding(label: str, members: list[str], summary: pd.DataFrame, tests: pd.DataFrame,
+                    specs: dict[str, dict], reference: dict) -> str:
+    ordered = summary.loc[members].sort_values("mse_mean").index
+    positions = [stats.upsampling_position(specs[v]) for v in ordered]
+    inside = tests[tests.a.isin(members) & tests.b.isin(members)]
+    study = sorted(reference["upsampling_layer"], key=lambda m: reference["reported"][m]["mse"])
+    study_positions = [reference["upsampling_layer"][m] for m in study]
+    same_order = "the same order as" if positions == study_positions else "a different order from"
+    verdict = ("the upsampling position makes a difference larger than the seed spread" if inside.significant.any()
+               else "no difference between upsampling positions exceeds the seed spread")
+    return (f"- Decoder family ({label}): by mean MSE "
+            + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
+            + f", {same_order} the study's (layer {' < '.join(map(str, study_positions))}); "
+            + f"{int(inside.significant.sum())} of {len(inside)} pairs significant, so {verdict}.")
+
+
+def _pm(row: pd.Series, column: str, fmt: str) -> str:
+    std = row[f"{column}_std"]
+    return f"{row[f'{column}_mean']:{fmt}}" + ("" if np.isnan(std) else f" ± {std:{fmt}}")
+
+
+def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """mean ± std [95% interval] per variant, as text cells."""
+    cells = {}
+    for column in SEED_COLUMNS:
+        fmt = ".5f" if column in ("mse", "val_loss") else ".2f" if column != "ssim" else ".4f"
+        cells[column] = [_pm(row, column, fmt) + ("" if np.isnan(row[f"{column}_ci_low"]) else
+                         f" [{row[f'{column}_ci_low']:{fmt}}, {row[f'{column}_ci_high']:{fmt}}]")
+                         for _, row in summary.iterrows()]
+    return pd.DataFrame({"n": summary.n, **cells}, index=summary.index)
+
+
+def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, tests: pd.DataFrame, specs: dict,
+                    reference: dict, figure_names: list[str]) -> str:
+    means = variant_means(results)
+    decoder = means[["mse_decoder", "psnr_decoder", "ssim_decoder", "max_abs_diff_decoder"]]
+    protocol = pd.DataFrame(list(results.seed_protocol), index=results.index)[["mse", "psnr", "psnr_pooled", "ssim"]]
+    n_seeds = int(summary.n.min())
     parts = [
         "# CompressNet report", "",
+        "## Findings", "", *findings(summary, tests, specs, reference), "",
         f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
         "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).", "",
-        "## Ranking (pooled test MSE)", "", *ranking(results), "",
-        "## The study's six quantities, ours beside theirs", "", _markdown(study_table(results, reference).reset_index(), index=False),
-        "", f"The study trained {reference['epochs']} epochs and measured 10 random unseeded test images.", "",
-        "## Encoder → decoder run separately", "", _markdown(decoder), "",
-        "## The study's protocol (10 seeded test images)", "", _markdown(protocol), "",
-        "## Latent units", "",
-        "A unit is dead when it outputs 0 for every test image; effective dims hold 99% of the latent variance.", "",
-        _markdown(results[LATENT_COLUMNS]), "",
-        "## Compression", "", _markdown(compression), "",
-        "uint8: per-dimension scale/offset calibrated on the val split (side information per model, not per image).",
-        "", "## Figures", "", *[f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures], "",
+        "## Mean ± std over seeds [95% t-interval of the mean]", "", _markdown(seed_table(summary)), "",
+        "## Pairwise differences in test MSE (Welch's t-test, Benjamini-Hochberg adjusted)", "",
+        _markdown(tests, index=False), "",
+        "## Every run", "", _markdown(results[RUN_COLUMNS], index=False), "",
+        "## The study's six quantities, ours beside theirs", "",
+        _markdown(study_table(means, n_seeds, reference).reset_index(), index=False), "",
+        f"The study trained {reference['epochs']} epochs, one run per model, and measured 10 random unseeded "
+        "test images.", "",
+        "## Encoder → decoder run separately (mean over seeds)", "", _markdown(decoder), "",
+        "## The study's protocol (10 seeded test images), per run", "", _markdown(protocol), "",
+        "## Compression (mean over seeds)", "", _markdown(means[COMPRESSION_COLUMNS]), "",
+        "uint8: per-dimension scale/offset calibrated on the val split (side information per model, not per image). "
+        "A unit is dead when it outputs 0 for every test image; effective dims hold 99% of the latent variance.",
+        "", "## Figures", "", *[f"![{Path(f).stem}](figures/{f})" for f in figure_names], "",
     ]
     return "\n".join(parts)
 
@@ -94,90 +153,54 @@ def _markdown(table: pd.DataFrame, index: bool = True) -> str:
     return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–")
 
 
-def plot_study_comparison(results: pd.DataFrame, out: Path) -> None:
-    """The study's 2x2 figure: losses, MSE, SSIM, PSNR; autoencoder vs encoder->decoder."""
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    results[["train_loss", "val_loss"]].plot.bar(ax=axes[0, 0], title="final-epoch loss (MSE)", rot=0)
-    for ax, metric in zip(axes.flat[1:], ("mse", "ssim", "psnr")):
-        pair = results[[metric, f"{metric}_decoder"]].set_axis(["autoencoder", "encoder→decoder"], axis=1)
-        pair.plot.bar(ax=ax, title=f"test {metric.upper()}", rot=0)
-        low, high = pair.values.min(), pair.values.max()
-        ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def plot_loss_curves(variants: list[str], reports: Path, out: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for variant in variants:
-        history = pd.read_csv(reports / "history" / f"{variant}.csv")
-        for ax, column in zip(axes, ("train_loss", "val_loss")):
-            ax.plot(history.epoch, history[column], "o-", label=variant)
-    for ax, title in zip(axes, ("train loss", "val loss")):
-        ax.set(title=title, xlabel="epoch", yscale="log")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def plot_reconstructions(variants: list[str], results: pd.DataFrame, reports: Path, prepared: Path, out: Path) -> None:
-    """Originals (top row) and each variant's reconstructions of the same upright test images."""
+def draw_figures(results: pd.DataFrame, summary: pd.DataFrame, reports: Path, prepared: Path) -> list[Path]:
+    out = reports / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / f"{name}.png" for name in
+             ("findings_seed_spread", "study_comparison", "loss_curves", "reconstructions", "per_class_psnr")}
+    means = variant_means(results)
+    figures.seed_spread(results, summary, paths["findings_seed_spread"])
+    figures.study_comparison(means, paths["study_comparison"])
+    histories = {}
+    for name, row in results.iterrows():
+        histories.setdefault(row.variant, []).append(pd.read_csv(reports / "history" / f"{name}.csv"))
+    figures.loss_curves(histories, paths["loss_curves"])
+    first_seed = results.groupby("variant", sort=False).head(1)
     test_images, _ = data.load_split(prepared, "test")
-    indices = results.sample_indices.iloc[0]
-    rows = [("original", test_images[indices])] + [(v, np.load(reports / "samples" / f"{v}.npy")) for v in variants]
-    fig, axes = plt.subplots(len(rows), len(indices), figsize=(len(indices) * 0.8, len(rows) * 0.9))
-    for r, (name, images) in enumerate(rows):
-        for c, image in enumerate(images):
-            axes[r, c].imshow(image, cmap="gray", vmin=0, vmax=255)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center")
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    figures.reconstructions(test_images[results.sample_indices.iloc[0]],
+                            {name: np.load(reports / "samples" / f"{name}.npy") for name in first_seed.index},
+                            paths["reconstructions"])
+    per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
+    figures.per_class_psnr(per_class.T.groupby(results.variant, sort=False).mean().T, means.mse.idxmin(),
+                           paths["per_class_psnr"])
+    return list(paths.values())
 
 
-def plot_per_class(results: pd.DataFrame, out: Path, worst: int = 8) -> None:
-    """Per-character PSNR for every variant; the characters hardest for the best variant are marked."""
-    table = pd.DataFrame({v: pd.DataFrame(r).set_index("char").psnr for v, r in results.per_class.items()})
-    best = results.mse.idxmin()
-    table = table.sort_values(best)
-    fig, ax = plt.subplots(figsize=(13, 4.5))
-    table.plot.bar(ax=ax, width=0.8, rot=0)
-    for i in range(min(worst, len(table))):
-        ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.08)
-    ax.set(title=f"test PSNR per character (sorted by {best}; shaded: its {worst} hardest)",
-           ylabel="PSNR (dB)", xlabel="character")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def write_report(variants: list[str], reports: Path = REPORTS_DIR,
-                 prepared: Path = PREPARED_DIR) -> tuple[Path, list[Path], pd.DataFrame]:
-    results = load_results(reports, variants)
+def write_report(params: Params, reports: Path = REPORTS_DIR,
+                 prepared: Path = PREPARED_DIR) -> tuple[Path, list[Path], pd.DataFrame, pd.DataFrame]:
+    results = load_results(reports, params.runs())
+    summary = stats.aggregate(results, SEED_COLUMNS)
+    tests = stats.pairwise_welch(results, "mse")
+    specs = {name: dataclasses.asdict(spec) for name, spec in params.variants.items()}
     reference = yaml.safe_load(REFERENCE.read_text())
-    figures_dir = reports / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    figures = [figures_dir / name for name in
-               ("study_comparison.png", "loss_curves.png", "reconstructions.png", "per_class_psnr.png")]
-    plot_study_comparison(results, figures[0])
-    plot_loss_curves(variants, reports, figures[1])
-    plot_reconstructions(variants, results, reports, prepared, figures[2])
-    plot_per_class(results, figures[3])
+    paths = draw_figures(results, summary, reports, prepared)
     report = reports / "report.md"
-    data.atomic_write(report, lambda tmp: tmp.write_text(render_markdown(results, reference, [f.name for f in figures])))
-    return report, figures, results
+    text = render_markdown(results, summary, tests, specs, reference, [p.name for p in paths])
+    data.atomic_write(report, lambda tmp: tmp.write_text(text))
+    return report, paths, results, summary
 
 
-def log_report(experiment: str, report: Path, figures: list[Path], run_ids: list[str]) -> None:
-    """One `report` run holding the report; the variant runs become its children in the MLflow UI."""
+def log_report(experiment: str, report: Path, figure_paths: list[Path], summary: pd.DataFrame,
+               run_ids: list[str]) -> None:
+    """One `report` run holding the report and the per-variant means; the training runs become its children."""
     tracking.setup(experiment)
     with tracking.tracked_run(run_name="report", tags=tracking.run_tags("report")) as run:
         mlflow.log_artifact(str(report))
-        for figure in figures:
+        for figure in figure_paths:
             mlflow.log_artifact(str(figure), "figures")
+        mlflow.log_metrics({f"{variant}.{column}": float(value) for variant, row in summary.iterrows()
+                            for column, value in row.items() if column.endswith(("_mean", "_std"))
+                            and np.isfinite(value)})
     client = mlflow.MlflowClient()
     for run_id in run_ids:
         try:
@@ -186,14 +209,15 @@ def log_report(experiment: str, report: Path, figures: list[Path], run_ids: list
             print(f"report: run {run_id} not found in the tracking store; not grouped")
 
 
-def _report(params) -> str:
-    report, figures, results = write_report(list(params.variants))
-    log_report(params.mlflow.experiment, report, figures, [r for r in results.mlflow_run_id if isinstance(r, str)])
-    return f"wrote {report} and {len(figures)} figures"
+def _report(params: Params) -> str:
+    report, figure_paths, results, summary = write_report(params)
+    log_report(params.mlflow.experiment, report, figure_paths, summary,
+               [r for r in results.mlflow_run_id if isinstance(r, str)])
+    return f"wrote {report} and {len(figure_paths)} figures ({len(results)} runs of {len(summary)} variants)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("report", __doc__, _report, argv, per_variant=False,
+    return run_stage("report", __doc__, _report, argv, per_run=False,
                      expected=(data.DataError, tracking.TrackingError))
 
 

@@ -1,8 +1,9 @@
 """DVC stage `train@<variant>`: train one autoencoder variant on the prepared train split.
 
-Writes models/<variant>.pt (final weights), models/<variant>.best.pt (lowest val loss) and
-reports/history/<variant>.csv, and records the run in MLflow. An interrupted run resumes from
-checkpoints/<variant>.ckpt (last completed epoch) and ends with the same weights as an uninterrupted one.
+One run per (variant, seed); <run> below is `<variant>-seed<seed>`. Writes models/<run>.pt (final weights),
+models/<run>.best.pt (lowest val loss) and reports/history/<run>.csv, and records the run in MLflow.
+An interrupted run resumes from checkpoints/<run>.ckpt (last completed epoch) and ends with the same
+weights as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline import data, tracking
-from pipeline.config import REPO_ROOT, Params, TrainConfig, run_stage
+from pipeline.cli import run_stage
+from pipeline.config import REPO_ROOT, Params, TrainConfig, run_name
 from pipeline.models import build_model
 from pipeline.prepare import PREPARED_DIR
 
@@ -58,9 +60,9 @@ def save_atomic(obj: object, path: Path) -> None:
     data.atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def fingerprint(params: Params, variant: str, manifest_sha: str) -> str:
+def fingerprint(params: Params, variant: str, seed: int, manifest_sha: str) -> str:
     """Identifies the training job: a checkpoint is resumed only by the job that wrote it."""
-    job = {"spec": dataclasses.asdict(params.variant(variant)),
+    job = {"spec": dataclasses.asdict(params.variant(variant)), "seed": seed,
            "train": dataclasses.asdict(params.train_for(variant)), "data": manifest_sha}
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
 
@@ -68,15 +70,16 @@ def fingerprint(params: Params, variant: str, manifest_sha: str) -> str:
 class Trainer:
     """One variant's training loop; state (model, optimizer, scheduler, history) is checkpointable."""
 
-    def __init__(self, params: Params, variant: str, device: torch.device, steps_per_epoch: int):
+    def __init__(self, params: Params, variant: str, seed: int, device: torch.device, train_images: int):
         self.cfg = params.train_for(variant)
-        self.device = device
-        torch.manual_seed(self.cfg.seed)
+        self.seed, self.device = seed, device
+        self.images_per_epoch = min(train_images, (self.cfg.steps_per_epoch or math.inf) * self.cfg.batch_size)
+        torch.manual_seed(seed)
         self.model = build_model(params.variant(variant)).to(device)
         if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = self._optimizer()
-        self.scheduler = self._scheduler(steps_per_epoch)
+        self.scheduler = self._scheduler(math.ceil(self.images_per_epoch / self.cfg.batch_size))
         self.history: list[dict] = []
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -110,11 +113,13 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def train_epoch(self, train_x: torch.Tensor, epoch: int) -> float:
-        """One shuffled pass; the permutation depends only on (seed, epoch), so resuming is exact."""
+        """One shuffled pass (or its first steps_per_epoch batches); the permutation depends only on
+        (seed, epoch), so resuming is exact."""
         self.model.train()
-        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_x), generator=generator)[:self.images_per_epoch]
         total, bs = torch.zeros((), dtype=torch.float64, device=self.device), self.cfg.batch_size
-        batches = tqdm(range(0, len(train_x), bs), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+        batches = tqdm(range(0, len(order), bs), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
                        leave=False, mininterval=1.0)
         for i, start in enumerate(batches):
             x = self._prepare(train_x[order[start:start + bs].to(self.device)])
@@ -128,7 +133,7 @@ class Trainer:
             total += loss.detach() * len(x)
             if i % 50 == 0:
                 batches.set_postfix(loss=f"{loss.item():.5f}")
-        return total.item() / len(train_x)
+        return total.item() / len(order)
 
     @torch.no_grad()
     def val_loss(self, val_x: torch.Tensor, batch_size: int = 2048) -> float:
@@ -150,16 +155,17 @@ class Trainer:
                 raise TrainingDiverged(f"epoch {epoch + 1}: loss is {train_loss} (train) / {val_loss} (val); "
                                        f"lower train.lr (now {self.cfg.lr}) or check the data")
             row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                   "seconds": seconds, "images_per_s": len(train_x) / seconds}
+                   "seconds": seconds, "images_per_s": self.images_per_epoch / seconds}
             self.history.append(row)
             tqdm.write(f"epoch {epoch + 1}/{self.cfg.epochs}: train {train_loss:.5f} val {val_loss:.5f} "
                        f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
             on_epoch(row)
 
 
-def train_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, models_dir: Path = MODELS_DIR,
-                  history_dir: Path = HISTORY_DIR, checkpoint_dir: Path = CHECKPOINT_DIR) -> Path:
-    """Train (or resume) one variant; returns the final model file."""
+def train_variant(params: Params, variant: str, seed: int, prepared: Path = PREPARED_DIR,
+                  models_dir: Path = MODELS_DIR, history_dir: Path = HISTORY_DIR,
+                  checkpoint_dir: Path = CHECKPOINT_DIR) -> Path:
+    """Train (or resume) one variant with one seed; returns the final model file."""
     cfg = params.train_for(variant)
     configure_determinism(cfg)
     device = pick_device(cfg.device)
@@ -167,18 +173,19 @@ def train_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, m
     train_x = as_batch_tensor(data.load_split(prepared, "train")[0], device)
     val_x = as_batch_tensor(data.load_split(prepared, "val")[0], device)
     experiment_id = tracking.setup(params.mlflow.experiment)
-    trainer = Trainer(params, variant, device, steps_per_epoch=math.ceil(len(train_x) / cfg.batch_size))
-    ckpt_path, job = checkpoint_dir / f"{variant}.ckpt", fingerprint(params, variant, manifest_sha)
+    trainer = Trainer(params, variant, seed, device, train_images=len(train_x))
+    name = run_name(variant, seed)
+    ckpt_path, job = checkpoint_dir / f"{name}.ckpt", fingerprint(params, variant, seed, manifest_sha)
     ckpt = _load_checkpoint(ckpt_path, job)
     best = ckpt["best"] if ckpt else {"val_loss": math.inf}
     if ckpt:
         trainer.load_state(ckpt["trainer"])
-        print(f"train: resuming {variant} after epoch {len(trainer.history)} from {ckpt_path}")
+        print(f"train: resuming {name} after epoch {len(trainer.history)} from {ckpt_path}")
     run_id = _resumable_run(ckpt["run_id"], experiment_id) if ckpt else None
-    with tracking.tracked_run(run_id=run_id, run_name=variant,
-                          tags={**tracking.run_tags(f"train@{variant}"), "variant": variant}) as run:
+    tags = {**tracking.run_tags(f"train@{variant}-{seed}"), "variant": variant, "seed": str(seed)}
+    with tracking.tracked_run(run_id=run_id, run_name=name, tags=tags) as run:
         if not run_id:
-            _log_inputs(params, variant, prepared, manifest_sha)
+            _log_inputs(params, variant, seed, prepared, manifest_sha)
             for row in trainer.history:  # epochs a resumed job trained before its old run went missing
                 _log_epoch(row)
 
@@ -189,14 +196,14 @@ def train_variant(params: Params, variant: str, prepared: Path = PREPARED_DIR, m
             save_atomic({"job": job, "run_id": run.info.run_id, "trainer": trainer.state(), "best": best}, ckpt_path)
 
         trainer.fit(train_x, val_x, on_epoch)
-        meta = {"variant": variant, "spec": dataclasses.asdict(params.variant(variant)),
+        meta = {"variant": variant, "seed": seed, "spec": dataclasses.asdict(params.variant(variant)),
                 "train": dataclasses.asdict(cfg), "data_manifest_sha256": manifest_sha, "job": job,
                 "mlflow_run_id": run.info.run_id, "epochs": len(trainer.history)}
-        final = models_dir / f"{variant}.pt"
+        final = models_dir / f"{name}.pt"
         save_atomic({**meta, "state_dict": _cpu_state(trainer.model)}, final)
         save_atomic({**meta, "state_dict": best["state_dict"], "best_epoch": best["epoch"]},
-                    models_dir / f"{variant}.best.pt")
-        _write_history(trainer.history, history_dir / f"{variant}.csv")
+                    models_dir / f"{name}.best.pt")
+        _write_history(trainer.history, history_dir / f"{name}.csv")
         _log_outputs(trainer, params, final)
     ckpt_path.unlink(missing_ok=True)
     return final
@@ -236,10 +243,10 @@ def _write_history(history: list[dict], path: Path) -> None:
     data.atomic_write(path, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.8g"))
 
 
-def _log_inputs(params: Params, variant: str, prepared: Path, manifest_sha: str) -> None:
+def _log_inputs(params: Params, variant: str, seed: int, prepared: Path, manifest_sha: str) -> None:
     flat = tracking.flatten({"data": dataclasses.asdict(params.data), "train": dataclasses.asdict(params.train_for(variant)),
                              "variant": {k: v for k, v in dataclasses.asdict(params.variant(variant)).items() if k != "train"}})
-    mlflow.log_params({**flat, "variant.name": variant})
+    mlflow.log_params({**flat, "variant.name": variant, "seed": seed})
     manifest = data.load_manifest(prepared)
     images, labels = data.load_split(prepared, "train")
     dataset = mlflow.data.from_numpy(images[:1000], targets=labels[:1000], name="emnist-prepared-train",
@@ -281,7 +288,7 @@ def _log_model(model: torch.nn.Module) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("train", __doc__, lambda params, variant: f"wrote {train_variant(params, variant)}", argv,
+    return run_stage("train", __doc__, lambda *run: f"wrote {train_variant(*run)}", argv,
                      expected=(data.DataError, tracking.TrackingError, TrainingDiverged))
 
 

@@ -37,7 +37,8 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 600) -> str:
     return result.stdout
 
 
-def make_project(root: Path, variants: dict, epochs: int = 2, data_source: str | None = None) -> tuple[Path, dict]:
+def make_project(root: Path, variants: dict, epochs: int = 2, data_source: str | None = None,
+                 seeds: tuple[int, ...] = (0,)) -> tuple[Path, dict]:
     """Copy the repo's tracked (and new, unignored) files into a fresh git repo with these variants.
 
     Returns the root and an environment whose PATH starts with this venv, with no MLFLOW_TRACKING_URI,
@@ -50,7 +51,8 @@ def make_project(root: Path, variants: dict, epochs: int = 2, data_source: str |
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["train"].update(epochs=epochs, batch_size=64, threads=1)  # tests share 2 cores
+    params["train"].update(epochs=epochs, batch_size=64, threads=1, steps_per_epoch=None)  # tests share 2 cores
+    params["seeds"] = list(seeds)
     params["mlflow"]["log_model"] = False
     params["variants"] = variants
     if data_source:

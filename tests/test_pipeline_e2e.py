@@ -13,15 +13,18 @@ from tests.fakedata import make_emnist_dir
 
 REQUIRED_KEYS = {"mse", "psnr", "psnr_pooled", "ssim", "mse_decoder", "psnr_decoder", "ssim_decoder",
                  "max_abs_diff_decoder", "train_loss", "val_loss", "latent_dim", "bytes_per_image_float32",
-                 "compression_ratio_float32", "n_test", "seed_protocol", "per_class"}
+                 "compression_ratio_float32", "n_test", "seed_protocol", "per_class", "dead_latent_units",
+                 "effective_latent_dims"}
+RUNS = ["tiny1-seed0", "tiny1-seed1", "tiny2-seed0", "tiny2-seed1"]
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict]:
-    """A git+DVC copy of the repo with two tiny variants, after one `dvc exp run` on generated data."""
-    root, env = make_project(tmp_path_factory.mktemp("project"), {"tiny1": TINY, "tiny2": {**TINY, "latent_dim": 4}})
+    """A git+DVC copy of the repo with two tiny variants x two seeds, after one `dvc exp run` on generated data."""
+    root, env = make_project(tmp_path_factory.mktemp("project"), {"tiny1": TINY, "tiny2": {**TINY, "latent_dim": 4}},
+                             seeds=(0, 1))
     data_dir = make_emnist_dir(tmp_path_factory.mktemp("data") / "emnist")
     run(["dvc", "exp", "run", "--set-param", f"data.source={data_dir}"], root, env)
     return root, env
@@ -29,16 +32,25 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_pipeline_produces_every_output(project):
     root, _ = project
-    for variant in ("tiny1", "tiny2"):
-        assert (root / "models" / f"{variant}.pt").exists()
-        metrics = json.loads((root / "reports" / "metrics" / f"{variant}.json").read_text())
+    for name in RUNS:
+        assert (root / "models" / f"{name}.pt").exists()
+        metrics = json.loads((root / "reports" / "metrics" / f"{name}.json").read_text())
         assert REQUIRED_KEYS <= metrics.keys()
         assert len(metrics["per_class"]) == 47
         assert metrics["max_abs_diff_decoder"] < 1e-6
         assert metrics["n_test"] == 94
+        assert f"{metrics['variant']}-seed{metrics['seed']}" == name
     report = (root / "reports" / "report.md").read_text()
-    assert "tiny1" in report and "tiny2" in report
-    assert len(list((root / "reports" / "figures").glob("*.png"))) == 4
+    assert report.index("## Findings") < report.index("## Mean ± std over seeds")
+    assert all(name in report for name in RUNS)
+    assert len(list((root / "reports" / "figures").glob("*.png"))) == 5
+
+
+def test_seeds_train_different_models(project):
+    root, _ = project
+    first, second = (torch.load(root / "models" / f"tiny1-seed{s}.pt", weights_only=False) for s in (0, 1))
+    assert (first["seed"], second["seed"]) == (0, 1)
+    assert not torch.equal(first["state_dict"]["encoder.0.weight"], second["state_dict"]["encoder.0.weight"])
 
 
 def test_data_source_is_a_dvc_parameter(project):
@@ -55,23 +67,24 @@ def test_runs_land_in_the_root_sqlite_store(project):
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("compressnet")
     runs = client.search_runs([experiment.experiment_id])
-    names = sorted(r.info.run_name for r in runs)
-    assert names == ["report", "tiny1", "tiny2"]
+    assert sorted(r.info.run_name for r in runs) == sorted(["report", *RUNS])
     report_run = next(r for r in runs if r.info.run_name == "report")
+    assert "tiny1.mse_mean" in report_run.data.metrics
     for variant_run in runs:
         if variant_run.info.run_name != "report":
             assert variant_run.data.tags["mlflow.parentRunId"] == report_run.info.run_id
             assert {"test_ssim", "val_loss"} <= variant_run.data.metrics.keys()
+            assert variant_run.data.tags["seed"] == variant_run.info.run_name[-1]
 
 
 def _snapshot(root: Path) -> dict:
-    """State-dict tensors and metrics (without the documented non-deterministic 'run' block) per variant."""
+    """State-dict tensors and metrics (without the documented non-deterministic 'run' block) per run."""
     snap = {}
-    for variant in ("tiny1", "tiny2"):
-        saved = torch.load(root / "models" / f"{variant}.pt", weights_only=False)
-        metrics = json.loads((root / "reports" / "metrics" / f"{variant}.json").read_text())
+    for name in RUNS:
+        saved = torch.load(root / "models" / f"{name}.pt", weights_only=False)
+        metrics = json.loads((root / "reports" / "metrics" / f"{name}.json").read_text())
         metrics.pop("run")
-        snap[variant] = (saved["state_dict"], metrics)
+        snap[name] = (saved["state_dict"], metrics)
     return snap
 
 
@@ -80,18 +93,35 @@ def test_forced_rerun_is_bit_identical(project):
     before = _snapshot(root)
     run(["dvc", "repro", "--force"], root, env)
     after = _snapshot(root)
-    for variant, (weights, metrics) in before.items():
-        new_weights, new_metrics = after[variant]
+    for name, (weights, metrics) in before.items():
+        new_weights, new_metrics = after[name]
         assert weights.keys() == new_weights.keys()
-        assert all(torch.equal(weights[k], new_weights[k]) for k in weights), variant
-        assert metrics == new_metrics, variant
+        assert all(torch.equal(weights[k], new_weights[k]) for k in weights), name
+        assert metrics == new_metrics, name
 
 
-def test_editing_one_variant_reruns_only_its_branch(project):
+def _status_after_editing(root: Path, env: dict, edit) -> set[str]:
+    params_file = root / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    edit(params)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        return set(json.loads(run(["dvc", "status", "--json"], root, env)))
+    finally:
+        params_file.write_text(original)
+
+
+def test_editing_one_variant_reruns_only_its_branches(project):
     root, env = project
     assert json.loads(run(["dvc", "status", "--json"], root, env)) == {}
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["variants"]["tiny2"]["latent_dim"] = 6
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run(["dvc", "status", "--json"], root, env)
-    assert set(json.loads(status)) == {"train@tiny2"}  # downstream stages follow once its model changes
+    changed = _status_after_editing(root, env, lambda p: p["variants"]["tiny2"].update(latent_dim=6))
+    # its two seeds' train stages, and the report that reads every variant's spec (downstream follows later)
+    assert changed == {"train@tiny2-0", "train@tiny2-1", "report"}
+
+
+def test_changing_one_seed_adds_only_that_branch(project):
+    root, env = project
+    changed = _status_after_editing(root, env, lambda p: p.update(seeds=[0, 5]))
+    assert {s for s in changed if not s.startswith("report")} == {
+        "train@tiny1-5", "train@tiny2-5", "evaluate@tiny1-5", "evaluate@tiny2-5"}

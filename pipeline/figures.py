@@ -1,0 +1,94 @@
+"""The report's figures. Each takes the per-run results table (one row per variant and seed) and a path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _save(fig, out: Path, **kwargs) -> None:
+    fig.savefig(out, dpi=110, **kwargs)
+    plt.close(fig)
+
+
+def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
+    """Every seed as a dot, the mean and its 95% interval as a bar, for pooled PSNR, SSIM and dead units."""
+    panels = [("psnr_pooled", "test pooled PSNR (dB)"), ("ssim", "test SSIM"), ("dead_latent_units", "dead latent units")]
+    variants = list(summary.index)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.9 * len(variants)), 3 * len(panels)), sharex=True)
+    for ax, (column, title) in zip(axes, panels):
+        positions = np.arange(len(variants))
+        mean = summary[f"{column}_mean"].to_numpy()
+        half = (summary[f"{column}_ci_high"] - summary[f"{column}_mean"]).fillna(0).to_numpy()
+        ax.errorbar(positions, mean, yerr=half, fmt="_", markersize=18, capsize=6, color="black", label="mean, 95% CI")
+        for i, variant in enumerate(variants):
+            values = runs.loc[runs.variant == variant, column]
+            ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, s=18, alpha=0.7)
+        ax.set(ylabel=title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(loc="best")
+    axes[-1].set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
+    fig.suptitle(f"seed-to-seed spread ({int(summary.n.max())} seeds per variant)")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def study_comparison(means: pd.DataFrame, out: Path) -> None:
+    """The study's 2x2 figure (means over seeds): losses, MSE, SSIM, PSNR; autoencoder vs encoder->decoder."""
+    fig, axes = plt.subplots(2, 2, figsize=(max(10, 0.8 * len(means)), 7))
+    means[["train_loss", "val_loss"]].plot.bar(ax=axes[0, 0], title="final-epoch loss (MSE)", rot=30)
+    for ax, metric in zip(axes.flat[1:], ("mse", "ssim", "psnr")):
+        pair = means[[metric, f"{metric}_decoder"]].set_axis(["autoencoder", "encoder→decoder"], axis=1)
+        pair.plot.bar(ax=ax, title=f"test {metric.upper()}", rot=30)
+        low, high = pair.values.min(), pair.values.max()
+        ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def loss_curves(histories: dict[str, list[pd.DataFrame]], out: Path) -> None:
+    """Per variant: the mean over seeds of each epoch's loss, shaded between the seeds' min and max."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for variant, frames in histories.items():
+        stacked = pd.concat(frames).groupby("epoch")
+        for ax, column in zip(axes, ("train_loss", "val_loss")):
+            mean = stacked[column].mean()
+            line, = ax.plot(mean.index, mean, "o-", label=variant)
+            ax.fill_between(mean.index, stacked[column].min(), stacked[column].max(), color=line.get_color(), alpha=0.2)
+    for ax, title in zip(axes, ("train loss", "val loss")):
+        ax.set(title=f"{title} (mean over seeds, min–max shaded)", xlabel="epoch", yscale="log")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def reconstructions(originals: np.ndarray, rows: dict[str, np.ndarray], out: Path) -> None:
+    """Originals (top row) and each run's reconstructions of the same upright test images."""
+    rows = {"original": originals, **rows}
+    fig, axes = plt.subplots(len(rows), len(originals), figsize=(len(originals) * 0.8, len(rows) * 0.9),
+                             squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c, image in enumerate(images):
+            axes[r, c].imshow(image, cmap="gray", vmin=0, vmax=255)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+    _save(fig, out, bbox_inches="tight")
+
+
+def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) -> None:
+    """Per-character PSNR (rows: characters, columns: variants); the best variant's hardest are shaded."""
+    table = table.sort_values(best)
+    fig, ax = plt.subplots(figsize=(13, 4.5))
+    table.plot.bar(ax=ax, width=0.8, rot=0, legend=len(table.columns) <= 12)
+    for i in range(min(worst, len(table))):
+        ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.08)
+    ax.set(title=f"test PSNR per character, mean over seeds (sorted by {best}; shaded: its {worst} hardest)",
+           ylabel="PSNR (dB)", xlabel="character")
+    fig.tight_layout()
+    _save(fig, out)

@@ -1,0 +1,84 @@
+"""Seed statistics for the report: mean ± std and 95% intervals per variant, pairwise Welch t-tests.
+
+Inputs are tables with one row per training run (variant, seed). With one seed per variant there is no
+spread to compare against, and every test result says so instead of claiming anything.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ALPHA = 0.05
+
+
+def aggregate(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per variant and column: n, mean, std (ddof=1), and the 95% t-interval of the mean."""
+    rows = []
+    for variant, group in runs.groupby("variant", sort=False):
+        row = {"variant": variant, "n": len(group)}
+        for column in columns:
+            mean, std, (low, high) = _mean_interval(group[column].to_numpy(dtype=float))
+            row.update({f"{column}_mean": mean, f"{column}_std": std,
+                        f"{column}_ci_low": low, f"{column}_ci_high": high})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def _mean_interval(values: np.ndarray) -> tuple[float, float, tuple[float, float]]:
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), (float("nan"), float("nan"))
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(1 - ALPHA / 2, len(values) - 1)) * std / np.sqrt(len(values))
+    return mean, std, (mean - half, mean + half)
+
+
+def pairwise_welch(runs: pd.DataFrame, column: str, variants: list[str] | None = None) -> pd.DataFrame:
+    """Welch's t-test of `column` for each pair of variants, Benjamini-Hochberg adjusted over all pairs.
+
+    A pair is `significant` when its adjusted p < 0.05; pairs with fewer than two seeds on a side, or no
+    spread at all, get p = NaN and are never significant.
+    """
+    groups = {v: g[column].to_numpy(dtype=float) for v, g in runs.groupby("variant", sort=False)}
+    variants = variants or list(groups)
+    rows = []
+    for a, b in itertools.combinations(variants, 2):
+        x, y = groups[a], groups[b]
+        p = float("nan")
+        if min(len(x), len(y)) >= 2 and (x.std() > 0 or y.std() > 0):
+            p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+        rows.append({"a": a, "b": b, "mean_a": x.mean(), "mean_b": y.mean(), "difference": x.mean() - y.mean(),
+                     "p": p})
+    table = pd.DataFrame(rows, columns=["a", "b", "mean_a", "mean_b", "difference", "p"])
+    tested = table.p.notna()
+    table["p_adjusted"] = np.nan
+    if tested.any():
+        table.loc[tested, "p_adjusted"] = stats.false_discovery_control(table.p[tested].to_numpy(), method="bh")
+    table["significant"] = table.p_adjusted < ALPHA
+    return table
+
+
+def families(specs: dict[str, dict]) -> dict[str, list[str]]:
+    """Groups of two or more variants that differ only in their decoder strides (where they upsample).
+
+    Keyed by what the family's members share, e.g. "latent relu, init glorot_uniform".
+    """
+    grouped: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        shared = {k: v for k, v in spec.items() if k not in ("decoder_strides", "description")}
+        grouped.setdefault(repr(sorted(shared.items(), key=str)), []).append(name)
+    labelled = {}
+    for names in (n for n in grouped.values() if len(n) > 1):
+        spec = specs[names[0]]
+        label = f"latent {spec['latent_activation']}, init {spec['init']}"
+        labelled[label if label not in labelled else f"{label} ({names[0]}, ...)"] = names
+    return labelled
+
+
+def upsampling_position(spec: dict) -> int:
+    """1-based index of the decoder layer that upsamples (the first with the largest stride)."""
+    strides = spec["decoder_strides"]
+    return strides.index(max(strides)) + 1
