@@ -43,8 +43,19 @@ def test_repo_params_load():
         assert (spec.latent_dim, spec.kernel_size, spec.latent_activation) == (32, 3, "relu")
         assert spec.init == "glorot_uniform" and spec.encoded_size() == 14
     assert params.train.optimizer == "adam" and params.train.lr == 1e-3 and params.train.adam_eps == 1e-7
-    assert params.train.batch_size == 128 and params.train.epochs == 15
+    assert params.train.batch_size == 128 and (params.train.epochs, params.train.steps_per_epoch) == (2, 100)
     assert params.data.source == OFFICIAL_SOURCE
+    assert len(params.seeds) >= 3 and len(params.runs()) == len(params.seeds) * len(params.variants)
+
+
+@pytest.mark.parametrize("suffix, changed", [("_linear", {"latent_activation": "linear"}),
+                                             ("_he", {"init": "he_uniform"})])
+def test_confounder_free_variants_change_only_the_latent_or_init(suffix, changed):
+    params = load_params()
+    for name in STUDY:
+        study, fixed = vars(params.variant(name)), vars(params.variant(name + suffix))
+        differs = {k for k in study if study[k] != fixed[k]} - {"description"}
+        assert differs == set(changed) and all(fixed[k] == v for k, v in changed.items())
 
 
 def test_train_for_applies_only_the_variants_overrides():
@@ -59,12 +70,12 @@ def test_train_for_applies_only_the_variants_overrides():
     assert isinstance(own.lr, float)  # converted like the shared section (an int in YAML)
     untouched = {k: v for k, v in vars(own).items() if k not in ("epochs", "lr", "schedule")}
     assert untouched == {k: v for k, v in vars(shared).items() if k not in ("epochs", "lr", "schedule")}
-    assert (shared.epochs, shared.lr, shared.schedule) == (15, 1e-3, "constant")  # shared section unchanged
+    assert (shared.epochs, shared.lr, shared.schedule) == (2, 1e-3, "constant")  # shared section unchanged
     assert raw["variants"]["model02"]["train"] == {"epochs": 3, "lr": 2, "schedule": "onecycle"}
 
 
 def test_unknown_variant_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"^variants\.nope: no such variant; known: model01, model02"):
+    with pytest.raises(ConfigError, match=r"^variants\.nope: no such variant; known: model01, model01_he, model01_linear, model02"):
         load_params().variant("nope")
 
 
@@ -110,7 +121,7 @@ M1, M2 = "variants.model01", "variants.model02"
 BAD = [
     # unknown keys, at every level
     ("top-level", put("extras", 1), "extras", "unknown key"),
-    ("top-level-allowed", put("extras", 1), "extras", "allowed: variants, data, train, evaluate, mlflow"),
+    ("top-level-allowed", put("extras", 1), "extras", "allowed: variants, seeds, data, train, evaluate, mlflow"),
     ("data", put("data.shuffle", True), "data.shuffle", "unknown key"),
     ("train", put("train.momentum", 0.9), "train.momentum", "unknown key"),
     ("evaluate", put("evaluate.metric", "ssim"), "evaluate.metric", "unknown key"),
@@ -145,7 +156,14 @@ BAD = [
     *[(f"device={v}", put("train.device", v), "train.device", "auto, cpu, cuda or cuda:N")
       for v in ("gpu", "cuda:", "cuda:x", "CPU")],
     ("data-seed", put("data.seed", -1), "data.seed", ">= 0"),
-    ("train-seed", put("train.seed", -1), "train.seed", ">= 0"),
+    ("train-seed-moved", put("train.seed", 0), "train.seed", "unknown key"),
+    ("steps-0", put("train.steps_per_epoch", 0), "train.steps_per_epoch", "null or an integer >= 1"),
+    ("steps-str", put("train.steps_per_epoch", "all"), "train.steps_per_epoch", "expected int"),
+    ("seeds-empty", put("seeds", []), "seeds", "non-empty list of distinct"),
+    ("seeds-repeated", put("seeds", [0, 1, 0]), "seeds", "distinct"),
+    ("seeds-negative", put("seeds", [0, -1]), "seeds", ">= 0"),
+    ("seeds-not-list", put("seeds", 3), "seeds", "expected a list"),
+    ("seeds-str", put("seeds", [0, "1"]), "seeds[1]", "expected int"),
     ("protocol-seed", put("evaluate.protocol_seed", -1), "evaluate.protocol_seed", ">= 0"),
     ("eval-batch", put("evaluate.batch_size", 0), "evaluate.batch_size", ">= 1"),
     ("protocol-images", put("evaluate.protocol_images", 0), "evaluate.protocol_images", ">= 1"),
@@ -159,7 +177,7 @@ BAD = [
     ("ssim-window", put("evaluate.ssim_window", "box"), "evaluate.ssim_window", "one of uniform, gaussian"),
     ("activation", put(f"{M1}.activation", "swish"), f"{M1}.activation", "got 'swish'"),
     ("latent-activation", put(f"{M1}.latent_activation", "foo"), f"{M1}.latent_activation", "linear"),
-    ("init", put(f"{M1}.init", "he"), f"{M1}.init", "one of glorot_uniform, torch_default"),
+    ("init", put(f"{M1}.init", "he"), f"{M1}.init", "one of glorot_uniform, he_uniform, torch_default"),
     ("output-activation", put(f"{M1}.output_activation", "relu"), f"{M1}.output_activation", "sigmoid"),
     # impossible architectures
     ("decoder-56", put(f"{M2}.decoder_strides", [2, 2, 1, 1]), f"{M2}.decoder_strides", "(got 56x56)"),
@@ -302,3 +320,11 @@ def test_train_cli_rejects_bad_params_before_training(tmp_path):
     assert result.stderr.strip().count("\n") == 0, result.stderr
     after = {p: p.stat().st_mtime_ns for d in outputs if d.exists() for p in d.glob("model01*")}
     assert after == before  # no models/model01*.pt nor checkpoint written or touched
+
+
+def test_stage_cli_rejects_a_seed_not_in_params(tmp_path):
+    path = write(tmp_path, yaml.safe_dump(valid(), sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "model01", "--seed", "9", "--params", str(path)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("evaluate: error: seeds: 9 is not listed (seeds: [0, 1, 2])"), result.stderr

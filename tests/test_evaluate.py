@@ -38,7 +38,7 @@ def trained(tmp_path_factory) -> tuple[Path, object, str]:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         prepare(params.data, root / "prepared")
         for variant in params.variants:
-            train_variant(params, variant, prepared=root / "prepared", models_dir=root / "models",
+            train_variant(params, variant, 0, prepared=root / "prepared", models_dir=root / "models",
                           history_dir=root / "reports" / "history", checkpoint_dir=root / "checkpoints")
     return root, params, uri
 
@@ -54,13 +54,13 @@ def workspace(trained, tmp_path: Path, monkeypatch) -> dict:
 
 
 def run_evaluate(ws: dict, variant: str) -> dict:
-    return evaluate.evaluate_variant(ws["params"], variant, prepared=ws["prepared"], models_dir=ws["models"],
+    return evaluate.evaluate_variant(ws["params"], variant, 0, prepared=ws["prepared"], models_dir=ws["models"],
                                      history_dir=ws["reports"] / "history", reports_dir=ws["reports"])
 
 
 def test_metrics_json_has_the_documented_keys(workspace):
     result = run_evaluate(workspace, "tinyA")
-    written = json.loads((workspace["reports"] / "metrics" / "tinyA.json").read_text())
+    written = json.loads((workspace["reports"] / "metrics" / "tinyA-seed0.json").read_text())
     assert REQUIRED_KEYS <= written.keys()
     assert written["n_test"] == 94 and written["latent_dim"] == 8
     assert written["bytes_per_image_float32"] == 32 and written["compression_ratio_float32"] == 784 / 32
@@ -74,7 +74,7 @@ def test_metrics_json_has_the_documented_keys(workspace):
 
 def test_losses_come_from_the_training_history(workspace):
     result = run_evaluate(workspace, "tinyA")
-    history = (workspace["reports"] / "history" / "tinyA.csv").read_text().splitlines()
+    history = (workspace["reports"] / "history" / "tinyA-seed0.csv").read_text().splitlines()
     last = dict(zip(history[0].split(","), history[-1].split(",")))
     assert result["train_loss"] == pytest.approx(float(last["train_loss"]))
     assert result["val_loss"] == pytest.approx(float(last["val_loss"]))
@@ -82,7 +82,7 @@ def test_losses_come_from_the_training_history(workspace):
 
 def test_ssim_matches_scikit_image_on_the_reconstructions(workspace):
     result = run_evaluate(workspace, "tinyA")
-    model, _ = evaluate.load_model(workspace["models"] / "tinyA.pt", torch.device("cpu"))
+    model, _ = evaluate.load_model(workspace["models"] / "tinyA-seed0.pt", torch.device("cpu"))
     images = np.load(workspace["prepared"] / "test_images.npy").astype(np.float64) / 255
     with torch.no_grad():
         recon = model(torch.from_numpy(images).float().unsqueeze(1)).squeeze(1).double().numpy()
@@ -91,7 +91,7 @@ def test_ssim_matches_scikit_image_on_the_reconstructions(workspace):
 
 
 def test_evaluation_is_deterministic_apart_from_the_run_block(workspace):
-    path = workspace["reports"] / "metrics" / "tinyA.json"
+    path = workspace["reports"] / "metrics" / "tinyA-seed0.json"
     run_evaluate(workspace, "tinyA")
     first = json.loads(path.read_text())
     run_evaluate(workspace, "tinyA")
@@ -111,7 +111,7 @@ def test_uint8_latent_quantisation_is_close_to_float():
 def test_evaluate_logs_into_the_training_run(workspace):
     result = run_evaluate(workspace, "tinyA")
     run = mlflow.get_run(result["run"]["mlflow_run_id"])
-    assert run.info.run_name == "tinyA"
+    assert run.info.run_name == "tinyA-seed0"
     assert run.data.metrics["test_ssim"] == pytest.approx(result["ssim"])
     assert "val_loss" in run.data.metrics  # the same run the training logged into
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
@@ -119,36 +119,40 @@ def test_evaluate_logs_into_the_training_run(workspace):
 
 
 def test_missing_model_is_a_clear_error(workspace):
-    (workspace["models"] / "tinyA.pt").unlink()
-    with pytest.raises(evaluate.data.DataError, match="tinyA.pt: missing"):
+    (workspace["models"] / "tinyA-seed0.pt").unlink()
+    with pytest.raises(evaluate.data.DataError, match="tinyA-seed0.pt: missing"):
         run_evaluate(workspace, "tinyA")
 
 
 def test_report_compares_every_variant(workspace):
     for variant in ("tinyA", "tinyB"):
         run_evaluate(workspace, variant)
-    path, figures, results = report.write_report(["tinyA", "tinyB"], workspace["reports"], workspace["prepared"])
+    path, figures, results, summary = report.write_report(workspace["params"], workspace["reports"],
+                                                          workspace["prepared"])
     text = path.read_text()
-    assert "## Ranking" in text and "**tinyA**" in text and "**tinyB**" in text
+    best = results.set_index("variant").mse.idxmin()
+    assert text.startswith("# CompressNet report\n\n## Findings")
+    assert f"Best variant by mean test MSE over 1 seed(s): **{best}**" in text
+    assert "no difference can be told from seed-to-seed luck" in text
+    assert list(summary.index) == ["tinyA", "tinyB"] and list(summary.n) == [1, 1]
     assert all(f.exists() and f.stat().st_size > 5000 for f in figures)
-    best = results.mse.idxmin()
-    assert text.index(f"1. **{best}**") > 0
 
 
 def test_report_groups_variant_runs_under_a_report_run(workspace):
     ids = [run_evaluate(workspace, v)["run"]["mlflow_run_id"] for v in ("tinyA", "tinyB")]
-    path, figures, _ = report.write_report(["tinyA", "tinyB"], workspace["reports"], workspace["prepared"])
-    report.log_report("compressnet", path, figures, ids)
+    path, figures, _, summary = report.write_report(workspace["params"], workspace["reports"], workspace["prepared"])
+    report.log_report("compressnet", path, figures, summary, ids)
     parents = {mlflow.get_run(i).data.tags["mlflow.parentRunId"] for i in ids}
     assert len(parents) == 1
     parent = mlflow.get_run(parents.pop())
     assert parent.info.run_name == "report"
+    assert parent.data.metrics["tinyA.mse_mean"] == pytest.approx(summary.loc["tinyA", "mse_mean"])
 
 
 def test_report_needs_every_variant_evaluated(workspace):
     run_evaluate(workspace, "tinyA")
-    with pytest.raises(report.data.DataError, match="tinyB.json: missing"):
-        report.write_report(["tinyA", "tinyB"], workspace["reports"], workspace["prepared"])
+    with pytest.raises(report.data.DataError, match="tinyB-seed0.json: missing"):
+        report.write_report(workspace["params"], workspace["reports"], workspace["prepared"])
 
 
 def test_dead_latent_units_of_a_constructed_model_are_counted():

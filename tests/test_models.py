@@ -114,6 +114,17 @@ def test_glorot_init_zero_biases_and_weights_within_the_bound(models):
                 assert abs(layer.weight.std().item() - bound / math.sqrt(3)) < 0.15 * bound, (name, layer)
 
 
+def test_he_uniform_init_zero_biases_and_the_relu_bound():
+    torch.manual_seed(0)
+    model = build_model(spec(init="he_uniform"))
+    for layer in (m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))):
+        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+        bound = math.sqrt(6 / fan_in)  # Keras he_uniform: variance 2 / fan_in
+        assert torch.count_nonzero(layer.bias) == 0 and layer.weight.abs().max() <= bound, layer
+        if layer.weight.numel() >= 256:
+            assert layer.weight.abs().max() > 0.9 * bound, layer
+
+
 def test_torch_default_init_is_different():
     torch.manual_seed(0)
     model = build_model(spec(init="torch_default"))

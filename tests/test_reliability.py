@@ -34,7 +34,7 @@ def train_command(variant: str) -> list[str]:
 
 
 def weights(root: Path, variant: str) -> dict[str, torch.Tensor]:
-    return torch.load(root / "models" / f"{variant}.pt", weights_only=False)["state_dict"]
+    return torch.load(root / "models" / f"{variant}-seed0.pt", weights_only=False)["state_dict"]
 
 
 def runs_by_name(root: Path) -> dict:
@@ -48,10 +48,10 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(project):
     root, env = project
     run(train_command("tiny1"), root, env)
     reference = weights(root, "tiny1")
-    (root / "models" / "tiny1.pt").unlink()
+    (root / "models" / "tiny1-seed0.pt").unlink()
     process = subprocess.Popen(train_command("tiny1"), cwd=root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    checkpoint = root / "checkpoints" / "tiny1.ckpt"
+    checkpoint = root / "checkpoints" / "tiny1-seed0.ckpt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -59,15 +59,15 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(project):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
-    assert checkpoint.exists() and not (root / "models" / "tiny1.pt").exists()
+    assert checkpoint.exists() and not (root / "models" / "tiny1-seed0.pt").exists()
     completed = len(torch.load(checkpoint, weights_only=False)["trainer"]["history"])
     assert 1 <= completed < 3
     resumed = run(train_command("tiny1"), root, env)
-    assert f"resuming tiny1 after epoch {completed}" in resumed
+    assert f"resuming tiny1-seed0 after epoch {completed}" in resumed
     final = weights(root, "tiny1")
     assert all(torch.equal(reference[k], final[k]) for k in reference)
     assert not checkpoint.exists()
-    assert runs_by_name(root)["tiny1"].info.status == "FINISHED"
+    assert runs_by_name(root)["tiny1-seed0"].info.status == "FINISHED"
 
 
 def test_two_variants_trained_at_once_share_the_sqlite_store(project):
@@ -79,7 +79,7 @@ def test_two_variants_trained_at_once_share_the_sqlite_store(project):
     runs = runs_by_name(root)
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     for variant in VARIANTS:
-        latest = runs[variant]
+        latest = runs[f"{variant}-seed0"]
         assert latest.info.status == "FINISHED"
         history = client.get_metric_history(latest.info.run_id, "val_loss")
         assert [m.step for m in history] == [1, 2, 3]
@@ -89,7 +89,7 @@ def test_sigterm_marks_the_run_killed_not_running(project):
     root, env = project
     process = subprocess.Popen(train_command("tiny2"), cwd=root, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    checkpoint = root / "checkpoints" / "tiny2.ckpt"
+    checkpoint = root / "checkpoints" / "tiny2-seed0.ckpt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -124,5 +124,5 @@ def test_crash_marks_the_run_failed(project):
     result = subprocess.run([sys.executable, "-c", crash], cwd=root, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0 and "disk on fire" in result.stderr
-    latest = runs_by_name(root)["tiny2"]
+    latest = runs_by_name(root)["tiny2-seed0"]
     assert latest.info.status == "FAILED"

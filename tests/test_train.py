@@ -24,6 +24,7 @@ from pipeline.train import Trainer, TrainingDiverged, as_batch_tensor, train_var
 from tests.fakedata import make_emnist_dir
 
 VARIANT = "tiny"
+RUN = "tiny-seed0"  # file stem of VARIANT trained with seed 0
 TINY = {"encoder_filters": [4, 8], "encoder_strides": [2, 2], "latent_dim": 8,
         "decoder_filters": [8, 4], "decoder_strides": [2, 2], "latent_activation": "linear"}
 EXPERIMENT = "test-train"
@@ -34,7 +35,8 @@ TRAIN_EPOCH = Trainer.train_epoch  # the real one, whatever a test has patched i
 def make_params(epochs: int = 3, seed: int = 0, log_model: bool = False, experiment: str = EXPERIMENT, **train):
     return parse_params({
         "variants": {VARIANT: TINY},
-        "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-3, "seed": seed, "device": "cpu", "threads": 1,
+        "seeds": [seed],
+        "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-3, "device": "cpu", "threads": 1,
                   **train},
         "mlflow": {"experiment": experiment, "log_model": log_model},
     })
@@ -45,7 +47,7 @@ def outputs(out: Path) -> dict[str, Path]:
 
 
 def train(params, prepared: Path, out: Path) -> Path:
-    return train_variant(params, VARIANT, prepared=prepared, **outputs(out))
+    return train_variant(params, VARIANT, params.seeds[0], prepared=prepared, **outputs(out))
 
 
 def load(path: Path) -> dict:
@@ -130,8 +132,8 @@ def baseline(tmp_path_factory, prepared, empty_store) -> dict:
 def test_same_seed_gives_identical_weights_and_history(baseline, prepared, store, tmp_path):
     final = train(make_params(), prepared, tmp_path / "again")
     assert_same_weights(load(final)["state_dict"], baseline["saved"]["state_dict"])
-    again = pd.read_csv(tmp_path / "again" / "history" / f"{VARIANT}.csv")
-    first = pd.read_csv(baseline["out"] / "history" / f"{VARIANT}.csv")
+    again = pd.read_csv(tmp_path / "again" / "history" / f"{RUN}.csv")
+    first = pd.read_csv(baseline["out"] / "history" / f"{RUN}.csv")
     for column in ("train_loss", "val_loss"):
         assert again[column].tolist() == first[column].tolist()
 
@@ -141,26 +143,43 @@ def test_other_seed_gives_other_weights(baseline, prepared, store, tmp_path):
     assert any(not torch.equal(other[k], v) for k, v in baseline["saved"]["state_dict"].items())
 
 
+def test_steps_per_epoch_trains_on_a_seeded_subset_each_epoch(prepared, store, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", _spy_batches(torch.nn.functional.mse_loss, seen))
+    saved = load(train(make_params(epochs=2, steps_per_epoch=3, schedule="onecycle"), prepared, tmp_path))
+    train_batches = [n for n in seen if n == 32]  # val batches are larger
+    assert len(train_batches) == 2 * 3 and saved["train"]["steps_per_epoch"] == 3
+    history = pd.read_csv(tmp_path / "history" / f"{RUN}.csv")
+    assert (history.images_per_s * history.seconds).round().tolist() == [96, 96]
+
+
+def _spy_batches(loss_fn, seen: list):
+    def spy(prediction, target, *args, **kwargs):
+        seen.append(len(target))
+        return loss_fn(prediction, target, *args, **kwargs)
+    return spy
+
+
 def test_interrupted_run_resumes_to_identical_weights(baseline, prepared, store, tmp_path, monkeypatch, capsys):
     out = tmp_path / "resumed"
-    ckpt = out / "checkpoints" / f"{VARIANT}.ckpt"
+    ckpt = out / "checkpoints" / f"{RUN}.ckpt"
     ran = spy_epochs(monkeypatch, stop_at=2)  # stop while the 3rd epoch starts: epochs 1-2 are checkpointed
     with pytest.raises(KeyboardInterrupt):
         train(make_params(), prepared, out)
     assert ran == [0, 1]
-    assert ckpt.exists() and not (out / "models" / f"{VARIANT}.pt").exists()
+    assert ckpt.exists() and not (out / "models" / f"{RUN}.pt").exists()
     interrupted = load(ckpt)["run_id"]
     assert store.get_run(interrupted).info.status == "KILLED"
 
     ran = spy_epochs(monkeypatch)
     capsys.readouterr()
     final = train(make_params(), prepared, out)
-    assert f"resuming {VARIANT} after epoch 2" in capsys.readouterr().out
+    assert f"resuming {RUN} after epoch 2" in capsys.readouterr().out
     assert ran == [2]
     saved = load(final)
     assert_same_weights(saved["state_dict"], baseline["saved"]["state_dict"])
     assert saved["epochs"] == 3
-    assert len(pd.read_csv(out / "history" / f"{VARIANT}.csv")) == 3
+    assert len(pd.read_csv(out / "history" / f"{RUN}.csv")) == 3
     assert not ckpt.exists()
     # the resumed training continues the same MLflow run, which now holds all three epochs
     assert saved["mlflow_run_id"] == interrupted
@@ -178,7 +197,7 @@ def test_resume_when_the_mlflow_run_is_gone(change, baseline, prepared, empty_st
     spy_epochs(monkeypatch, stop_at=2)
     with pytest.raises(KeyboardInterrupt):
         train(make_params(), prepared, out)
-    lost = load(out / "checkpoints" / f"{VARIANT}.ckpt")["run_id"]
+    lost = load(out / "checkpoints" / f"{RUN}.ckpt")["run_id"]
 
     client, experiment = store, "renamed"
     if change == "new store":
@@ -189,7 +208,7 @@ def test_resume_when_the_mlflow_run_is_gone(change, baseline, prepared, empty_st
     capsys.readouterr()
     saved = load(train(make_params(experiment=experiment), prepared, out))
     printed = capsys.readouterr().out
-    assert f"resuming {VARIANT} after epoch 2" in printed and "logging to a new run" in printed
+    assert f"resuming {RUN} after epoch 2" in printed and "logging to a new run" in printed
     assert ran == [2]
     assert_same_weights(saved["state_dict"], baseline["saved"]["state_dict"])
     assert saved["mlflow_run_id"] != lost
@@ -208,8 +227,8 @@ def test_checkpoint_of_other_params_is_ignored(baseline, prepared, store, tmp_pa
     out = tmp_path / "other"
     spy_epochs(monkeypatch, stop_at=1)
     with pytest.raises(KeyboardInterrupt):
-        train(make_params(seed=1), prepared, out)  # leaves a checkpoint of a seed-1 job
-    assert (out / "checkpoints" / f"{VARIANT}.ckpt").exists()
+        train(make_params(lr=2e-3), prepared, out)  # leaves a checkpoint of a job with another lr
+    assert (out / "checkpoints" / f"{RUN}.ckpt").exists()
 
     ran = spy_epochs(monkeypatch)
     capsys.readouterr()
@@ -218,7 +237,7 @@ def test_checkpoint_of_other_params_is_ignored(baseline, prepared, store, tmp_pa
     assert "ignoring" in printed and "resuming" not in printed
     assert ran == [0, 1, 2]
     assert_same_weights(saved["state_dict"], baseline["saved"]["state_dict"])
-    assert not (out / "checkpoints" / f"{VARIANT}.ckpt").exists()
+    assert not (out / "checkpoints" / f"{RUN}.ckpt").exists()
 
 
 # ---------------------------------------------------------------- output files
@@ -231,14 +250,14 @@ def test_model_files_and_history(baseline, prepared):
     assert saved["spec"]["encoder_filters"] == TINY["encoder_filters"]
     assert saved["spec"]["latent_dim"] == TINY["latent_dim"]
     assert saved["train"]["epochs"] == 3 and saved["train"]["batch_size"] == 32
-    assert saved["train"]["lr"] == params.train.lr and saved["train"]["seed"] == 0
+    assert saved["train"]["lr"] == params.train.lr and saved["seed"] == 0
     assert saved["data_manifest_sha256"] == hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest()
     assert saved["mlflow_run_id"] == baseline["run"].info.run_id
     model = build_model(saved["spec"])
     model.load_state_dict(saved["state_dict"])  # the saved spec rebuilds the saved weights
 
-    best = load(models / f"{VARIANT}.best.pt")
-    history = pd.read_csv(baseline["out"] / "history" / f"{VARIANT}.csv")
+    best = load(models / f"{RUN}.best.pt")
+    history = pd.read_csv(baseline["out"] / "history" / f"{RUN}.csv")
     assert list(history.columns) == HISTORY_COLUMNS
     assert history.epoch.tolist() == [1, 2, 3]
     assert np.isfinite(history[HISTORY_COLUMNS[1:]].to_numpy()).all()
@@ -246,28 +265,28 @@ def test_model_files_and_history(baseline, prepared):
     assert best["state_dict"].keys() == saved["state_dict"].keys()
     if best["best_epoch"] == 3:
         assert_same_weights(best["state_dict"], saved["state_dict"])
-    assert not (baseline["out"] / "checkpoints" / f"{VARIANT}.ckpt").exists()
+    assert not (baseline["out"] / "checkpoints" / f"{RUN}.ckpt").exists()
 
 
 # ---------------------------------------------------------------- MLflow
 
 def test_mlflow_run_params_metrics_tags(baseline):
     run, client = baseline["run"], baseline["client"]
-    assert run.info.run_name == VARIANT
+    assert run.info.run_name == RUN and run.data.params["seed"] == "0"
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
     p = run.data.params
     assert p["train.lr"] == "0.001" and p["train.epochs"] == "3" and p["train.batch_size"] == "32"
     assert p["variant.latent_dim"] == "8" and p["variant.encoder_filters"] == "[4, 8]"
     assert p["data.val_fraction"] == "0.1" and p["variant.name"] == VARIANT
-    history = pd.read_csv(baseline["out"] / "history" / f"{VARIANT}.csv")
+    history = pd.read_csv(baseline["out"] / "history" / f"{RUN}.csv")
     for name in ("val_loss", "train_loss", "lr"):
         metric = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in metric] == [1, 2, 3], name
     val = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.value for m in val] == pytest.approx(history.val_loss.tolist(), rel=1e-6)
     tags = run.data.tags
-    assert tags["stage"] == f"train@{VARIANT}" and tags["variant"] == VARIANT
+    assert tags["stage"] == f"train@{VARIANT}-0" and tags["variant"] == VARIANT and tags["seed"] == "0"
     assert tags["git_dirty"] in ("true", "false") and tags["git_commit"]
     assert tags["data.manifest_sha256"] == baseline["saved"]["data_manifest_sha256"]
     assert "dvc_exp_name" not in tags
@@ -313,9 +332,9 @@ def test_divergence_fails_fast_and_marks_run_failed(prepared, store, tmp_path, m
     with pytest.raises(TrainingDiverged, match="epoch 1:"):
         train(make_params(), prepared, tmp_path)
     assert ran == [0]
-    assert not (tmp_path / "models" / f"{VARIANT}.pt").exists()
-    assert not (tmp_path / "models" / f"{VARIANT}.best.pt").exists()
-    assert not (tmp_path / "checkpoints" / f"{VARIANT}.ckpt").exists()
+    assert not (tmp_path / "models" / f"{RUN}.pt").exists()
+    assert not (tmp_path / "models" / f"{RUN}.best.pt").exists()
+    assert not (tmp_path / "checkpoints" / f"{RUN}.ckpt").exists()
     runs = store.search_runs([store.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert mlflow.active_run() is None
