@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA ?=
+RUN ?=
 # stages call `python`: make it the venv's
 export PATH := $(BIN):$(PATH)
 
@@ -27,6 +28,10 @@ endif
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# make lineage RUN=model01-seed0 (or a variant, a model file, an MLflow run id): print and check its chain
+lineage: $(STAMP)
+	$(BIN)/python -m pipeline.lineage $(RUN)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import data, metrics, tracking
+from pipeline import data, dvclock, metrics, tracking
 from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, EvaluateConfig, Params, run_name
 from pipeline.models import build_model
@@ -62,7 +62,8 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
                      reports_dir: Path = REPORTS_DIR) -> dict:
     cfg, name = params.evaluate, run_name(variant, seed)
     device = pick_device(params.train_for(variant).device)
-    model, saved = load_model(models_dir / f"{name}.pt", device)
+    model_path = models_dir / f"{name}.pt"
+    model, saved = load_model(model_path, device)
     images, labels = data.load_split(prepared, "test")
     x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
     started = time.perf_counter()
@@ -84,8 +85,10 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
     result.update(variant=variant, seed=seed, n_test=len(x), ssim_window=cfg.ssim_window, sample_indices=samples.tolist(),
                   per_class=per_class.to_dict(orient="records"), data_manifest_sha256=saved["data_manifest_sha256"])
     # Everything above is a deterministic function of data, model weights and params; "run" is not.
+    upstream = {"prepare": "prepare", "train": dvclock.stage_name("train", variant, seed)}
     result["run"] = {"eval_seconds": seconds, "images_per_s": len(x) / seconds,
-                     "model_sha256": data.sha256_file(models_dir / f"{name}.pt")}
+                     "model_sha256": data.sha256_file(model_path),
+                     "dvc": dvclock.provenance({"prepared": prepared, "model": model_path}, upstream)}
     result["run"]["mlflow_run_id"] = _log_to_mlflow(params, name, result, saved, images[samples],
                                                     _to_uint8(recon[samples]))
     _write_outputs(name, result, per_class, _to_uint8(recon[samples]), reports_dir)
@@ -168,12 +171,14 @@ def _log_to_mlflow(params: Params, name: str, result: dict, saved: dict, origina
         mlflow.MlflowClient().get_run(run["run_id"])
     except mlflow.exceptions.MlflowException:
         print(f"evaluate: training run {run['run_id']} not in this store; logging to a new run")
-        tags = {**tracking.run_tags(f"evaluate@{result['variant']}-{result['seed']}"), "variant": result["variant"],
-                "seed": str(result["seed"])}
+        stage = dvclock.stage_name("evaluate", result["variant"], result["seed"])
+        tags = {**tracking.run_tags(stage), "variant": result["variant"], "seed": str(result["seed"])}
         run = {"run_name": f"{name}-evaluate", "tags": tags}
     with tracking.tracked_run(**run):
         mlflow.log_metrics(flat)
-        mlflow.set_tags({"evaluated": "true", "evaluate.ssim_window": result["ssim_window"]})
+        mlflow.set_tags({"evaluated": "true", "evaluate.ssim_window": result["ssim_window"],
+                         "evaluate.model_sha256": result["run"]["model_sha256"],
+                         **tracking.flatten({"evaluate": {"dvc": result["run"]["dvc"]}})})
         grid = np.concatenate([np.concatenate(list(originals), 1), np.concatenate(list(recon), 1)], 0)
         mlflow.log_image(grid, "reconstructions.png")
         mlflow.log_dict({k: v for k, v in result.items() if k != "per_class"}, "metrics.json")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import data, figures, stats, tracking
+from pipeline import data, dvclock, figures, stats, tracking
 from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, Params, run_name
 from pipeline.prepare import PREPARED_DIR
@@ -192,7 +192,8 @@ def write_report(params: Params, reports: Path = REPORTS_DIR,
 
 def log_report(experiment: str, report: Path, figure_paths: list[Path], summary: pd.DataFrame,
                run_ids: list[str]) -> None:
-    """One `report` run holding the report and the per-variant means; the training runs become its children."""
+    """One `report` run holding the report and the per-variant means; the training runs become its children,
+    tagged with the digest of their evaluate stage's dvc.lock entry."""
     tracking.setup(experiment)
     with tracking.tracked_run(run_name="report", tags=tracking.run_tags("report")) as run:
         mlflow.log_artifact(str(report))
@@ -202,9 +203,13 @@ def log_report(experiment: str, report: Path, figure_paths: list[Path], summary:
                             for column, value in row.items() if column.endswith(("_mean", "_std"))
                             and np.isfinite(value)})
     client = mlflow.MlflowClient()
+    lock = dvclock.read_lock(dvclock.dvc_root())
     for run_id in run_ids:
         try:
             client.set_tag(run_id, "mlflow.parentRunId", run.info.run_id)
+            tags = client.get_run(run_id).data.tags
+            stage = dvclock.stage_name("evaluate", tags.get("variant"), tags.get("seed"))
+            client.set_tag(run_id, "report.dvc.evaluate_lock_sha256", dvclock.entry_digest(lock, stage))
         except mlflow.exceptions.MlflowException:
             print(f"report: run {run_id} not found in the tracking store; not grouped")
 

@@ -28,8 +28,20 @@ def project_root(path: Path = REPO_ROOT) -> Path:
     return path
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+def tracking_uri(root: Path = REPO_ROOT) -> str:
+    """MLFLOW_TRACKING_URI if set, else the sqlite store at the root of the project `root` is (in)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(root) / 'mlflow.db'}"
+
+
+def store_missing(uri: str) -> bool:
+    """A local sqlite store whose database file does not exist (opening it would create an empty one)."""
+    database = _sqlite_file(uri)
+    return database is not None and not database.exists()
+
+
+def registered_model_name(experiment: str, variant: str) -> str:
+    """The Model Registry entry of a variant, e.g. compressnet-model01: one version per training run."""
+    return f"{experiment}-{variant}"
 
 
 def artifact_location() -> str:

@@ -1,7 +1,8 @@
 """DVC stage `train@<variant>`: train one autoencoder variant on the prepared train split.
 
 One run per (variant, seed); <run> below is `<variant>-seed<seed>`. Writes models/<run>.pt (final weights),
-models/<run>.best.pt (lowest val loss) and reports/history/<run>.csv, and records the run in MLflow.
+models/<run>.best.pt (lowest val loss) and reports/history/<run>.csv, and records the run in MLflow; with
+mlflow.log_model the model is also registered, a new version of `<experiment>-<variant>` per run.
 An interrupted run resumes from checkpoints/<run>.ckpt (last completed epoch) and ends with the same
 weights as an uninterrupted one.
 """
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import data, tracking
+from pipeline import data, dvclock, tracking
 from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, Params, TrainConfig, run_name
 from pipeline.models import build_model
@@ -182,7 +183,9 @@ def train_variant(params: Params, variant: str, seed: int, prepared: Path = PREP
         trainer.load_state(ckpt["trainer"])
         print(f"train: resuming {name} after epoch {len(trainer.history)} from {ckpt_path}")
     run_id = _resumable_run(ckpt["run_id"], experiment_id) if ckpt else None
-    tags = {**tracking.run_tags(f"train@{variant}-{seed}"), "variant": variant, "seed": str(seed)}
+    dvc = dvclock.provenance({"prepared": prepared}, {"prepare": "prepare"})
+    tags = {**tracking.run_tags(dvclock.stage_name("train", variant, seed)), "variant": variant, "seed": str(seed),
+            **tracking.flatten({"train": {"dvc": dvc}})}
     with tracking.tracked_run(run_id=run_id, run_name=name, tags=tags) as run:
         if not run_id:
             _log_inputs(params, variant, seed, prepared, manifest_sha)
@@ -198,13 +201,13 @@ def train_variant(params: Params, variant: str, seed: int, prepared: Path = PREP
         trainer.fit(train_x, val_x, on_epoch)
         meta = {"variant": variant, "seed": seed, "spec": dataclasses.asdict(params.variant(variant)),
                 "train": dataclasses.asdict(cfg), "data_manifest_sha256": manifest_sha, "job": job,
-                "mlflow_run_id": run.info.run_id, "epochs": len(trainer.history)}
+                "mlflow_run_id": run.info.run_id, "epochs": len(trainer.history), "dvc": dvc}
         final = models_dir / f"{name}.pt"
         save_atomic({**meta, "state_dict": _cpu_state(trainer.model)}, final)
         save_atomic({**meta, "state_dict": best["state_dict"], "best_epoch": best["epoch"]},
                     models_dir / f"{name}.best.pt")
         _write_history(trainer.history, history_dir / f"{name}.csv")
-        _log_outputs(trainer, params, final)
+        _log_outputs(trainer, params, final, {**tags, "data.manifest_sha256": manifest_sha})
     ckpt_path.unlink(missing_ok=True)
     return final
 
@@ -256,7 +259,7 @@ def _log_inputs(params: Params, variant: str, seed: int, prepared: Path, manifes
                      "data.train_images": str(manifest["counts"]["train"])})
 
 
-def _log_outputs(trainer: Trainer, params: Params, final: Path) -> None:
+def _log_outputs(trainer: Trainer, params: Params, final: Path, tags: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,20 +274,26 @@ def _log_outputs(trainer: Trainer, params: Params, final: Path) -> None:
     mlflow.log_figure(fig, "loss_curve.png")
     plt.close(fig)
     mlflow.log_table(history, "history.json")
+    files = {"model_sha256": data.sha256_file(final), "model_md5": dvclock.md5_file(final)}
+    mlflow.set_tags(files)
     if params.mlflow.log_model:
-        _log_model(trainer.model)
+        name = tracking.registered_model_name(params.mlflow.experiment, tags["variant"])
+        _log_model(trainer.model, name, {**tags, **files})
 
 
-def _log_model(model: torch.nn.Module) -> None:
+def _log_model(model: torch.nn.Module, registered_name: str, tags: dict[str, str]) -> None:
+    """Log the model to the run and register it as a new version of `registered_name`, tagged with its lineage."""
     from mlflow.models import infer_signature
 
     model = model.float().to("cpu", memory_format=torch.contiguous_format).eval()
     example = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
         output = model(example).numpy()
-    mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example.numpy(), output),
-                             input_example=example.numpy(),
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example.numpy(), output),
+                                    input_example=example.numpy(),
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    mlflow.register_model(info.model_uri, registered_name,
+                          tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")})
 
 
 def main(argv: list[str] | None = None) -> int:

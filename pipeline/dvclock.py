@@ -1,0 +1,104 @@
+"""dvc.lock, read-only: the hashes DVC recorded for the pipeline's stages. Never runs dvc.
+
+A stage records what DVC has already locked when it runs (its upstream stages' entries and outputs); run
+outside DVC (no DVC_ROOT, or no dvc.lock yet) it records "unknown".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+UNKNOWN = "unknown"
+
+
+class _LockLoader(yaml.SafeLoader):
+    """YAML 1.2 floats: DVC writes 1e-07, which PyYAML's YAML 1.1 rules would read as a string."""
+
+
+_LockLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
+
+
+def stage_name(kind: str, variant: str, seed: int) -> str:
+    """A matrix stage of dvc.yaml: stage_name('train', 'model01', 0) == 'train@model01-0'."""
+    return f"{kind}@{variant}-{seed}"
+
+
+def dvc_root() -> Path | None:
+    """The DVC project running this stage (DVC sets DVC_ROOT for every stage command); None outside DVC."""
+    root = os.environ.get("DVC_ROOT")
+    return Path(root) if root else None
+
+
+def read_lock(root: Path | None) -> dict[str, dict]:
+    """Stage name -> its dvc.lock entry; {} without a root or a dvc.lock."""
+    if root is None or not (root / "dvc.lock").is_file():
+        return {}
+    return (yaml.load((root / "dvc.lock").read_text(), Loader=_LockLoader) or {}).get("stages") or {}
+
+
+def entry_digest(lock: dict[str, dict], stage: str) -> str:
+    """sha256 of a stage's lock entry as canonical JSON (sorted keys, no spaces); 'unknown' if not locked."""
+    if stage not in lock:
+        return UNKNOWN
+    canonical = json.dumps(lock[stage], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def out_md5(lock: dict[str, dict], path: str) -> str:
+    """md5 DVC recorded for `path` (relative to the project root) as the output of a stage."""
+    for entry in lock.values():
+        for out in entry.get("outs", []):
+            if out.get("path") == path:
+                return out.get("md5", UNKNOWN)
+    return UNKNOWN
+
+
+def md5_file(path: Path) -> str:
+    """The md5 DVC 3 records for a file output (of its bytes as they are)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def provenance(inputs: dict[str, Path], stages: dict[str, str]) -> dict[str, str]:
+    """What dvc.lock says about a running stage's inputs: {'<role>_md5': md5 of each input path,
+    '<role>_lock_sha256': digest of each upstream stage's entry}; 'unknown' outside DVC."""
+    root = dvc_root()
+    lock = read_lock(root)
+    record = {f"{role}_md5": out_md5(lock, relative_path(path, root)) for role, path in inputs.items()}
+    record.update({f"{role}_lock_sha256": entry_digest(lock, stage) for role, stage in stages.items()})
+    return record
+
+
+def relative_path(path: Path, root: Path | None) -> str:
+    """`path` relative to the project root, as dvc.lock writes it; "unknown" outside the project."""
+    if root is None:
+        return UNKNOWN
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return UNKNOWN
+
+
+def params_drift(lock: dict[str, dict], stage: str, current: dict) -> list[tuple[str, object, object]]:
+    """(key, value in dvc.lock, value in params.yaml) for each param the stage was run with that has changed."""
+    locked = lock.get(stage, {}).get("params", {}).get("params.yaml", {})
+    return [change for key, value in locked.items() for change in diff(value, _lookup(current, key), key)]
+
+
+def _lookup(tree: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def diff(old: object, new: object, key: str) -> list[tuple[str, object, object]]:
+    """Leaves that differ between two nested dicts, as (dotted key, old, new); new is None where missing."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for k in {**old, **new} for change in diff(old.get(k), new.get(k), f"{key}.{k}")]
+    return [] if old == new else [(key, old, new)]
