@@ -35,6 +35,7 @@ lineage: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics
+	$(BIN)/python -m benchmarks.bench_speed
 
 clean-venv:
 	rm -rf $(VENV)

@@ -67,10 +67,7 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
     images, labels = data.load_split(prepared, "test")
     x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
     started = time.perf_counter()
-    recon = batched(model, x, cfg.batch_size)
-    latents = batched(model.encode, x, cfg.batch_size)
-    recon_decoder = batched(model.decode, latents, cfg.batch_size)
-    per_image = metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
+    recon, latents, recon_decoder, per_image = reconstruct_and_measure(model, x, cfg)
     result = {**metrics.summarize_per_image(per_image), **summary(x, recon_decoder, cfg, "_decoder")}
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
@@ -93,6 +90,14 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
                                                     _to_uint8(recon[samples]))
     _write_outputs(name, result, per_class, _to_uint8(recon[samples]), reports_dir)
     return result
+
+
+def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig):
+    """The full autoencoder and encoder->decoder run separately on x, and the autoencoder's per-image metrics."""
+    recon = batched(model, x, cfg.batch_size)
+    latents = batched(model.encode, x, cfg.batch_size)
+    recon_decoder = batched(model.decode, latents, cfg.batch_size)
+    return recon, latents, recon_decoder, metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
 
 
 def _compression(model, latents, x, prepared: Path, cfg: EvaluateConfig, device) -> dict:

@@ -1,0 +1,136 @@
+"""Training and evaluation speed against what this machine can do, measured side by side in one run.
+
+Run from the repo root after `dvc repro prepare` (or `make repro`):  python -m benchmarks.bench_speed
+(`make bench` runs it). It measures the fp32 matmul peak, counts each variant's training FLOPs per
+image (torch's FLOP counter), times the real training step (pipeline.train.Trainer) per variant for each
+precision x memory layout, the share of each step spent fetching batches, and evaluation images/s, then
+prints utilisation = achieved FLOP/s / measured peak. Writes reports/benchmarks.json and
+reports/benchmarks.md and logs both to MLflow as a `benchmark` run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+
+from pipeline import data, evaluate, tracking
+from pipeline.config import REPO_ROOT, load_params
+from pipeline.models import training_flops_per_image
+from pipeline.prepare import PREPARED_DIR
+from pipeline.train import Trainer, as_batch_tensor, configure_determinism, pick_device
+
+OPTIONS = {"fp32 NCHW": ("fp32", False), "fp32 channels_last": ("fp32", True),
+           "bf16 NCHW": ("bf16", False), "bf16 channels_last": ("bf16", True)}
+OUT_JSON, OUT_MD = REPO_ROOT / "reports" / "benchmarks.json", REPO_ROOT / "reports" / "benchmarks.md"
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Best-of-n fp32 matrix multiply rate, the ceiling a conv net can hope for on this machine."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    torch.mm(a, b)  # warm-up
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def trainer_for(params, variant: str, precision: str, channels_last: bool, steps: int, n_images: int) -> Trainer:
+    train = dataclasses.replace(params.train_for(variant), precision=precision, channels_last=channels_last,
+                                steps_per_epoch=steps, epochs=1)
+    params = dataclasses.replace(params, train=train,
+                                 variants={variant: dataclasses.replace(params.variant(variant), train={})})
+    return Trainer(params, variant, 0, pick_device(train.device), train_images=n_images)
+
+
+def training_rate(params, variant: str, option: str, train_x: torch.Tensor, steps: int) -> dict:
+    """images/s of the real training loop after a warm-up, and the share of time spent fetching batches."""
+    precision, channels_last = OPTIONS[option]
+    trainer = trainer_for(params, variant, precision, channels_last, steps, len(train_x))
+    trainer.train_epoch(train_x, epoch=0)  # warm-up: allocator, oneDNN kernels
+    seconds = _timed(lambda: trainer.train_epoch(train_x, epoch=1))
+    fetch = _timed(lambda: _fetch_only(trainer, train_x, epoch=1))
+    return {"images_per_s": trainer.images_per_epoch / seconds, "data_fraction": fetch / seconds}
+
+
+def _fetch_only(trainer: Trainer, train_x: torch.Tensor, epoch: int) -> None:
+    """What train_epoch does to get its batches, without the model: the data-handling cost."""
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch))[:trainer.images_per_epoch]
+    for start in range(0, len(order), trainer.cfg.batch_size):
+        trainer._prepare(train_x[order[start:start + trainer.cfg.batch_size].to(trainer.device)])
+
+
+def evaluation_rate(params, variant: str, test_x: torch.Tensor) -> float:
+    """images/s of evaluate's main work: autoencoder and encoder->decoder passes plus per-image metrics."""
+    model = trainer_for(params, variant, "fp32", True, 1, len(test_x)).model.eval()
+    x = test_x.contiguous(memory_format=torch.channels_last)
+    return len(x) / _timed(lambda: evaluate.reconstruct_and_measure(model, x, params.evaluate))
+
+
+def run(variants: list[str], options: list[str], steps: int, eval_images: int) -> dict:
+    params = load_params()
+    configure_determinism(params.train)
+    peak = matmul_peak_gflops()
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s on {torch.get_num_threads()} threads")
+    device = pick_device(params.train.device)
+    train_x = as_batch_tensor(data.load_split(PREPARED_DIR, "train")[0], device)
+    test_x = as_batch_tensor(data.load_split(PREPARED_DIR, "test")[0][:eval_images], device)
+    rows = []
+    for variant in variants:
+        flops = training_flops_per_image(params.variant(variant))
+        for option in options:
+            rate = training_rate(params, variant, option, train_x, steps)
+            gflops = rate["images_per_s"] * flops / 1e9
+            rows.append({"variant": variant, "option": option, "train_mflop_per_image": flops / 1e6, **rate,
+                         "gflops_per_s": gflops, "utilisation": gflops / peak})
+            print(f"{variant:16s} {option:20s} {rate['images_per_s']:7.0f} img/s  {gflops:6.1f} GFLOP/s  "
+                  f"{gflops / peak:6.1%} of peak  data {rate['data_fraction']:5.1%}")
+        rows.append({"variant": variant, "option": "evaluate fp32 channels_last",
+                     "images_per_s": evaluation_rate(params, variant, test_x)})
+        print(f"{variant:16s} evaluate: {rows[-1]['images_per_s']:.0f} img/s "
+              f"({18_800 / rows[-1]['images_per_s']:.1f} s for 18,800 test images)")
+    return {"device": str(device), "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
+            "train_steps_timed": steps, "rows": rows}
+
+
+def write_outputs(result: dict) -> None:
+    table = pd.DataFrame(result["rows"])
+    markdown = (f"# Speed benchmark\n\nfp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s on "
+                f"{result['threads']} threads ({result['device']}); {result['train_steps_timed']} training steps "
+                "timed per row after a warm-up.\n\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n")
+    data.atomic_write(OUT_JSON, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    data.atomic_write(OUT_MD, lambda p: p.write_text(markdown))
+    print(markdown)
+    tracking.setup(load_params().mlflow.experiment)
+    with tracking.tracked_run(run_name="benchmark", tags=tracking.run_tags("benchmark")):
+        mlflow.log_metric("matmul_peak_gflops", result["matmul_peak_gflops"])
+        for row in result["rows"]:
+            key = f"{row['variant']}.{row['option'].replace(' ', '_')}"
+            mlflow.log_metrics({f"{key}.{k}": v for k, v in row.items() if isinstance(v, float) and k != "variant"})
+        mlflow.log_artifact(str(OUT_JSON))
+        mlflow.log_artifact(str(OUT_MD))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["model01", "model02", "model03", "model04"])
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument("--steps", type=int, default=30, help="training steps timed per variant and option")
+    parser.add_argument("--eval-images", type=int, default=18_800)
+    args = parser.parse_args()
+    if not (PREPARED_DIR / "manifest.json").exists():
+        raise SystemExit(f"{PREPARED_DIR}: no prepared data; run `make repro DATA=...` or `dvc repro prepare` first")
+    write_outputs(run(args.variants, args.options, args.steps, args.eval_images))
+
+
+if __name__ == "__main__":
+    main()
