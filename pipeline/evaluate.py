@@ -184,11 +184,19 @@ def _log_to_mlflow(params: Params, name: str, result: dict, saved: dict, origina
         mlflow.set_tags({"evaluated": "true", "evaluate.ssim_window": result["ssim_window"],
                          "evaluate.model_sha256": result["run"]["model_sha256"],
                          **tracking.flatten({"evaluate": {"dvc": result["run"]["dvc"]}})})
+        _tag_registered_versions(mlflow.active_run().info.run_id, result["run"]["dvc"])
         grid = np.concatenate([np.concatenate(list(originals), 1), np.concatenate(list(recon), 1)], 0)
         mlflow.log_image(grid, "reconstructions.png")
         mlflow.log_dict({k: v for k, v in result.items() if k != "per_class"}, "metrics.json")
         mlflow.log_table(pd.DataFrame(result["per_class"]), "per_class.json")
         return mlflow.active_run().info.run_id
+
+
+def _tag_registered_versions(run_id: str, dvc: dict[str, str]) -> None:
+    """The train stage is locked only after it ends: its registered model versions get its lock digest now."""
+    client = mlflow.MlflowClient()
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        client.set_model_version_tag(version.name, version.version, "dvc.train_lock_sha256", dvc["train_lock_sha256"])
 
 
 def _evaluate_and_describe(params: Params, variant: str, seed: int) -> str:

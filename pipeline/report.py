@@ -95,12 +95,14 @@ def _family_finding(label: str, members: list[str], summary: pd.DataFrame, tests
     study = sorted(reference["upsampling_layer"], key=lambda m: reference["reported"][m]["mse"])
     study_positions = [reference["upsampling_layer"][m] for m in study]
     same_order = "the same order as" if positions == study_positions else "a different order from"
+    hits = inside[inside.significant]
+    pairs = f" ({', '.join(f'{a}–{b}' for a, b in zip(hits.a, hits.b))})" if len(hits) else ""
     verdict = ("the upsampling position makes a difference larger than the seed spread" if inside.significant.any()
                else "no difference between upsampling positions exceeds the seed spread")
     return (f"- Decoder family ({label}): by mean MSE "
             + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
             + f", {same_order} the study's (layer {' < '.join(map(str, study_positions))}); "
-            + f"{int(inside.significant.sum())} of {len(inside)} pairs significant, so {verdict}.")
+            + f"{len(hits)} of {len(inside)} pairs significant{pairs}, so {verdict}.")
 
 
 def _pm(row: pd.Series, column: str, fmt: str) -> str:

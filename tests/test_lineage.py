@@ -122,6 +122,7 @@ def test_registered_version_reproduces_the_model_file(project):
     assert version.tags["model_md5"] == dvclock.out_md5(dvclock.read_lock(project), MODEL)
     assert version.tags["data.manifest_sha256"] == saved["data_manifest_sha256"]
     assert version.tags["git_commit"] == head
+    assert version.tags["dvc.train_lock_sha256"] == dvclock.entry_digest(dvclock.read_lock(project), "train@tiny-0")
     model = build_model(saved["spec"])
     model.load_state_dict(saved["state_dict"])
     images = torch.from_numpy(np.load(project / "data" / "prepared" / "test_images.npy")).unsqueeze(1).float() / 255

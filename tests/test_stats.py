@@ -97,7 +97,8 @@ def test_findings_state_the_best_variant_and_which_differences_are_real():
     assert "Not distinguishable from model01 with 3 seeds: model03." in text
     assert ("model01 (layer 3) < model03 (layer 2) < model04 (layer 1) < model02 (layer 4), "
             "the same order as the study's (layer 3 < 2 < 1 < 4)") in text
-    assert "the upsampling position makes a difference larger than the seed spread" in text
+    assert ("5 of 6 pairs significant (model01–model02, model01–model04, model02–model03, model02–model04, "
+            "model03–model04), so the upsampling position makes a difference larger than the seed spread") in text
     assert "Dead latent units (mean over seeds): model02 19.0" in text
 
 
