@@ -194,6 +194,8 @@ def _log_to_mlflow(params: Params, name: str, result: dict, saved: dict, origina
 
 def _tag_registered_versions(run_id: str, dvc: dict[str, str]) -> None:
     """The train stage is locked only after it ends: its registered model versions get its lock digest now."""
+    if dvc["train_lock_sha256"] == dvclock.UNKNOWN:  # run outside DVC: keep what an earlier run recorded
+        return
     client = mlflow.MlflowClient()
     for version in client.search_model_versions(f"run_id = '{run_id}'"):
         client.set_model_version_tag(version.name, version.version, "dvc.train_lock_sha256", dvc["train_lock_sha256"])

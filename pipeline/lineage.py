@@ -91,6 +91,8 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
     path = next((p for p in (Path(target), project.root / target) if p.suffix == ".pt" and p.is_file()), None)
     if path:
         saved = load_model_meta(path)
+        if "seed" not in saved:
+            raise LookupError(f"{path}: a model file from before seeds (no 'seed' key); retrain it with dvc repro")
         return [(run_name(saved["variant"], saved["seed"]), path)]
     if target in project.params.variants:
         names = [run_name(target, seed) for seed in project.params.seeds]

@@ -38,7 +38,7 @@ def load_results(reports: Path, runs: list[tuple[str, int]]) -> pd.DataFrame:
     for variant, seed in runs:
         path = reports / "metrics" / f"{run_name(variant, seed)}.json"
         if not path.exists():
-            raise data.DataError(f"{path}: missing; run the evaluate stage first (dvc repro evaluate@{variant}-{seed})")
+            raise data.DataError(f"{path}: missing; run the evaluate stage first (dvc repro {dvclock.stage_name('evaluate', variant, seed)})")
         metrics = json.loads(path.read_text())
         rows.append({**metrics, **metrics.pop("run"), "run": run_name(variant, seed)})
     return pd.DataFrame(rows).set_index("run")
