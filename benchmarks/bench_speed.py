@@ -66,9 +66,8 @@ def training_rate(params, variant: str, option: str, train_x: torch.Tensor, step
 
 def _fetch_only(trainer: Trainer, train_x: torch.Tensor, epoch: int) -> None:
     """What train_epoch does to get its batches, without the model: the data-handling cost."""
-    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch))[:trainer.images_per_epoch]
-    for start in range(0, len(order), trainer.cfg.batch_size):
-        trainer._prepare(train_x[order[start:start + trainer.cfg.batch_size].to(trainer.device)])
+    for _ in trainer.batches(train_x, epoch):
+        pass
 
 
 def evaluation_rate(params, variant: str, test_x: torch.Tensor) -> float:
