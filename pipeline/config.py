@@ -85,6 +85,8 @@ class VariantSpec:
     latent_activation: Activation = "relu"
     output_activation: Literal["sigmoid"] = "sigmoid"
     init: Literal["glorot_uniform", "he_uniform", "torch_default"] = "glorot_uniform"
+    # > 0: an entropy-coded latent (integers under a learned Laplace prior), trained on MSE + rate_weight * bits/pixel
+    rate_weight: float = 0.0
     description: str = ""
     train: dict = field(default_factory=dict)  # per-variant overrides of the train: section
 
@@ -98,6 +100,7 @@ class VariantSpec:
         _require(len(self.decoder_strides) == len(self.decoder_filters), f"{path}.decoder_strides",
                  f"one stride per decoder filter ({len(self.decoder_filters)})", self.decoder_strides)
         _require(self.latent_dim >= 1, f"{path}.latent_dim", "an integer >= 1", self.latent_dim)
+        _require(0 <= self.rate_weight < math.inf, f"{path}.rate_weight", "a number >= 0", self.rate_weight)
         _require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, f"{path}.kernel_size",
                  "an odd integer >= 1", self.kernel_size)
         sizes = self.feature_sizes()
@@ -139,6 +142,35 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """The small CNN that measures semantic fidelity: its test accuracy on originals vs reconstructions."""
+    epochs: int = 2
+    batch_size: int = 256
+    lr: float = 3e-3
+    seed: int = 0
+
+    def check(self, path: str) -> None:
+        _require(self.epochs >= 1, f"{path}.epochs", "an integer >= 1", self.epochs)
+        _require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1", self.batch_size)
+        _require(0 < self.lr < 10, f"{path}.lr", "a number in (0, 10)", self.lr)
+
+
+@dataclass(frozen=True)
+class RateDistortionConfig:
+    """Classical baselines computed on the same test images as the models."""
+    jpeg_qualities: list[int] = field(default_factory=lambda: [5, 10, 20, 30, 50, 75, 90])
+    webp_qualities: list[int] = field(default_factory=lambda: [0, 5, 10, 20, 30, 50, 75, 90])
+    pca_dims: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+
+    def check(self, path: str) -> None:
+        for key in ("jpeg_qualities", "webp_qualities"):
+            values = getattr(self, key)
+            _require(all(0 <= q <= 100 for q in values), f"{path}.{key}", "qualities in [0, 100]", values)
+        _require(all(1 <= d <= IMAGE_SIZE ** 2 for d in self.pca_dims), f"{path}.pca_dims",
+                 f"dimensions in [1, {IMAGE_SIZE ** 2}]", self.pca_dims)
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     experiment: str = "compressnet"
     log_model: bool = True
@@ -154,6 +186,8 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    rate_distortion: RateDistortionConfig = field(default_factory=RateDistortionConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def check(self, path: str) -> None:
@@ -325,6 +359,7 @@ def _join(path: str, name: str) -> str:
 
 
 __all__ = [
-    "ConfigError", "DataConfig", "TrainConfig", "VariantSpec", "EvaluateConfig", "MlflowConfig", "Params",
+    "ConfigError", "DataConfig", "TrainConfig", "VariantSpec", "EvaluateConfig", "ClassifierConfig", "RateDistortionConfig",
+    "MlflowConfig", "Params",
     "load_params", "parse_params", "resolve_source", "run_name", "REPO_ROOT", "OFFICIAL_SOURCE",
 ]

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import data, dvclock, metrics, tracking
+from pipeline import classifier, codec, data, dvclock, metrics, tracking
 from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, EvaluateConfig, Params, run_name
-from pipeline.models import build_model
+from pipeline.models import load_model
 from pipeline.prepare import PREPARED_DIR
 from pipeline.train import HISTORY_DIR, MODELS_DIR, as_batch_tensor, pick_device
 
@@ -29,27 +29,9 @@ REPORTS_DIR = REPO_ROOT / "reports"
 IMAGE_BYTES = 28 * 28  # one uint8 image
 
 
-def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise data.DataError(f"{path}: missing; run the train stage first (dvc repro train)") from None
-    model = build_model(saved["spec"])
-    model.load_state_dict(saved["state_dict"])
-    # channels_last: ~1.6x faster convolutions on CPU than NCHW (measured here)
-    return model.to(device, memory_format=torch.channels_last).eval(), saved
-
-
 @torch.no_grad()
 def batched(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def quantize_uint8(latents: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Per-dimension affine uint8 quantisation (scale/offset calibrated elsewhere), returned dequantised."""
-    scale = torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))
-    codes = torch.clamp(torch.round((latents - lo) / scale), 0, 255)
-    return codes * scale + lo
 
 
 def summary(x: torch.Tensor, y: torch.Tensor, cfg: EvaluateConfig, suffix: str = "") -> dict[str, float]:
@@ -59,7 +41,7 @@ def summary(x: torch.Tensor, y: torch.Tensor, cfg: EvaluateConfig, suffix: str =
 
 def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = PREPARED_DIR,
                      models_dir: Path = MODELS_DIR, history_dir: Path = HISTORY_DIR,
-                     reports_dir: Path = REPORTS_DIR) -> dict:
+                     reports_dir: Path = REPORTS_DIR, classifier_file: Path = classifier.CLASSIFIER_FILE) -> dict:
     cfg, name = params.evaluate, run_name(variant, seed)
     device = pick_device(params.train_for(variant).device)
     model_path = models_dir / f"{name}.pt"
@@ -71,8 +53,9 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
     result = {**metrics.summarize_per_image(per_image), **summary(x, recon_decoder, cfg, "_decoder")}
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
-    result.update(_compression(model, latents, x, prepared, cfg, device))
+    result.update(_compression(model, model_path, latents, x, prepared, cfg))
     result.update(latent_diagnostics(latents))
+    result.update(_semantic_fidelity(classifier_file, recon, labels, device))
     result.update(_final_losses(history_dir / f"{name}.csv"))
     protocol = np.random.default_rng(cfg.protocol_seed).choice(len(x), cfg.protocol_images, replace=False)
     result["seed_protocol"] = {"indices": sorted(protocol.tolist()), **summary(x[protocol], recon[protocol], cfg),
@@ -87,8 +70,8 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
                      "model_sha256": data.sha256_file(model_path),
                      "dvc": dvclock.provenance({"prepared": prepared, "model": model_path}, upstream)}
     result["run"]["mlflow_run_id"] = _log_to_mlflow(params, name, result, saved, images[samples],
-                                                    _to_uint8(recon[samples]))
-    _write_outputs(name, result, per_class, _to_uint8(recon[samples]), reports_dir)
+                                                    codec.to_uint8(recon[samples]))
+    _write_outputs(name, result, per_class, codec.to_uint8(recon[samples]), reports_dir)
     return result
 
 
@@ -100,16 +83,35 @@ def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig):
     return recon, latents, recon_decoder, metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
 
 
-def _compression(model, latents, x, prepared: Path, cfg: EvaluateConfig, device) -> dict:
-    """Latent size in bytes, and the quality of a uint8 latent (scale/offset calibrated on the val split)."""
-    val = as_batch_tensor(data.load_split(prepared, "val")[0], device).contiguous(memory_format=torch.channels_last)
-    val_latents = batched(model.encode, val, cfg.batch_size)
-    lo, hi = val_latents.min(0).values, val_latents.max(0).values
-    recon_uint8 = batched(model.decode, quantize_uint8(latents, lo, hi), cfg.batch_size)
-    dim = latents.shape[1]
-    return {"latent_dim": dim, "bytes_per_image_float32": 4 * dim, "compression_ratio_float32": IMAGE_BYTES / (4 * dim),
-            "bytes_per_image_uint8": dim, "compression_ratio_uint8": IMAGE_BYTES / dim,
-            "uint8_side_info_bytes_per_model": 8 * dim, **summary(x, recon_uint8, cfg, "_uint8")}
+def _compression(model, model_path: Path, latents, x, prepared: Path, cfg: EvaluateConfig) -> dict:
+    """Real streams of the test latents (pipeline.codec): bytes per image with headers and side information,
+    and the quality decoded from them. uint8 for every variant (grid calibrated on the train split); the
+    entropy-coded stream for variants with a learned prior (its quality is the autoencoder's: same latents)."""
+    latents = latents.float().cpu()
+    calibration = codec.calibrate_uint8(codec.encode_latents(model, data.load_split(prepared, "train")[0]))
+    uint8_stream = codec.pack(model, model_path, latents, "uint8", calibration)
+    dequantised = codec.unpack(model, model_path, uint8_stream)[1].to(x.device)
+    recon_uint8 = batched(model.decode, dequantised, cfg.batch_size)
+    n, dim = latents.shape
+    result = {"latent_dim": dim, "bytes_per_image_float32": 4 * dim, "compression_ratio_float32": IMAGE_BYTES / (4 * dim),
+              "bytes_per_image_uint8": len(uint8_stream) / n, "compression_ratio_uint8": IMAGE_BYTES * n / len(uint8_stream),
+              **summary(x, recon_uint8, cfg, "_uint8")}
+    if model.prior is not None:
+        stream = codec.pack(model, model_path, latents, "entropy")
+        if not torch.equal(codec.unpack(model, model_path, stream)[1], latents):
+            raise codec.CodecError(f"{model_path}: the entropy-coded stream does not decode to its latents")
+        with torch.no_grad():
+            model_bits = float(model.prior.bits(latents.to(x.device)).mean())
+        result.update(bytes_per_image_entropy=len(stream) / n, compression_ratio_entropy=IMAGE_BYTES * n / len(stream),
+                      prior_bits_per_image=model_bits)
+    return result
+
+
+def _semantic_fidelity(classifier_file: Path, recon: torch.Tensor, labels: np.ndarray, device) -> dict:
+    """The classifier stage's test accuracy on the reconstructions, beside its accuracy on the originals."""
+    model, saved = classifier.load_classifier(classifier_file, device)
+    return {"classifier_accuracy": classifier.accuracy(model, recon, labels),
+            "classifier_accuracy_originals": saved["test_accuracy"]}
 
 
 def latent_diagnostics(latents: torch.Tensor, variance_share: float = 0.99) -> dict:
@@ -146,10 +148,6 @@ def _per_class(per_image: dict[str, torch.Tensor], labels: np.ndarray, mapping: 
 def _sample_indices(n: int, cfg: EvaluateConfig) -> np.ndarray:
     """The same test images for every variant, so the report's grids line up."""
     return np.sort(np.random.default_rng(cfg.protocol_seed + 1).choice(n, min(cfg.grid_images, n), replace=False))
-
-
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    return (images.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def _write_outputs(name: str, result: dict, per_class: pd.DataFrame, samples: np.ndarray, reports: Path) -> None:

@@ -92,3 +92,33 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) ->
            ylabel="PSNR (dB)", xlabel="character")
     fig.tight_layout()
     _save(fig, out)
+
+
+def rate_distortion(table: pd.DataFrame, out: Path) -> None:
+    """Bytes per image against pooled PSNR and SSIM: each baseline a line over its settings, each variant's
+    storage forms as markers; lossless codecs (infinite PSNR) as vertical lines."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, metric in zip(axes, ("psnr_pooled", "ssim")):
+        for method, group in table[table.kind == "baseline"].groupby("method", sort=False):
+            lossy = group.dropna(subset=["psnr_pooled"]).sort_values("bytes_per_image")
+            if len(lossy):
+                ax.plot(lossy.bytes_per_image, lossy[metric], "o-", ms=3, label=method)
+            for size in group[group.psnr_pooled.isna()].bytes_per_image:
+                ax.axvline(size, ls=":", color="gray")
+                ax.text(size, 0.02, f" {method} lossless", rotation=90, transform=ax.get_xaxis_transform(), fontsize=7)
+        for (method, form), point in _variant_points(table).items():
+            ax.scatter(point.bytes_per_image, point[metric], marker={"float32": "s", "uint8": "^"}.get(form, "*"),
+                       s=60 if form == "entropy-coded" else 30, label=f"{method} {form}")
+        ax.set(xscale="log", xlabel="bytes per image (log)", ylabel={"psnr_pooled": "pooled PSNR (dB)"}.get(metric, "SSIM"))
+        ax.grid(alpha=0.3, which="both")
+    axes[0].axhline(27.1, color="red", lw=0.8, ls="--")
+    axes[0].axvline(32, color="red", lw=0.8, ls="--")
+    axes[1].legend(fontsize=6, ncol=2, loc="lower right")
+    fig.suptitle("rate–distortion on the test set (red: the moonshot, ≤ 32 B at ≥ 27.1 dB)")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def _variant_points(table: pd.DataFrame) -> dict:
+    variants = table[table.kind == "variant"]
+    return {(row.method, row.setting.split(",")[0]): row for _, row in variants.iterrows()}

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import IMAGE_SIZE, VariantSpec
+from pipeline.data import DataError
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -21,25 +24,79 @@ ACTIVATIONS = {
 }
 
 
+SYMBOL_LIMIT = 32767  # an entropy-coded latent is an integer in [-SYMBOL_LIMIT, SYMBOL_LIMIT] per dimension
+
+
+class LaplacePrior(nn.Module):
+    """Factorised prior of an integer latent: per dimension, Laplace(loc, scale) integrated over unit bins."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(dim))
+        self.log_scale = nn.Parameter(torch.zeros(dim))
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(min=0.01)
+
+    def bits(self, z: torch.Tensor) -> torch.Tensor:
+        """-log2 P(unit bin around z), summed over dimensions: bits per image. By symmetry the bin is moved to
+        the lower tail (v <= 0), where a Laplace CDF is 0.5 * exp(t / scale) and a tail bin's log-probability
+        has a closed form that stays exact however far out z lies."""
+        scale, v = self.scale(), -(z.float() - self.loc).abs()
+        log_tail = math.log(0.5) + (v - 0.5) / scale + torch.log(torch.expm1(1 / scale))
+        centre = 1 - 0.5 * torch.exp((-v - 0.5) / scale) - 0.5 * torch.exp((v - 0.5) / scale)
+        log_p = torch.where(v <= -0.5, log_tail, torch.log(centre.clamp(min=1e-30)))
+        return -log_p.sum(1) / math.log(2)
+
+
 class Autoencoder(nn.Module):
-    """Conv encoder -> dense latent -> dense + transposed-conv decoder, all shapes from the spec."""
+    """Conv encoder -> dense latent -> dense + transposed-conv decoder, all shapes from the spec.
+
+    With spec.rate_weight > 0 the latent is quantised to integers (uniform noise while training, the usual
+    differentiable stand-in for rounding) and has a learned prior that an entropy coder can use."""
 
     def __init__(self, spec: VariantSpec):
         super().__init__()
         self.spec = spec
         self.encoder = _encoder(spec)
         self.decoder = _decoder(spec)
+        self.prior = LaplacePrior(spec.latent_dim) if spec.rate_weight > 0 else None
         if spec.init != "torch_default":
             self.apply(INITIALISERS[spec.init])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        """The latent the decoder sees at test time (integers for an entropy-coded latent)."""
+        return self.quantize(self.encoder(x))
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        if self.prior is None:
+            return z
+        if self.training:
+            return z.float() + torch.empty_like(z, dtype=torch.float32).uniform_(-0.5, 0.5)
+        return torch.round(z.float()).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def forward_with_rate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Reconstruction and the prior's bits per image (None without a prior), from one encoder pass."""
+        z = self.encode(x)
+        return self.decode(z), (self.prior.bits(z) if self.prior is not None else None)
+
+
+def load_model(path: Path, device: torch.device) -> tuple[Autoencoder, dict]:
+    """A trained model file -> (model in eval mode on the device, the file's metadata)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run the train stage first (dvc repro train)") from None
+    model = build_model(saved["spec"])
+    model.load_state_dict(saved["state_dict"])
+    # channels_last: ~1.6x faster convolutions on CPU than NCHW (measured here)
+    return model.to(device, memory_format=torch.channels_last).eval(), saved
 
 
 def build_model(spec: VariantSpec | dict) -> Autoencoder:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import data, dvclock, figures, stats, tracking
+from pipeline import data, dvclock, figures, rate_distortion, stats, tracking
 from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, Params, run_name
 from pipeline.prepare import PREPARED_DIR
@@ -28,8 +28,9 @@ STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
 RUN_COLUMNS = ["variant", "seed", "epochs", "mse", "psnr", "ssim", "dead_latent_units",
                "active_latent_units_per_image", "effective_latent_dims"]
-COMPRESSION_COLUMNS = ["latent_dim", "bytes_per_image_float32", "compression_ratio_float32",
-                       "bytes_per_image_uint8", "psnr_pooled_uint8", "max_abs_diff_decoder", "eval_seconds"]
+COMPRESSION_COLUMNS = ["latent_dim", "bytes_per_image_float32", "bytes_per_image_uint8", "psnr_pooled_uint8",
+                       "bytes_per_image_entropy", "prior_bits_per_image", "max_abs_diff_decoder", "eval_seconds"]
+FIDELITY_COLUMNS = ["classifier_accuracy", "classifier_accuracy_originals", "psnr", "ssim"]
 
 
 def load_results(reports: Path, runs: list[tuple[str, int]]) -> pd.DataFrame:
@@ -122,14 +123,14 @@ def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, tests: pd.DataFrame, specs: dict,
-                    reference: dict, figure_names: list[str]) -> str:
+                    reference: dict, figure_names: list[str], rd: pd.DataFrame) -> str:
     means = variant_means(results)
     decoder = means[["mse_decoder", "psnr_decoder", "ssim_decoder", "max_abs_diff_decoder"]]
     protocol = pd.DataFrame(list(results.seed_protocol), index=results.index)[["mse", "psnr", "psnr_pooled", "ssim"]]
     n_seeds = int(summary.n.min())
     parts = [
         "# CompressNet report", "",
-        "## Findings", "", *findings(summary, tests, specs, reference), "",
+        "## Findings", "", *findings(summary, tests, specs, reference), rate_distortion.moonshot_finding(rd), "",
         f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
         "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).", "",
         "## Mean ± std over seeds [95% t-interval of the mean]", "", _markdown(seed_table(summary)), "",
@@ -142,9 +143,16 @@ def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, tests: pd.Data
         "test images.", "",
         "## Encoder → decoder run separately (mean over seeds)", "", _markdown(decoder), "",
         "## The study's protocol (10 seeded test images), per run", "", _markdown(protocol), "",
-        "## Compression (mean over seeds)", "", _markdown(means[COMPRESSION_COLUMNS]), "",
-        "uint8: per-dimension scale/offset calibrated on the val split (side information per model, not per image). "
-        "A unit is dead when it outputs 0 for every test image; effective dims hold 99% of the latent variance.",
+        "## Compression (mean over seeds)", "", _markdown(means.reindex(columns=COMPRESSION_COLUMNS)), "",
+        "Bytes per image are real streams (pipeline.codec) of the whole test split, headers and side information "
+        "included. uint8: per-dimension scale/offset calibrated on the train split, carried in the stream; "
+        "entropy: integer latents range-coded under the variant's learned prior (prior_bits_per_image is the "
+        "prior's own estimate). A unit is dead when it outputs 0 for every test image; effective dims hold 99% of "
+        "the latent variance.", "",
+        "## Rate–distortion: variants beside classical codecs (reports/rate_distortion.json)", "",
+        _markdown(rd.sort_values(["kind", "method", "bytes_per_image"], ascending=[False, True, True]), index=False), "",
+        "## Semantic fidelity: the classifier stage's test accuracy (mean over seeds)", "",
+        _markdown(means.reindex(columns=FIDELITY_COLUMNS)), "",
         "", "## Figures", "", *[f"![{Path(f).stem}](figures/{f})" for f in figure_names], "",
     ]
     return "\n".join(parts)
@@ -155,13 +163,16 @@ def _markdown(table: pd.DataFrame, index: bool = True) -> str:
     return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–")
 
 
-def draw_figures(results: pd.DataFrame, summary: pd.DataFrame, reports: Path, prepared: Path) -> list[Path]:
+def draw_figures(results: pd.DataFrame, summary: pd.DataFrame, rd: pd.DataFrame, reports: Path,
+                 prepared: Path) -> list[Path]:
     out = reports / "figures"
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / f"{name}.png" for name in
-             ("findings_seed_spread", "study_comparison", "loss_curves", "reconstructions", "per_class_psnr")}
+             ("findings_seed_spread", "study_comparison", "loss_curves", "reconstructions", "per_class_psnr",
+              "rate_distortion")}
     means = variant_means(results)
     figures.seed_spread(results, summary, paths["findings_seed_spread"])
+    figures.rate_distortion(rd, paths["rate_distortion"])
     figures.study_comparison(means, paths["study_comparison"])
     histories = {}
     for name, row in results.iterrows():
@@ -185,9 +196,11 @@ def write_report(params: Params, reports: Path = REPORTS_DIR,
     tests = stats.pairwise_welch(results, "mse")
     specs = {name: dataclasses.asdict(spec) for name, spec in params.variants.items()}
     reference = yaml.safe_load(REFERENCE.read_text())
-    paths = draw_figures(results, summary, reports, prepared)
+    rd = rate_distortion.assemble(variant_means(results), rate_distortion.load_baselines(reports / "baselines.json"))
+    rate_distortion.write_json(rd, reports / "rate_distortion.json")
+    paths = draw_figures(results, summary, rd, reports, prepared)
     report = reports / "report.md"
-    text = render_markdown(results, summary, tests, specs, reference, [p.name for p in paths])
+    text = render_markdown(results, summary, tests, specs, reference, [p.name for p in paths], rd)
     data.atomic_write(report, lambda tmp: tmp.write_text(text))
     return report, paths, results, summary
 
@@ -199,6 +212,7 @@ def log_report(experiment: str, report: Path, figure_paths: list[Path], summary:
     tracking.setup(experiment)
     with tracking.tracked_run(run_name="report", tags=tracking.run_tags("report")) as run:
         mlflow.log_artifact(str(report))
+        mlflow.log_artifact(str(report.with_name("rate_distortion.json")))
         for figure in figure_paths:
             mlflow.log_artifact(str(figure), "figures")
         mlflow.log_metrics({f"{variant}.{column}": float(value) for variant, row in summary.iterrows()

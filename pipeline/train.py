@@ -74,6 +74,7 @@ class Trainer:
     def __init__(self, params: Params, variant: str, seed: int, device: torch.device, train_images: int):
         self.cfg = params.train_for(variant)
         self.seed, self.device = seed, device
+        self.rate_weight = params.variant(variant).rate_weight
         self.images_per_epoch = min(train_images, (self.cfg.steps_per_epoch or math.inf) * self.cfg.batch_size)
         torch.manual_seed(seed)
         self.model = build_model(params.variant(variant)).to(device)
@@ -113,28 +114,36 @@ class Trainer:
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
-    def train_epoch(self, train_x: torch.Tensor, epoch: int) -> float:
-        """One shuffled pass (or its first steps_per_epoch batches); the permutation depends only on
-        (seed, epoch), so resuming is exact."""
-        self.model.train()
+    def batches(self, train_x: torch.Tensor, epoch: int):
+        """The epoch's shuffled batches, ready for the model; the permutation depends only on (seed, epoch),
+        so resuming is exact."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(train_x), generator=generator)[:self.images_per_epoch]
-        total, bs = torch.zeros((), dtype=torch.float64, device=self.device), self.cfg.batch_size
-        batches = tqdm(range(0, len(order), bs), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
-                       leave=False, mininterval=1.0)
-        for i, start in enumerate(batches):
-            x = self._prepare(train_x[order[start:start + bs].to(self.device)])
+        for start in range(0, len(order), self.cfg.batch_size):
+            yield self._prepare(train_x[order[start:start + self.cfg.batch_size].to(self.device)])
+
+    def train_epoch(self, train_x: torch.Tensor, epoch: int) -> float:
+        """One shuffled pass (or its first steps_per_epoch batches); returns the mean training loss."""
+        self.model.train()
+        total, seen = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        batches = tqdm(self.batches(train_x, epoch), total=math.ceil(self.images_per_epoch / self.cfg.batch_size),
+                       desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False, mininterval=1.0)
+        for i, x in enumerate(batches):
             with self._autocast():
-                loss = torch.nn.functional.mse_loss(self.model(x).float(), x)
+                recon, bits = self.model.forward_with_rate(x)
+                loss = torch.nn.functional.mse_loss(recon.float(), x)
+                if bits is not None:  # rate-distortion loss: MSE + rate_weight * bits per pixel
+                    loss = loss + self.rate_weight * bits.mean() / x[0].numel()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             if self.scheduler:
                 self.scheduler.step()
             total += loss.detach() * len(x)
+            seen += len(x)
             if i % 50 == 0:
                 batches.set_postfix(loss=f"{loss.item():.5f}")
-        return total.item() / len(order)
+        return total.item() / seen
 
     @torch.no_grad()
     def val_loss(self, val_x: torch.Tensor, batch_size: int = 2048) -> float:

@@ -11,8 +11,9 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from pipeline import evaluate, report
+from pipeline import baselines, classifier, codec, evaluate, report
 from pipeline.config import parse_params
+from pipeline.models import load_model
 from pipeline.prepare import prepare
 from pipeline.train import train_variant
 from tests.conftest import TINY_SPEC
@@ -20,7 +21,7 @@ from tests.fakedata import make_emnist_dir
 
 REQUIRED_KEYS = {"mse", "psnr", "psnr_pooled", "ssim", "mse_decoder", "psnr_decoder", "ssim_decoder",
                  "max_abs_diff_decoder", "train_loss", "val_loss", "latent_dim", "bytes_per_image_float32",
-                 "compression_ratio_float32", "n_test", "seed_protocol", "per_class"}
+                 "compression_ratio_float32", "bytes_per_image_uint8", "psnr_uint8", "n_test", "seed_protocol", "per_class"}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,9 @@ def trained(tmp_path_factory) -> tuple[Path, object, str]:
     params = parse_params({
         "data": {"source": str(make_emnist_dir(root / "emnist"))},
         "train": {"epochs": 1, "batch_size": 64, "threads": 1},
+        "classifier": {"epochs": 10, "batch_size": 32},
         "mlflow": {"log_model": False},
-        "variants": {"tinyA": TINY_SPEC, "tinyB": {**TINY_SPEC, "latent_dim": 4}},
+        "variants": {"tinyA": TINY_SPEC, "tinyB": {**TINY_SPEC, "latent_dim": 4, "rate_weight": 0.01}},
     })
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -40,6 +42,9 @@ def trained(tmp_path_factory) -> tuple[Path, object, str]:
         for variant in params.variants:
             train_variant(params, variant, 0, prepared=root / "prepared", models_dir=root / "models",
                           history_dir=root / "reports" / "history", checkpoint_dir=root / "checkpoints")
+        classifier.train_classifier(params, root / "prepared", root / "models" / "classifier.pt",
+                                    root / "reports" / "classifier.json")
+        baselines.write_baselines(params, root / "prepared", root / "reports" / "baselines.json")
     return root, params, uri
 
 
@@ -55,7 +60,8 @@ def workspace(trained, tmp_path: Path, monkeypatch) -> dict:
 
 def run_evaluate(ws: dict, variant: str) -> dict:
     return evaluate.evaluate_variant(ws["params"], variant, 0, prepared=ws["prepared"], models_dir=ws["models"],
-                                     history_dir=ws["reports"] / "history", reports_dir=ws["reports"])
+                                     history_dir=ws["reports"] / "history", reports_dir=ws["reports"],
+                                     classifier_file=ws["models"] / "classifier.pt")
 
 
 def test_metrics_json_has_the_documented_keys(workspace):
@@ -82,7 +88,7 @@ def test_losses_come_from_the_training_history(workspace):
 
 def test_ssim_matches_scikit_image_on_the_reconstructions(workspace):
     result = run_evaluate(workspace, "tinyA")
-    model, _ = evaluate.load_model(workspace["models"] / "tinyA-seed0.pt", torch.device("cpu"))
+    model, _ = load_model(workspace["models"] / "tinyA-seed0.pt", torch.device("cpu"))
     images = np.load(workspace["prepared"] / "test_images.npy").astype(np.float64) / 255
     with torch.no_grad():
         recon = model(torch.from_numpy(images).float().unsqueeze(1)).squeeze(1).double().numpy()
@@ -100,14 +106,6 @@ def test_evaluation_is_deterministic_apart_from_the_run_block(workspace):
     assert first == again
 
 
-def test_uint8_latent_quantisation_is_close_to_float():
-    latents = torch.rand(100, 8) * 5 - 1
-    lo, hi = latents.min(0).values, latents.max(0).values
-    restored = evaluate.quantize_uint8(latents, lo, hi)
-    assert torch.all((restored - latents).abs() <= (hi - lo) / 255 / 2 + 1e-6)
-    assert len(torch.unique(restored[:, 0])) <= 256
-
-
 def test_evaluate_logs_into_the_training_run(workspace):
     result = run_evaluate(workspace, "tinyA")
     run = mlflow.get_run(result["run"]["mlflow_run_id"])
@@ -116,6 +114,25 @@ def test_evaluate_logs_into_the_training_run(workspace):
     assert "val_loss" in run.data.metrics  # the same run the training logged into
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"reconstructions.png", "metrics.json"} <= artifacts
+
+
+def test_entropy_coded_variant_reports_real_stream_bytes(workspace):
+    plain, coded = run_evaluate(workspace, "tinyA"), run_evaluate(workspace, "tinyB")
+    assert "bytes_per_image_entropy" not in plain
+    # the stream carries integer latents: its quality is the autoencoder's own, measured on the same test images
+    assert 0 < coded["bytes_per_image_entropy"] < coded["bytes_per_image_float32"]
+    assert coded["prior_bits_per_image"] / 8 == pytest.approx(coded["bytes_per_image_entropy"], rel=0.2, abs=1)
+    # uint8: one byte per dimension plus the stream's header and calibration, shared by the 94 images
+    assert plain["bytes_per_image_uint8"] == pytest.approx(8 + (codec.HEADER.size + 8 * 8 + 4 + 4) / 94)
+
+
+def test_semantic_fidelity_is_the_classifiers_accuracy_on_reconstructions(workspace):
+    result = run_evaluate(workspace, "tinyA")
+    model, saved = classifier.load_classifier(workspace["models"] / "classifier.pt", torch.device("cpu"))
+    originals, labels = np.load(workspace["prepared"] / "test_images.npy"), np.load(workspace["prepared"] / "test_labels.npy")
+    assert classifier.accuracy(model, torch.from_numpy(originals).float().div(255).unsqueeze(1), labels) == saved["test_accuracy"]
+    assert result["classifier_accuracy_originals"] == saved["test_accuracy"] > 0.5  # learnable fake glyphs
+    assert 0 <= result["classifier_accuracy"] <= 1
 
 
 def test_missing_model_is_a_clear_error(workspace):

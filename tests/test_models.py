@@ -203,3 +203,34 @@ def test_build_model_accepts_the_spec_stored_in_a_model_file(tmp_path, params, m
     assert model.spec == variant
     model.load_state_dict(saved["state_dict"])
     assert torch.equal(model.eval()(x), models["model03"](x))
+
+
+@pytest.mark.parametrize("loc, log_scale", [(0.0, 0.0), (0.3, 1.0), (-2.0, -1.0)])
+def test_laplace_prior_bits_are_minus_log2_of_a_normalised_bin_probability(loc, log_scale):
+    from pipeline.models import LaplacePrior
+
+    prior = LaplacePrior(1)
+    with torch.no_grad():
+        prior.loc.fill_(loc)
+        prior.log_scale.fill_(log_scale)
+    bits = prior.bits(torch.arange(-300, 301, dtype=torch.float32)[:, None]).detach().double()
+    assert float((2 ** -bits).sum()) == pytest.approx(1.0, abs=1e-6)
+    scale = math.exp(log_scale)
+    cdf = lambda t: 0.5 * math.exp((t - loc) / scale) if t < loc else 1 - 0.5 * math.exp(-(t - loc) / scale)  # noqa: E731
+    assert float(bits[300 + 1]) == pytest.approx(-math.log2(cdf(1.5) - cdf(0.5)), rel=1e-5)
+    far = prior.bits(torch.tensor([[1000.0]])).detach()  # far in the tail the closed form stays exact (no clamping)
+    assert float(far) == pytest.approx(-math.log2(0.5 * math.expm1(1 / scale)) + (1000.5 - loc) / scale / math.log(2), rel=1e-5)
+
+
+def test_rate_variant_quantises_at_test_time_and_trains_its_prior():
+    spec = VariantSpec(encoder_filters=[4], encoder_strides=[2], latent_dim=3, decoder_filters=[4],
+                       decoder_strides=[2], latent_activation="linear", rate_weight=0.01)
+    model = build_model(spec)
+    x = torch.rand(5, 1, 28, 28)
+    model.eval()
+    assert torch.equal(model.encode(x), model.encode(x).round())
+    model.train()
+    recon, bits = model.forward_with_rate(x)
+    (recon.square().mean() + bits.mean()).backward()
+    assert model.prior.loc.grad is not None and model.prior.log_scale.grad.abs().sum() > 0
+    assert build_model({**vars(spec), "rate_weight": 0.0}).forward_with_rate(x)[1] is None

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict]:
-    """A git+DVC copy of the repo with two tiny variants x two seeds, after one `dvc exp run` on generated data."""
-    root, env = make_project(tmp_path_factory.mktemp("project"), {"tiny1": TINY, "tiny2": {**TINY, "latent_dim": 4}},
+    """A git+DVC copy of the repo with two tiny variants (tiny2 entropy-coded) x two seeds, after one
+    `dvc exp run` on generated data."""
+    root, env = make_project(tmp_path_factory.mktemp("project"), {"tiny1": TINY, "tiny2": {**TINY, "latent_dim": 4, "rate_weight": 0.01}},
                              seeds=(0, 1))
     data_dir = make_emnist_dir(tmp_path_factory.mktemp("data") / "emnist")
     run(["dvc", "exp", "run", "--set-param", f"data.source={data_dir}"], root, env)
@@ -43,7 +44,19 @@ def test_pipeline_produces_every_output(project):
     report = (root / "reports" / "report.md").read_text()
     assert report.index("## Findings") < report.index("## Mean ± std over seeds")
     assert all(name in report for name in RUNS)
-    assert len(list((root / "reports" / "figures").glob("*.png"))) == 5
+    assert len(list((root / "reports" / "figures").glob("*.png"))) == 6
+    assert "## Rate–distortion" in report and "- Moonshot (≤ 32 B/image" in report
+
+
+def test_rate_distortion_json_has_variant_forms_and_baselines(project):
+    root, _ = project
+    rows = json.loads((root / "reports" / "rate_distortion.json").read_text())
+    assert all({"method", "setting", "bytes_per_image", "psnr_pooled", "psnr", "ssim"} <= r.keys() for r in rows)
+    forms = {(r["method"], r["setting"].split(",")[0]) for r in rows}
+    assert {("tiny1", "float32"), ("tiny1", "uint8"), ("tiny2", "uint8"), ("tiny2", "entropy-coded")} <= forms
+    assert {"pca", "pca-uint8", "jpeg", "webp", "png", "gzip"} <= {r["method"] for r in rows}
+    classifier = json.loads((root / "reports" / "classifier.json").read_text())
+    assert 0 <= classifier["test_accuracy"] <= 1
 
 
 def test_seeds_train_different_models(project):
@@ -67,11 +80,11 @@ def test_runs_land_in_the_root_sqlite_store(project):
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("compressnet")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(["report", *RUNS])
+    assert sorted(r.info.run_name for r in runs) == sorted(["report", "classifier", *RUNS])
     report_run = next(r for r in runs if r.info.run_name == "report")
     assert "tiny1.mse_mean" in report_run.data.metrics
     for variant_run in runs:
-        if variant_run.info.run_name != "report":
+        if variant_run.info.run_name in RUNS:
             assert variant_run.data.tags["mlflow.parentRunId"] == report_run.info.run_id
             assert {"test_ssim", "val_loss"} <= variant_run.data.metrics.keys()
             assert variant_run.data.tags["seed"] == variant_run.info.run_name[-1]

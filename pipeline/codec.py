@@ -1,0 +1,216 @@
+"""A real compressor built from a trained variant: images -> bitstream -> images.
+
+  python -m pipeline.codec compress <variant> <input> <out file> [--seed N] [--mode uint8|entropy]
+  python -m pipeline.codec decompress <variant> <in file> <out dir> [--seed N]
+
+<input> is an IDX image file in EMNIST's raw (transposed) layout, gzip or plain, or a directory of 28x28
+grayscale PNGs (upright, sorted by name); decompress writes 000000.png, 000001.png, ... The model is
+models/<variant>-seed<N>.pt. Modes:
+  uint8    any variant: each latent dimension as one byte, scale/offset calibrated on the train split and
+           carried in the stream (8 bytes per dimension);
+  entropy  variants with rate_weight > 0: integer latents range-coded (constriction) under the model's
+           learned Laplace prior; the default for such variants.
+Stream (little-endian): magic "CNZ1" | mode u8 | model sha256[:8] | n u32 | dim u16 | side info |
+payload bytes u32 | payload | crc32 u32 of everything before it. Everything needed to decode except the
+model weights is in the stream, so bytes per image = file size / n.
+"""
+from __future__ import annotations
+
+import argparse
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import constriction
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline import data
+from pipeline.config import IMAGE_SIZE, PARAMS_FILE, ConfigError, load_params, run_name
+from pipeline.models import SYMBOL_LIMIT, load_model
+from pipeline.prepare import PREPARED_DIR
+from pipeline.train import MODELS_DIR, as_batch_tensor, pick_device
+
+MAGIC = b"CNZ1"
+MODES = {"uint8": 0, "entropy": 1}
+HEADER = struct.Struct("<4sB8sIH")  # magic, mode, model id, images, latent dim
+BATCH = 2048
+
+
+class CodecError(ValueError):
+    """A stream that cannot be decoded (corrupt, truncated, another model) or a bad input."""
+
+
+def model_id(model_file: Path) -> bytes:
+    return bytes.fromhex(data.sha256_file(model_file))[:8]
+
+
+@torch.no_grad()
+def encode_latents(model, images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 28, 28) upright images -> the latent the decoder sees at test time (float32, CPU)."""
+    device = next(model.parameters()).device
+    x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
+    return torch.cat([model.encode(x[i:i + BATCH]).float().cpu() for i in range(0, len(x), BATCH)])
+
+
+@torch.no_grad()
+def decode_images(model, latents: torch.Tensor) -> np.ndarray:
+    """Latents -> uint8 (N, 28, 28) images, in fixed batches so the same latents always give the same bytes."""
+    device = next(model.parameters()).device
+    out = [model.decode(latents[i:i + BATCH].to(device)).float().cpu() for i in range(0, len(latents), BATCH)]
+    return to_uint8(torch.cat(out)) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    return (images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def calibrate_uint8(latents: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension range (lo, hi) of latents, as float32: the uint8 grid spans it."""
+    return latents.min(0).values.numpy().astype(np.float32), latents.max(0).values.numpy().astype(np.float32)
+
+
+def uint8_codes(latents: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    scale = _uint8_scale(lo, hi)
+    return torch.clamp(torch.round((latents - torch.from_numpy(lo)) / scale), 0, 255).to(torch.uint8).numpy()
+
+
+def dequantize_uint8(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(codes).float() * _uint8_scale(lo, hi) + torch.from_numpy(lo)
+
+
+def _uint8_scale(lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
+    lo, hi = torch.from_numpy(lo), torch.from_numpy(hi)
+    return torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))
+
+
+def _prior_family(model, n: int):
+    if model.prior is None:
+        raise CodecError(f"mode entropy needs a variant with rate_weight > 0 ({model.spec.description or 'this one'} has none)")
+    with torch.no_grad():
+        loc, scale = model.prior.loc.double().cpu().numpy(), model.prior.scale().double().cpu().numpy()
+    family = constriction.stream.model.QuantizedLaplace(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+    return family, np.tile(loc, n), np.tile(scale, n)
+
+
+def pack(model, model_file: Path, latents: torch.Tensor, mode: str, calibration=None) -> bytes:
+    """encode_latents() output -> one stream. calibration: (lo, hi) for uint8 (default: these latents' range)."""
+    n, dim = latents.shape
+    if mode == "uint8":
+        lo, hi = calibration if calibration is not None else calibrate_uint8(latents)
+        side, payload = lo.tobytes() + hi.tobytes(), uint8_codes(latents, lo, hi).tobytes()
+    else:
+        family, loc, scale = _prior_family(model, n)
+        coder = constriction.stream.queue.RangeEncoder()
+        coder.encode(latents.numpy().astype(np.int32).ravel(), family, loc, scale)
+        side, payload = b"", coder.get_compressed().astype("<u4").tobytes()
+    body = HEADER.pack(MAGIC, MODES[mode], model_id(model_file), n, dim) + side + struct.pack("<I", len(payload)) + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
+    """Stream -> (mode, latents), checking integrity and that the stream was made by this model."""
+    if len(stream) < HEADER.size + 8 or stream[:4] != MAGIC:
+        raise CodecError("not a CompressNet stream (bad magic or too short)")
+    magic, mode_code, stream_model, n, dim = HEADER.unpack_from(stream)
+    if zlib.crc32(stream[:-4]) != struct.unpack("<I", stream[-4:])[0]:
+        raise CodecError(f"corrupt or truncated stream: checksum mismatch ({len(stream)} bytes)")
+    if stream_model != model_id(model_file):
+        raise CodecError(f"stream was made by model {stream_model.hex()}, not by {model_file} ({model_id(model_file).hex()})")
+    mode = {code: name for name, code in MODES.items()}.get(mode_code)
+    if mode is None or dim != model.spec.latent_dim:
+        raise CodecError(f"stream header does not match the model (mode {mode_code}, latent dim {dim})")
+    offset = HEADER.size + (8 * dim if mode == "uint8" else 0)
+    side = stream[HEADER.size:offset]
+    (size,) = struct.unpack_from("<I", stream, offset)
+    payload = stream[offset + 4:offset + 4 + size]
+    if mode == "uint8":
+        lo, hi = np.frombuffer(side[:4 * dim], "<f4").copy(), np.frombuffer(side[4 * dim:], "<f4").copy()
+        return mode, dequantize_uint8(np.frombuffer(payload, np.uint8).reshape(n, dim).copy(), lo, hi)
+    family, loc, scale = _prior_family(model, n)
+    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
+    return mode, torch.from_numpy(decoder.decode(family, loc, scale).astype(np.float32)).reshape(n, dim)
+
+
+def read_images(path: Path) -> np.ndarray:
+    """An IDX image file (EMNIST raw layout) or a directory of 28x28 grayscale PNGs -> uint8 (N, 28, 28) upright."""
+    if path.is_dir():
+        files = sorted(path.glob("*.png"))
+        if not files:
+            raise CodecError(f"{path}: no .png files")
+        images = [np.asarray(Image.open(f).convert("L")) for f in files]
+        bad = next((f for f, im in zip(files, images) if im.shape != (IMAGE_SIZE, IMAGE_SIZE)), None)
+        if bad is not None:
+            raise CodecError(f"{bad}: expected {IMAGE_SIZE}x{IMAGE_SIZE} pixels")
+        return np.stack(images)
+    images = data.read_idx(path, "images")
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise CodecError(f"{path}: expected {IMAGE_SIZE}x{IMAGE_SIZE} images, got {images.shape[1:]}")
+    return np.ascontiguousarray(images.transpose(0, 2, 1))
+
+
+def write_images(images: np.ndarray, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        data.atomic_write(out_dir / f"{i:06d}.png", lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+def compress(params, variant: str, seed: int, source: Path, out: Path, mode: str | None,
+             models_dir: Path = MODELS_DIR, prepared: Path = PREPARED_DIR) -> int:
+    model_file, model = _model(params, variant, seed, models_dir)
+    mode = mode or ("entropy" if model.prior is not None else "uint8")
+    calibration = None
+    if mode == "uint8":  # the uint8 grid is calibrated on the train split, as in evaluate
+        calibration = calibrate_uint8(encode_latents(model, data.load_split(prepared, "train")[0]))
+    stream = pack(model, model_file, encode_latents(model, read_images(source)), mode, calibration)
+    data.atomic_write(out, lambda tmp: tmp.write_bytes(stream))
+    return len(stream)
+
+
+def decompress(params, variant: str, seed: int, source: Path, out_dir: Path, models_dir: Path = MODELS_DIR) -> int:
+    model_file, model = _model(params, variant, seed, models_dir)
+    _, latents = unpack(model, model_file, source.read_bytes())
+    images = decode_images(model, latents)
+    write_images(images, out_dir)
+    return len(images)
+
+
+def _model(params, variant: str, seed: int, models_dir: Path):
+    model_file = models_dir / f"{run_name(variant, seed)}.pt"
+    model, _ = load_model(model_file, pick_device(params.train_for(variant).device))
+    return model_file, model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.codec", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(PARAMS_FILE))
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("compress", "decompress"):
+        sub = commands.add_parser(name)
+        sub.add_argument("variant")
+        sub.add_argument("source", type=Path)
+        sub.add_argument("out", type=Path)
+        sub.add_argument("--seed", type=int, help="which trained run (default: the first of `seeds:`)")
+        if name == "compress":
+            sub.add_argument("--mode", choices=list(MODES), help="default: entropy if the variant has a prior")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        params.variant(args.variant)
+        seed = params.seeds[0] if args.seed is None else args.seed
+        if args.command == "compress":
+            size = compress(params, args.variant, seed, args.source, args.out, args.mode, MODELS_DIR, PREPARED_DIR)
+            print(f"codec: wrote {args.out} ({size} bytes)")
+        else:
+            count = decompress(params, args.variant, seed, args.source, args.out, MODELS_DIR)
+            print(f"codec: wrote {count} images to {args.out}")
+    except (CodecError, ConfigError, data.DataError, OSError) as err:
+        print(f"codec: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

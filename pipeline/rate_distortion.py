@@ -1,0 +1,69 @@
+"""The rate-distortion picture, assembled by the report stage: every variant's real streams beside the
+classical baselines (reports/baselines.json), written to reports/rate_distortion.json.
+
+A variant contributes one point per form it can be stored in, each the mean over its seeds: `float32`
+(4 bytes per latent dimension; not for entropy-coded variants, whose latent is already integer), `uint8`
+(pipeline.codec's uint8 stream) and `entropy` (its range-coded stream, variants with rate_weight > 0).
+Bytes per image always include everything the decoder needs besides the model weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import data
+
+FIELDS = ["method", "setting", "bytes_per_image", "psnr_pooled", "psnr", "ssim", "mse", "classifier_accuracy"]
+MOONSHOT = {"bytes_per_image": 32, "psnr_pooled": 27.1}  # WebP q5's quality (27.1 dB) at a quarter of its bytes
+
+
+def model_rows(means: pd.DataFrame) -> list[dict]:
+    """One row per (variant, storage form), from the evaluate metrics averaged over seeds."""
+    rows = []
+    for variant, m in means.iterrows():
+        dim = int(m.latent_dim)
+        main = {"psnr_pooled": m.psnr_pooled, "psnr": m.psnr, "ssim": m.ssim, "mse": m.mse,
+                "classifier_accuracy": m.get("classifier_accuracy")}
+        coded = pd.notna(m.get("bytes_per_image_entropy"))
+        if not coded:
+            rows.append({"method": variant, "setting": f"float32, {dim} dims", "bytes_per_image": 4.0 * dim, **main})
+        rows.append({"method": variant, "setting": f"uint8, {dim} dims", "bytes_per_image": m.bytes_per_image_uint8,
+                     "psnr_pooled": m.psnr_pooled_uint8, "psnr": m.psnr_uint8, "ssim": m.ssim_uint8,
+                     "mse": m.mse_uint8, "classifier_accuracy": None})
+        if coded:
+            rows.append({"method": variant, "setting": f"entropy-coded, {dim} dims",
+                         "bytes_per_image": m.bytes_per_image_entropy, **main})
+    return rows
+
+
+def load_baselines(path: Path) -> list[dict]:
+    try:
+        return json.loads(path.read_text())["rows"]
+    except FileNotFoundError:
+        raise data.DataError(f"{path}: missing; run the baselines stage first (dvc repro baselines)") from None
+
+
+def assemble(means: pd.DataFrame, baselines: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(model_rows(means) + baselines).reindex(columns=FIELDS)
+    table.insert(2, "kind", ["variant" if m in means.index else "baseline" for m in table.method])
+    return table
+
+
+def write_json(table: pd.DataFrame, out: Path) -> None:
+    rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    data.atomic_write(out, lambda p: p.write_text(json.dumps(rows, indent=2, allow_nan=False) + "\n"))
+
+
+def moonshot_finding(table: pd.DataFrame) -> str:
+    """The moonshot, answered from the numbers: the best point at <= 32 bytes per image against 27.1 dB."""
+    target_bytes, target_psnr = MOONSHOT["bytes_per_image"], MOONSHOT["psnr_pooled"]
+    small = table[(table.kind == "variant") & (table.bytes_per_image <= target_bytes)].dropna(subset=["psnr_pooled"])
+    if small.empty:
+        return f"- Moonshot (≤ {target_bytes} B/image at pooled PSNR ≥ {target_psnr} dB): no variant stores an image in ≤ {target_bytes} bytes."
+    best = small.loc[small.psnr_pooled.idxmax()]
+    verdict = "met" if best.psnr_pooled >= target_psnr else f"not met ({target_psnr - best.psnr_pooled:.2f} dB short)"
+    return (f"- Moonshot (≤ {target_bytes} B/image at pooled PSNR ≥ {target_psnr} dB): {verdict}; the best variant point "
+            f"within {target_bytes} bytes is {best.method} {best.setting} at {best.bytes_per_image:.1f} B/image, "
+            f"{best.psnr_pooled:.2f} dB pooled, SSIM {best.ssim:.4f}.")

@@ -1,0 +1,79 @@
+"""baselines stage (classical codecs and PCA) and the rate-distortion assembly, on generated data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import baselines, rate_distortion
+from pipeline.config import parse_params
+from pipeline.prepare import prepare
+from tests.conftest import TINY_SPEC
+from tests.fakedata import make_emnist_dir
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> pd.DataFrame:
+    root = tmp_path_factory.mktemp("baselines")
+    params = parse_params({"data": {"source": str(make_emnist_dir(root / "emnist"))}, "variants": {"tiny": TINY_SPEC},
+                           "rate_distortion": {"jpeg_qualities": [5, 90], "webp_qualities": [0, 90],
+                                               "pca_dims": [4, 64, 300]}})
+    prepare(params.data, root / "prepared")
+    baselines.write_baselines(params, root / "prepared", root / "baselines.json")
+    return pd.DataFrame(json.loads((root / "baselines.json").read_text())["rows"]).set_index(["method", "setting"])
+
+
+def test_every_configured_baseline_has_a_row(rows):
+    assert sorted(rows.index) == sorted([("pca", f"{d} dims") for d in (4, 64, 300)]
+                                        + [("pca-uint8", f"{d} dims") for d in (4, 64, 300)]
+                                        + [("jpeg", "quality 5"), ("jpeg", "quality 90"), ("webp", "quality 0"),
+                                           ("webp", "quality 90"), ("png", "lossless, optimize"),
+                                           ("gzip", "whole test set, level 9")])
+
+
+def test_lossless_codecs_are_exact_and_have_no_psnr(rows):
+    for method in ("png", "gzip"):
+        row = rows.loc[method].iloc[0]
+        assert row.mse == 0 and row.ssim == 1 and pd.isna(row.psnr_pooled) and pd.isna(row.psnr)  # JSON null
+        assert 0 < row.bytes_per_image < 784 * 1.1
+
+
+def test_more_bytes_buy_more_quality(rows):
+    for method, low, high in (("jpeg", "quality 5", "quality 90"), ("webp", "quality 0", "quality 90"),
+                              ("pca", "4 dims", "64 dims")):
+        assert rows.loc[(method, high), "bytes_per_image"] > rows.loc[(method, low), "bytes_per_image"]
+        assert rows.loc[(method, high), "psnr_pooled"] > rows.loc[(method, low), "psnr_pooled"]
+
+
+def test_pca_improves_with_dimensions_and_needs_enough_train_images(rows):
+    psnr = [rows.loc[("pca", f"{d} dims"), "psnr_pooled"] for d in (4, 64, 300)]
+    assert psnr == sorted(psnr) and psnr[-1] > 30
+    images = np.zeros((10, 28, 28), np.uint8)
+    with pytest.raises(baselines.data.DataError, match="rate_distortion.pca_dims: 16 dimensions need"):
+        baselines.pca_rows(images, images, [4, 16], "uniform")
+    assert rows.loc[("pca", "64 dims"), "bytes_per_image"] == 256
+    # uint8 coefficients: a quarter of the bytes (plus the per-stream grid), a little less quality
+    assert rows.loc[("pca-uint8", "64 dims"), "bytes_per_image"] < 64 + 8 * 64 / 10
+    assert rows.loc[("pca-uint8", "64 dims"), "psnr_pooled"] < rows.loc[("pca", "64 dims"), "psnr_pooled"]
+
+
+def _means(**variants) -> pd.DataFrame:
+    keys = ["latent_dim", "psnr_pooled", "psnr", "ssim", "mse", "classifier_accuracy", "bytes_per_image_uint8",
+            "psnr_pooled_uint8", "psnr_uint8", "ssim_uint8", "mse_uint8", "bytes_per_image_entropy"]
+    return pd.DataFrame({name: dict(zip(keys, values)) for name, values in variants.items()}).T
+
+
+def test_variant_rows_give_one_point_per_storage_form():
+    means = _means(plain=[32, 24.0, 25.0, 0.97, 0.004, 0.8, 32.1, 23.9, 24.9, 0.969, 0.0041, np.nan],
+                   coded=[16, 22.0, 23.0, 0.95, 0.006, 0.7, 16.1, 21.0, 22.0, 0.94, 0.008, 9.5])
+    table = rate_distortion.assemble(means, [{"method": "webp", "setting": "quality 5", "bytes_per_image": 135.0,
+                                              "psnr_pooled": 27.1, "psnr": 28.0, "ssim": 0.98, "mse": 0.002}])
+    forms = {(r.method, r.setting): r.bytes_per_image for r in table.itertuples()}
+    assert forms == {("plain", "float32, 32 dims"): 128.0, ("plain", "uint8, 32 dims"): 32.1,
+                     ("coded", "uint8, 16 dims"): 16.1, ("coded", "entropy-coded, 16 dims"): 9.5,
+                     ("webp", "quality 5"): 135.0}
+    assert list(table.kind) == ["variant"] * 4 + ["baseline"]
+    finding = rate_distortion.moonshot_finding(table)
+    assert "not met (5.10 dB short)" in finding and "coded entropy-coded, 16 dims at 9.5 B/image" in finding

@@ -1,0 +1,137 @@
+"""pipeline.codec: real bitstreams from tiny trained models, round trips and damaged streams."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import codec
+from pipeline.config import parse_params
+from pipeline.models import load_model
+from pipeline.prepare import prepare
+from pipeline.train import train_variant
+from tests.conftest import TINY_SPEC
+from tests.fakedata import make_emnist_dir, write_idx
+
+RATE_SPEC = {**TINY_SPEC, "rate_weight": 0.01}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("codec")
+    params = parse_params({"data": {"source": str(make_emnist_dir(root / "emnist"))},
+                           "train": {"epochs": 2, "batch_size": 64, "threads": 1}, "mlflow": {"log_model": False},
+                           "variants": {"plain": TINY_SPEC, "coded": RATE_SPEC}})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        prepare(params.data, root / "prepared")
+        for variant in params.variants:
+            train_variant(params, variant, 0, prepared=root / "prepared", models_dir=root / "models",
+                          history_dir=root / "history", checkpoint_dir=root / "checkpoints")
+    test_images = np.load(root / "prepared" / "test_images.npy")
+    idx = write_idx(root / "test-images-idx3-ubyte.gz", test_images.transpose(0, 2, 1))  # EMNIST raw layout
+    return {"root": root, "params": params, "images": test_images, "idx": idx}
+
+
+def model_of(trained, variant: str):
+    return load_model(trained["root"] / "models" / f"{variant}-seed0.pt", torch.device("cpu"))[0]
+
+
+def round_trip(trained, variant: str, tmp_path: Path, mode: str | None = None, source: Path | None = None):
+    root, stream, out = trained["root"], tmp_path / "stream.cnz", tmp_path / "decoded"
+    size = codec.compress(trained["params"], variant, 0, source or trained["idx"], stream, mode,
+                          models_dir=root / "models", prepared=root / "prepared")
+    count = codec.decompress(trained["params"], variant, 0, stream, out, models_dir=root / "models")
+    decoded = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))])
+    assert size == stream.stat().st_size and count == len(decoded)
+    return stream, decoded
+
+
+def test_entropy_round_trip_equals_the_models_reconstruction_of_its_quantised_latent(trained, tmp_path):
+    model = model_of(trained, "coded")
+    latents = codec.encode_latents(model, trained["images"])
+    assert torch.equal(latents, latents.round())  # integer latent at test time
+    expected = codec.to_uint8(model(torch.from_numpy(trained["images"]).float().div(255).unsqueeze(1)).detach())
+    stream, decoded = round_trip(trained, "coded", tmp_path)
+    assert np.array_equal(decoded, expected)
+    assert stream.read_bytes()[4] == codec.MODES["entropy"]  # the default mode for a variant with a prior
+
+
+def test_entropy_stream_size_is_close_to_the_priors_estimate(trained, tmp_path):
+    model = model_of(trained, "coded")
+    latents = codec.encode_latents(model, trained["images"])
+    stream = codec.pack(model, trained["root"] / "models" / "coded-seed0.pt", latents, "entropy")
+    ideal_bytes = float(model.prior.bits(latents).detach().sum()) / 8
+    overhead = codec.HEADER.size + 8 + 4  # header, payload length and crc, and at most one partial word
+    assert ideal_bytes * 0.95 <= len(stream) <= ideal_bytes * 1.05 + overhead
+
+
+def test_uint8_round_trip_is_bit_exact_and_calibrated_on_train(trained, tmp_path):
+    model, images = model_of(trained, "plain"), trained["images"]
+    train = np.load(trained["root"] / "prepared" / "train_images.npy")
+    lo, hi = codec.calibrate_uint8(codec.encode_latents(model, train))
+    codes = codec.uint8_codes(codec.encode_latents(model, images), lo, hi)
+    expected = codec.decode_images(model, codec.dequantize_uint8(codes, lo, hi))
+    stream, decoded = round_trip(trained, "plain", tmp_path)
+    assert np.array_equal(decoded, expected)
+    dim = model.spec.latent_dim
+    assert stream.stat().st_size == codec.HEADER.size + 8 * dim + 4 + len(images) * dim + 4
+
+
+def test_a_directory_of_pngs_compresses_like_the_idx_file(trained, tmp_path):
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for i, image in enumerate(trained["images"][:5]):
+        Image.fromarray(image).save(pngs / f"img{i:02d}.png")
+    _, from_png = round_trip(trained, "coded", tmp_path / "a", source=pngs)
+    _, from_idx = round_trip(trained, "coded", tmp_path / "b")
+    assert np.array_equal(from_png, from_idx[:5])
+
+
+def test_uint8_codes_stay_within_half_a_step_of_the_latent():
+    latents = torch.rand(100, 8) * 5 - 1
+    lo, hi = codec.calibrate_uint8(latents)
+    restored = codec.dequantize_uint8(codec.uint8_codes(latents, lo, hi), lo, hi)
+    assert torch.all((restored - latents).abs() <= torch.from_numpy((hi - lo) / 255 / 2) + 1e-6)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: s[:len(s) // 2], "truncated"),
+    (lambda s: s[:40] + bytes([s[40] ^ 0x10]) + s[41:], "checksum mismatch"),
+    (lambda s: b"JUNK" + s[4:], "not a CompressNet stream"),
+    (lambda s: b"", "not a CompressNet stream"),
+])
+def test_a_damaged_stream_is_a_clear_error(trained, tmp_path, damage, message):
+    stream, _ = round_trip(trained, "coded", tmp_path)
+    stream.write_bytes(damage(stream.read_bytes()))
+    with pytest.raises(codec.CodecError, match=message):
+        codec.decompress(trained["params"], "coded", 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
+
+
+def test_a_stream_from_another_model_is_refused(trained, tmp_path):
+    stream, _ = round_trip(trained, "plain", tmp_path)
+    models = trained["root"] / "models"
+    with pytest.raises(codec.CodecError, match="made by model"):
+        codec.decompress(trained["params"], "coded", 0, stream, tmp_path / "out", models_dir=models)
+
+
+def test_entropy_mode_needs_a_prior(trained, tmp_path):
+    with pytest.raises(codec.CodecError, match="rate_weight > 0"):
+        round_trip(trained, "plain", tmp_path, mode="entropy")
+
+
+def test_cli_reports_errors_in_one_line(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(codec, "MODELS_DIR", trained["root"] / "models")
+    monkeypatch.setattr(codec, "PREPARED_DIR", trained["root"] / "prepared")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(f"variants: {{coded: {RATE_SPEC}}}\nmlflow: {{log_model: false}}\n".replace("'", ""))
+    stream = tmp_path / "x.cnz"
+    assert codec.main(["--params", str(params_file), "compress", "coded", str(trained["idx"]), str(stream)]) == 0
+    stream.write_bytes(stream.read_bytes()[:-3])
+    assert codec.main(["--params", str(params_file), "decompress", "coded", str(stream), str(tmp_path / "o")]) == 1
+    assert "codec: error: corrupt or truncated stream" in capsys.readouterr().err
+    assert codec.main(["--params", str(params_file), "compress", "nope", str(trained["idx"]), str(stream)]) == 1
+    assert "variants.nope: no such variant" in capsys.readouterr().err
