@@ -9,7 +9,7 @@ RUN ?=
 # stages call `python`: make it the venv's
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test bench lineage clean-venv
+.PHONY: install repro test bench bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lineage: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_speed
+
+# about an hour on 2 CPU cores: full-epoch training runs, the study's recipe against the fast one
+bench-epochs: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_epochs
 
 clean-venv:
 	rm -rf $(VENV)

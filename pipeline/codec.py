@@ -17,6 +17,8 @@ model weights is in the stream, so bytes per image = file size / n.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import struct
 import sys
 import zlib
@@ -152,9 +154,17 @@ def read_images(path: Path) -> np.ndarray:
 
 
 def write_images(images: np.ndarray, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """PNGs 000000.png, ... into a new directory, written beside it and renamed: never half there."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CodecError(f"{out_dir}: exists and is not an empty directory; choose a new one")
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for i, image in enumerate(images):
-        data.atomic_write(out_dir / f"{i:06d}.png", lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+        Image.fromarray(image).save(tmp / f"{i:06d}.png")
+    if out_dir.exists():
+        out_dir.rmdir()
+    os.replace(tmp, out_dir)
 
 
 def compress(params, variant: str, seed: int, source: Path, out: Path, mode: str | None,

@@ -135,3 +135,13 @@ def test_cli_reports_errors_in_one_line(trained, tmp_path, capsys, monkeypatch):
     assert "codec: error: corrupt or truncated stream" in capsys.readouterr().err
     assert codec.main(["--params", str(params_file), "compress", "nope", str(trained["idx"]), str(stream)]) == 1
     assert "variants.nope: no such variant" in capsys.readouterr().err
+
+
+def test_decompress_never_writes_into_a_directory_that_holds_files(trained, tmp_path):
+    stream, _ = round_trip(trained, "coded", tmp_path)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "mine.txt").write_text("keep me")
+    with pytest.raises(codec.CodecError, match="exists and is not an empty directory"):
+        codec.decompress(trained["params"], "coded", 0, stream, occupied, models_dir=trained["root"] / "models")
+    assert [p.name for p in occupied.iterdir()] == ["mine.txt"]
