@@ -44,7 +44,7 @@ def _runs(client: MlflowClient) -> dict[str, object]:
 def test_runs_are_logged_over_http_and_finished(project):
     root, client = project
     runs = _runs(client)
-    assert set(runs) == {"report", "tiny1-seed0", "tiny2-seed0"}
+    assert set(runs) == {"classifier", "report", "tiny1-seed0", "tiny2-seed0"}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     assert not (root / "mlflow.db").exists(), "stages used the local store instead of the server"
     assert client.get_experiment_by_name("compressnet").artifact_location.startswith("mlflow-artifacts:")
