@@ -53,7 +53,7 @@ class TrainConfig:
     adam_eps: float = 1e-7  # Keras' default, as in the study
     weight_decay: float = 0.0
     schedule: Literal["constant", "onecycle", "cosine"] = "constant"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # auto: bf16 where the device computes it natively
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = all cores
@@ -85,6 +85,8 @@ class VariantSpec:
     latent_activation: Activation = "relu"
     output_activation: Literal["sigmoid"] = "sigmoid"
     init: Literal["glorot_uniform", "he_uniform", "torch_default"] = "glorot_uniform"
+    # true: every stride-1 conv whose input and output channels match adds its input back (x + conv(act(x)))
+    residual: bool = False
     # > 0: an entropy-coded latent (integers under a learned Laplace prior), trained on MSE + rate_weight * bits/pixel
     rate_weight: float = 0.0
     description: str = ""

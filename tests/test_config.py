@@ -45,7 +45,7 @@ def test_repo_params_load():
         assert spec.init == "glorot_uniform" and spec.encoded_size() == 14
     # the fast recipe measured in reports/epochs_to_quality.md
     assert (params.train.optimizer, params.train.schedule, params.train.lr) == ("adamw", "onecycle", 3e-3)
-    assert (params.train.precision, params.train.channels_last) == ("bf16", True)
+    assert (params.train.precision, params.train.channels_last) == ("auto", True)
     assert params.train.batch_size == 128 and (params.train.epochs, params.train.steps_per_epoch) == (2, 100)
     assert params.data.source == OFFICIAL_SOURCE
     assert len(params.seeds) >= 3 and len(params.runs()) == len(params.seeds) * len(params.variants)
@@ -175,7 +175,7 @@ BAD = [
     ("variant-train-lr", put(f"{M1}.train.lr", 0), f"{M1}.train.lr", "(0, 10)"),
     # bad Literal values
     ("optimizer", put("train.optimizer", "sgd"), "train.optimizer", "one of adam, adamw"),
-    ("precision", put("train.precision", "fp16"), "train.precision", "one of fp32, bf16"),
+    ("precision", put("train.precision", "fp16"), "train.precision", "one of auto, fp32, bf16"),
     ("schedule", put("train.schedule", "step"), "train.schedule", "one of constant"),
     ("ssim-window", put("evaluate.ssim_window", "box"), "evaluate.ssim_window", "one of uniform, gaussian"),
     ("activation", put(f"{M1}.activation", "swish"), f"{M1}.activation", "got 'swish'"),
