@@ -43,7 +43,9 @@ class LaplacePrior(nn.Module):
         the lower tail (v <= 0), where a Laplace CDF is 0.5 * exp(t / scale) and a tail bin's log-probability
         has a closed form that stays exact however far out z lies."""
         scale, v = self.scale(), -(z.float() - self.loc).abs()
-        log_tail = math.log(0.5) + (v - 0.5) / scale + torch.log(torch.expm1(1 / scale))
+        # log(expm1(a)) written as a + log(1 - exp(-a)): expm1 overflows float32 once a = 1 / scale > 88.7
+        inverse = 1 / scale
+        log_tail = math.log(0.5) + (v - 0.5) / scale + inverse + torch.log(-torch.expm1(-inverse))
         centre = 1 - 0.5 * torch.exp((-v - 0.5) / scale) - 0.5 * torch.exp((v - 0.5) / scale)
         log_p = torch.where(v <= -0.5, log_tail, torch.log(centre.clamp(min=1e-30)))
         return -log_p.sum(1) / math.log(2)
@@ -105,10 +107,24 @@ def build_model(spec: VariantSpec | dict) -> Autoencoder:
     return Autoencoder(spec)
 
 
+class Residual(nn.Sequential):
+    """x + layers(x) around a shape-preserving conv. The branch is pre-activation, act then conv: with conv then
+    ReLU every block only adds, activations grow with depth, and the probe models collapsed to a constant image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+def _conv_block(spec: VariantSpec, conv: nn.Module, channels: int, filters: int, stride: int) -> list[nn.Module]:
+    if spec.residual and stride == 1 and channels == filters:
+        return [Residual(ACTIVATIONS[spec.activation](), conv)]
+    return [conv, ACTIVATIONS[spec.activation]()]
+
+
 def _encoder(spec: VariantSpec) -> nn.Sequential:
     layers, channels, pad = [], 1, spec.kernel_size // 2
     for filters, stride in zip(spec.encoder_filters, spec.encoder_strides):
-        layers += [nn.Conv2d(channels, filters, spec.kernel_size, stride, pad), ACTIVATIONS[spec.activation]()]
+        layers += _conv_block(spec, nn.Conv2d(channels, filters, spec.kernel_size, stride, pad), channels, filters, stride)
         channels = filters
     size = spec.encoded_size()
     layers += [nn.Flatten(), nn.Linear(channels * size * size, spec.latent_dim),
@@ -122,8 +138,8 @@ def _decoder(spec: VariantSpec) -> nn.Sequential:
               nn.Unflatten(1, (channels, size, size))]
     for filters, stride in zip(spec.decoder_filters, spec.decoder_strides):
         # output_padding = stride - 1 makes 'same' padding exact: out = in * stride, as in Keras
-        layers += [nn.ConvTranspose2d(channels, filters, k, stride, k // 2, output_padding=stride - 1),
-                   ACTIVATIONS[spec.activation]()]
+        conv = nn.ConvTranspose2d(channels, filters, k, stride, k // 2, output_padding=stride - 1)
+        layers += _conv_block(spec, conv, channels, filters, stride)
         channels = filters
     layers += [nn.ConvTranspose2d(channels, 1, k, 1, k // 2), ACTIVATIONS[spec.output_activation]()]
     return nn.Sequential(*layers)

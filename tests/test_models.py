@@ -168,6 +168,22 @@ def test_a_variant_defined_only_by_a_spec_builds(x, overrides):
     assert ((out >= 0) & (out <= 1)).all()
 
 
+@torch.no_grad()
+def test_residual_wraps_exactly_the_shape_preserving_convs(x):
+    from pipeline.models import Residual
+
+    variant = spec(encoder_filters=[16, 16, 32, 32], encoder_strides=[2, 1, 2, 1],
+                   decoder_filters=[32, 16, 16], decoder_strides=[1, 2, 2], residual=True)
+    model = build_model(variant)
+    wrapped = [m for m in model.modules() if isinstance(m, Residual)]
+    # encoder 16->16 and 32->32 at stride 1, decoder 32->32 at stride 1; never a stride-2 or channel change
+    assert [(block[1].in_channels, block[1].out_channels) for block in wrapped] == [(16, 16), (32, 32), (32, 32)]
+    block, h = wrapped[0], torch.rand(2, 16, 14, 14)
+    assert torch.equal(block(h), h + block[1](block[0](h)))
+    assert count_parameters(model) == count_parameters(build_model(dataclasses.replace(variant, residual=False)))
+    assert model(x).shape == (N, 1, 28, 28)
+
+
 def load_params_raw_with(variant: VariantSpec) -> dict:
     return {"variants": {"new": dataclasses.asdict(variant)}}
 
@@ -205,7 +221,7 @@ def test_build_model_accepts_the_spec_stored_in_a_model_file(tmp_path, params, m
     assert torch.equal(model.eval()(x), models["model03"](x))
 
 
-@pytest.mark.parametrize("loc, log_scale", [(0.0, 0.0), (0.3, 1.0), (-2.0, -1.0)])
+@pytest.mark.parametrize("loc, log_scale", [(0.0, 0.0), (0.3, 1.0), (-2.0, -1.0), (0.0, -4.6)])  # the last: 1 / scale near 100
 def test_laplace_prior_bits_are_minus_log2_of_a_normalised_bin_probability(loc, log_scale):
     from pipeline.models import LaplacePrior
 
@@ -216,8 +232,9 @@ def test_laplace_prior_bits_are_minus_log2_of_a_normalised_bin_probability(loc, 
     bits = prior.bits(torch.arange(-300, 301, dtype=torch.float32)[:, None]).detach().double()
     assert float((2 ** -bits).sum()) == pytest.approx(1.0, abs=1e-6)
     scale = math.exp(log_scale)
-    cdf = lambda t: 0.5 * math.exp((t - loc) / scale) if t < loc else 1 - 0.5 * math.exp(-(t - loc) / scale)  # noqa: E731
-    assert float(bits[300 + 1]) == pytest.approx(-math.log2(cdf(1.5) - cdf(0.5)), rel=1e-5)
+    # the survival function 1 - CDF, exact in double precision far into the upper tail (where 1 - CDF < 1e-16)
+    sf = lambda t: 0.5 * math.exp(-(t - loc) / scale) if t >= loc else 1 - 0.5 * math.exp((t - loc) / scale)  # noqa: E731
+    assert float(bits[300 + 1]) == pytest.approx(-math.log2(sf(0.5) - sf(1.5)), rel=1e-5)
     far = prior.bits(torch.tensor([[1000.0]])).detach()  # far in the tail the closed form stays exact (no clamping)
     assert float(far) == pytest.approx(-math.log2(0.5 * math.expm1(1 / scale)) + (1000.5 - loc) / scale / math.log(2), rel=1e-5)
 
