@@ -74,6 +74,11 @@ def calibrate_uint8(latents: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return latents.min(0).values.numpy().astype(np.float32), latents.max(0).values.numpy().astype(np.float32)
 
 
+def train_calibration(model, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 grid of a model: its latents' range over the prepared train split (evaluate and compress agree)."""
+    return calibrate_uint8(encode_latents(model, data.load_split(prepared, "train")[0]))
+
+
 def uint8_codes(latents: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     scale = _uint8_scale(lo, hi)
     return torch.clamp(torch.round((latents - torch.from_numpy(lo)) / scale), 0, 255).to(torch.uint8).numpy()
@@ -104,12 +109,22 @@ def pack(model, model_file: Path, latents: torch.Tensor, mode: str, calibration=
         lo, hi = calibration if calibration is not None else calibrate_uint8(latents)
         side, payload = lo.tobytes() + hi.tobytes(), uint8_codes(latents, lo, hi).tobytes()
     else:
-        family, loc, scale = _prior_family(model, n)
-        coder = constriction.stream.queue.RangeEncoder()
-        coder.encode(latents.numpy().astype(np.int32).ravel(), family, loc, scale)
-        side, payload = b"", coder.get_compressed().astype("<u4").tobytes()
+        side, payload = b"", _range_code(model, latents)
     body = HEADER.pack(MAGIC, MODES[mode], model_id(model_file), n, dim) + side + struct.pack("<I", len(payload)) + payload
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _range_code(model, latents: torch.Tensor) -> bytes:
+    family, loc, scale = _prior_family(model, len(latents))
+    coder = constriction.stream.queue.RangeEncoder()
+    coder.encode(latents.numpy().astype(np.int32).ravel(), family, loc, scale)
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def standalone_entropy_bytes(model, latents: torch.Tensor) -> np.ndarray:
+    """Size of each image's own entropy stream (header, payload and checksum), as if stored one file per image."""
+    overhead = HEADER.size + 4 + 4  # header, payload length, crc32
+    return np.array([overhead + len(_range_code(model, latents[i:i + 1])) for i in range(len(latents))])
 
 
 def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
@@ -127,13 +142,20 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
     offset = HEADER.size + (8 * dim if mode == "uint8" else 0)
     side = stream[HEADER.size:offset]
     (size,) = struct.unpack_from("<I", stream, offset)
+    expected_size = n * dim if mode == "uint8" else size - size % 4
+    if offset + 4 + size + 4 != len(stream) or size != expected_size:
+        raise CodecError(f"stream lengths do not add up: payload {size} bytes for {n} images x {dim} dims "
+                         f"in a {len(stream)}-byte {mode} stream")
     payload = stream[offset + 4:offset + 4 + size]
     if mode == "uint8":
         lo, hi = np.frombuffer(side[:4 * dim], "<f4").copy(), np.frombuffer(side[4 * dim:], "<f4").copy()
         return mode, dequantize_uint8(np.frombuffer(payload, np.uint8).reshape(n, dim).copy(), lo, hi)
     family, loc, scale = _prior_family(model, n)
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
-    return mode, torch.from_numpy(decoder.decode(family, loc, scale).astype(np.float32)).reshape(n, dim)
+    symbols = decoder.decode(family, loc, scale)
+    if not decoder.maybe_exhausted():  # the payload held more or fewer latents than the header says
+        raise CodecError(f"stream lengths do not add up: the {size}-byte payload does not hold {n} x {dim} latents")
+    return mode, torch.from_numpy(symbols.astype(np.float32)).reshape(n, dim)
 
 
 def read_images(path: Path) -> np.ndarray:
@@ -171,9 +193,7 @@ def compress(params, variant: str, seed: int, source: Path, out: Path, mode: str
              models_dir: Path = MODELS_DIR, prepared: Path = PREPARED_DIR) -> int:
     model_file, model = _model(params, variant, seed, models_dir)
     mode = mode or ("entropy" if model.prior is not None else "uint8")
-    calibration = None
-    if mode == "uint8":  # the uint8 grid is calibrated on the train split, as in evaluate
-        calibration = calibrate_uint8(encode_latents(model, data.load_split(prepared, "train")[0]))
+    calibration = train_calibration(model, prepared) if mode == "uint8" else None
     stream = pack(model, model_file, encode_latents(model, read_images(source)), mode, calibration)
     data.atomic_write(out, lambda tmp: tmp.write_bytes(stream))
     return len(stream)

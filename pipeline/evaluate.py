@@ -88,8 +88,7 @@ def _compression(model, model_path: Path, latents, x, prepared: Path, cfg: Evalu
     and the quality decoded from them. uint8 for every variant (grid calibrated on the train split); the
     entropy-coded stream for variants with a learned prior (its quality is the autoencoder's: same latents)."""
     latents = latents.float().cpu()
-    calibration = codec.calibrate_uint8(codec.encode_latents(model, data.load_split(prepared, "train")[0]))
-    uint8_stream = codec.pack(model, model_path, latents, "uint8", calibration)
+    uint8_stream = codec.pack(model, model_path, latents, "uint8", codec.train_calibration(model, prepared))
     dequantised = codec.unpack(model, model_path, uint8_stream)[1].to(x.device)
     recon_uint8 = batched(model.decode, dequantised, cfg.batch_size)
     n, dim = latents.shape
@@ -103,7 +102,8 @@ def _compression(model, model_path: Path, latents, x, prepared: Path, cfg: Evalu
         with torch.no_grad():
             model_bits = float(model.prior.bits(latents.to(x.device)).mean())
         result.update(bytes_per_image_entropy=len(stream) / n, compression_ratio_entropy=IMAGE_BYTES * n / len(stream),
-                      prior_bits_per_image=model_bits)
+                      prior_bits_per_image=model_bits,
+                      bytes_per_image_entropy_standalone=float(codec.standalone_entropy_bytes(model, latents).mean()))
     return result
 
 

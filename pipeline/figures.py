@@ -10,9 +10,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipeline import data  # noqa: E402
+from pipeline.rate_distortion import MOONSHOT  # noqa: E402
+
 
 def _save(fig, out: Path, **kwargs) -> None:
-    fig.savefig(out, dpi=110, **kwargs)
+    data.atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip("."), dpi=110, **kwargs))
     plt.close(fig)
 
 
@@ -107,14 +110,15 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
                 ax.axvline(size, ls=":", color="gray")
                 ax.text(size, 0.02, f" {method} lossless", rotation=90, transform=ax.get_xaxis_transform(), fontsize=7)
         for (method, form), point in _variant_points(table).items():
-            ax.scatter(point.bytes_per_image, point[metric], marker={"float32": "s", "uint8": "^"}.get(form, "*"),
+            ax.scatter(point.bytes_per_image, point[metric], marker={"float32": "s", "uint8": "^", "entropy-coded one file per image": "P"}.get(form, "*"),
                        s=60 if form == "entropy-coded" else 30, label=f"{method} {form}")
         ax.set(xscale="log", xlabel="bytes per image (log)", ylabel={"psnr_pooled": "pooled PSNR (dB)"}.get(metric, "SSIM"))
         ax.grid(alpha=0.3, which="both")
-    axes[0].axhline(27.1, color="red", lw=0.8, ls="--")
-    axes[0].axvline(32, color="red", lw=0.8, ls="--")
+    axes[0].axhline(MOONSHOT["psnr_pooled"], color="red", lw=0.8, ls="--")
+    axes[0].axvline(MOONSHOT["bytes_per_image"], color="red", lw=0.8, ls="--")
     axes[1].legend(fontsize=6, ncol=2, loc="lower right")
-    fig.suptitle("rate–distortion on the test set (red: the moonshot, ≤ 32 B at ≥ 27.1 dB)")
+    fig.suptitle("rate–distortion on the test set (red: the moonshot, ≤ {bytes_per_image} B at ≥ {psnr_pooled} dB)"
+                 .format(**MOONSHOT))
     fig.tight_layout()
     _save(fig, out)
 

@@ -1,6 +1,8 @@
 """pipeline.codec: real bitstreams from tiny trained models, round trips and damaged streams."""
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,13 @@ def test_a_directory_of_pngs_compresses_like_the_idx_file(trained, tmp_path):
     assert np.array_equal(from_png, from_idx[:5])
 
 
+def test_standalone_bytes_are_the_size_of_each_images_own_stream(trained):
+    model, model_file = model_of(trained, "coded"), trained["root"] / "models" / "coded-seed0.pt"
+    latents = codec.encode_latents(model, trained["images"][:4])
+    sizes = [len(codec.pack(model, model_file, latents[i:i + 1], "entropy")) for i in range(4)]
+    assert codec.standalone_entropy_bytes(model, latents).tolist() == sizes
+
+
 def test_uint8_codes_stay_within_half_a_step_of_the_latent():
     latents = torch.rand(100, 8) * 5 - 1
     lo, hi = codec.calibrate_uint8(latents)
@@ -109,6 +118,20 @@ def test_a_damaged_stream_is_a_clear_error(trained, tmp_path, damage, message):
     stream.write_bytes(damage(stream.read_bytes()))
     with pytest.raises(codec.CodecError, match=message):
         codec.decompress(trained["params"], "coded", 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
+
+
+# a checksum-valid stream whose header lies: one image more than a uint8 payload holds (n sits after magic,
+# mode and model id); an entropy payload 4 bytes longer than the stream has (its length follows the header)
+@pytest.mark.parametrize("name, mode, field_at", [("plain", "uint8", 13), ("coded", "entropy", codec.HEADER.size)])
+def test_a_stream_whose_lengths_disagree_is_a_clear_error_even_with_a_valid_checksum(trained, tmp_path, name, mode,
+                                                                                    field_at):
+    stream, _ = round_trip(trained, name, tmp_path, mode=mode)
+    body = stream.read_bytes()[:-4]
+    value = struct.unpack_from("<I", body, field_at)[0]
+    forged = body[:field_at] + struct.pack("<I", value + (1 if mode == "uint8" else 4)) + body[field_at + 4:]
+    stream.write_bytes(forged + struct.pack("<I", zlib.crc32(forged)))
+    with pytest.raises(codec.CodecError, match="lengths do not add up"):
+        codec.decompress(trained["params"], name, 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
 
 
 def test_a_stream_from_another_model_is_refused(trained, tmp_path):
