@@ -22,7 +22,8 @@ import yaml
 from pipeline import data, tracking
 from pipeline.config import REPO_ROOT, load_params
 from pipeline.prepare import PREPARED_DIR
-from pipeline.train import Trainer, as_batch_tensor, configure_determinism, pick_device
+from pipeline.device import configure_determinism, pick_device
+from pipeline.train import Trainer, as_batch_tensor
 
 RECIPES = {  # train: keys; the pipeline's defaults fill the rest
     "study": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant", "precision": "fp32"},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from pipeline import data, evaluate, tracking
 from pipeline.config import REPO_ROOT, load_params
 from pipeline.models import training_flops_per_image
 from pipeline.prepare import PREPARED_DIR
-from pipeline.train import Trainer, as_batch_tensor, configure_determinism, pick_device
+from pipeline.device import configure_determinism, native_bf16, pick_device
+from pipeline.train import Trainer, as_batch_tensor
 
 OPTIONS = {"fp32 NCHW": ("fp32", False), "fp32 channels_last": ("fp32", True),
            "bf16 NCHW": ("bf16", False), "bf16 channels_last": ("bf16", True)}
@@ -81,8 +83,9 @@ def run(variants: list[str], options: list[str], steps: int, eval_images: int) -
     params = load_params()
     configure_determinism(params.train)
     device = pick_device(params.train.device)
-    peak = matmul_peak_gflops(device)
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s on {device} ({torch.get_num_threads()} CPU threads)")
+    peak, hardware = matmul_peak_gflops(device), _hardware(device)
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s on {hardware} ({torch.get_num_threads()} CPU threads, "
+          f"native bf16: {native_bf16(device)})")
     train_x = as_batch_tensor(data.load_split(PREPARED_DIR, "train")[0], device)
     test_x = as_batch_tensor(data.load_split(PREPARED_DIR, "test")[0][:eval_images], device)
     rows = []
@@ -99,14 +102,25 @@ def run(variants: list[str], options: list[str], steps: int, eval_images: int) -
                      "images_per_s": evaluation_rate(params, variant, test_x)})
         print(f"{variant:16s} evaluate: {rows[-1]['images_per_s']:.0f} img/s "
               f"({len(test_x) / rows[-1]['images_per_s']:.1f} s for {len(test_x)} test images)")
-    return {"device": str(device), "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
+    return {"device": str(device), "hardware": hardware, "native_bf16": native_bf16(device),
+            "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
             "train_steps_timed": steps, "rows": rows}
+
+
+def _hardware(device: torch.device) -> str:
+    """The processor the numbers belong to: they differ several-fold between machines of the same size."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 def write_outputs(result: dict) -> None:
     table = pd.DataFrame(result["rows"])
     markdown = (f"# Speed benchmark\n\nfp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s on "
-                f"{result['threads']} threads ({result['device']}); {result['train_steps_timed']} training steps "
+                f"{result['threads']} threads of {result['hardware']} ({result['device']}, native bf16: "
+                f"{result['native_bf16']}); {result['train_steps_timed']} training steps "
                 "timed per row after a warm-up.\n\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n")
     data.atomic_write(OUT_JSON, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     data.atomic_write(OUT_MD, lambda p: p.write_text(markdown))

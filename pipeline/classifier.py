@@ -21,7 +21,8 @@ from pipeline import data, tracking
 from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, ClassifierConfig, Params
 from pipeline.prepare import PREPARED_DIR
-from pipeline.train import MODELS_DIR, as_batch_tensor, configure_determinism, pick_device, save_atomic
+from pipeline.device import configure_determinism, pick_device
+from pipeline.train import MODELS_DIR, as_batch_tensor, save_atomic
 
 CLASSIFIER_FILE = MODELS_DIR / "classifier.pt"
 RESULT_FILE = REPO_ROOT / "reports" / "classifier.json"

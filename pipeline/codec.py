@@ -33,7 +33,8 @@ from pipeline import data
 from pipeline.config import IMAGE_SIZE, PARAMS_FILE, ConfigError, load_params, run_name
 from pipeline.models import SYMBOL_LIMIT, load_model
 from pipeline.prepare import PREPARED_DIR
-from pipeline.train import MODELS_DIR, as_batch_tensor, pick_device
+from pipeline.device import pick_device
+from pipeline.train import MODELS_DIR, as_batch_tensor
 
 MAGIC = b"CNZ1"
 MODES = {"uint8": 0, "entropy": 1}

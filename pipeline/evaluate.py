@@ -23,7 +23,8 @@ from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, EvaluateConfig, Params, run_name
 from pipeline.models import load_model
 from pipeline.prepare import PREPARED_DIR
-from pipeline.train import HISTORY_DIR, MODELS_DIR, as_batch_tensor, pick_device
+from pipeline.device import pick_device
+from pipeline.train import HISTORY_DIR, MODELS_DIR, as_batch_tensor
 
 REPORTS_DIR = REPO_ROOT / "reports"
 IMAGE_BYTES = 28 * 28  # one uint8 image

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ from tqdm import tqdm
 
 from pipeline import data, dvclock, tracking
 from pipeline.cli import run_stage
-from pipeline.config import REPO_ROOT, Params, TrainConfig, run_name
+from pipeline.config import REPO_ROOT, Params, run_name
+from pipeline.device import configure_determinism, pick_device, resolve_precision
 from pipeline.models import build_model
 from pipeline.prepare import PREPARED_DIR
 
@@ -36,35 +36,6 @@ CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device has bf16 arithmetic: a CPU without AVX512-BF16 or AMX emulates it ~10x slower than fp32
-    (measured on an AVX2-only AMD EPYC: 22 against 226 img/s for model01)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """train.precision auto -> bf16 on hardware with native bf16, else fp32."""
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
-
-
-def configure_determinism(cfg: TrainConfig) -> None:
-    """Same seed, same thread count, same machine -> bit-identical weights (see README, Reproducibility)."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def as_batch_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
