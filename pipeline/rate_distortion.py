@@ -17,6 +17,8 @@ from pipeline import data
 
 FIELDS = ["method", "setting", "bytes_per_image", "psnr_pooled", "psnr", "ssim", "mse", "classifier_accuracy"]
 MOONSHOT = {"bytes_per_image": 32, "psnr_pooled": 27.1}  # WebP q5's quality (27.1 dB) at a quarter of its bytes
+# a better model at the study's 32-number latent and at no more training FLOPs per image than model01
+QUALITY_TARGET = {"latent_dim": 32, "psnr": 27.0, "ssim": 0.985}
 
 
 def model_rows(means: pd.DataFrame) -> list[dict]:
@@ -69,3 +71,19 @@ def moonshot_finding(table: pd.DataFrame) -> str:
     return (f"- Moonshot (≤ {target_bytes} B/image at pooled PSNR ≥ {target_psnr} dB): {verdict}; the best variant point "
             f"within {target_bytes} bytes is {best.method} {best.setting} at {best.bytes_per_image:.1f} B/image, "
             f"{best.psnr_pooled:.2f} dB pooled, SSIM {best.ssim:.4f}.")
+
+
+def quality_target_finding(means: pd.DataFrame, budget_flops: int) -> str:
+    """The 32-number latent target, answered from the numbers: the best variant with a 32-dim latent within
+    model01's training FLOPs per image, by per-image PSNR, against 27.0 dB and SSIM 0.985."""
+    t = QUALITY_TARGET
+    eligible = means[(means.latent_dim == t["latent_dim"]) & (means.train_flops_per_image <= budget_flops)]
+    head = (f"- Quality target ({t['latent_dim']}-number latent, ≤ {budget_flops / 1e6:.0f} MFLOP per training image "
+            f"like model01: per-image PSNR ≥ {t['psnr']} dB and SSIM ≥ {t['ssim']})")
+    if eligible.empty:
+        return f"{head}: no variant here has a {t['latent_dim']}-dim latent within that budget."
+    best = eligible.loc[eligible.psnr.idxmax()]
+    met = best.psnr >= t["psnr"] and best.ssim >= t["ssim"]
+    verdict = "met" if met else f"not met ({max(t['psnr'] - best.psnr, 0):.2f} dB, {max(t['ssim'] - best.ssim, 0):.4f} SSIM short)"
+    return (f"{head}: {verdict}; the best is {best.name} at {best.psnr:.2f} dB, SSIM {best.ssim:.4f}, "
+            f"{best.train_flops_per_image / 1e6:.0f} MFLOP per training image.")

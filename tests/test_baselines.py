@@ -79,3 +79,15 @@ def test_variant_rows_give_one_point_per_storage_form():
     assert list(table.kind) == ["variant"] * 5 + ["baseline"]
     finding = rate_distortion.moonshot_finding(table)
     assert "not met (5.10 dB short)" in finding and "coded entropy-coded, 16 dims at 9.5 B/image" in finding
+
+
+def test_quality_target_counts_only_32_dim_variants_within_model01s_flops():
+    keys = ["latent_dim", "train_flops_per_image", "psnr", "ssim"]
+    means = pd.DataFrame({"small": dict(zip(keys, [32, 300e6, 25.5, 0.976])),
+                          "costly": dict(zip(keys, [32, 400e6, 28.0, 0.990])),  # better, but over the budget
+                          "wide": dict(zip(keys, [64, 300e6, 29.0, 0.992]))}).T  # better, but not 32 numbers
+    finding = rate_distortion.quality_target_finding(means, budget_flops=332e6)
+    assert "not met (1.50 dB, 0.0090 SSIM short)" in finding and "the best is small at 25.50 dB" in finding
+    means.loc["costly", "train_flops_per_image"] = 332e6  # exactly model01's budget is allowed
+    assert "met; the best is costly at 28.00 dB" in rate_distortion.quality_target_finding(means, budget_flops=332e6)
+    assert "no variant here" in rate_distortion.quality_target_finding(means.loc[["wide"]], budget_flops=332e6)

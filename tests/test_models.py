@@ -196,6 +196,15 @@ def test_training_flops_per_image(params):
     assert flops["model04"] > flops["model01"]  # upsampling earlier runs three 64-filter layers at 28x28
 
 
+def test_the_flop_budget_in_reference_yaml_is_model01s_counted_flops(params):
+    import yaml
+
+    from pipeline.report import REFERENCE
+
+    budget = yaml.safe_load(REFERENCE.read_text())["train_flops_per_image"]["model01"]
+    assert training_flops_per_image(params.variant("model01")) == budget
+
+
 def test_training_flops_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(4)
