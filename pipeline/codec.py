@@ -143,8 +143,8 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
     offset = HEADER.size + (8 * dim if mode == "uint8" else 0)
     side = stream[HEADER.size:offset]
     (size,) = struct.unpack_from("<I", stream, offset)
-    expected_size = n * dim if mode == "uint8" else size - size % 4
-    if offset + 4 + size + 4 != len(stream) or size != expected_size:
+    payload_fits = size == n * dim if mode == "uint8" else size % 4 == 0  # one byte per code | 32-bit words
+    if offset + 4 + size + 4 != len(stream) or not payload_fits:
         raise CodecError(f"stream lengths do not add up: payload {size} bytes for {n} images x {dim} dims "
                          f"in a {len(stream)}-byte {mode} stream")
     payload = stream[offset + 4:offset + 4 + size]

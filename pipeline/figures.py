@@ -110,7 +110,7 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
                 ax.axvline(size, ls=":", color="gray")
                 ax.text(size, 0.02, f" {method} lossless", rotation=90, transform=ax.get_xaxis_transform(), fontsize=7)
         for (method, form), point in _variant_points(table).items():
-            ax.scatter(point.bytes_per_image, point[metric], marker={"float32": "s", "uint8": "^", "entropy-coded one file per image": "P"}.get(form, "*"),
+            ax.scatter(point.bytes_per_image, point[metric], marker=MARKERS.get(form, "*"),
                        s=60 if form == "entropy-coded" else 30, label=f"{method} {form}")
         ax.set(xscale="log", xlabel="bytes per image (log)", ylabel={"psnr_pooled": "pooled PSNR (dB)"}.get(metric, "SSIM"))
         ax.grid(alpha=0.3, which="both")
@@ -121,6 +121,9 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
                  .format(**MOONSHOT))
     fig.tight_layout()
     _save(fig, out)
+
+
+MARKERS = {"float32": "s", "uint8": "^", "entropy-coded one file per image": "P"}  # default "*": entropy-coded
 
 
 def _variant_points(table: pd.DataFrame) -> dict:
