@@ -49,8 +49,9 @@ def _timed(fn) -> float:
 
 
 def trainer_for(params, variant: str, precision: str, channels_last: bool, steps: int, n_images: int) -> Trainer:
+    # two epochs: a warm-up and the timed one (a one-cycle schedule must be planned for both)
     train = dataclasses.replace(params.train_for(variant), precision=precision, channels_last=channels_last,
-                                steps_per_epoch=steps, epochs=1)
+                                steps_per_epoch=steps, epochs=2)
     params = dataclasses.replace(params, train=train,
                                  variants={variant: dataclasses.replace(params.variant(variant), train={})})
     return Trainer(params, variant, 0, pick_device(train.device), train_images=n_images)
