@@ -87,6 +87,8 @@ class VariantSpec:
     init: Literal["glorot_uniform", "he_uniform", "torch_default"] = "glorot_uniform"
     # true: every stride-1 conv whose input and output channels match adds its input back (x + conv(act(x)))
     residual: bool = False
+    # normalisation after every hidden conv (before its activation): none | batch | group (8 groups, batch-size free)
+    norm: Literal["none", "batch", "group"] = "none"
     # > 0: an entropy-coded latent (integers under a learned Laplace prior), trained on MSE + rate_weight * bits/pixel
     rate_weight: float = 0.0
     description: str = ""

@@ -115,10 +115,18 @@ class Residual(nn.Sequential):
         return x + super().forward(x)
 
 
+NORMS = {"batch": nn.BatchNorm2d, "group": lambda channels: nn.GroupNorm(math.gcd(8, channels), channels)}
+
+
+def _norm(spec: VariantSpec, channels: int) -> list[nn.Module]:
+    """No module at all for norm: none, so the layer indices (and saved state_dicts) of older models stay valid."""
+    return [] if spec.norm == "none" else [NORMS[spec.norm](channels)]
+
+
 def _conv_block(spec: VariantSpec, conv: nn.Module, channels: int, filters: int, stride: int) -> list[nn.Module]:
     if spec.residual and stride == 1 and channels == filters:
-        return [Residual(ACTIVATIONS[spec.activation](), conv)]
-    return [conv, ACTIVATIONS[spec.activation]()]
+        return [Residual(*_norm(spec, channels), ACTIVATIONS[spec.activation](), conv)]
+    return [conv, *_norm(spec, filters), ACTIVATIONS[spec.activation]()]
 
 
 def _encoder(spec: VariantSpec) -> nn.Sequential:

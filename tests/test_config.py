@@ -181,6 +181,7 @@ BAD = [
     ("activation", put(f"{M1}.activation", "swish"), f"{M1}.activation", "got 'swish'"),
     ("latent-activation", put(f"{M1}.latent_activation", "foo"), f"{M1}.latent_activation", "linear"),
     ("init", put(f"{M1}.init", "he"), f"{M1}.init", "one of glorot_uniform, he_uniform, torch_default"),
+    ("norm", put(f"{M1}.norm", "layer"), f"{M1}.norm", "one of none, batch, group"),
     ("output-activation", put(f"{M1}.output_activation", "relu"), f"{M1}.output_activation", "sigmoid"),
     # impossible architectures
     ("decoder-56", put(f"{M2}.decoder_strides", [2, 2, 1, 1]), f"{M2}.decoder_strides", "(got 56x56)"),

@@ -184,6 +184,26 @@ def test_residual_wraps_exactly_the_shape_preserving_convs(x):
     assert model(x).shape == (N, 1, 28, 28)
 
 
+@pytest.mark.parametrize("norm, kind", [("batch", nn.BatchNorm2d), ("group", nn.GroupNorm)])
+def test_norm_follows_every_hidden_conv_and_none_keeps_the_old_layout(x, norm, kind):
+    plain = spec()
+    normed = build_model(dataclasses.replace(plain, norm=norm))
+    convs = [m for m in normed.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    norms = [m for m in normed.modules() if isinstance(m, kind)]
+    # every conv but the output layer, each normalising that conv's output channels
+    assert [n.num_features if norm == "batch" else n.num_channels for n in norms] == [
+        c.out_channels for c in convs[:-1]]
+    normed.train()
+    normed(x).mean().backward()  # trains on a batch ...
+    normed.eval()
+    with torch.no_grad():  # ... and at test time one image decodes the same alone as in a batch
+        assert torch.allclose(normed(x[:1]), normed(x)[:1], atol=1e-6)
+    # norm: none adds no module, so the layer indices (and model files saved before the key existed) stay as they were
+    layers = {"encoder": (0, 2, 5), "decoder": (0, 3, 5, 7)}
+    expected = [f"{part}.{i}.{p}" for part, indices in layers.items() for i in indices for p in ("weight", "bias")]
+    assert list(build_model(plain).state_dict()) == expected
+
+
 def load_params_raw_with(variant: VariantSpec) -> dict:
     return {"variants": {"new": dataclasses.asdict(variant)}}
 
