@@ -27,7 +27,7 @@ else
 endif
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # make lineage RUN=model01-seed0 (or a variant, a model file, an MLflow run id): print and check its chain
 lineage: $(STAMP)
