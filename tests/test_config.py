@@ -78,7 +78,7 @@ def test_train_for_applies_only_the_variants_overrides():
 
 
 def test_unknown_variant_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"^variants\.nope: no such variant; known: model01, model01_he, model01_linear, model02"):
+    with pytest.raises(ConfigError, match=r"^variants\.nope: no such variant; known: model01, model01_bn, model01_he, model01_linear, model02"):
         load_params().variant("nope")
 
 
