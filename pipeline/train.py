@@ -54,6 +54,13 @@ def fingerprint(params: Params, variant: str, seed: int, manifest_sha: str) -> s
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
 
 
+def log_mse(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean over images of log(per-image MSE + 1e-5): minimising it maximises the mean per-image PSNR; the floor
+    (50 dB) stops near-perfect images from dominating the gradient."""
+    per_image = torch.nn.functional.mse_loss(recon, x, reduction="none").flatten(1).mean(1)
+    return torch.log(per_image + 1e-5).mean()
+
+
 class Trainer:
     """One variant's training loop; state (model, optimizer, scheduler, history) is checkpointable."""
 
@@ -110,7 +117,8 @@ class Trainer:
             yield self._prepare(train_x[order[start:start + self.cfg.batch_size].to(self.device)])
 
     def train_epoch(self, train_x: torch.Tensor, epoch: int) -> float:
-        """One shuffled pass (or its first steps_per_epoch batches); returns the mean training loss."""
+        """One shuffled pass (or its first steps_per_epoch batches); returns the mean training MSE, whatever the
+        objective (log_mse, a rate term), so every variant's train_loss is in the same unit as its val_loss."""
         self.model.train()
         total, seen = torch.zeros((), dtype=torch.float64, device=self.device), 0
         batches = tqdm(self.batches(train_x, epoch), total=math.ceil(self.images_per_epoch / self.cfg.batch_size),
@@ -118,7 +126,8 @@ class Trainer:
         for i, x in enumerate(batches):
             with self._autocast():
                 recon, bits = self.model.forward_with_rate(x)
-                loss = torch.nn.functional.mse_loss(recon.float(), x)
+                mse = torch.nn.functional.mse_loss(recon.float(), x)
+                loss = mse if self.cfg.loss == "mse" else log_mse(recon.float(), x)
                 if bits is not None:  # rate-distortion loss: MSE + rate_weight * bits per pixel
                     loss = loss + self.rate_weight * bits.mean() / x[0].numel()
             self.optimizer.zero_grad(set_to_none=True)
@@ -126,7 +135,7 @@ class Trainer:
             self.optimizer.step()
             if self.scheduler:
                 self.scheduler.step()
-            total += loss.detach() * len(x)
+            total += mse.detach() * len(x)
             seen += len(x)
             if i % 50 == 0:
                 batches.set_postfix(loss=f"{loss.item():.5f}")

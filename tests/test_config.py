@@ -177,6 +177,7 @@ BAD = [
     ("optimizer", put("train.optimizer", "sgd"), "train.optimizer", "one of adam, adamw"),
     ("precision", put("train.precision", "fp16"), "train.precision", "one of auto, fp32, bf16"),
     ("schedule", put("train.schedule", "step"), "train.schedule", "one of constant"),
+    ("loss", put("train.loss", "l1"), "train.loss", "one of mse, log_mse"),
     ("ssim-window", put("evaluate.ssim_window", "box"), "evaluate.ssim_window", "one of uniform, gaussian"),
     ("activation", put(f"{M1}.activation", "swish"), f"{M1}.activation", "got 'swish'"),
     ("latent-activation", put(f"{M1}.latent_activation", "foo"), f"{M1}.latent_activation", "linear"),

@@ -6,6 +6,7 @@ dirs (never the repo's mlflow.db or mlartifacts/).
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pipeline import data, tracking
 from pipeline.config import REPO_ROOT, DataConfig, parse_params
 from pipeline.models import build_model
 from pipeline.prepare import prepare
-from pipeline.train import Trainer, TrainingDiverged, as_batch_tensor, train_variant
+from pipeline.train import Trainer, TrainingDiverged, as_batch_tensor, log_mse, train_variant
 from tests.fakedata import make_emnist_dir
 
 VARIANT = "tiny"
@@ -151,6 +152,34 @@ def test_steps_per_epoch_trains_on_a_seeded_subset_each_epoch(prepared, store, t
     assert len(train_batches) == 2 * 3 and saved["train"]["steps_per_epoch"] == 3
     history = pd.read_csv(tmp_path / "history" / f"{RUN}.csv")
     assert (history.images_per_s * history.seconds).round().tolist() == [96, 96]
+
+
+def test_log_mse_is_the_mean_log_per_image_error():
+    x = torch.zeros(2, 1, 28, 28)
+    recon = torch.cat([torch.full((1, 1, 28, 28), 0.1), torch.full((1, 1, 28, 28), 0.01)])
+    # per-image MSE 1e-2 and 1e-4: the second image counts as much as the first despite a 100x smaller error
+    expected = (math.log(1e-2 + 1e-5) + math.log(1e-4 + 1e-5)) / 2
+    assert log_mse(recon, x).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["mse", "log_mse"])
+def test_train_loss_is_the_training_mse_whatever_the_objective(prepared, objective):
+    train_x = as_batch_tensor(data.load_split(prepared, "train")[0], torch.device("cpu"))
+    params = make_params(epochs=1, lr=1e-9, loss=objective)  # lr ~0: the epoch sees the initial model throughout
+    trainer = Trainer(params, VARIANT, 0, torch.device("cpu"), train_images=len(train_x))
+    with torch.no_grad():
+        initial_mse = torch.nn.functional.mse_loss(trainer.model(train_x), train_x).item()
+    assert trainer.train_epoch(train_x, 0) == pytest.approx(initial_mse, rel=1e-4)
+
+
+def test_the_objective_changes_what_is_learned(prepared):
+    train_x = as_batch_tensor(data.load_split(prepared, "train")[0], torch.device("cpu"))
+    weights = {}
+    for objective in ("mse", "log_mse"):
+        trainer = Trainer(make_params(epochs=1, loss=objective), VARIANT, 0, torch.device("cpu"), len(train_x))
+        trainer.train_epoch(train_x, 0)
+        weights[objective] = trainer.model.state_dict()
+    assert any(not torch.equal(weights["mse"][k], weights["log_mse"][k]) for k in weights["mse"])
 
 
 def _spy_batches(loss_fn, seen: list):
