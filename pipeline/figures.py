@@ -70,6 +70,16 @@ def loss_curves(histories: dict[str, list[pd.DataFrame]], out: Path) -> None:
     _save(fig, out)
 
 
+def run_loss_curve(history: pd.DataFrame, title: str):
+    """One run's train and val MSE per epoch (a figure for MLflow; the caller logs it)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(history.epoch, history.train_loss, "o-", label="train")
+    ax.plot(history.epoch, history.val_loss, "s-", label="val")
+    ax.set(xlabel="epoch", ylabel="MSE", yscale="log", title=title)
+    ax.legend()
+    return fig
+
+
 def reconstructions(originals: np.ndarray, rows: dict[str, np.ndarray], out: Path) -> None:
     """Originals (top row) and each run's reconstructions of the same upright test images."""
     rows = {"original": originals, **rows}

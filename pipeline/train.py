@@ -266,19 +266,12 @@ def _log_inputs(params: Params, variant: str, seed: int, prepared: Path, manifes
 
 
 def _log_outputs(trainer: Trainer, params: Params, final: Path, tags: dict[str, str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pipeline import figures  # matplotlib, only once training is done
 
     history = pd.DataFrame(trainer.history)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(history.epoch, history.train_loss, "o-", label="train")
-    ax.plot(history.epoch, history.val_loss, "s-", label="val")
-    ax.set(xlabel="epoch", ylabel="MSE", yscale="log", title=final.stem)
-    ax.legend()
+    fig = figures.run_loss_curve(history, final.stem)
     mlflow.log_figure(fig, "loss_curve.png")
-    plt.close(fig)
+    figures.plt.close(fig)
     mlflow.log_table(history, "history.json")
     files = {"model_sha256": data.sha256_file(final), "model_md5": dvclock.md5_file(final)}
     mlflow.set_tags(files)
