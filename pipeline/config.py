@@ -1,4 +1,5 @@
-"""params.yaml -> validated, typed config objects. The only module that knows the YAML keys.
+"""params.yaml -> validated, typed config objects. The only module that knows the YAML keys (the schema);
+the generic YAML-to-dataclass conversion is pipeline.typed_yaml.
 
 Every error names the offending key (dotted path) and what was expected; unknown keys are errors.
 """
@@ -7,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import yaml
+
+from pipeline.typed_yaml import ConfigError, UniqueKeyLoader, load_dataclass, require, yaml_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = REPO_ROOT / "params.yaml"
@@ -26,10 +27,6 @@ CUDA_DEVICE = re.compile(r"cuda:[0-9]+")
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "linear"]
 
 
-class ConfigError(ValueError):
-    """params.yaml does not satisfy the schema; the message names the key."""
-
-
 @dataclass(frozen=True)
 class DataConfig:
     source: str = OFFICIAL_SOURCE  # "emnist-balanced" or a directory of IDX files
@@ -38,9 +35,9 @@ class DataConfig:
     seed: int = 0
 
     def check(self, path: str) -> None:
-        _require(0.0 < self.val_fraction < 1.0, f"{path}.val_fraction", "a number in (0, 1)", self.val_fraction)
-        _require(bool(self.source.strip()), f"{path}.source", f"'{OFFICIAL_SOURCE}' or a directory", self.source)
-        _require(self.seed >= 0, f"{path}.seed", "an integer >= 0", self.seed)
+        require(0.0 < self.val_fraction < 1.0, f"{path}.val_fraction", "a number in (0, 1)", self.val_fraction)
+        require(bool(self.source.strip()), f"{path}.source", f"'{OFFICIAL_SOURCE}' or a directory", self.source)
+        require(self.seed >= 0, f"{path}.seed", "an integer >= 0", self.seed)
 
 
 @dataclass(frozen=True)
@@ -61,16 +58,16 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = all cores
 
     def check(self, path: str) -> None:
-        _require(self.epochs >= 1, f"{path}.epochs", "an integer >= 1", self.epochs)
-        _require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1", self.batch_size)
-        _require(0 < self.lr < 10 and math.isfinite(self.lr), f"{path}.lr", "a number in (0, 10)", self.lr)
-        _require(self.adam_eps > 0, f"{path}.adam_eps", "a number > 0", self.adam_eps)
-        _require(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0", self.weight_decay)
-        _require(self.threads >= 0, f"{path}.threads", "an integer >= 0", self.threads)
-        _require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"{path}.steps_per_epoch",
+        require(self.epochs >= 1, f"{path}.epochs", "an integer >= 1", self.epochs)
+        require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1", self.batch_size)
+        require(0 < self.lr < 10 and math.isfinite(self.lr), f"{path}.lr", "a number in (0, 10)", self.lr)
+        require(self.adam_eps > 0, f"{path}.adam_eps", "a number > 0", self.adam_eps)
+        require(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0", self.weight_decay)
+        require(self.threads >= 0, f"{path}.threads", "an integer >= 0", self.threads)
+        require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"{path}.steps_per_epoch",
                  "null or an integer >= 1", self.steps_per_epoch)
         ok_device = self.device in ("auto", "cpu", "cuda") or CUDA_DEVICE.fullmatch(self.device) is not None
-        _require(ok_device, f"{path}.device", "auto, cpu, cuda or cuda:N", self.device)
+        require(ok_device, f"{path}.device", "auto, cpu, cuda or cuda:N", self.device)
 
 
 @dataclass(frozen=True)
@@ -99,27 +96,27 @@ class VariantSpec:
     def check(self, path: str) -> None:
         for key in ("encoder_filters", "decoder_filters", "encoder_strides", "decoder_strides"):
             values = getattr(self, key)
-            _require(len(values) > 0 and all(v >= 1 for v in values), f"{path}.{key}",
+            require(len(values) > 0 and all(v >= 1 for v in values), f"{path}.{key}",
                      "a non-empty list of integers >= 1", values)
-        _require(len(self.encoder_strides) == len(self.encoder_filters), f"{path}.encoder_strides",
+        require(len(self.encoder_strides) == len(self.encoder_filters), f"{path}.encoder_strides",
                  f"one stride per encoder filter ({len(self.encoder_filters)})", self.encoder_strides)
-        _require(len(self.decoder_strides) == len(self.decoder_filters), f"{path}.decoder_strides",
+        require(len(self.decoder_strides) == len(self.decoder_filters), f"{path}.decoder_strides",
                  f"one stride per decoder filter ({len(self.decoder_filters)})", self.decoder_strides)
-        _require(self.latent_dim >= 1, f"{path}.latent_dim", "an integer >= 1", self.latent_dim)
-        _require(0 <= self.rate_weight < math.inf, f"{path}.rate_weight", "a number >= 0", self.rate_weight)
-        _require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, f"{path}.kernel_size",
+        require(self.latent_dim >= 1, f"{path}.latent_dim", "an integer >= 1", self.latent_dim)
+        require(0 <= self.rate_weight < math.inf, f"{path}.rate_weight", "a number >= 0", self.rate_weight)
+        require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, f"{path}.kernel_size",
                  "an odd integer >= 1", self.kernel_size)
         sizes = self.feature_sizes()
         for stride, size in zip(self.encoder_strides, sizes):  # ceil(size / stride) never reaches 0: check each
-            _require(stride <= size, f"{path}.encoder_strides",
+            require(stride <= size, f"{path}.encoder_strides",
                      f"strides no larger than the feature map they reduce (stride {stride} on {size}x{size})",
                      self.encoder_strides)
         size = sizes[-1]
         out = size * math.prod(self.decoder_strides)
-        _require(out == IMAGE_SIZE, f"{path}.decoder_strides",
+        require(out == IMAGE_SIZE, f"{path}.decoder_strides",
                  f"upsampling from {size}x{size} back to {IMAGE_SIZE}x{IMAGE_SIZE} (got {out}x{out})",
                  self.decoder_strides)
-        _load_dataclass(TrainConfig, {**dataclasses.asdict(TrainConfig()), **self.train}, f"{path}.train")
+        load_dataclass(TrainConfig, {**dataclasses.asdict(TrainConfig()), **self.train}, f"{path}.train")
 
     def feature_sizes(self) -> list[int]:
         """Side of the feature map entering each encoder conv, then of its output: 'same' convs give ceil(n / stride)."""
@@ -141,10 +138,10 @@ class EvaluateConfig:
     grid_images: int = 12
 
     def check(self, path: str) -> None:
-        _require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1", self.batch_size)
-        _require(self.protocol_images >= 1, f"{path}.protocol_images", "an integer >= 1", self.protocol_images)
-        _require(self.grid_images >= 1, f"{path}.grid_images", "an integer >= 1", self.grid_images)
-        _require(self.protocol_seed >= 0, f"{path}.protocol_seed", "an integer >= 0", self.protocol_seed)
+        require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1", self.batch_size)
+        require(self.protocol_images >= 1, f"{path}.protocol_images", "an integer >= 1", self.protocol_images)
+        require(self.grid_images >= 1, f"{path}.grid_images", "an integer >= 1", self.grid_images)
+        require(self.protocol_seed >= 0, f"{path}.protocol_seed", "an integer >= 0", self.protocol_seed)
 
 
 @dataclass(frozen=True)
@@ -156,9 +153,9 @@ class ClassifierConfig:
     seed: int = 0
 
     def check(self, path: str) -> None:
-        _require(self.epochs >= 1, f"{path}.epochs", "an integer >= 1", self.epochs)
-        _require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1", self.batch_size)
-        _require(0 < self.lr < 10, f"{path}.lr", "a number in (0, 10)", self.lr)
+        require(self.epochs >= 1, f"{path}.epochs", "an integer >= 1", self.epochs)
+        require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1", self.batch_size)
+        require(0 < self.lr < 10, f"{path}.lr", "a number in (0, 10)", self.lr)
 
 
 @dataclass(frozen=True)
@@ -171,8 +168,8 @@ class RateDistortionConfig:
     def check(self, path: str) -> None:
         for key in ("jpeg_qualities", "webp_qualities"):
             values = getattr(self, key)
-            _require(all(0 <= q <= 100 for q in values), f"{path}.{key}", "qualities in [0, 100]", values)
-        _require(all(1 <= d <= IMAGE_SIZE ** 2 for d in self.pca_dims), f"{path}.pca_dims",
+            require(all(0 <= q <= 100 for q in values), f"{path}.{key}", "qualities in [0, 100]", values)
+        require(all(1 <= d <= IMAGE_SIZE ** 2 for d in self.pca_dims), f"{path}.pca_dims",
                  f"dimensions in [1, {IMAGE_SIZE ** 2}]", self.pca_dims)
 
 
@@ -182,7 +179,7 @@ class MlflowConfig:
     log_model: bool = True
 
     def check(self, path: str) -> None:
-        _require(bool(self.experiment.strip()), f"{path}.experiment", "a non-empty name", self.experiment)
+        require(bool(self.experiment.strip()), f"{path}.experiment", "a non-empty name", self.experiment)
 
 
 @dataclass(frozen=True)
@@ -197,11 +194,11 @@ class Params:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def check(self, path: str) -> None:
-        _require(len(self.variants) > 0, "variants", "at least one variant", self.variants)
+        require(len(self.variants) > 0, "variants", "at least one variant", self.variants)
         for name in self.variants:
-            _require(VARIANT_NAME.fullmatch(name) is not None, f"variants.{name}",
+            require(VARIANT_NAME.fullmatch(name) is not None, f"variants.{name}",
                      "a name of letters, digits, '_' or '-' (it becomes a file name)", name)
-        _require(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and min(self.seeds) >= 0,
+        require(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and min(self.seeds) >= 0,
                  "seeds", "a non-empty list of distinct integers >= 0", self.seeds)
 
     def runs(self) -> list[tuple[str, int]]:
@@ -218,7 +215,7 @@ class Params:
         overrides = self.variant(name).train
         if not overrides:
             return self.train
-        return _load_dataclass(TrainConfig, {**dataclasses.asdict(self.train), **overrides}, f"variants.{name}.train")
+        return load_dataclass(TrainConfig, {**dataclasses.asdict(self.train), **overrides}, f"variants.{name}.train")
 
 
 def run_name(variant: str, seed: int) -> str:
@@ -236,43 +233,16 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ConfigError(f"{path}: cannot read params file: {reason}") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(_yaml_error(path, err)) from None
+        raise ConfigError(yaml_error(path, err)) from None
     if raw is None:
         raise ConfigError(f"{path}: params file is empty")
     return parse_params(raw)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that rejects a key given twice in one mapping (a copied variant would silently replace one)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                            key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
-    """One line: file, line and column (1-based), and the problem, instead of PyYAML's multi-line dump."""
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-    problem = getattr(err, "problem", None) or str(err)
-    context = getattr(err, "context", None)
-    detail = f"{problem} ({context})" if context else problem
-    return f"{where}: not valid YAML: {' '.join(detail.split())}"
-
-
 def parse_params(raw: object) -> Params:
-    return _load_dataclass(Params, raw, "")
+    return load_dataclass(Params, raw, "")
 
 
 def resolve_source(source: str) -> str | Path:
@@ -281,87 +251,6 @@ def resolve_source(source: str) -> str | Path:
         return source
     path = Path(source).expanduser()
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
-
-
-def _require(ok: bool, key: str, expected: str, got: object) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {got!r}")
-
-
-def _load_dataclass(cls, raw: object, path: str):
-    where = path or "params.yaml"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields), key=str)  # YAML keys need not be strings
-    if unknown:
-        raise ConfigError(f"{_join(path, unknown[0])}: unknown key; allowed: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, fld in fields.items():
-        key = _join(path, name)
-        if name in raw:
-            values[name] = _convert(hints[name], raw[name], key)
-        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{key}: required key is missing")
-    obj = cls(**values)
-    obj.check(where)
-    return obj
-
-
-def _convert(tp, value, key: str):
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _load_dataclass(tp, value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _convert(next(a for a in args if a is not type(None)), value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        if not args:
-            return dict(value)
-        return {str(k): _convert(args[1], v, _join(key, str(k))) for k, v in value.items()}
-    return _scalar(tp, value, key)
-
-
-def _scalar(tp, value, key: str):
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, tp)
-    if not ok:
-        hint = ""
-        if tp is float and isinstance(value, str) and _parses_as_float(value):
-            hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}{hint}")
-    return value
-
-
-def _parses_as_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
 
 
 __all__ = [
