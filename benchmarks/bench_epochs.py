@@ -47,7 +47,7 @@ def train_row(params, variant: str, recipe: str, epochs: int, seed: int, tensors
     stop_early = train.schedule == "constant"
     started = time.perf_counter()
     for epoch in range(epochs):
-        trainer.history.append({"epoch": epoch + 1, "train_loss": trainer.train_epoch(tensors["train"], epoch),
+        trainer.history.append({"epoch": epoch + 1, **trainer.train_epoch(tensors["train"], epoch),
                                 "val_loss": trainer.val_loss(tensors["val"])})
         print(f"{variant} {recipe} epoch {epoch + 1}/{epochs}: val MSE {trainer.history[-1]['val_loss']:.5f}")
         if stop_early and trainer.history[-1]["val_loss"] <= TARGET:

@@ -86,7 +86,8 @@ class VariantSpec:
     init: Literal["glorot_uniform", "he_uniform", "torch_default"] = "glorot_uniform"
     # true: every stride-1 conv whose input and output channels match adds its input back (x + conv(act(x)))
     residual: bool = False
-    # normalisation after every hidden conv (before its activation): none | batch | group (8 groups, batch-size free)
+    # normalisation of every hidden conv's output, before its activation (with residual: inside the branch, x +
+    # conv(act(norm(x)))): none | batch | group (GroupNorm, gcd(8, channels) groups, independent of the batch)
     norm: Literal["none", "batch", "group"] = "none"
     # > 0: an entropy-coded latent (integers under a learned Laplace prior), trained on MSE + rate_weight * bits/pixel
     rate_weight: float = 0.0
@@ -200,6 +201,10 @@ class Params:
                      "a name of letters, digits, '_' or '-' (it becomes a file name)", name)
         require(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and min(self.seeds) >= 0,
                  "seeds", "a non-empty list of distinct integers >= 0", self.seeds)
+        for name, spec in self.variants.items():  # the rate term is weighed against MSE, not its log
+            loss = self.train_for(name).loss
+            require(spec.rate_weight == 0 or loss == "mse", f"variants.{name}.train.loss",
+                    "mse for an entropy-coded variant (rate_weight > 0)", loss)
 
     def runs(self) -> list[tuple[str, int]]:
         """Every (variant, seed) pair the pipeline trains, in params order."""

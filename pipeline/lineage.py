@@ -21,7 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import data, dvclock, tracking
-from pipeline.config import REPO_ROOT, ConfigError, Params, load_params, run_name
+from pipeline.config import REPO_ROOT, ConfigError, Params, TrainConfig, VariantSpec, load_params, run_name
 
 RUN_NAME = re.compile(r"(?P<variant>.+)-seed(?P<seed>[0-9]+)")
 KEY_METRICS = ("mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "n_test")
@@ -204,14 +204,21 @@ def _params_edited(c: Chain, p: Project) -> list[str]:
     if c.variant not in p.params.variants:
         return [f"params edited: variants.{c.variant} is no longer in params.yaml"]
     problems = [] if c.seed in p.params.seeds else [f"params edited: seeds no longer lists {c.seed}"]
-    changes = (dvclock.diff(c.saved["spec"], dataclasses.asdict(p.params.variant(c.variant)), f"variants.{c.variant}")
-               + dvclock.diff(c.saved["train"], dataclasses.asdict(p.params.train_for(c.variant)), "train"))
+    spec, train = _with_defaults(VariantSpec, c.saved["spec"]), _with_defaults(TrainConfig, c.saved["train"])
+    changes = (dvclock.diff(spec, dataclasses.asdict(p.params.variant(c.variant)), f"variants.{c.variant}")
+               + dvclock.diff(train, dataclasses.asdict(p.params.train_for(c.variant)), "train"))
     problems += [f"params edited: {key}: {p.relative(c.model_path)} was trained with {old!r}, params.yaml has {new!r}"
                  for key, old, new in changes]
     for stage in ("prepare", c.stage("train"), c.stage("evaluate")):
         problems += [f"params edited: {key}: dvc.lock's {stage} ran with {old!r}, params.yaml has {new!r}"
                      for key, old, new in dvclock.params_drift(p.lock, stage, p.params_raw)]
     return problems
+
+
+def _with_defaults(cls, saved: dict) -> dict:
+    """A model saved before a key existed (norm, loss, ...) was trained with that key's default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return {**defaults, **saved}
 
 
 def _model_replaced(c: Chain, p: Project) -> list[str]:

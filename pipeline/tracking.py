@@ -148,5 +148,21 @@ def tracked_run(**start_run_kwargs):
             signal.signal(signal.SIGTERM, previous)
 
 
+def log_model(model: "torch.nn.Module", registered_name: str, tags: dict[str, str]) -> None:
+    """Log the model to the run and register it as a new version of `registered_name`, tagged with its lineage."""
+    import torch  # only the train stage logs models; the other stages need not import torch for tracking
+    from mlflow.models import infer_signature
+
+    model = model.float().to("cpu", memory_format=torch.contiguous_format).eval()
+    example = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        output = model(example).numpy()
+    info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example.numpy(), output),
+                                    input_example=example.numpy(),
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    mlflow.register_model(info.model_uri, registered_name,
+                          tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")})
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"stopped by signal {signum}")

@@ -116,11 +116,12 @@ class Trainer:
         for start in range(0, len(order), self.cfg.batch_size):
             yield self._prepare(train_x[order[start:start + self.cfg.batch_size].to(self.device)])
 
-    def train_epoch(self, train_x: torch.Tensor, epoch: int) -> float:
-        """One shuffled pass (or its first steps_per_epoch batches); returns the mean training MSE, whatever the
-        objective (log_mse, a rate term), so every variant's train_loss is in the same unit as its val_loss."""
+    def train_epoch(self, train_x: torch.Tensor, epoch: int) -> dict[str, float]:
+        """One shuffled pass (or its first steps_per_epoch batches). Returns the mean training MSE as train_loss,
+        whatever the objective (log_mse, a rate term), so it is in val_loss's unit for every variant, and the mean
+        of the objective itself as train_objective."""
         self.model.train()
-        total, seen = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        total, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
         batches = tqdm(self.batches(train_x, epoch), total=math.ceil(self.images_per_epoch / self.cfg.batch_size),
                        desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False, mininterval=1.0)
         for i, x in enumerate(batches):
@@ -135,11 +136,12 @@ class Trainer:
             self.optimizer.step()
             if self.scheduler:
                 self.scheduler.step()
-            total += mse.detach() * len(x)
+            total += torch.stack([mse.detach(), loss.detach()]) * len(x)
             seen += len(x)
             if i % 50 == 0:
                 batches.set_postfix(loss=f"{loss.item():.5f}")
-        return total.item() / seen
+        train_loss, objective = (total / seen).tolist()
+        return {"train_loss": train_loss, "train_objective": objective}
 
     @torch.no_grad()
     def val_loss(self, val_x: torch.Tensor, batch_size: int = 2048) -> float:
@@ -154,13 +156,14 @@ class Trainer:
         for epoch in range(len(self.history), self.cfg.epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
-            train_loss = self.train_epoch(train_x, epoch)
+            losses = self.train_epoch(train_x, epoch)
+            train_loss = losses["train_loss"]
             seconds = time.perf_counter() - started
             val_loss = self.val_loss(val_x)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise TrainingDiverged(f"epoch {epoch + 1}: loss is {train_loss} (train) / {val_loss} (val); "
                                        f"lower train.lr (now {self.cfg.lr}) or check the data")
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+            row = {"epoch": epoch + 1, **losses, "val_loss": val_loss, "lr": lr,
                    "seconds": seconds, "images_per_s": self.images_per_epoch / seconds}
             self.history.append(row)
             tqdm.write(f"epoch {epoch + 1}/{self.cfg.epochs}: train {train_loss:.5f} val {val_loss:.5f} "
@@ -266,33 +269,25 @@ def _log_inputs(params: Params, variant: str, seed: int, prepared: Path, manifes
 
 
 def _log_outputs(trainer: Trainer, params: Params, final: Path, tags: dict[str, str]) -> None:
-    from pipeline import figures  # matplotlib, only once training is done
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     history = pd.DataFrame(trainer.history)
-    fig = figures.run_loss_curve(history, final.stem)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(history.epoch, history.train_loss, "o-", label="train")
+    ax.plot(history.epoch, history.val_loss, "s-", label="val")
+    ax.set(xlabel="epoch", ylabel="MSE", yscale="log", title=final.stem)
+    ax.legend()
     mlflow.log_figure(fig, "loss_curve.png")
-    figures.plt.close(fig)
+    plt.close(fig)
     mlflow.log_table(history, "history.json")
     files = {"model_sha256": data.sha256_file(final), "model_md5": dvclock.md5_file(final)}
     mlflow.set_tags(files)
     if params.mlflow.log_model:
         name = tracking.registered_model_name(params.mlflow.experiment, tags["variant"])
-        _log_model(trainer.model, name, {**tags, **files})
-
-
-def _log_model(model: torch.nn.Module, registered_name: str, tags: dict[str, str]) -> None:
-    """Log the model to the run and register it as a new version of `registered_name`, tagged with its lineage."""
-    from mlflow.models import infer_signature
-
-    model = model.float().to("cpu", memory_format=torch.contiguous_format).eval()
-    example = torch.rand(2, 1, 28, 28)
-    with torch.no_grad():
-        output = model(example).numpy()
-    info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example.numpy(), output),
-                                    input_example=example.numpy(),
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-    mlflow.register_model(info.model_uri, registered_name,
-                          tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")})
+        tracking.log_model(trainer.model, name, {**tags, **files})
 
 
 def main(argv: list[str] | None = None) -> int:

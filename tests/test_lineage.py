@@ -172,6 +172,16 @@ def test_edited_params_are_detected(copy, key, value, expected, capsys):
     assert capsys.readouterr().out.endswith("".join(f"{RUN}: {line}\n" for line in expected))
 
 
+def test_a_key_newer_than_the_model_counts_as_its_default(copy):
+    saved = torch.load(copy / MODEL, map_location="cpu", weights_only=False)
+    del saved["spec"]["norm"], saved["train"]["loss"]  # as written before those keys existed
+    torch.save(saved, copy / MODEL)
+    assert not [line for line in problems(copy) if "params edited" in line]
+    edit_params(copy, "variants.tiny.norm", "batch")  # a real edit of the new key is still caught
+    assert f"{RUN}: params edited: variants.tiny.norm: {MODEL} was trained with 'none', params.yaml has 'batch'" \
+        in problems(copy)
+
+
 def test_changed_data_is_detected(copy, tmp_path):
     before = data.manifest_digest(copy / "data" / "prepared")
     other = make_emnist_dir(tmp_path / "other", seed=1)

@@ -204,6 +204,18 @@ def test_norm_follows_every_hidden_conv_and_none_keeps_the_old_layout(x, norm, k
     assert list(build_model(plain).state_dict()) == expected
 
 
+@torch.no_grad()
+def test_with_residual_the_norm_sits_inside_the_branch(x):
+    from pipeline.models import Residual
+
+    model = build_model(spec(encoder_filters=[16, 16], encoder_strides=[2, 1], residual=True, norm="batch")).eval()
+    (block,) = [m for m in model.modules() if isinstance(m, Residual)]
+    norm, act, conv = block
+    assert isinstance(norm, nn.BatchNorm2d) and norm.num_features == conv.in_channels == 16
+    h = torch.rand(2, 16, 14, 14)
+    assert torch.equal(block(h), h + conv(act(norm(h))))
+
+
 def load_params_raw_with(variant: VariantSpec) -> dict:
     return {"variants": {"new": dataclasses.asdict(variant)}}
 

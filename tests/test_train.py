@@ -29,7 +29,7 @@ RUN = "tiny-seed0"  # file stem of VARIANT trained with seed 0
 TINY = {"encoder_filters": [4, 8], "encoder_strides": [2, 2], "latent_dim": 8,
         "decoder_filters": [8, 4], "decoder_strides": [2, 2], "latent_activation": "linear"}
 EXPERIMENT = "test-train"
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "seconds", "images_per_s"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_objective", "val_loss", "lr", "seconds", "images_per_s"]
 TRAIN_EPOCH = Trainer.train_epoch  # the real one, whatever a test has patched in
 
 
@@ -169,7 +169,24 @@ def test_train_loss_is_the_training_mse_whatever_the_objective(prepared, objecti
     trainer = Trainer(params, VARIANT, 0, torch.device("cpu"), train_images=len(train_x))
     with torch.no_grad():
         initial_mse = torch.nn.functional.mse_loss(trainer.model(train_x), train_x).item()
-    assert trainer.train_epoch(train_x, 0) == pytest.approx(initial_mse, rel=1e-4)
+    losses = trainer.train_epoch(train_x, 0)
+    assert losses["train_loss"] == pytest.approx(initial_mse, rel=1e-4)
+    objective = initial_mse if objective == "mse" else log_mse(trainer.model(train_x), train_x).item()
+    assert losses["train_objective"] == pytest.approx(objective, rel=1e-3)
+
+
+def test_with_a_rate_term_train_loss_is_still_the_mse(prepared):
+    train_x = as_batch_tensor(data.load_split(prepared, "train")[0], torch.device("cpu"))
+    params = parse_params({"variants": {VARIANT: {**TINY, "rate_weight": 1.0}},
+                           "train": {"epochs": 1, "batch_size": 32, "lr": 1e-9, "device": "cpu", "threads": 1}})
+    trainer = Trainer(params, VARIANT, 0, torch.device("cpu"), train_images=len(train_x))
+    losses = trainer.train_epoch(train_x, 0)
+    trainer.model.eval()
+    with torch.no_grad():  # rounded latents here, noisy ones in training: close, not equal
+        recon, bits = trainer.model.forward_with_rate(train_x)
+    assert losses["train_loss"] == pytest.approx(torch.nn.functional.mse_loss(recon, train_x).item(), rel=0.05)
+    rate = bits.mean().item() / train_x[0].numel()  # rate_weight 1 x bits per pixel
+    assert losses["train_objective"] - losses["train_loss"] == pytest.approx(rate, rel=0.25)
 
 
 def test_the_objective_changes_what_is_learned(prepared):
