@@ -109,18 +109,21 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) ->
 
 def rate_distortion(table: pd.DataFrame, out: Path) -> None:
     """Bytes per image against pooled PSNR and SSIM: each baseline a line over its settings, each variant's
-    storage forms as markers; lossless codecs (infinite PSNR) as vertical lines."""
+    storage forms as markers in the variant's one colour; lossless codecs (infinite PSNR) as vertical lines."""
+    methods = table.method.drop_duplicates().tolist()
+    palette = plt.get_cmap("tab20").colors  # 20 distinct colours, where the default cycle repeats after 10
+    color = {method: palette[i % len(palette)] for i, method in enumerate(methods)}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, metric in zip(axes, ("psnr_pooled", "ssim")):
         for method, group in table[table.kind == "baseline"].groupby("method", sort=False):
             lossy = group.dropna(subset=["psnr_pooled"]).sort_values("bytes_per_image")
             if len(lossy):
-                ax.plot(lossy.bytes_per_image, lossy[metric], "o-", ms=3, label=method)
+                ax.plot(lossy.bytes_per_image, lossy[metric], "o-", ms=3, color=color[method], label=method)
             for size in group[group.psnr_pooled.isna()].bytes_per_image:
                 ax.axvline(size, ls=":", color="gray")
                 ax.text(size, 0.02, f" {method} lossless", rotation=90, transform=ax.get_xaxis_transform(), fontsize=7)
         for (method, form), point in _variant_points(table).items():
-            ax.scatter(point.bytes_per_image, point[metric], marker=MARKERS.get(form, "*"),
+            ax.scatter(point.bytes_per_image, point[metric], marker=MARKERS.get(form, "*"), color=color[method],
                        s=60 if form == "entropy-coded" else 30, label=f"{method} {form}")
         ax.set(xscale="log", xlabel="bytes per image (log)", ylabel={"psnr_pooled": "pooled PSNR (dB)"}.get(metric, "SSIM"))
         ax.grid(alpha=0.3, which="both")

@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import baselines, rate_distortion
+from matplotlib.colors import to_hex
+
+from pipeline import baselines, figures, rate_distortion
 from pipeline.config import parse_params
 from pipeline.prepare import prepare
 from tests.conftest import TINY_SPEC
@@ -91,3 +93,23 @@ def test_quality_target_counts_only_32_dim_variants_within_model01s_flops():
     means.loc["costly", "train_flops_per_image"] = 332e6  # exactly model01's budget is allowed
     assert "met; the best is costly at 28.00 dB" in rate_distortion.quality_target_finding(means, budget_flops=332e6)
     assert "no variant here" in rate_distortion.quality_target_finding(means.loc[["wide"]], budget_flops=332e6)
+
+
+
+def test_rd_figure_gives_each_method_its_own_colour_and_each_variant_one(monkeypatch, tmp_path):
+    means = _means(**{f"v{i}": [32, 24.0 + i, 25.0, 0.97, 0.004, 0.8, 32.1, 23.9, 24.9, 0.969, 0.0041, np.nan, np.nan]
+                      for i in range(8)})
+    baseline_rows = [{"method": m, "setting": f"quality {q}", "bytes_per_image": 100.0 + q, "psnr_pooled": 20.0 + q,
+                      "psnr": 21.0 + q, "ssim": 0.9, "mse": 0.01} for m in ("jpeg", "webp", "pca") for q in (1, 2)]
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out, **kwargs: saved.append(fig))
+    figures.rate_distortion(rate_distortion.assemble(means, baseline_rows), tmp_path / "rd.png")
+    axis = saved[0].axes[0]
+    colours = [(line.get_label(), to_hex(line.get_color())) for line in axis.get_lines()]
+    colours += [(points.get_label(), to_hex(points.get_facecolor()[0])) for points in axis.collections]
+    by_method: dict[str, set] = {}
+    for label, colour in colours:
+        if not label.startswith("_"):  # the moonshot guides are unlabelled
+            by_method.setdefault(label.split()[0], set()).add(colour)
+    assert len(by_method) == 11 and all(len(c) == 1 for c in by_method.values())  # float32 and uint8 share one
+    assert len(set().union(*by_method.values())) == 11
