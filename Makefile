@@ -26,8 +26,8 @@ else
 	$(BIN)/dvc exp run --set-param data.source=$(abspath $(DATA))
 endif
 
+# two workers, each test file on one worker so module-scoped pipeline fixtures run once: 13 -> 8 min here
 test: $(STAMP)
-	# two workers, each test file on one worker so module-scoped pipeline fixtures run once: 13 -> 8 min here
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # make lineage RUN=model01-seed0 (or a variant, a model file, an MLflow run id): print and check its chain

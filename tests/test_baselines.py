@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from matplotlib.colors import to_hex
 
 from pipeline import baselines, figures, rate_distortion
@@ -93,7 +92,6 @@ def test_quality_target_counts_only_32_dim_variants_within_model01s_flops():
     means.loc["costly", "train_flops_per_image"] = 332e6  # exactly model01's budget is allowed
     assert "met; the best is costly at 28.00 dB" in rate_distortion.quality_target_finding(means, budget_flops=332e6)
     assert "no variant here" in rate_distortion.quality_target_finding(means.loc[["wide"]], budget_flops=332e6)
-
 
 
 def test_rd_figure_gives_each_method_its_own_colour_and_each_variant_one(monkeypatch, tmp_path):
