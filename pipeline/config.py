@@ -50,8 +50,9 @@ class TrainConfig:
     adam_eps: float = 1e-7  # Keras' default, as in the study
     weight_decay: float = 0.0
     schedule: Literal["constant", "onecycle", "cosine"] = "constant"
-    # mse: the pooled error. log_mse: the mean over images of log(per-image MSE + 1e-5), i.e. mean per-image PSNR
-    loss: Literal["mse", "log_mse"] = "mse"
+    # mse: the pooled error. log_mse: the mean over images of log(per-image MSE + 1e-5), i.e. mean per-image PSNR.
+    # log_mse_ssim: log_mse + the mean of log(1 - per-image SSIM + 1e-4), SSIM with the study's uniform 11x11 window
+    loss: Literal["mse", "log_mse", "log_mse_ssim"] = "mse"
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # auto: bf16 where the device computes it natively
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N

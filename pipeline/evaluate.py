@@ -24,7 +24,7 @@ from pipeline.config import REPO_ROOT, EvaluateConfig, Params, run_name
 from pipeline.models import load_model, training_flops_per_image
 from pipeline.prepare import PREPARED_DIR
 from pipeline.device import pick_device
-from pipeline.train import HISTORY_DIR, MODELS_DIR, as_batch_tensor
+from pipeline.train import HISTORY_DIR, MODELS_DIR, OBJECTIVES, as_batch_tensor
 
 REPORTS_DIR = REPO_ROOT / "reports"
 IMAGE_BYTES = 28 * 28  # one uint8 image
@@ -55,7 +55,8 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
     result.update(_compression(model, model_path, latents, x, prepared, cfg))
-    result.update(latent_diagnostics(latents), train_flops_per_image=training_flops_per_image(model.spec))
+    flops = training_flops_per_image(model.spec, objective=OBJECTIVES[saved["train"].get("loss", "mse")])
+    result.update(latent_diagnostics(latents), train_flops_per_image=flops)
     result.update(_semantic_fidelity(classifier_file, recon, labels, device))
     result.update(_final_losses(history_dir / f"{name}.csv"))
     protocol = np.random.default_rng(cfg.protocol_seed).choice(len(x), cfg.protocol_images, replace=False)

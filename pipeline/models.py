@@ -174,8 +174,9 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def training_flops_per_image(spec: VariantSpec, batch: int = 8) -> int:
-    """Forward + backward FLOPs per image, counted by torch's FLOP counter on a CPU copy.
+def training_flops_per_image(spec: VariantSpec, batch: int = 8, objective=nn.functional.mse_loss) -> int:
+    """Forward + backward FLOPs per image, counted by torch's FLOP counter on a CPU copy, with the objective(recon, x)
+    the model trains on (the counter sees matmuls and convs: an SSIM term's window filters count, an MSE does not).
 
     Leaves torch's global RNG untouched, so it is safe to call between seeding and building the real model.
     """
@@ -183,5 +184,5 @@ def training_flops_per_image(spec: VariantSpec, batch: int = 8) -> int:
         model = build_model(dataclasses.replace(spec, init="torch_default"))
         x = torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE)
         with FlopCounterMode(display=False) as counter:
-            nn.functional.mse_loss(model(x), x).backward()
+            objective(model(x), x).backward()
     return counter.get_total_flops() // batch

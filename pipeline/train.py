@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import data, dvclock, tracking
+from pipeline import data, dvclock, metrics, tracking
 from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, Params, run_name
 from pipeline.device import configure_determinism, pick_device, resolve_precision
@@ -59,6 +59,18 @@ def log_mse(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     (50 dB) stops near-perfect images from dominating the gradient."""
     per_image = torch.nn.functional.mse_loss(recon, x, reduction="none").flatten(1).mean(1)
     return torch.log(per_image + 1e-5).mean()
+
+
+def log_mse_ssim(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log_mse plus the mean over images of log(1 - SSIM + 1e-4), SSIM with the study's uniform 11x11 window (the
+    default evaluate.ssim_window; fixed here so that train depends on no evaluate key): a scale-free sum, so a 10%
+    smaller error counts the same in either term. The floor plays log_mse's role."""
+    dissimilarity = 1 - metrics.ssim_per_image(x, recon, "uniform").float()
+    return log_mse(recon, x) + torch.log(dissimilarity + 1e-4).mean()
+
+
+# train.loss -> objective(recon, x); the mean per-pixel MSE is always tracked as well (train_loss)
+OBJECTIVES = {"mse": torch.nn.functional.mse_loss, "log_mse": log_mse, "log_mse_ssim": log_mse_ssim}
 
 
 class Trainer:
@@ -128,7 +140,7 @@ class Trainer:
             with self._autocast():
                 recon, bits = self.model.forward_with_rate(x)
                 mse = torch.nn.functional.mse_loss(recon.float(), x)
-                loss = mse if self.cfg.loss == "mse" else log_mse(recon.float(), x)
+                loss = mse if self.cfg.loss == "mse" else OBJECTIVES[self.cfg.loss](recon.float(), x)
                 if bits is not None:  # rate-distortion loss: MSE + rate_weight * bits per pixel
                     loss = loss + self.rate_weight * bits.mean() / x[0].numel()
             self.optimizer.zero_grad(set_to_none=True)

@@ -78,7 +78,7 @@ def test_train_for_applies_only_the_variants_overrides():
 
 
 def test_unknown_variant_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"^variants\.nope: no such variant; known: model01, model01_bn, model01_he, model01_linear, model02"):
+    with pytest.raises(ConfigError, match=r"^variants\.nope: no such variant; known: model01, model01_bn, model01_he, model01_linear, model01_ssim, model02"):
         load_params().variant("nope")
 
 
@@ -177,7 +177,7 @@ BAD = [
     ("optimizer", put("train.optimizer", "sgd"), "train.optimizer", "one of adam, adamw"),
     ("precision", put("train.precision", "fp16"), "train.precision", "one of auto, fp32, bf16"),
     ("schedule", put("train.schedule", "step"), "train.schedule", "one of constant"),
-    ("loss", put("train.loss", "l1"), "train.loss", "one of mse, log_mse"),
+    ("loss", put("train.loss", "l1"), "train.loss", "one of mse, log_mse, log_mse_ssim"),
     ("log-mse-with-rate", put("variants.rd", {"encoder_filters": [8], "encoder_strides": [2], "latent_dim": 4,
                                               "decoder_filters": [8], "decoder_strides": [2], "rate_weight": 0.01,
                                               "train": {"loss": "log_mse"}}),

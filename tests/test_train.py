@@ -16,12 +16,14 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from skimage.metrics import structural_similarity
 
 from pipeline import data, tracking
 from pipeline.config import REPO_ROOT, DataConfig, parse_params
 from pipeline.models import build_model
 from pipeline.prepare import prepare
-from pipeline.train import Trainer, TrainingDiverged, as_batch_tensor, log_mse, train_variant
+from pipeline.train import (OBJECTIVES, Trainer, TrainingDiverged, as_batch_tensor, log_mse, log_mse_ssim,
+                            train_variant)
 from tests.fakedata import make_emnist_dir
 
 VARIANT = "tiny"
@@ -162,7 +164,17 @@ def test_log_mse_is_the_mean_log_per_image_error():
     assert log_mse(recon, x).item() == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("objective", ["mse", "log_mse"])
+def test_log_mse_ssim_adds_the_log_dissimilarity_scikit_image_measures():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 28, 28, generator=generator, dtype=torch.float64)
+    recon = (x + 0.1 * torch.randn(3, 1, 28, 28, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    ssim = [structural_similarity(x[i, 0].numpy(), recon[i, 0].numpy(), data_range=1.0, win_size=11,
+                                  use_sample_covariance=True) for i in range(3)]
+    expected = log_mse(recon, x).item() + sum(math.log(1 - s + 1e-4) for s in ssim) / 3
+    assert log_mse_ssim(recon.float(), x.float()).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["mse", "log_mse", "log_mse_ssim"])
 def test_train_loss_is_the_training_mse_whatever_the_objective(prepared, objective):
     train_x = as_batch_tensor(data.load_split(prepared, "train")[0], torch.device("cpu"))
     params = make_params(epochs=1, lr=1e-9, loss=objective)  # lr ~0: the epoch sees the initial model throughout
@@ -171,8 +183,9 @@ def test_train_loss_is_the_training_mse_whatever_the_objective(prepared, objecti
         initial_mse = torch.nn.functional.mse_loss(trainer.model(train_x), train_x).item()
     losses = trainer.train_epoch(train_x, 0)
     assert losses["train_loss"] == pytest.approx(initial_mse, rel=1e-4)
-    objective = initial_mse if objective == "mse" else log_mse(trainer.model(train_x), train_x).item()
-    assert losses["train_objective"] == pytest.approx(objective, rel=1e-3)
+    with torch.no_grad():
+        expected = OBJECTIVES[objective](trainer.model(train_x), train_x).item()
+    assert losses["train_objective"] == pytest.approx(expected, rel=1e-3)
 
 
 def test_with_a_rate_term_train_loss_is_still_the_mse(prepared):
@@ -192,11 +205,13 @@ def test_with_a_rate_term_train_loss_is_still_the_mse(prepared):
 def test_the_objective_changes_what_is_learned(prepared):
     train_x = as_batch_tensor(data.load_split(prepared, "train")[0], torch.device("cpu"))
     weights = {}
-    for objective in ("mse", "log_mse"):
+    for objective in ("mse", "log_mse", "log_mse_ssim"):
         trainer = Trainer(make_params(epochs=1, loss=objective), VARIANT, 0, torch.device("cpu"), len(train_x))
         trainer.train_epoch(train_x, 0)
         weights[objective] = trainer.model.state_dict()
-    assert any(not torch.equal(weights["mse"][k], weights["log_mse"][k]) for k in weights["mse"])
+    for other in ("log_mse", "log_mse_ssim"):
+        assert any(not torch.equal(weights["mse"][k], weights[other][k]) for k in weights["mse"])
+    assert any(not torch.equal(weights["log_mse"][k], weights["log_mse_ssim"][k]) for k in weights["mse"])
 
 
 def _spy_batches(loss_fn, seen: list):
