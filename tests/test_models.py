@@ -10,6 +10,7 @@ from torch import nn
 
 from pipeline.config import VariantSpec, load_params, parse_params
 from pipeline.models import Autoencoder, build_model, count_parameters, training_flops_per_image
+from pipeline.train import log_mse_ssim
 
 # ORIGINAL_STUDY.md: the position (1-based) of the one stride-2 transposed conv in each decoder
 STRIDE2_AT = {"model01": 3, "model02": 4, "model03": 2, "model04": 1}
@@ -235,6 +236,13 @@ def test_the_flop_budget_in_reference_yaml_is_model01s_counted_flops(params):
 
     budget = yaml.safe_load(REFERENCE.read_text())["train_flops_per_image"]["model01"]
     assert training_flops_per_image(params.variant("model01")) == budget
+
+
+def test_training_flops_count_an_ssim_objective_and_model01_ssim_stays_in_budget(params):
+    spec = params.variant("model01_ssim")
+    with_ssim = training_flops_per_image(spec, objective=log_mse_ssim)
+    assert with_ssim > training_flops_per_image(spec)  # the SSIM window filters are matmuls the counter sees
+    assert with_ssim <= training_flops_per_image(params.variant("model01"))
 
 
 def test_training_flops_leaves_the_global_rng_alone():
