@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import data, dvclock, metrics, tracking
+from pipeline import data, dvclock, ssim, tracking
 from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, Params, run_name
 from pipeline.device import configure_determinism, pick_device, resolve_precision
@@ -65,7 +65,7 @@ def log_mse_ssim(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log_mse plus the mean over images of log(1 - SSIM + 1e-4), SSIM with the study's uniform 11x11 window (the
     default evaluate.ssim_window; fixed here so that train depends on no evaluate key): a scale-free sum, so a 10%
     smaller error counts the same in either term. The floor plays log_mse's role."""
-    dissimilarity = 1 - metrics.ssim_per_image(x, recon, "uniform").float()
+    dissimilarity = 1 - ssim.ssim_per_image(x, recon, "uniform").float()
     return log_mse(recon, x) + torch.log(dissimilarity + 1e-4).mean()
 
 

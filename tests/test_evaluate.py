@@ -13,9 +13,9 @@ from skimage.metrics import structural_similarity
 
 from pipeline import baselines, classifier, codec, evaluate, report
 from pipeline.config import parse_params
-from pipeline.models import load_model
+from pipeline.models import load_model, training_flops_per_image
 from pipeline.prepare import prepare
-from pipeline.train import train_variant
+from pipeline.train import OBJECTIVES, train_variant
 from tests.conftest import TINY_SPEC
 from tests.fakedata import make_emnist_dir
 
@@ -114,6 +114,22 @@ def test_evaluate_logs_into_the_training_run(workspace):
     assert "val_loss" in run.data.metrics  # the same run the training logged into
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"reconstructions.png", "metrics.json"} <= artifacts
+
+
+@pytest.mark.parametrize("loss", ["log_mse_ssim", None])
+def test_train_flops_count_the_objective_the_model_was_trained_on(workspace, loss):
+    path = workspace["models"] / "tinyA-seed0.pt"
+    saved = torch.load(path, weights_only=False)
+    if loss:
+        saved["train"]["loss"] = loss
+    else:  # a model file written before train.loss existed trained on MSE
+        del saved["train"]["loss"]
+    torch.save(saved, path)
+    spec = load_model(path, torch.device("cpu"))[0].spec
+    expected = training_flops_per_image(spec, objective=OBJECTIVES[loss or "mse"])
+    assert run_evaluate(workspace, "tinyA")["train_flops_per_image"] == expected
+    if loss:
+        assert expected > training_flops_per_image(spec)
 
 
 def test_entropy_coded_variant_reports_real_stream_bytes(workspace):
