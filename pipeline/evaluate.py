@@ -47,6 +47,7 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
     device = pick_device(params.train_for(variant).device)
     model_path = models_dir / f"{name}.pt"
     model, saved = load_model(model_path, device)
+    objective = _training_objective(saved, model_path)  # checked before the slow part
     images, labels = data.load_split(prepared, "test")
     x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
     started = time.perf_counter()
@@ -55,7 +56,7 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
     result.update(_compression(model, model_path, latents, x, prepared, cfg))
-    flops = training_flops_per_image(model.spec, objective=OBJECTIVES[saved["train"].get("loss", "mse")])
+    flops = training_flops_per_image(model.spec, objective=objective)
     result.update(latent_diagnostics(latents), train_flops_per_image=flops)
     result.update(_semantic_fidelity(classifier_file, recon, labels, device))
     result.update(_final_losses(history_dir / f"{name}.csv"))
@@ -128,6 +129,15 @@ def latent_diagnostics(latents: torch.Tensor, variance_share: float = 0.99) -> d
             "effective_latent_dims": effective,
             "latent_units": {"mean": latents.mean(0).tolist(), "std": latents.std(0).tolist(),
                              "active_fraction": (latents != 0).double().mean(0).tolist(), "dead": dead.tolist()}}
+
+
+def _training_objective(saved: dict, model_path: Path):
+    """The objective the model trained on; a file from before train.loss existed trained on MSE."""
+    loss = saved["train"].get("loss", "mse")
+    if loss not in OBJECTIVES:
+        raise data.DataError(f"{model_path}: trained on loss {loss!r}, which this version does not know "
+                             f"(one of {', '.join(OBJECTIVES)}); retrain it with this version")
+    return OBJECTIVES[loss]
 
 
 def _final_losses(history_csv: Path) -> dict:

@@ -13,6 +13,7 @@ from skimage.metrics import structural_similarity
 
 from pipeline import baselines, classifier, codec, evaluate, report
 from pipeline.config import parse_params
+from pipeline.data import DataError
 from pipeline.models import load_model, training_flops_per_image
 from pipeline.prepare import prepare
 from pipeline.train import OBJECTIVES, train_variant
@@ -130,6 +131,15 @@ def test_train_flops_count_the_objective_the_model_was_trained_on(workspace, los
     assert run_evaluate(workspace, "tinyA")["train_flops_per_image"] == expected
     if loss:
         assert expected > training_flops_per_image(spec)
+
+
+def test_a_model_trained_on_an_unknown_loss_is_a_clear_error(workspace):
+    path = workspace["models"] / "tinyA-seed0.pt"
+    saved = torch.load(path, weights_only=False)
+    saved["train"]["loss"] = "l1"  # e.g. a file written by a newer version
+    torch.save(saved, path)
+    with pytest.raises(DataError, match=r"tinyA-seed0\.pt: trained on loss 'l1'.*one of mse, log_mse, log_mse_ssim"):
+        run_evaluate(workspace, "tinyA")
 
 
 def test_entropy_coded_variant_reports_real_stream_bytes(workspace):
