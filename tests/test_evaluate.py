@@ -117,15 +117,19 @@ def test_evaluate_logs_into_the_training_run(workspace):
     assert {"reconstructions.png", "metrics.json"} <= artifacts
 
 
+def _set_trained_loss(path: Path, loss: str | None) -> None:
+    """Rewrite the model file's train.loss; None removes it, as in a file written before train.loss existed."""
+    saved = torch.load(path, weights_only=False)
+    saved["train"].pop("loss")
+    if loss:
+        saved["train"]["loss"] = loss
+    torch.save(saved, path)
+
+
 @pytest.mark.parametrize("loss", ["log_mse_ssim", None])
 def test_train_flops_count_the_objective_the_model_was_trained_on(workspace, loss):
     path = workspace["models"] / "tinyA-seed0.pt"
-    saved = torch.load(path, weights_only=False)
-    if loss:
-        saved["train"]["loss"] = loss
-    else:  # a model file written before train.loss existed trained on MSE
-        del saved["train"]["loss"]
-    torch.save(saved, path)
+    _set_trained_loss(path, loss)  # None: trained on MSE
     spec = load_model(path, torch.device("cpu"))[0].spec
     expected = training_flops_per_image(spec, objective=OBJECTIVES[loss or "mse"])
     assert run_evaluate(workspace, "tinyA")["train_flops_per_image"] == expected
@@ -134,10 +138,7 @@ def test_train_flops_count_the_objective_the_model_was_trained_on(workspace, los
 
 
 def test_a_model_trained_on_an_unknown_loss_is_a_clear_error(workspace):
-    path = workspace["models"] / "tinyA-seed0.pt"
-    saved = torch.load(path, weights_only=False)
-    saved["train"]["loss"] = "l1"  # e.g. a file written by a newer version
-    torch.save(saved, path)
+    _set_trained_loss(workspace["models"] / "tinyA-seed0.pt", "l1")  # e.g. a file written by a newer version
     with pytest.raises(DataError, match=r"tinyA-seed0\.pt: trained on loss 'l1'.*one of mse, log_mse, log_mse_ssim"):
         run_evaluate(workspace, "tinyA")
 
