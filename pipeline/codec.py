@@ -7,7 +7,9 @@
 grayscale PNGs (upright, sorted by name); decompress writes 000000.png, 000001.png, ... The model is
 models/<variant>-seed<N>.pt. Modes:
   uint8    any variant: each latent dimension as one byte, scale/offset calibrated on the train split and
-           carried in the stream (8 bytes per dimension);
+           carried in the stream (8 bytes per dimension). With codec.refine_steps > 0 in params.yaml the
+           encoder's latents are first refined against the decoder (refine_latents): slower to compress,
+           the same decoder and stream format;
   entropy  variants with rate_weight > 0: integer latents range-coded (constriction) under the model's
            learned Laplace prior; the default for such variants.
 Stream (little-endian): magic "CNZ1" | mode u8 | model sha256[:8] | n u32 | dim u16 | side info |
@@ -28,13 +30,14 @@ import constriction
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from pipeline import data
 from pipeline.config import IMAGE_SIZE, PARAMS_FILE, ConfigError, load_params, run_name
 from pipeline.models import SYMBOL_LIMIT, load_model
 from pipeline.prepare import PREPARED_DIR
 from pipeline.device import pick_device
-from pipeline.train import MODELS_DIR, as_batch_tensor
+from pipeline.train import MODELS_DIR, as_batch_tensor, log_mse
 
 MAGIC = b"CNZ1"
 MODES = {"uint8": 0, "entropy": 1}
@@ -56,6 +59,38 @@ def encode_latents(model, images: np.ndarray) -> torch.Tensor:
     device = next(model.parameters()).device
     x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
     return torch.cat([model.encode(x[i:i + BATCH]).float().cpu() for i in range(0, len(x), BATCH)])
+
+
+def applied_refine_steps(model, cfg) -> int:
+    """codec.refine_steps, or 0 for an entropy-coded variant: its integer latents are not refined."""
+    return 0 if model.prior is not None else cfg.refine_steps
+
+
+def refine_latents(model, images: np.ndarray, latents: torch.Tensor, cfg, calibration) -> torch.Tensor:
+    """The codec's encoder-side search (cfg: config.CodecConfig): each image's latent takes cfg.refine_steps Adam
+    steps on its own log MSE through the fixed decoder, kept inside the uint8 grid's box (calibration: (lo, hi)).
+    The model's weights do not move and the decoder is unchanged, so any stream mode can carry the result.
+    Variants with an entropy-coded (integer) latent keep the encoder's latents."""
+    if applied_refine_steps(model, cfg) == 0:
+        return latents
+    device = next(model.parameters()).device
+    lo, hi = (torch.from_numpy(bound).to(device) for bound in calibration)
+    refined = []
+    with tqdm(total=cfg.refine_steps * len(images), desc="refine latents", unit="image-step", unit_scale=True,
+              mininterval=1.0) as bar:
+        for i in range(0, len(images), BATCH):
+            x = as_batch_tensor(images[i:i + BATCH], device).contiguous(memory_format=torch.channels_last)
+            z = latents[i:i + BATCH].to(device).clamp(lo, hi).requires_grad_(True)
+            optimizer = torch.optim.Adam([z], lr=cfg.refine_lr)
+            for _ in range(cfg.refine_steps):
+                # a sum over images (log_mse is their mean): each latent's step depends on its own image alone
+                (z.grad,) = torch.autograd.grad(log_mse(model.decode(z).float(), x) * len(x), z)
+                optimizer.step()
+                with torch.no_grad():
+                    z.clamp_(lo, hi)
+                bar.update(len(x))
+            refined.append(z.detach().float().cpu())
+    return torch.cat(refined)
 
 
 @torch.no_grad()
@@ -194,8 +229,12 @@ def compress(params, variant: str, seed: int, source: Path, out: Path, mode: str
              models_dir: Path = MODELS_DIR, prepared: Path = PREPARED_DIR) -> int:
     model_file, model = _model(params, variant, seed, models_dir)
     mode = mode or ("entropy" if model.prior is not None else "uint8")
+    images = read_images(source)
+    latents = encode_latents(model, images)
     calibration = train_calibration(model, prepared) if mode == "uint8" else None
-    stream = pack(model, model_file, encode_latents(model, read_images(source)), mode, calibration)
+    if calibration is not None:
+        latents = refine_latents(model, images, latents, params.codec, calibration)
+    stream = pack(model, model_file, latents, mode, calibration)
     data.atomic_write(out, lambda tmp: tmp.write_bytes(stream))
     return len(stream)
 

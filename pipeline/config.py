@@ -147,6 +147,20 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class CodecConfig:
+    """Encoder-side search, used by evaluate and `codec compress` alike (never by training): each image's latent
+    starts at the encoder's output and takes refine_steps Adam steps (rate refine_lr) on its own log MSE through
+    the fixed decoder. 0 = the encoder's single pass."""
+    refine_steps: int = 0
+    refine_lr: float = 0.5
+
+    def check(self, path: str) -> None:
+        require(self.refine_steps >= 0, f"{path}.refine_steps", "an integer >= 0", self.refine_steps)
+        require(0 < self.refine_lr < 10 and math.isfinite(self.refine_lr), f"{path}.refine_lr", "a number in (0, 10)",
+                self.refine_lr)
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     """The small CNN that measures semantic fidelity: its test accuracy on originals vs reconstructions."""
     epochs: int = 2
@@ -191,6 +205,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     rate_distortion: RateDistortionConfig = field(default_factory=RateDistortionConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -260,7 +275,7 @@ def resolve_source(source: str) -> str | Path:
 
 
 __all__ = [
-    "ConfigError", "DataConfig", "TrainConfig", "VariantSpec", "EvaluateConfig", "ClassifierConfig", "RateDistortionConfig",
+    "ConfigError", "DataConfig", "TrainConfig", "VariantSpec", "EvaluateConfig", "CodecConfig", "ClassifierConfig", "RateDistortionConfig",
     "MlflowConfig", "Params",
     "load_params", "parse_params", "resolve_source", "run_name", "REPO_ROOT", "OFFICIAL_SOURCE",
 ]

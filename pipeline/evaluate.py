@@ -55,7 +55,8 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
     result = {**metrics.summarize_per_image(per_image), **summary(x, recon_decoder, cfg, "_decoder")}
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
-    result.update(_compression(model, model_path, latents, x, prepared, cfg))
+    compression, refine_seconds = _compression(model, model_path, latents, images, x, prepared, params)
+    result.update(compression)
     flops = training_flops_per_image(model.spec, objective=objective)
     result.update(latent_diagnostics(latents), train_flops_per_image=flops)
     result.update(_semantic_fidelity(classifier_file, recon, labels, device))
@@ -69,7 +70,7 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
                   per_class=per_class.to_dict(orient="records"), data_manifest_sha256=saved["data_manifest_sha256"])
     # Everything above is a deterministic function of data, model weights and params; "run" is not.
     upstream = {"prepare": "prepare", "train": dvclock.stage_name("train", variant, seed)}
-    result["run"] = {"eval_seconds": seconds, "images_per_s": len(x) / seconds,
+    result["run"] = {"eval_seconds": seconds, "images_per_s": len(x) / seconds, "refine_seconds": refine_seconds,
                      "model_sha256": data.sha256_file(model_path),
                      "dvc": dvclock.provenance({"prepared": prepared, "model": model_path}, upstream)}
     result["run"]["mlflow_run_id"] = _log_to_mlflow(params, name, result, saved, images[samples],
@@ -86,18 +87,25 @@ def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig):
     return recon, latents, recon_decoder, metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
 
 
-def _compression(model, model_path: Path, latents, x, prepared: Path, cfg: EvaluateConfig) -> dict:
+def _compression(model, model_path: Path, latents, images, x, prepared: Path, params: Params) -> tuple[dict, float]:
     """Real streams of the test latents (pipeline.codec): bytes per image with headers and side information,
-    and the quality decoded from them. uint8 for every variant (grid calibrated on the train split); the
-    entropy-coded stream for variants with a learned prior (its quality is the autoencoder's: same latents)."""
-    latents = latents.float().cpu()
-    uint8_stream = codec.pack(model, model_path, latents, "uint8", codec.train_calibration(model, prepared))
+    and the quality decoded from them, plus the seconds spent refining. uint8 for every variant (grid calibrated
+    on the train split), made like `codec compress` makes it: from latents refined when codec.refine_steps > 0,
+    whose float quality is then reported as *_refined. The entropy-coded stream for variants with a learned
+    prior (its quality is the autoencoder's: same latents)."""
+    cfg, latents = params.evaluate, latents.float().cpu()
+    calibration, started = codec.train_calibration(model, prepared), time.perf_counter()
+    coded = codec.refine_latents(model, images, latents, params.codec, calibration)
+    refine_seconds, steps = time.perf_counter() - started, codec.applied_refine_steps(model, params.codec)
+    uint8_stream = codec.pack(model, model_path, coded, "uint8", calibration)
     dequantised = codec.unpack(model, model_path, uint8_stream)[1].to(x.device)
     recon_uint8 = batched(model.decode, dequantised, cfg.batch_size)
     n, dim = latents.shape
     result = {"latent_dim": dim, "bytes_per_image_float32": 4 * dim, "compression_ratio_float32": IMAGE_BYTES / (4 * dim),
               "bytes_per_image_uint8": len(uint8_stream) / n, "compression_ratio_uint8": IMAGE_BYTES * n / len(uint8_stream),
-              **summary(x, recon_uint8, cfg, "_uint8")}
+              **summary(x, recon_uint8, cfg, "_uint8"), "refine_steps": steps}
+    if steps:
+        result.update(summary(x, batched(model.decode, coded.to(x.device), cfg.batch_size), cfg, "_refined"))
     if model.prior is not None:
         stream = codec.pack(model, model_path, latents, "entropy")
         if not torch.equal(codec.unpack(model, model_path, stream)[1], latents):
@@ -107,7 +115,7 @@ def _compression(model, model_path: Path, latents, x, prepared: Path, cfg: Evalu
         result.update(bytes_per_image_entropy=len(stream) / n, compression_ratio_entropy=IMAGE_BYTES * n / len(stream),
                       prior_bits_per_image=model_bits,
                       bytes_per_image_entropy_standalone=float(codec.standalone_entropy_bytes(model, latents).mean()))
-    return result
+    return result, refine_seconds
 
 
 def _semantic_fidelity(classifier_file: Path, recon: torch.Tensor, labels: np.ndarray, device) -> dict:

@@ -124,7 +124,7 @@ M1, M2 = "variants.model01", "variants.model02"
 BAD = [
     # unknown keys, at every level
     ("top-level", put("extras", 1), "extras", "unknown key"),
-    ("top-level-allowed", put("extras", 1), "extras", "allowed: variants, seeds, data, train, evaluate, classifier, rate_distortion, mlflow"),
+    ("top-level-allowed", put("extras", 1), "extras", "allowed: variants, seeds, data, train, evaluate, codec, classifier, rate_distortion, mlflow"),
     ("data", put("data.shuffle", True), "data.shuffle", "unknown key"),
     ("train", put("train.momentum", 0.9), "train.momentum", "unknown key"),
     ("evaluate", put("evaluate.metric", "ssim"), "evaluate.metric", "unknown key"),
@@ -352,6 +352,8 @@ def test_rate_distortion_sweep_varies_only_the_latent_size():
     ("rate_distortion", "jpeg_qualities", [5, 101], "rate_distortion.jpeg_qualities: expected qualities in [0, 100]"),
     ("rate_distortion", "pca_dims", [0], "rate_distortion.pca_dims: expected dimensions in [1, 784]"),
     ("classifier", "epochs", 0, "classifier.epochs: expected an integer >= 1"),
+    ("codec", "refine_steps", -1, "codec.refine_steps: expected an integer >= 0"),
+    ("codec", "refine_lr", 0, "codec.refine_lr: expected a number in (0, 10)"),
 ])
 def test_new_sections_name_the_bad_key(section, key, value, message):
     raw = {"variants": {"m": {"encoder_filters": [4], "encoder_strides": [2], "latent_dim": 2,

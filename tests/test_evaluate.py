@@ -1,6 +1,7 @@
 """evaluate stage and report stage on a tiny trained model and generated data."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from pipeline import baselines, classifier, codec, evaluate, report
-from pipeline.config import parse_params
+from pipeline.config import CodecConfig, parse_params
 from pipeline.data import DataError
 from pipeline.models import load_model, training_flops_per_image
 from pipeline.prepare import prepare
@@ -153,6 +154,25 @@ def test_entropy_coded_variant_reports_real_stream_bytes(workspace):
     assert coded["bytes_per_image_entropy_standalone"] > coded["bytes_per_image_entropy"] + codec.HEADER.size
     # uint8: one byte per dimension plus the stream's header and calibration, shared by the 94 images
     assert plain["bytes_per_image_uint8"] == pytest.approx(8 + (codec.HEADER.size + 8 * 8 + 4 + 4) / 94)
+
+
+def test_refined_latents_are_scored_as_codec_compress_stores_them(workspace):
+    params = workspace["params"] = dataclasses.replace(workspace["params"], codec=CodecConfig(refine_steps=3))
+    plain, coded = run_evaluate(workspace, "tinyA"), run_evaluate(workspace, "tinyB")
+    assert plain["refine_steps"] == 3 and plain["mse_refined"] < plain["mse_decoder"]
+    assert coded["refine_steps"] == 0 and "mse_refined" not in coded  # integer latents are not refined
+    model, _ = load_model(workspace["models"] / "tinyA-seed0.pt", torch.device("cpu"))
+    images = np.load(workspace["prepared"] / "test_images.npy")
+    lo, hi = calibration = codec.train_calibration(model, workspace["prepared"])
+    refined = codec.refine_latents(model, images, codec.encode_latents(model, images), params.codec, calibration)
+    with torch.no_grad():
+        stored = model.decode(codec.dequantize_uint8(codec.uint8_codes(refined, lo, hi), lo, hi))
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    assert plain["mse_uint8"] == pytest.approx(float((stored - x).square().mean()), rel=1e-5)
+    path, *_ = report.write_report(params, workspace["reports"], workspace["prepared"])
+    settings = {row["setting"] for row in json.loads((workspace["reports"] / "rate_distortion.json").read_text())}
+    assert {"float32, refined 3 steps, 8 dims", "uint8, refined 3 steps, 8 dims", "uint8, 4 dims"} <= settings
+    assert "Quality target with the codec's encode-time latent refinement" in path.read_text()
 
 
 def test_semantic_fidelity_is_the_classifiers_accuracy_on_reconstructions(workspace):
