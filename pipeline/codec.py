@@ -43,6 +43,7 @@ MAGIC = b"CNZ1"
 MODES = {"uint8": 0, "entropy": 1}
 HEADER = struct.Struct("<4sB8sIH")  # magic, mode, model id, images, latent dim
 BATCH = 2048
+REFINE_BATCH = 256  # on the 2-core CPU: 2.5 ms per image and step, against 3.0 ms in batches of 2048
 
 
 class CodecError(ValueError):
@@ -78,9 +79,9 @@ def refine_latents(model, images: np.ndarray, latents: torch.Tensor, cfg, calibr
     refined = []
     with tqdm(total=cfg.refine_steps * len(images), desc="refine latents", unit="image-step", unit_scale=True,
               mininterval=1.0) as bar:
-        for i in range(0, len(images), BATCH):
-            x = as_batch_tensor(images[i:i + BATCH], device).contiguous(memory_format=torch.channels_last)
-            z = latents[i:i + BATCH].to(device).clamp(lo, hi).requires_grad_(True)
+        for i in range(0, len(images), REFINE_BATCH):
+            x = as_batch_tensor(images[i:i + REFINE_BATCH], device).contiguous(memory_format=torch.channels_last)
+            z = latents[i:i + REFINE_BATCH].to(device).clamp(lo, hi).requires_grad_(True)
             optimizer = torch.optim.Adam([z], lr=cfg.refine_lr)
             for _ in range(cfg.refine_steps):
                 # a sum over images (log_mse is their mean): each latent's step depends on its own image alone
