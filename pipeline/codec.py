@@ -36,7 +36,7 @@ from pipeline import data
 from pipeline.config import IMAGE_SIZE, PARAMS_FILE, ConfigError, load_params, run_name
 from pipeline.models import SYMBOL_LIMIT, load_model
 from pipeline.prepare import PREPARED_DIR
-from pipeline.device import pick_device
+from pipeline.device import configure_determinism, pick_device
 from pipeline.train import MODELS_DIR, as_batch_tensor, log_mse
 
 MAGIC = b"CNZ1"
@@ -70,21 +70,24 @@ def applied_refine_steps(model, cfg) -> int:
 def refine_latents(model, images: np.ndarray, latents: torch.Tensor, cfg, calibration) -> torch.Tensor:
     """The codec's encoder-side search (cfg: config.CodecConfig): each image's latent takes cfg.refine_steps Adam
     steps on its own log MSE through the fixed decoder, kept inside the uint8 grid's box (calibration: (lo, hi)).
-    The model's weights do not move and the decoder is unchanged, so any stream mode can carry the result.
-    Variants with an entropy-coded (integer) latent keep the encoder's latents."""
-    if applied_refine_steps(model, cfg) == 0:
+    The model's weights do not move and the decoder is unchanged, so the uint8 stream carries the result as it
+    would the encoder's. Variants with an entropy-coded (integer) latent keep the encoder's latents."""
+    if applied_refine_steps(model, cfg) == 0 or len(images) == 0:
         return latents
+    if model.training:  # batch norm would mix the images of a batch and move its running statistics
+        raise ValueError("refine_latents needs a model in eval mode (load_model gives one)")
     device = next(model.parameters()).device
     lo, hi = (torch.from_numpy(bound).to(device) for bound in calibration)
     refined = []
-    with tqdm(total=cfg.refine_steps * len(images), desc="refine latents", unit="image-step", unit_scale=True,
-              mininterval=1.0) as bar:
+    with torch.enable_grad(), tqdm(total=cfg.refine_steps * len(images), desc="refine latents", unit="image-step",
+                                   unit_scale=True, mininterval=1.0) as bar:
         for i in range(0, len(images), REFINE_BATCH):
             x = as_batch_tensor(images[i:i + REFINE_BATCH], device).contiguous(memory_format=torch.channels_last)
             z = latents[i:i + REFINE_BATCH].to(device).clamp(lo, hi).requires_grad_(True)
             optimizer = torch.optim.Adam([z], lr=cfg.refine_lr)
             for _ in range(cfg.refine_steps):
-                # a sum over images (log_mse is their mean): each latent's step depends on its own image alone
+                # a sum over images (log_mse is their mean): each latent follows its own image's error (up to
+                # float rounding, which depends on the batch an image shares)
                 (z.grad,) = torch.autograd.grad(log_mse(model.decode(z).float(), x) * len(x), z)
                 optimizer.step()
                 with torch.no_grad():
@@ -250,6 +253,7 @@ def decompress(params, variant: str, seed: int, source: Path, out_dir: Path, mod
 
 def _model(params, variant: str, seed: int, models_dir: Path):
     model_file = models_dir / f"{run_name(variant, seed)}.pt"
+    configure_determinism(params.train_for(variant))  # refinement runs backward passes
     model, _ = load_model(model_file, pick_device(params.train_for(variant).device))
     return model_file, model
 

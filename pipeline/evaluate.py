@@ -23,7 +23,7 @@ from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, EvaluateConfig, Params, run_name
 from pipeline.models import load_model, training_flops_per_image
 from pipeline.prepare import PREPARED_DIR
-from pipeline.device import pick_device
+from pipeline.device import configure_determinism, pick_device
 from pipeline.train import HISTORY_DIR, MODELS_DIR, OBJECTIVES, as_batch_tensor
 
 REPORTS_DIR = REPO_ROOT / "reports"
@@ -45,6 +45,7 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
                      reports_dir: Path = REPORTS_DIR, classifier_file: Path = classifier.CLASSIFIER_FILE) -> dict:
     cfg, name = params.evaluate, run_name(variant, seed)
     device = pick_device(params.train_for(variant).device)
+    configure_determinism(params.train_for(variant))  # codec.refine_steps runs backward passes
     model_path = models_dir / f"{name}.pt"
     model, saved = load_model(model_path, device)
     objective = _training_objective(saved, model_path)  # checked before the slow part
@@ -55,7 +56,7 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
     result = {**metrics.summarize_per_image(per_image), **summary(x, recon_decoder, cfg, "_decoder")}
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
-    compression, refine_seconds = _compression(model, model_path, latents, images, x, prepared, params)
+    compression, refine_seconds = _compression(model, model_path, images, x, prepared, params)
     result.update(compression)
     flops = training_flops_per_image(model.spec, objective=objective)
     result.update(latent_diagnostics(latents), train_flops_per_image=flops)
@@ -87,35 +88,43 @@ def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig):
     return recon, latents, recon_decoder, metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
 
 
-def _compression(model, model_path: Path, latents, images, x, prepared: Path, params: Params) -> tuple[dict, float]:
-    """Real streams of the test latents (pipeline.codec): bytes per image with headers and side information,
-    and the quality decoded from them, plus the seconds spent refining. uint8 for every variant (grid calibrated
-    on the train split), made like `codec compress` makes it: from latents refined when codec.refine_steps > 0,
-    whose float quality is then reported as *_refined. The entropy-coded stream for variants with a learned
-    prior (its quality is the autoencoder's: same latents)."""
-    cfg, latents = params.evaluate, latents.float().cpu()
+def _compression(model, model_path: Path, images, x, prepared: Path, params: Params) -> tuple[dict, float]:
+    """Real streams of the test images, made as `codec compress` makes them: bytes per image with headers and side
+    information, the quality decoded from them, and the seconds spent refining. uint8 for every variant (grid
+    calibrated on the train split), from latents refined when codec.refine_steps > 0 (their float quality is then
+    *_refined); the entropy-coded stream for variants with a learned prior."""
+    cfg, latents = params.evaluate, codec.encode_latents(model, images)
     calibration, started = codec.train_calibration(model, prepared), time.perf_counter()
     coded = codec.refine_latents(model, images, latents, params.codec, calibration)
     refine_seconds, steps = time.perf_counter() - started, codec.applied_refine_steps(model, params.codec)
-    uint8_stream = codec.pack(model, model_path, coded, "uint8", calibration)
-    dequantised = codec.unpack(model, model_path, uint8_stream)[1].to(x.device)
-    recon_uint8 = batched(model.decode, dequantised, cfg.batch_size)
-    n, dim = latents.shape
+    dim = latents.shape[1]
     result = {"latent_dim": dim, "bytes_per_image_float32": 4 * dim, "compression_ratio_float32": IMAGE_BYTES / (4 * dim),
-              "bytes_per_image_uint8": len(uint8_stream) / n, "compression_ratio_uint8": IMAGE_BYTES * n / len(uint8_stream),
-              **summary(x, recon_uint8, cfg, "_uint8"), "refine_steps": steps}
+              **_uint8_form(model, model_path, coded, calibration, x, cfg), "refine_steps": steps}
     if steps:
-        result.update(summary(x, batched(model.decode, coded.to(x.device), cfg.batch_size), cfg, "_refined"))
+        result.update(summary(x, batched(model.decode, coded.to(x.device), cfg.batch_size), cfg, "_refined"),
+                      refine_lr=params.codec.refine_lr)
     if model.prior is not None:
-        stream = codec.pack(model, model_path, latents, "entropy")
-        if not torch.equal(codec.unpack(model, model_path, stream)[1], latents):
-            raise codec.CodecError(f"{model_path}: the entropy-coded stream does not decode to its latents")
-        with torch.no_grad():
-            model_bits = float(model.prior.bits(latents.to(x.device)).mean())
-        result.update(bytes_per_image_entropy=len(stream) / n, compression_ratio_entropy=IMAGE_BYTES * n / len(stream),
-                      prior_bits_per_image=model_bits,
-                      bytes_per_image_entropy_standalone=float(codec.standalone_entropy_bytes(model, latents).mean()))
+        result.update(_entropy_form(model, model_path, latents, x))
     return result, refine_seconds
+
+
+def _uint8_form(model, model_path: Path, latents, calibration, x, cfg: EvaluateConfig) -> dict:
+    stream = codec.pack(model, model_path, latents, "uint8", calibration)
+    decoded = batched(model.decode, codec.unpack(model, model_path, stream)[1].to(x.device), cfg.batch_size)
+    return {"bytes_per_image_uint8": len(stream) / len(x), "compression_ratio_uint8": IMAGE_BYTES * len(x) / len(stream),
+            **summary(x, decoded, cfg, "_uint8")}
+
+
+def _entropy_form(model, model_path: Path, latents, x) -> dict:
+    """The range-coded stream of integer latents: its quality is the autoencoder's (the same latents)."""
+    stream, n = codec.pack(model, model_path, latents, "entropy"), len(latents)
+    if not torch.equal(codec.unpack(model, model_path, stream)[1], latents):
+        raise codec.CodecError(f"{model_path}: the entropy-coded stream does not decode to its latents")
+    with torch.no_grad():
+        model_bits = float(model.prior.bits(latents.to(x.device)).mean())
+    return {"bytes_per_image_entropy": len(stream) / n, "compression_ratio_entropy": IMAGE_BYTES * n / len(stream),
+            "prior_bits_per_image": model_bits,
+            "bytes_per_image_entropy_standalone": float(codec.standalone_entropy_bytes(model, latents).mean())}
 
 
 def _semantic_fidelity(classifier_file: Path, recon: torch.Tensor, labels: np.ndarray, device) -> dict:
@@ -200,6 +209,7 @@ def _log_to_mlflow(params: Params, name: str, result: dict, saved: dict, origina
     with tracking.tracked_run(**run):
         mlflow.log_metrics(flat)
         mlflow.set_tags({"evaluated": "true", "evaluate.ssim_window": result["ssim_window"],
+                         "codec.refine_steps": result["refine_steps"], "codec.refine_lr": params.codec.refine_lr,
                          "evaluate.model_sha256": result["run"]["model_sha256"],
                          **tracking.flatten({"evaluate": {"dvc": result["run"]["dvc"]}})})
         _tag_registered_versions(mlflow.active_run().info.run_id, result["run"]["dvc"])

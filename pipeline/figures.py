@@ -123,7 +123,9 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
                 ax.axvline(size, ls=":", color="gray")
                 ax.text(size, 0.02, f" {method} lossless", rotation=90, transform=ax.get_xaxis_transform(), fontsize=7)
         for (method, form), point in _variant_points(table).items():
-            ax.scatter(point.bytes_per_image, point[metric], marker=MARKERS.get(form, "*"), color=color[method],
+            hollow = "refined" in form  # the codec's refined latents: the same marker, not filled
+            ax.scatter(point.bytes_per_image, point[metric], marker=MARKERS.get(form.split(",")[0], "*"),
+                       edgecolors=color[method], facecolors="none" if hollow else color[method],
                        s=60 if form == "entropy-coded" else 30, label=f"{method} {form}")
         ax.set(xscale="log", xlabel="bytes per image (log)", ylabel={"psnr_pooled": "pooled PSNR (dB)"}.get(metric, "SSIM"))
         ax.grid(alpha=0.3, which="both")
@@ -141,4 +143,4 @@ MARKERS = {"float32": "s", "uint8": "^", "entropy-coded one file per image": "P"
 
 def _variant_points(table: pd.DataFrame) -> dict:
     variants = table[table.kind == "variant"]
-    return {(row.method, row.setting.split(",")[0]): row for _, row in variants.iterrows()}
+    return {(row.method, row.setting.rsplit(",", 1)[0]): row for _, row in variants.iterrows()}  # drop ", N dims"

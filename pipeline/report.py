@@ -132,8 +132,7 @@ def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, tests: pd.Data
     parts = [
         "# CompressNet report", "",
         "## Findings", "", *findings(summary, tests, specs, reference), rate_distortion.moonshot_finding(rd),
-        rate_distortion.quality_target_finding(means, reference["train_flops_per_image"]["model01"]),
-        rate_distortion.quality_target_finding(means, reference["train_flops_per_image"]["model01"], refined=True), "",
+        *rate_distortion.quality_target_findings(means, reference["train_flops_per_image"]["model01"]), "",
         f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
         "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).", "",
         "## Mean ± std over seeds [95% t-interval of the mean]", "", _markdown(seed_table(summary)), "",

@@ -87,11 +87,30 @@ def test_quality_target_counts_only_32_dim_variants_within_model01s_flops():
     means = pd.DataFrame({"small": dict(zip(keys, [32, 300e6, 25.5, 0.976])),
                           "costly": dict(zip(keys, [32, 400e6, 28.0, 0.990])),  # better, but over the budget
                           "wide": dict(zip(keys, [64, 300e6, 29.0, 0.992]))}).T  # better, but not 32 numbers
-    finding = rate_distortion.quality_target_finding(means, budget_flops=332e6)
+    [finding] = rate_distortion.quality_target_findings(means, budget_flops=332e6)  # no refined latents: one line
     assert "not met (1.50 dB, 0.0090 SSIM short)" in finding and "the best is small at 25.50 dB" in finding
     means.loc["costly", "train_flops_per_image"] = 332e6  # exactly model01's budget is allowed
-    assert "met; the best is costly at 28.00 dB" in rate_distortion.quality_target_finding(means, budget_flops=332e6)
-    assert "no variant here" in rate_distortion.quality_target_finding(means.loc[["wide"]], budget_flops=332e6)
+    assert "met; the best is costly at 28.00 dB" in rate_distortion.quality_target_findings(means, budget_flops=332e6)[0]
+    assert "no variant here" in rate_distortion.quality_target_findings(means.loc[["wide"]], budget_flops=332e6)[0]
+
+
+def test_quality_target_is_answered_again_for_refined_latents():
+    keys = ["latent_dim", "train_flops_per_image", "psnr", "ssim", "refine_steps", "psnr_refined", "ssim_refined"]
+    means = pd.DataFrame({"single": dict(zip(keys, [32, 300e6, 26.6, 0.981, 0, np.nan, np.nan])),
+                          "refined": dict(zip(keys, [32, 300e6, 26.5, 0.980, 100, 28.4, 0.987]))}).T
+    one_pass, refined = rate_distortion.quality_target_findings(means, budget_flops=332e6)
+    assert "in one encoder pass" in one_pass and "not met" in one_pass and "the best is single at 26.60 dB" in one_pass
+    assert "with the codec's encode-time latent refinement" in refined
+    assert "met; the best is refined at 28.40 dB, SSIM 0.9870" in refined and "100 refinement steps per image" in refined
+
+
+def test_rd_figure_keeps_refined_points_apart_from_the_encoders():
+    settings = ["float32, 32 dims", "float32, refined 100 steps, 32 dims", "uint8, 32 dims",
+                "uint8, refined 100 steps, 32 dims", "entropy-coded one file per image, 16 dims"]
+    table = pd.DataFrame({"method": "m", "setting": settings, "kind": "variant"})
+    assert list(figures._variant_points(table)) == [("m", "float32"), ("m", "float32, refined 100 steps"), ("m", "uint8"),
+                                                    ("m", "uint8, refined 100 steps"),
+                                                    ("m", "entropy-coded one file per image")]
 
 
 def test_rd_figure_gives_each_method_its_own_colour_and_each_variant_one(monkeypatch, tmp_path):

@@ -25,6 +25,7 @@ RATE_SPEC = {**TINY_SPEC, "rate_weight": 0.01}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("codec")
+    # lr 0.01: in two tiny epochs the decoder learns enough for refinement to have an error to lower
     params = parse_params({"data": {"source": str(make_emnist_dir(root / "emnist"))},
                            "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "threads": 1}, "mlflow": {"log_model": False},
                            "variants": {"plain": TINY_SPEC, "coded": RATE_SPEC}})
@@ -106,6 +107,7 @@ def test_refinement_lowers_the_error_inside_the_uint8_box_and_leaves_the_model_a
     untouched = model_of(trained, "plain")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), untouched.state_dict().values()))
     assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(refined, refine(trained, "plain", images)[-1])  # the same run twice: the same latents
 
 
 def test_each_images_refined_latent_depends_on_that_image_alone(trained):

@@ -6,7 +6,6 @@ import math
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -320,10 +319,9 @@ def test_train_cli_rejects_bad_params_before_training(tmp_path):
     path = write(tmp_path, yaml.safe_dump(raw, sort_keys=False))
     outputs = [REPO_ROOT / "models", REPO_ROOT / "checkpoints"]
     before = {p: p.stat().st_mtime_ns for d in outputs if d.exists() for p in d.glob("model01*")}
-    started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "pipeline.train", "model01", "--params", str(path)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert time.monotonic() - started < 20
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert "batch/s" not in result.stderr  # no training progress bar: it stopped before the first batch
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("train: error: train.epochs: expected an integer >= 1, got 0"), result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr

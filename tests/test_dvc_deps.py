@@ -42,3 +42,9 @@ def test_every_module_a_stage_imports_is_a_dep(stage):
     deps = {d if isinstance(d, str) else next(iter(d)) for d in STAGES[stage]["deps"]}
     missing = closure(f"pipeline/{module}.py") - deps
     assert not missing, f"dvc.yaml stage {stage} runs {sorted(missing)} but does not list them as deps"
+
+
+def test_codec_params_rerun_evaluate_and_never_train():
+    """codec.refine_steps changes how evaluate encodes the test images, not the trained weights."""
+    assert "codec" in STAGES["evaluate"]["params"]
+    assert not any(str(key).startswith("codec") for key in STAGES["train"]["params"])

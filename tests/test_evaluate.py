@@ -19,7 +19,7 @@ from pipeline.models import load_model, training_flops_per_image
 from pipeline.prepare import prepare
 from pipeline.train import OBJECTIVES, train_variant
 from tests.conftest import TINY_SPEC
-from tests.fakedata import make_emnist_dir
+from tests.fakedata import make_emnist_dir, write_idx
 
 REQUIRED_KEYS = {"mse", "psnr", "psnr_pooled", "ssim", "mse_decoder", "psnr_decoder", "ssim_decoder",
                  "max_abs_diff_decoder", "train_loss", "val_loss", "latent_dim", "bytes_per_image_float32",
@@ -75,6 +75,7 @@ def test_metrics_json_has_the_documented_keys(workspace):
     assert len(written["per_class"]) == 47 and {"char", "mse", "psnr", "ssim"} <= written["per_class"][0].keys()
     assert written["max_abs_diff_decoder"] == 0.0
     assert written["mse_decoder"] == written["mse"]
+    assert written["refine_steps"] == 0 and "mse_refined" not in written  # the default: the encoder's single pass
     assert written["seed_protocol"]["indices"] == result["seed_protocol"]["indices"]
     assert len(written["seed_protocol"]["indices"]) == 10
     assert {"mse", "psnr", "ssim", "mse_decoder"} <= written["seed_protocol"].keys()
@@ -161,12 +162,13 @@ def test_refined_latents_are_scored_as_codec_compress_stores_them(workspace):
     plain, coded = run_evaluate(workspace, "tinyA"), run_evaluate(workspace, "tinyB")
     assert plain["refine_steps"] == 3 and plain["mse_refined"] < plain["mse_decoder"]
     assert coded["refine_steps"] == 0 and "mse_refined" not in coded  # integer latents are not refined
-    model, _ = load_model(workspace["models"] / "tinyA-seed0.pt", torch.device("cpu"))
-    images = np.load(workspace["prepared"] / "test_images.npy")
-    lo, hi = calibration = codec.train_calibration(model, workspace["prepared"])
-    refined = codec.refine_latents(model, images, codec.encode_latents(model, images), params.codec, calibration)
+    images, model_file = np.load(workspace["prepared"] / "test_images.npy"), workspace["models"] / "tinyA-seed0.pt"
+    idx = write_idx(workspace["prepared"].parent / "test-images.idx", images.transpose(0, 2, 1))  # raw EMNIST layout
+    stream = workspace["prepared"].parent / "test.cnz"
+    codec.compress(params, "tinyA", 0, idx, stream, None, models_dir=workspace["models"], prepared=workspace["prepared"])
+    model, _ = load_model(model_file, torch.device("cpu"))
     with torch.no_grad():
-        stored = model.decode(codec.dequantize_uint8(codec.uint8_codes(refined, lo, hi), lo, hi))
+        stored = model.decode(codec.unpack(model, model_file, stream.read_bytes())[1])
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     assert plain["mse_uint8"] == pytest.approx(float((stored - x).square().mean()), rel=1e-5)
     path, *_ = report.write_report(params, workspace["reports"], workspace["prepared"])
