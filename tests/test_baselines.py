@@ -80,6 +80,9 @@ def test_variant_rows_give_one_point_per_storage_form():
     assert list(table.kind) == ["variant"] * 5 + ["baseline"]
     finding = rate_distortion.moonshot_finding(table)
     assert "not met (5.10 dB short)" in finding and "coded entropy-coded, 16 dims at 9.5 B/image" in finding
+    only_plain = rate_distortion.moonshot_finding(table[table.method != "coded"])  # every point above 32 bytes
+    assert ("not met; no variant stores an image in ≤ 32 bytes (the smallest point is plain uint8, 32 dims at "
+            "32.10 B/image, 23.90 dB pooled)") in only_plain
 
 
 def test_quality_target_counts_only_32_dim_variants_within_model01s_flops():
