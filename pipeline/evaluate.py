@@ -56,7 +56,7 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
     result = {**metrics.summarize_per_image(per_image), **summary(x, recon_decoder, cfg, "_decoder")}
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
-    compression, refine_seconds = _compression(model, model_path, images, x, prepared, params)
+    compression, refine_seconds = _compression(model, model_path, latents, images, x, prepared, params)
     result.update(compression)
     flops = training_flops_per_image(model.spec, objective=objective)
     result.update(latent_diagnostics(latents), train_flops_per_image=flops)
@@ -83,17 +83,17 @@ def evaluate_variant(params: Params, variant: str, seed: int, prepared: Path = P
 def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig):
     """The full autoencoder and encoder->decoder run separately on x, and the autoencoder's per-image metrics."""
     recon = batched(model, x, cfg.batch_size)
-    latents = batched(model.encode, x, cfg.batch_size)
+    latents = batched(model.encode, x, codec.BATCH)  # codec compress's batches: the streams start from these latents
     recon_decoder = batched(model.decode, latents, cfg.batch_size)
     return recon, latents, recon_decoder, metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
 
 
-def _compression(model, model_path: Path, images, x, prepared: Path, params: Params) -> tuple[dict, float]:
+def _compression(model, model_path: Path, latents, images, x, prepared: Path, params: Params) -> tuple[dict, float]:
     """Real streams of the test images, made as `codec compress` makes them: bytes per image with headers and side
     information, the quality decoded from them, and the seconds spent refining. uint8 for every variant (grid
     calibrated on the train split), from latents refined when codec.refine_steps > 0 (their float quality is then
     *_refined); the entropy-coded stream for variants with a learned prior."""
-    cfg, latents = params.evaluate, codec.encode_latents(model, images)
+    cfg, latents = params.evaluate, latents.float().cpu()
     calibration, started = codec.train_calibration(model, prepared), time.perf_counter()
     coded = codec.refine_latents(model, images, latents, params.codec, calibration)
     refine_seconds, steps = time.perf_counter() - started, codec.applied_refine_steps(model, params.codec)
