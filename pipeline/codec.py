@@ -1,17 +1,20 @@
 """A real compressor built from a trained variant: images -> bitstream -> images.
 
-  python -m pipeline.codec compress <variant> <input> <out file> [--seed N] [--mode uint8|entropy]
+  python -m pipeline.codec compress <variant> <input> <out file> [--seed N] [--mode uint8|uint8_range|entropy]
   python -m pipeline.codec decompress <variant> <in file> <out dir> [--seed N]
 
 <input> is an IDX image file in EMNIST's raw (transposed) layout, gzip or plain, or a directory of 28x28
 grayscale PNGs (upright, sorted by name); decompress writes 000000.png, 000001.png, ... The model is
 models/<variant>-seed<N>.pt. Modes:
-  uint8    any variant: each latent dimension as one byte, scale/offset calibrated on the train split and
-           carried in the stream (8 bytes per dimension). With codec.refine_steps > 0 in params.yaml the
-           encoder's latents are first refined against the decoder (refine_latents): slower to compress,
-           the same decoder and stream format;
-  entropy  variants with rate_weight > 0: integer latents range-coded (constriction) under the model's
-           learned Laplace prior; the default for such variants.
+  uint8        any variant: each latent dimension as one byte, scale/offset calibrated on the train split and
+               carried in the stream (8 bytes per dimension). With codec.refine_steps > 0 in params.yaml the
+               encoder's latents are first refined against the decoder (refine_latents): slower to compress,
+               the same decoder and stream format;
+  uint8_range  the same codes, range-coded (constriction) under a quantised Gaussian per dimension whose mean
+               and spread, measured on the stream's own codes, it carries (8 more bytes per dimension): the same
+               images in fewer bytes, without uint8's fixed 1 byte per dimension (no random access);
+  entropy      variants with rate_weight > 0: integer latents range-coded (constriction) under the model's
+               learned Laplace prior; the default for such variants.
 Stream (little-endian): magic "CNZ1" | mode u8 | model sha256[:8] | n u32 | dim u16 | side info |
 payload bytes u32 | payload | crc32 u32 of everything before it. Everything needed to decode except the
 model weights is in the stream, so bytes per image = file size / n.
@@ -40,7 +43,9 @@ from pipeline.device import configure_determinism, pick_device
 from pipeline.train import MODELS_DIR, as_batch_tensor, log_mse
 
 MAGIC = b"CNZ1"
-MODES = {"uint8": 0, "entropy": 1}
+MODES = {"uint8": 0, "entropy": 1, "uint8_range": 2}
+SIDE_ROWS = {"uint8": 2, "entropy": 0, "uint8_range": 4}  # float32 side information per latent dimension
+MIN_CODE_STD = 0.5  # uint8_range: the Gaussian of a (near-)constant dimension stays a valid coding model
 HEADER = struct.Struct("<4sB8sIH")  # magic, mode, model id, images, latent dim
 BATCH = 2048
 REFINE_BATCH = 256  # on the 2-core CPU: 2.5 ms per image and step, against 3.0 ms in batches of 2048
@@ -142,29 +147,51 @@ def _prior_family(model, n: int):
     return family, np.tile(loc, n), np.tile(scale, n)
 
 
+def _code_gaussian(side: np.ndarray, n: int):
+    """uint8_range's coding model: side rows 2 and 3 are each dimension's code mean and spread."""
+    family = constriction.stream.model.QuantizedGaussian(0, 255)
+    return family, np.tile(side[2].astype(np.float64), n), np.tile(side[3].astype(np.float64), n)
+
+
 def pack(model, model_file: Path, latents: torch.Tensor, mode: str, calibration=None) -> bytes:
-    """encode_latents() output -> one stream. calibration: (lo, hi) for uint8 (default: these latents' range)."""
+    """encode_latents() output -> one stream. calibration: (lo, hi) of the uint8 grid (default: these latents'
+    range), for the uint8 and uint8_range modes."""
     n, dim = latents.shape
-    if mode == "uint8":
-        lo, hi = calibration if calibration is not None else calibrate_uint8(latents)
-        side, payload = lo.tobytes() + hi.tobytes(), uint8_codes(latents, lo, hi).tobytes()
+    if mode == "entropy":
+        side, payload = np.zeros((0, dim), np.float32), _range_code(latents.numpy(), *_prior_family(model, n))
     else:
-        side, payload = b"", _range_code(model, latents)
-    body = HEADER.pack(MAGIC, MODES[mode], model_id(model_file), n, dim) + side + struct.pack("<I", len(payload)) + payload
+        lo, hi = calibration if calibration is not None else calibrate_uint8(latents)
+        codes, side = uint8_codes(latents, lo, hi), np.stack([lo, hi])
+        payload = codes.tobytes()
+        if mode == "uint8_range":
+            spread = np.maximum(codes.std(0, dtype=np.float64), MIN_CODE_STD) if n else np.ones(dim)
+            side = np.concatenate([side, [codes.mean(0, dtype=np.float64) if n else np.zeros(dim), spread]]).astype(np.float32)
+            payload = _range_code(codes, *_code_gaussian(side, n))
+    head = HEADER.pack(MAGIC, MODES[mode], model_id(model_file), n, dim)
+    body = head + side.astype("<f4").tobytes() + struct.pack("<I", len(payload)) + payload
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def _range_code(model, latents: torch.Tensor) -> bytes:
-    family, loc, scale = _prior_family(model, len(latents))
+def _range_code(symbols: np.ndarray, family, loc: np.ndarray, scale: np.ndarray) -> bytes:
     coder = constriction.stream.queue.RangeEncoder()
-    coder.encode(latents.numpy().astype(np.int32).ravel(), family, loc, scale)
+    coder.encode(symbols.astype(np.int32).ravel(), family, loc, scale)
     return coder.get_compressed().astype("<u4").tobytes()
+
+
+def _range_decode(payload: bytes, family, loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
+    symbols = decoder.decode(family, loc, scale)
+    if not decoder.maybe_exhausted():  # the payload held more or fewer latents than the header says
+        raise CodecError(f"stream lengths do not add up: the {len(payload)}-byte payload does not hold "
+                         f"{len(loc)} latents")
+    return symbols
 
 
 def standalone_entropy_bytes(model, latents: torch.Tensor) -> np.ndarray:
     """Size of each image's own entropy stream (header, payload and checksum), as if stored one file per image."""
     overhead = HEADER.size + 4 + 4  # header, payload length, crc32
-    return np.array([overhead + len(_range_code(model, latents[i:i + 1])) for i in range(len(latents))])
+    return np.array([overhead + len(_range_code(latents[i:i + 1].numpy(), *_prior_family(model, 1)))
+                     for i in range(len(latents))])
 
 
 def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
@@ -179,23 +206,22 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
     mode = {code: name for name, code in MODES.items()}.get(mode_code)
     if mode is None or dim != model.spec.latent_dim:
         raise CodecError(f"stream header does not match the model (mode {mode_code}, latent dim {dim})")
-    offset = HEADER.size + (8 * dim if mode == "uint8" else 0)
-    side = stream[HEADER.size:offset]
+    offset = HEADER.size + 4 * dim * SIDE_ROWS[mode]
+    side = np.frombuffer(stream[HEADER.size:offset], "<f4").reshape(SIDE_ROWS[mode], dim)
     (size,) = struct.unpack_from("<I", stream, offset)
     payload_fits = size == n * dim if mode == "uint8" else size % 4 == 0  # one byte per code | 32-bit words
     if offset + 4 + size + 4 != len(stream) or not payload_fits:
         raise CodecError(f"stream lengths do not add up: payload {size} bytes for {n} images x {dim} dims "
                          f"in a {len(stream)}-byte {mode} stream")
     payload = stream[offset + 4:offset + 4 + size]
+    if mode == "entropy":
+        symbols = _range_decode(payload, *_prior_family(model, n))
+        return mode, torch.from_numpy(symbols.astype(np.float32)).reshape(n, dim)
     if mode == "uint8":
-        lo, hi = np.frombuffer(side[:4 * dim], "<f4").copy(), np.frombuffer(side[4 * dim:], "<f4").copy()
-        return mode, dequantize_uint8(np.frombuffer(payload, np.uint8).reshape(n, dim).copy(), lo, hi)
-    family, loc, scale = _prior_family(model, n)
-    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
-    symbols = decoder.decode(family, loc, scale)
-    if not decoder.maybe_exhausted():  # the payload held more or fewer latents than the header says
-        raise CodecError(f"stream lengths do not add up: the {size}-byte payload does not hold {n} x {dim} latents")
-    return mode, torch.from_numpy(symbols.astype(np.float32)).reshape(n, dim)
+        codes = np.frombuffer(payload, np.uint8).reshape(n, dim).copy()
+    else:
+        codes = _range_decode(payload, *_code_gaussian(side, n)).astype(np.uint8).reshape(n, dim)
+    return mode, dequantize_uint8(codes, side[0].copy(), side[1].copy())
 
 
 def read_images(path: Path) -> np.ndarray:
@@ -235,7 +261,7 @@ def compress(params, variant: str, seed: int, source: Path, out: Path, mode: str
     mode = mode or ("entropy" if model.prior is not None else "uint8")
     images = read_images(source)
     latents = encode_latents(model, images)
-    calibration = train_calibration(model, prepared) if mode == "uint8" else None
+    calibration = train_calibration(model, prepared) if mode != "entropy" else None
     if calibration is not None:
         latents = refine_latents(model, images, latents, params.codec, calibration)
     stream = pack(model, model_file, latents, mode, calibration)

@@ -109,10 +109,15 @@ def _compression(model, model_path: Path, latents, images, x, prepared: Path, pa
 
 
 def _uint8_form(model, model_path: Path, latents, calibration, x, cfg: EvaluateConfig) -> dict:
-    stream = codec.pack(model, model_path, latents, "uint8", calibration)
-    decoded = batched(model.decode, codec.unpack(model, model_path, stream)[1].to(x.device), cfg.batch_size)
-    return {"bytes_per_image_uint8": len(stream) / len(x), "compression_ratio_uint8": IMAGE_BYTES * len(x) / len(stream),
-            **summary(x, decoded, cfg, "_uint8")}
+    """The uint8 stream and its range-coded form (uint8_range): the same codes, so one quality for both."""
+    streams = {mode: codec.pack(model, model_path, latents, mode, calibration) for mode in ("uint8", "uint8_range")}
+    codes = {mode: codec.unpack(model, model_path, stream)[1] for mode, stream in streams.items()}
+    if not torch.equal(codes["uint8"], codes["uint8_range"]):
+        raise codec.CodecError(f"{model_path}: the uint8_range stream does not decode to the uint8 stream's latents")
+    decoded = batched(model.decode, codes["uint8"].to(x.device), cfg.batch_size)
+    sizes = {f"{kind}_{mode}": value for mode, stream in streams.items() for kind, value in
+             (("bytes_per_image", len(stream) / len(x)), ("compression_ratio", IMAGE_BYTES * len(x) / len(stream)))}
+    return {**sizes, **summary(x, decoded, cfg, "_uint8")}
 
 
 def _entropy_form(model, model_path: Path, latents, x) -> dict:

@@ -138,7 +138,7 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
     _save(fig, out)
 
 
-MARKERS = {"float32": "s", "uint8": "^", "entropy-coded one file per image": "P"}  # default "*": entropy-coded
+MARKERS = {"float32": "s", "uint8": "^", "uint8 range-coded": "v", "entropy-coded one file per image": "P"}  # default "*": entropy-coded
 
 
 def _variant_points(table: pd.DataFrame) -> dict:

@@ -3,7 +3,8 @@ classical baselines (reports/baselines.json), written to reports/rate_distortion
 
 A variant contributes one point per form it can be stored in, each the mean over its seeds: `float32`
 (4 bytes per latent dimension; not for entropy-coded variants, whose latent is already integer), `uint8`
-(pipeline.codec's uint8 stream) and `entropy` (its range-coded stream, variants with rate_weight > 0). With
+(pipeline.codec's uint8 stream), `uint8 range-coded` (the same codes in the codec's uint8_range stream) and
+`entropy` (its range-coded stream, variants with rate_weight > 0). With
 codec.refine_steps > 0 the uint8 stream carries the codec's refined latents, and `float32, refined` is added.
 Bytes per image always include everything the decoder needs besides the model weights.
 """
@@ -36,9 +37,12 @@ def model_rows(means: pd.DataFrame) -> list[dict]:
         if refined:
             rows.append({"method": variant, "setting": f"float32{refined}, {dim} dims", "bytes_per_image": 4.0 * dim,
                          **{key: m.get(f"{key}_refined") for key in main}, "classifier_accuracy": None})
+        uint8 = {key: m.get(f"{key}_uint8") for key in main} | {"classifier_accuracy": None}
         rows.append({"method": variant, "setting": f"uint8{refined}, {dim} dims", "bytes_per_image": m.bytes_per_image_uint8,
-                     "psnr_pooled": m.psnr_pooled_uint8, "psnr": m.psnr_uint8, "ssim": m.ssim_uint8,
-                     "mse": m.mse_uint8, "classifier_accuracy": None})
+                     **uint8})
+        if pd.notna(m.get("bytes_per_image_uint8_range")):  # absent from metrics written before uint8_range
+            rows.append({"method": variant, "setting": f"uint8 range-coded{refined}, {dim} dims",
+                         "bytes_per_image": m.bytes_per_image_uint8_range, **uint8})
         if coded:  # one stream for the whole test set, and one file per image (header and checksum each)
             rows.append({"method": variant, "setting": f"entropy-coded, {dim} dims",
                          "bytes_per_image": m.bytes_per_image_entropy, **main})

@@ -63,21 +63,24 @@ def test_pca_improves_with_dimensions_and_needs_enough_train_images(rows):
 def _means(**variants) -> pd.DataFrame:
     keys = ["latent_dim", "psnr_pooled", "psnr", "ssim", "mse", "classifier_accuracy", "bytes_per_image_uint8",
             "psnr_pooled_uint8", "psnr_uint8", "ssim_uint8", "mse_uint8", "bytes_per_image_entropy",
-            "bytes_per_image_entropy_standalone"]
+            "bytes_per_image_entropy_standalone", "bytes_per_image_uint8_range"]
     return pd.DataFrame({name: dict(zip(keys, values)) for name, values in variants.items()}).T
 
 
 def test_variant_rows_give_one_point_per_storage_form():
     means = _means(plain=[32, 24.0, 25.0, 0.97, 0.004, 0.8, 32.1, 23.9, 24.9, 0.969, 0.0041, np.nan, np.nan],
-                   coded=[16, 22.0, 23.0, 0.95, 0.006, 0.7, 16.1, 21.0, 22.0, 0.94, 0.008, 9.5, 40.5])
+                   coded=[16, 22.0, 23.0, 0.95, 0.006, 0.7, 16.1, 21.0, 22.0, 0.94, 0.008, 9.5, 40.5, 14.0])
     table = rate_distortion.assemble(means, [{"method": "webp", "setting": "quality 5", "bytes_per_image": 135.0,
                                               "psnr_pooled": 27.1, "psnr": 28.0, "ssim": 0.98, "mse": 0.002}])
     forms = {(r.method, r.setting): r.bytes_per_image for r in table.itertuples()}
     assert forms == {("plain", "float32, 32 dims"): 128.0, ("plain", "uint8, 32 dims"): 32.1,
-                     ("coded", "uint8, 16 dims"): 16.1, ("coded", "entropy-coded, 16 dims"): 9.5,
+                     ("coded", "uint8, 16 dims"): 16.1, ("coded", "uint8 range-coded, 16 dims"): 14.0,
+                     ("coded", "entropy-coded, 16 dims"): 9.5,
                      ("coded", "entropy-coded one file per image, 16 dims"): 40.5,
                      ("webp", "quality 5"): 135.0}
-    assert list(table.kind) == ["variant"] * 5 + ["baseline"]
+    assert list(table.kind) == ["variant"] * 6 + ["baseline"]
+    range_coded = table.set_index(["method", "setting"]).loc[("coded", "uint8 range-coded, 16 dims")]
+    assert (range_coded.psnr_pooled, range_coded.ssim) == (21.0, 0.94)  # the uint8 codes, so the uint8 quality
     finding = rate_distortion.moonshot_finding(table)
     assert "not met (5.10 dB short)" in finding and "coded entropy-coded, 16 dims at 9.5 B/image" in finding
     only_plain = rate_distortion.moonshot_finding(table[table.method != "coded"])  # every point above 32 bytes
@@ -109,10 +112,12 @@ def test_quality_target_is_answered_again_for_refined_latents():
 
 def test_rd_figure_keeps_refined_points_apart_from_the_encoders():
     settings = ["float32, 32 dims", "float32, refined 100 steps, 32 dims", "uint8, 32 dims",
-                "uint8, refined 100 steps, 32 dims", "entropy-coded one file per image, 16 dims"]
+                "uint8, refined 100 steps, 32 dims", "uint8 range-coded, refined 100 steps, 32 dims",
+                "entropy-coded one file per image, 16 dims"]
     table = pd.DataFrame({"method": "m", "setting": settings, "kind": "variant"})
     assert list(figures._variant_points(table)) == [("m", "float32"), ("m", "float32, refined 100 steps"), ("m", "uint8"),
                                                     ("m", "uint8, refined 100 steps"),
+                                                    ("m", "uint8 range-coded, refined 100 steps"),
                                                     ("m", "entropy-coded one file per image")]
 
 

@@ -85,6 +85,26 @@ def test_uint8_round_trip_is_bit_exact_and_calibrated_on_train(trained, tmp_path
     assert stream.stat().st_size == codec.HEADER.size + 8 * dim + 4 + len(images) * dim + 4
 
 
+def test_uint8_range_stream_decodes_to_the_uint8_streams_latents_in_fewer_bytes(trained):
+    model, model_file = model_of(trained, "plain"), trained["root"] / "models" / "plain-seed0.pt"
+    latents = torch.randn(2000, model.spec.latent_dim, generator=torch.Generator().manual_seed(0))
+    latents[:, 0] = 1.5  # a constant dimension: its Gaussian's spread is floored, and it still round-trips
+    calibration = codec.calibrate_uint8(latents)
+    fixed, ranged = (codec.pack(model, model_file, latents, mode, calibration) for mode in ("uint8", "uint8_range"))
+    assert codec.unpack(model, model_file, ranged)[0] == "uint8_range"
+    assert torch.equal(codec.unpack(model, model_file, ranged)[1], codec.unpack(model, model_file, fixed)[1])
+    # Gaussian codes spanning their min..max in 256 steps carry ~7.2 bits of information, not 8
+    assert len(ranged) < 0.95 * len(fixed)
+
+
+def test_uint8_range_round_trip_through_the_cli_functions(trained, tmp_path):
+    (tmp_path / "fixed").mkdir(), (tmp_path / "ranged").mkdir()
+    _, uint8_images = round_trip(trained, "plain", tmp_path / "fixed", mode="uint8")
+    stream, ranged_images = round_trip(trained, "plain", tmp_path / "ranged", mode="uint8_range")
+    assert stream.read_bytes()[4] == codec.MODES["uint8_range"]
+    assert np.array_equal(ranged_images, uint8_images)
+
+
 def refined_params(trained, steps: int = 4):
     return dataclasses.replace(trained["params"], codec=CodecConfig(refine_steps=steps, refine_lr=0.5))
 
@@ -169,12 +189,14 @@ def test_a_damaged_stream_is_a_clear_error(trained, tmp_path, damage, message):
 
 
 # a checksum-valid stream whose header lies: one image more than a uint8 payload holds (n sits after magic,
-# mode and model id); an entropy payload 4 bytes longer than the stream has (its length follows the header)
-@pytest.mark.parametrize("name, mode, field_at", [("plain", "uint8", 13), ("coded", "entropy", codec.HEADER.size)])
+# mode and model id); a range-coded payload 4 bytes longer than the stream has (its length follows the side info)
+@pytest.mark.parametrize("name, mode, field_at", [("plain", "uint8", 13), ("coded", "entropy", None),
+                                                  ("plain", "uint8_range", None)])
 def test_a_stream_whose_lengths_disagree_is_a_clear_error_even_with_a_valid_checksum(trained, tmp_path, name, mode,
                                                                                     field_at):
     stream, _ = round_trip(trained, name, tmp_path, mode=mode)
     body = stream.read_bytes()[:-4]
+    field_at = field_at or codec.HEADER.size + 4 * codec.SIDE_ROWS[mode] * model_of(trained, name).spec.latent_dim
     value = struct.unpack_from("<I", body, field_at)[0]
     forged = body[:field_at] + struct.pack("<I", value + (1 if mode == "uint8" else 4)) + body[field_at + 4:]
     stream.write_bytes(forged + struct.pack("<I", zlib.crc32(forged)))

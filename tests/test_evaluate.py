@@ -171,9 +171,16 @@ def test_refined_latents_are_scored_as_codec_compress_stores_them(workspace):
         stored = model.decode(codec.unpack(model, model_file, stream.read_bytes())[1])
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     assert plain["mse_uint8"] == pytest.approx(float((stored - x).square().mean()), rel=1e-5)
+    ranged = stream.with_suffix(".range.cnz")  # the same codes range-coded: evaluate counts the file compress writes
+    size = codec.compress(params, "tinyA", 0, idx, ranged, "uint8_range", models_dir=workspace["models"],
+                          prepared=workspace["prepared"])
+    assert plain["bytes_per_image_uint8_range"] == size / len(images)
+    assert torch.equal(codec.unpack(model, model_file, ranged.read_bytes())[1],
+                       codec.unpack(model, model_file, stream.read_bytes())[1])
     path, *_ = report.write_report(params, workspace["reports"], workspace["prepared"])
     settings = {row["setting"] for row in json.loads((workspace["reports"] / "rate_distortion.json").read_text())}
-    assert {"float32, refined 3 steps, 8 dims", "uint8, refined 3 steps, 8 dims", "uint8, 4 dims"} <= settings
+    assert {"float32, refined 3 steps, 8 dims", "uint8, refined 3 steps, 8 dims", "uint8 range-coded, refined 3 steps, 8 dims",
+            "uint8, 4 dims"} <= settings
     assert "Quality target with the codec's encode-time latent refinement" in path.read_text()
 
 
