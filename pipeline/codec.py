@@ -8,7 +8,7 @@ grayscale PNGs (upright, sorted by name); decompress writes 000000.png, 000001.p
 models/<variant>-seed<N>.pt. Modes:
   uint8        any variant: each latent dimension as one byte, scale/offset calibrated on the train split and
                carried in the stream (8 bytes per dimension). With codec.refine_steps > 0 in params.yaml the
-               encoder's latents are first refined against the decoder (refine_latents): slower to compress,
+               encoder's latents are first refined against the decoder (pipeline.refine): slower to compress,
                the same decoder and stream format;
   uint8_range  the same codes, range-coded (constriction) under a quantised Gaussian per dimension whose mean
                and spread, measured on the stream's own codes, it carries (8 more bytes per dimension): the same
@@ -33,14 +33,13 @@ import constriction
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from pipeline import data
+from pipeline import data, refine
 from pipeline.config import IMAGE_SIZE, PARAMS_FILE, ConfigError, load_params, run_name
 from pipeline.models import SYMBOL_LIMIT, load_model
 from pipeline.prepare import PREPARED_DIR
 from pipeline.device import configure_determinism, pick_device
-from pipeline.train import MODELS_DIR, as_batch_tensor, log_mse
+from pipeline.train import MODELS_DIR, as_batch_tensor
 
 MAGIC = b"CNZ1"
 MODES = {"uint8": 0, "entropy": 1, "uint8_range": 2}
@@ -48,7 +47,6 @@ SIDE_ROWS = {"uint8": 2, "entropy": 0, "uint8_range": 4}  # float32 side informa
 MIN_CODE_STD = 0.5  # uint8_range: the Gaussian of a (near-)constant dimension stays a valid coding model
 HEADER = struct.Struct("<4sB8sIH")  # magic, mode, model id, images, latent dim
 BATCH = 2048
-REFINE_BATCH = 256  # on the 2-core CPU: 2.5 ms per image and step, against 3.0 ms in batches of 2048
 
 
 class CodecError(ValueError):
@@ -65,41 +63,6 @@ def encode_latents(model, images: np.ndarray) -> torch.Tensor:
     device = next(model.parameters()).device
     x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
     return torch.cat([model.encode(x[i:i + BATCH]).float().cpu() for i in range(0, len(x), BATCH)])
-
-
-def applied_refine_steps(model, cfg) -> int:
-    """codec.refine_steps, or 0 for an entropy-coded variant: its integer latents are not refined."""
-    return 0 if model.prior is not None else cfg.refine_steps
-
-
-def refine_latents(model, images: np.ndarray, latents: torch.Tensor, cfg, calibration) -> torch.Tensor:
-    """The codec's encoder-side search (cfg: config.CodecConfig): each image's latent takes cfg.refine_steps Adam
-    steps on its own log MSE through the fixed decoder, kept inside the uint8 grid's box (calibration: (lo, hi)).
-    The model's weights do not move and the decoder is unchanged, so the uint8 stream carries the result as it
-    would the encoder's. Variants with an entropy-coded (integer) latent keep the encoder's latents."""
-    if applied_refine_steps(model, cfg) == 0 or len(images) == 0:
-        return latents
-    if model.training:  # batch norm would mix the images of a batch and move its running statistics
-        raise ValueError("refine_latents needs a model in eval mode (load_model gives one)")
-    device = next(model.parameters()).device
-    lo, hi = (torch.from_numpy(bound).to(device) for bound in calibration)
-    refined = []
-    with torch.enable_grad(), tqdm(total=cfg.refine_steps * len(images), desc="refine latents", unit="image-step",
-                                   unit_scale=True, mininterval=1.0) as bar:
-        for i in range(0, len(images), REFINE_BATCH):
-            x = as_batch_tensor(images[i:i + REFINE_BATCH], device).contiguous(memory_format=torch.channels_last)
-            z = latents[i:i + REFINE_BATCH].to(device).clamp(lo, hi).requires_grad_(True)
-            optimizer = torch.optim.Adam([z], lr=cfg.refine_lr)
-            for _ in range(cfg.refine_steps):
-                # a sum over images (log_mse is their mean): each latent follows its own image's error (up to
-                # float rounding, which depends on the batch an image shares)
-                (z.grad,) = torch.autograd.grad(log_mse(model.decode(z).float(), x) * len(x), z)
-                optimizer.step()
-                with torch.no_grad():
-                    z.clamp_(lo, hi)
-                bar.update(len(x))
-            refined.append(z.detach().float().cpu())
-    return torch.cat(refined)
 
 
 @torch.no_grad()
@@ -263,7 +226,7 @@ def compress(params, variant: str, seed: int, source: Path, out: Path, mode: str
     latents = encode_latents(model, images)
     calibration = train_calibration(model, prepared) if mode != "entropy" else None
     if calibration is not None:
-        latents = refine_latents(model, images, latents, params.codec, calibration)
+        latents = refine.refine_latents(model, images, latents, params.codec, calibration)
     stream = pack(model, model_file, latents, mode, calibration)
     data.atomic_write(out, lambda tmp: tmp.write_bytes(stream))
     return len(stream)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import classifier, codec, data, dvclock, metrics, tracking
+from pipeline import classifier, codec, data, dvclock, metrics, refine, tracking
 from pipeline.cli import run_stage
 from pipeline.config import REPO_ROOT, EvaluateConfig, Params, run_name
 from pipeline.models import load_model, training_flops_per_image
@@ -95,8 +95,8 @@ def _compression(model, model_path: Path, latents, images, x, prepared: Path, pa
     *_refined); the entropy-coded stream for variants with a learned prior."""
     cfg, latents = params.evaluate, latents.float().cpu()
     calibration, started = codec.train_calibration(model, prepared), time.perf_counter()
-    coded = codec.refine_latents(model, images, latents, params.codec, calibration)
-    refine_seconds, steps = time.perf_counter() - started, codec.applied_refine_steps(model, params.codec)
+    coded = refine.refine_latents(model, images, latents, params.codec, calibration)
+    refine_seconds, steps = time.perf_counter() - started, refine.applied_refine_steps(model, params.codec)
     dim = latents.shape[1]
     result = {"latent_dim": dim, "bytes_per_image_float32": 4 * dim, "compression_ratio_float32": IMAGE_BYTES / (4 * dim),
               **_uint8_form(model, model_path, coded, calibration, x, cfg), "refine_steps": steps}

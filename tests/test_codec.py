@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import codec
+from pipeline import codec, refine
 from pipeline.config import CodecConfig, parse_params
 from pipeline.models import load_model
 from pipeline.prepare import prepare
@@ -109,17 +109,17 @@ def refined_params(trained, steps: int = 4):
     return dataclasses.replace(trained["params"], codec=CodecConfig(refine_steps=steps, refine_lr=0.5))
 
 
-def refine(trained, variant: str, images: np.ndarray, steps: int = 4):
+def refine_with(trained, variant: str, images: np.ndarray, steps: int = 4):
     model = model_of(trained, variant)
     calibration = codec.train_calibration(model, trained["root"] / "prepared")
     latents = codec.encode_latents(model, images)
-    return model, latents, calibration, codec.refine_latents(model, images, latents, refined_params(trained, steps).codec,
+    return model, latents, calibration, refine.refine_latents(model, images, latents, refined_params(trained, steps).codec,
                                                              calibration)
 
 
 def test_refinement_lowers_the_error_inside_the_uint8_box_and_leaves_the_model_alone(trained):
     images = trained["images"]
-    model, latents, (lo, hi), refined = refine(trained, "plain", images)
+    model, latents, (lo, hi), refined = refine_with(trained, "plain", images)
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     log_error = {name: float(log_mse(model.decode(z).detach(), x)) for name, z in (("encoder", latents), ("refined", refined))}
     assert log_error["refined"] < log_error["encoder"] - 0.01, log_error  # 4 steps: -1.960 -> -1.983
@@ -127,18 +127,18 @@ def test_refinement_lowers_the_error_inside_the_uint8_box_and_leaves_the_model_a
     untouched = model_of(trained, "plain")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), untouched.state_dict().values()))
     assert all(p.grad is None for p in model.parameters())
-    assert torch.equal(refined, refine(trained, "plain", images)[-1])  # the same run twice: the same latents
+    assert torch.equal(refined, refine_with(trained, "plain", images)[-1])  # the same run twice: the same latents
 
 
 def test_each_images_refined_latent_depends_on_that_image_alone(trained):
     images = trained["images"]
-    alone = refine(trained, "plain", images[:3])[-1]
-    in_company = refine(trained, "plain", images)[-1][:3]
+    alone = refine_with(trained, "plain", images[:3])[-1]
+    in_company = refine_with(trained, "plain", images)[-1][:3]
     torch.testing.assert_close(alone, in_company, rtol=1e-4, atol=1e-4)
 
 
 def test_a_refined_uint8_stream_decodes_bit_exactly_to_its_refined_latents(trained, tmp_path, monkeypatch):
-    model, _, (lo, hi), refined = refine(trained, "plain", trained["images"])
+    model, _, (lo, hi), refined = refine_with(trained, "plain", trained["images"])
     expected = codec.decode_images(model, codec.dequantize_uint8(codec.uint8_codes(refined, lo, hi), lo, hi))
     monkeypatch.setitem(trained, "params", refined_params(trained))
     _, decoded = round_trip(trained, "plain", tmp_path)
@@ -146,8 +146,8 @@ def test_a_refined_uint8_stream_decodes_bit_exactly_to_its_refined_latents(train
 
 
 def test_an_entropy_coded_latent_is_not_refined(trained):
-    model, latents, _, refined = refine(trained, "coded", trained["images"])
-    assert codec.applied_refine_steps(model, refined_params(trained).codec) == 0
+    model, latents, _, refined = refine_with(trained, "coded", trained["images"])
+    assert refine.applied_refine_steps(model, refined_params(trained).codec) == 0
     assert refined is latents
 
 
