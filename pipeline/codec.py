@@ -12,7 +12,8 @@ models/<variant>-seed<N>.pt. Modes:
                the same decoder and stream format;
   uint8_range  the same codes, range-coded (constriction) under a quantised Gaussian per dimension whose mean
                and spread, measured on the stream's own codes, it carries (8 more bytes per dimension): the same
-               images in fewer bytes, without uint8's fixed 1 byte per dimension (no random access);
+               images, in fewer bytes once a stream holds more than ~100 images; records are no longer a fixed
+               `dim` bytes each, so image i cannot be read without decoding those before it;
   entropy      variants with rate_weight > 0: integer latents range-coded (constriction) under the model's
                learned Laplace prior; the default for such variants.
 Stream (little-endian): magic "CNZ1" | mode u8 | model sha256[:8] | n u32 | dim u16 | side info |
@@ -43,7 +44,9 @@ from pipeline.train import MODELS_DIR, as_batch_tensor
 
 MAGIC = b"CNZ1"
 MODES = {"uint8": 0, "entropy": 1, "uint8_range": 2}
-SIDE_ROWS = {"uint8": 2, "entropy": 0, "uint8_range": 4}  # float32 side information per latent dimension
+# float32 side information, rows of one value per latent dimension: uint8: grid lo, hi; uint8_range: lo, hi,
+# code mean, code spread; entropy: none (its coding model is the model's prior)
+SIDE_ROWS = {"uint8": 2, "entropy": 0, "uint8_range": 4}
 MIN_CODE_STD = 0.5  # uint8_range: the Gaussian of a (near-)constant dimension stays a valid coding model
 HEADER = struct.Struct("<4sB8sIH")  # magic, mode, model id, images, latent dim
 BATCH = 2048
@@ -144,7 +147,9 @@ def _range_code(symbols: np.ndarray, family, loc: np.ndarray, scale: np.ndarray)
 def _range_decode(payload: bytes, family, loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
     symbols = decoder.decode(family, loc, scale)
-    if not decoder.maybe_exhausted():  # the payload held more or fewer latents than the header says
+    # Encoding is deterministic, so a payload that holds exactly the header's count of latents re-encodes to
+    # itself; one with more or fewer does not (the decoder's own end-of-data check misses some of those)
+    if _range_code(symbols, family, loc, scale) != payload:
         raise CodecError(f"stream lengths do not add up: the {len(payload)}-byte payload does not hold "
                          f"{len(loc)} latents")
     return symbols
@@ -170,7 +175,10 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
     if mode is None or dim != model.spec.latent_dim:
         raise CodecError(f"stream header does not match the model (mode {mode_code}, latent dim {dim})")
     offset = HEADER.size + 4 * dim * SIDE_ROWS[mode]
+    if len(stream) < offset + 8:
+        raise CodecError(f"stream lengths do not add up: a {mode} stream of {dim} dims needs more than {len(stream)} bytes")
     side = np.frombuffer(stream[HEADER.size:offset], "<f4").reshape(SIDE_ROWS[mode], dim)
+    _check_side(mode, side)
     (size,) = struct.unpack_from("<I", stream, offset)
     payload_fits = size == n * dim if mode == "uint8" else size % 4 == 0  # one byte per code | 32-bit words
     if offset + 4 + size + 4 != len(stream) or not payload_fits:
@@ -185,6 +193,18 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
     else:
         codes = _range_decode(payload, *_code_gaussian(side, n)).astype(np.uint8).reshape(n, dim)
     return mode, dequantize_uint8(codes, side[0].copy(), side[1].copy())
+
+
+def _check_side(mode: str, side: np.ndarray) -> None:
+    """What pack() always writes: finite values, lo <= hi, code means on the grid and spreads >= MIN_CODE_STD (the
+    range coder cannot take a zero spread)."""
+    valid = bool(np.isfinite(side).all())
+    if mode != "entropy":
+        valid &= bool((side[0] <= side[1]).all())
+    if mode == "uint8_range":
+        valid &= bool(((side[2] >= 0) & (side[2] <= 255) & (side[3] >= MIN_CODE_STD)).all())
+    if not valid:
+        raise CodecError(f"stream side information is invalid for mode {mode} (not what any compressor writes)")
 
 
 def read_images(path: Path) -> np.ndarray:

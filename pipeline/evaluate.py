@@ -90,9 +90,9 @@ def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig):
 
 def _compression(model, model_path: Path, latents, images, x, prepared: Path, params: Params) -> tuple[dict, float]:
     """Real streams of the test images, made as `codec compress` makes them: bytes per image with headers and side
-    information, the quality decoded from them, and the seconds spent refining. uint8 for every variant (grid
-    calibrated on the train split), from latents refined when codec.refine_steps > 0 (their float quality is then
-    *_refined); the entropy-coded stream for variants with a learned prior."""
+    information, the quality decoded from them, and the seconds spent refining. uint8 and uint8_range for every
+    variant (grid calibrated on the train split), from latents refined when codec.refine_steps > 0 (their float
+    quality is then *_refined); the entropy-coded stream for variants with a learned prior."""
     cfg, latents = params.evaluate, latents.float().cpu()
     calibration, started = codec.train_calibration(model, prepared), time.perf_counter()
     coded = refine.refine_latents(model, images, latents, params.codec, calibration)
@@ -111,10 +111,10 @@ def _compression(model, model_path: Path, latents, images, x, prepared: Path, pa
 def _uint8_form(model, model_path: Path, latents, calibration, x, cfg: EvaluateConfig) -> dict:
     """The uint8 stream and its range-coded form (uint8_range): the same codes, so one quality for both."""
     streams = {mode: codec.pack(model, model_path, latents, mode, calibration) for mode in ("uint8", "uint8_range")}
-    codes = {mode: codec.unpack(model, model_path, stream)[1] for mode, stream in streams.items()}
-    if not torch.equal(codes["uint8"], codes["uint8_range"]):
+    restored = {mode: codec.unpack(model, model_path, stream)[1] for mode, stream in streams.items()}
+    if not torch.equal(restored["uint8"], restored["uint8_range"]):
         raise codec.CodecError(f"{model_path}: the uint8_range stream does not decode to the uint8 stream's latents")
-    decoded = batched(model.decode, codes["uint8"].to(x.device), cfg.batch_size)
+    decoded = batched(model.decode, restored["uint8"].to(x.device), cfg.batch_size)
     sizes = {f"{kind}_{mode}": value for mode, stream in streams.items() for kind, value in
              (("bytes_per_image", len(stream) / len(x)), ("compression_ratio", IMAGE_BYTES * len(x) / len(stream)))}
     return {**sizes, **summary(x, decoded, cfg, "_uint8")}

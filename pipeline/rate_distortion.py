@@ -5,7 +5,7 @@ A variant contributes one point per form it can be stored in, each the mean over
 (4 bytes per latent dimension; not for entropy-coded variants, whose latent is already integer), `uint8`
 (pipeline.codec's uint8 stream), `uint8 range-coded` (the same codes in the codec's uint8_range stream) and
 `entropy` (its range-coded stream, variants with rate_weight > 0). With
-codec.refine_steps > 0 the uint8 stream carries the codec's refined latents, and `float32, refined` is added.
+codec.refine_steps > 0 both uint8 streams carry the codec's refined latents, and `float32, refined` is added.
 Bytes per image always include everything the decoder needs besides the model weights.
 """
 from __future__ import annotations

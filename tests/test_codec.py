@@ -97,6 +97,13 @@ def test_uint8_range_stream_decodes_to_the_uint8_streams_latents_in_fewer_bytes(
     assert len(ranged) < 0.95 * len(fixed)
 
 
+def test_an_empty_uint8_range_stream_round_trips(trained):
+    model, model_file = model_of(trained, "plain"), trained["root"] / "models" / "plain-seed0.pt"
+    calibration = codec.calibrate_uint8(torch.randn(10, model.spec.latent_dim))
+    stream = codec.pack(model, model_file, torch.zeros(0, model.spec.latent_dim), "uint8_range", calibration)
+    assert codec.unpack(model, model_file, stream)[1].shape == (0, model.spec.latent_dim)
+
+
 def test_uint8_range_round_trip_through_the_cli_functions(trained, tmp_path):
     (tmp_path / "fixed").mkdir(), (tmp_path / "ranged").mkdir()
     _, uint8_images = round_trip(trained, "plain", tmp_path / "fixed", mode="uint8")
@@ -181,25 +188,51 @@ def test_uint8_codes_stay_within_half_a_step_of_the_latent():
     (lambda s: b"JUNK" + s[4:], "not a CompressNet stream"),
     (lambda s: b"", "not a CompressNet stream"),
 ])
-def test_a_damaged_stream_is_a_clear_error(trained, tmp_path, damage, message):
-    stream, _ = round_trip(trained, "coded", tmp_path)
+@pytest.mark.parametrize("name, mode", [("coded", None), ("plain", "uint8_range")])
+def test_a_damaged_stream_is_a_clear_error(trained, tmp_path, damage, message, name, mode):
+    stream, _ = round_trip(trained, name, tmp_path, mode=mode)
     stream.write_bytes(damage(stream.read_bytes()))
     with pytest.raises(codec.CodecError, match=message):
-        codec.decompress(trained["params"], "coded", 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
+        codec.decompress(trained["params"], name, 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
 
 
-# a checksum-valid stream whose header lies: one image more than a uint8 payload holds (n sits after magic,
-# mode and model id); a range-coded payload 4 bytes longer than the stream has (its length follows the side info)
-@pytest.mark.parametrize("name, mode, field_at", [("plain", "uint8", 13), ("coded", "entropy", None),
-                                                  ("plain", "uint8_range", None)])
+def resealed(body: bytes) -> bytes:
+    """A forged stream body with a valid checksum: only the decoder's own checks can catch it."""
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+# uint8_range side rows: lo, hi, code mean, code spread; the range coder cannot take a zero spread
+@pytest.mark.parametrize("row, value", [(3, 0.0), (2, float("nan")), (0, float("inf"))])
+def test_forged_side_information_is_a_clear_error(trained, tmp_path, row, value):
+    stream, _ = round_trip(trained, "plain", tmp_path, mode="uint8_range")
+    body, dim = bytearray(stream.read_bytes()[:-4]), model_of(trained, "plain").spec.latent_dim
+    struct.pack_into("<f", body, codec.HEADER.size + 4 * (row * dim), value)
+    stream.write_bytes(resealed(bytes(body)))
+    with pytest.raises(codec.CodecError, match="side information is invalid"):
+        codec.decompress(trained["params"], "plain", 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
+
+
+def test_a_stream_too_short_for_its_modes_side_information_is_a_clear_error(trained, tmp_path):
+    stream, _ = round_trip(trained, "plain", tmp_path, mode="uint8")
+    body = bytearray(stream.read_bytes()[:-4])
+    body[4] = codec.MODES["uint8_range"]  # twice the side information uint8 carries
+    stream.write_bytes(resealed(bytes(body[:codec.HEADER.size + 8])))
+    with pytest.raises(codec.CodecError, match="lengths do not add up"):
+        codec.decompress(trained["params"], "plain", 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
+
+
+# a checksum-valid stream whose header lies: one image more or fewer than the payload holds (n sits after magic,
+# mode and model id), or a range-coded payload 4 bytes longer than the stream has (its length follows the side info)
+@pytest.mark.parametrize("name, mode, field_at, change", [
+    ("plain", "uint8", 13, 1), ("coded", "entropy", None, 4), ("plain", "uint8_range", None, 4),
+    ("coded", "entropy", 13, 1), ("plain", "uint8_range", 13, 1), ("plain", "uint8_range", 13, -1)])
 def test_a_stream_whose_lengths_disagree_is_a_clear_error_even_with_a_valid_checksum(trained, tmp_path, name, mode,
-                                                                                    field_at):
+                                                                                    field_at, change):
     stream, _ = round_trip(trained, name, tmp_path, mode=mode)
     body = stream.read_bytes()[:-4]
     field_at = field_at or codec.HEADER.size + 4 * codec.SIDE_ROWS[mode] * model_of(trained, name).spec.latent_dim
     value = struct.unpack_from("<I", body, field_at)[0]
-    forged = body[:field_at] + struct.pack("<I", value + (1 if mode == "uint8" else 4)) + body[field_at + 4:]
-    stream.write_bytes(forged + struct.pack("<I", zlib.crc32(forged)))
+    stream.write_bytes(resealed(body[:field_at] + struct.pack("<I", value + change) + body[field_at + 4:]))
     with pytest.raises(codec.CodecError, match="lengths do not add up"):
         codec.decompress(trained["params"], name, 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
 
