@@ -131,7 +131,8 @@ def pack(model, model_file: Path, latents: torch.Tensor, mode: str, calibration=
         payload = codes.tobytes()
         if mode == "uint8_range":
             spread = np.maximum(codes.std(0, dtype=np.float64), MIN_CODE_STD) if n else np.ones(dim)
-            side = np.concatenate([side, [codes.mean(0, dtype=np.float64) if n else np.zeros(dim), spread]]).astype(np.float32)
+            centre = codes.mean(0, dtype=np.float64) if n else np.zeros(dim)
+            side = np.concatenate([side, [centre, spread]]).astype(np.float32)
             payload = _range_code(codes, *_code_gaussian(side, n))
     head = HEADER.pack(MAGIC, MODES[mode], model_id(model_file), n, dim)
     body = head + side.astype("<f4").tobytes() + struct.pack("<I", len(payload)) + payload
@@ -176,7 +177,8 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
         raise CodecError(f"stream header does not match the model (mode {mode_code}, latent dim {dim})")
     offset = HEADER.size + 4 * dim * SIDE_ROWS[mode]
     if len(stream) < offset + 8:
-        raise CodecError(f"stream lengths do not add up: a {mode} stream of {dim} dims needs more than {len(stream)} bytes")
+        raise CodecError(f"stream lengths do not add up: a {mode} stream of {dim} dims needs more than "
+                         f"{len(stream)} bytes")
     side = np.frombuffer(stream[HEADER.size:offset], "<f4").reshape(SIDE_ROWS[mode], dim)
     _check_side(mode, side)
     (size,) = struct.unpack_from("<I", stream, offset)

@@ -138,7 +138,8 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
     _save(fig, out)
 
 
-MARKERS = {"float32": "s", "uint8": "^", "uint8 range-coded": "v", "entropy-coded one file per image": "P"}  # default "*": entropy-coded
+# a variant's storage form -> marker; the default "*" is the entropy-coded stream
+MARKERS = {"float32": "s", "uint8": "^", "uint8 range-coded": "v", "entropy-coded one file per image": "P"}
 
 
 def _variant_points(table: pd.DataFrame) -> dict:

@@ -30,7 +30,8 @@ RUN_COLUMNS = ["variant", "seed", "epochs", "mse", "psnr", "ssim", "dead_latent_
                "active_latent_units_per_image", "effective_latent_dims"]
 COMPRESSION_COLUMNS = ["latent_dim", "bytes_per_image_float32", "bytes_per_image_uint8", "bytes_per_image_uint8_range",
                        "psnr_pooled_uint8", "bytes_per_image_entropy", "prior_bits_per_image", "max_abs_diff_decoder",
-                       "eval_seconds", "refine_steps", "refine_seconds", "psnr_refined", "ssim_refined", "psnr_pooled_refined"]
+                       "eval_seconds", "refine_steps", "refine_seconds", "psnr_refined", "ssim_refined",
+                       "psnr_pooled_refined"]
 FIDELITY_COLUMNS = ["classifier_accuracy", "classifier_accuracy_originals", "psnr", "ssim"]
 
 
