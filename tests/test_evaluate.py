@@ -23,7 +23,8 @@ from tests.fakedata import make_emnist_dir, write_idx
 
 REQUIRED_KEYS = {"mse", "psnr", "psnr_pooled", "ssim", "mse_decoder", "psnr_decoder", "ssim_decoder",
                  "max_abs_diff_decoder", "train_loss", "val_loss", "latent_dim", "bytes_per_image_float32",
-                 "compression_ratio_float32", "bytes_per_image_uint8", "psnr_uint8", "n_test", "seed_protocol", "per_class"}
+                 "compression_ratio_float32", "bytes_per_image_uint8", "bytes_per_image_uint8_range", "psnr_uint8", "n_test",
+                 "seed_protocol", "per_class"}
 
 
 @pytest.fixture(scope="module")
