@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +13,7 @@ import torch
 import yaml
 
 from pipeline import classifier, train
-from pipeline.config import load_params
+from pipeline.config import REPO_ROOT, load_params
 from pipeline.prepare import prepare
 from scripts import device_run
 from tests.conftest import TINY_SPEC
@@ -63,3 +65,14 @@ def test_budget_picks_whole_epochs(project, tmp_path: Path, capsys, monkeypatch)
 def test_train_needs_epochs_or_budget(project, tmp_path: Path):
     with pytest.raises(SystemExit):
         device_run.main(["train", "tiny", str(tmp_path), *project["args"]])
+
+
+def test_runs_where_mlflow_is_not_installed(project, tmp_path: Path):
+    """The reason the script exists: the stages import mlflow at module level, and the GPU machine lacks it."""
+    hide_mlflow = ("import runpy, sys; sys.modules.update({'mlflow': None, 'mlflow.tracking': None}); "
+                   "runpy.run_module('scripts.device_run', run_name='__main__')")
+    args = ["train", "tiny", str(tmp_path), "--epochs", "1", *project["args"]]
+    done = subprocess.run([sys.executable, "-c", hide_mlflow, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert torch.load(tmp_path / "models" / "tiny-seed0.pt", weights_only=False)["mlflow_run_id"] == device_run.NO_RUN
