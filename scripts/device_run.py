@@ -8,9 +8,10 @@ Needs data/prepared (from `dvc repro prepare`) and, for evaluate, models/classif
 (train.epochs with steps_per_epoch null; codec.refine_steps) and call pipeline.train.train_variant or
 pipeline.evaluate.evaluate_variant unchanged, writing under <outdir>/ (models/, history/, reports/) instead of
 the repo. Only MLflow is switched off: its calls do nothing, and the model file's mlflow_run_id says that no
-MLflow run exists. `--budget-s S` first times 60 real training steps (alongside any other jobs) and picks the
-most full epochs that fit in S seconds with a 1.3x margin. Used for reports/results/h200-model01bn/ (README:
-"Longer training on a GPU").
+MLflow run exists. `--budget-s S` first times 60 real training steps (alongside any other jobs; training steps
+only, not validation) and picks the most full epochs that fit in S seconds with a 1.3x margin. The runs in
+reports/results/h200-model01bn/ (README: "Longer training on a GPU") were made by an earlier throw-away form of
+this script that made the same calls with the same params.
 """
 from __future__ import annotations
 
@@ -61,14 +62,20 @@ def mlflow_switched_off():
 def params_with(args, section: str, **keys) -> config.Params:
     """The params file with keys of one section replaced, validated as usual; the file is kept in outdir."""
     raw = yaml.safe_load(Path(args.params).read_text())
-    raw.setdefault(section, {}).update(keys)
-    path = args.outdir / f"params-{section}-{'-'.join(f'{k}{v}' for k, v in keys.items())}.yaml"
+    raw[section] = {**(raw.get(section) or {}), **keys}
+    path = args.outdir / f"params-{args.command}-{args.variant}-seed{args.seed}.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return config.load_params(path)
+    params = config.load_params(path)
+    cfg = params.train_for(args.variant)
+    if section == "train" and (cfg.epochs, cfg.steps_per_epoch) != (keys["epochs"], None):
+        raise config.ConfigError(f"variants.{args.variant}.train sets its own epochs or steps_per_epoch, "
+                                 "which would override --epochs; remove them there")
+    return params
 
 
 def seconds_per_epoch(params: config.Params, variant: str, prepared: Path, steps: int = 60) -> float:
     """One full epoch's time, extrapolated from `steps` timed steps of Trainer.train_epoch after 20 warm-up ones."""
+    train.configure_determinism(params.train_for(variant))  # as train_variant runs: same threads and kernels
     device = train.pick_device(params.train_for(variant).device)
     x = train.as_batch_tensor(data.load_split(prepared, "train")[0], device)
     trainer = train.Trainer(params, variant, 0, device, train_images=len(x))
@@ -95,12 +102,13 @@ def run_train(args) -> None:
     info = {"variant": args.variant, "seed": args.seed, "epochs": epochs, "train_seconds": time.perf_counter() - started,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
             "model_sha256": data.sha256_file(final)}
-    (outdir / f"train-{args.variant}.json").write_text(json.dumps(info, indent=1))
+    (outdir / f"train-{args.variant}-seed{args.seed}.json").write_text(json.dumps(info, indent=1))
     print(f"{args.variant}: wrote {final} in {info['train_seconds']:.0f} s", flush=True)
 
 
 def run_evaluate(args) -> None:
-    params, outdir = params_with(args, "codec", refine_steps=args.refine_steps), args.outdir
+    outdir, steps = args.outdir, args.refine_steps
+    params = config.load_params(args.params) if steps is None else params_with(args, "codec", refine_steps=steps)
     result = evaluate.evaluate_variant(params, args.variant, args.seed, args.prepared, models_dir=outdir / "models",
                                        history_dir=outdir / "history", reports_dir=outdir / "reports",
                                        classifier_file=args.classifier)
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--budget-s", type=float)
-    parser.add_argument("--refine-steps", type=int, default=0)
+    parser.add_argument("--refine-steps", type=int, help="codec.refine_steps (default: the params file's)")
     parser.add_argument("--params", type=Path, default=config.PARAMS_FILE)
     parser.add_argument("--prepared", type=Path, default=train.PREPARED_DIR)
     parser.add_argument("--classifier", type=Path, default=classifier.CLASSIFIER_FILE)
@@ -125,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("train needs exactly one of --epochs and --budget-s")
     args.outdir.mkdir(parents=True, exist_ok=True)
     with mlflow_switched_off():
-        (run_train if args.command == "train" else run_evaluate)(args)
+        try:
+            (run_train if args.command == "train" else run_evaluate)(args)
+        except config.ConfigError as err:
+            print(f"device_run: {err}", file=sys.stderr)
+            return 2
     return 0
 
 
