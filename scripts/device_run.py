@@ -11,7 +11,7 @@ the repo. Only MLflow is switched off: its calls do nothing, and the model file'
 MLflow run exists. `--budget-s S` first times 60 real training steps (alongside any other jobs; training steps
 only, not validation) and picks the most full epochs that fit in S seconds with a 1.3x margin. The runs in
 reports/results/h200-model01bn/ (README: "Longer training on a GPU") were made by an earlier throw-away form of
-this script that made the same calls with the same params.
+this script that made the same calls with the same params (and deterministic mode warn-only: no warning came).
 """
 from __future__ import annotations
 
