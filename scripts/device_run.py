@@ -65,9 +65,14 @@ def params_with(args, section: str, **keys) -> config.Params:
     raw[section] = {**(raw.get(section) or {}), **keys}
     path = args.outdir / f"params-{args.command}-{args.variant}-seed{args.seed}.yaml"
     path.write_text(yaml.safe_dump(raw))
-    params = config.load_params(path)
+    return config.load_params(path)
+
+
+def train_params(args, epochs: int) -> config.Params:
+    """params with train.epochs set and full passes; an error if the variant's own train: block would win."""
+    params = params_with(args, "train", epochs=epochs, steps_per_epoch=None)
     cfg = params.train_for(args.variant)
-    if section == "train" and (cfg.epochs, cfg.steps_per_epoch) != (keys["epochs"], None):
+    if (cfg.epochs, cfg.steps_per_epoch) != (epochs, None):
         raise config.ConfigError(f"variants.{args.variant}.train sets its own epochs or steps_per_epoch, "
                                  "which would override --epochs; remove them there")
     return params
@@ -75,8 +80,9 @@ def params_with(args, section: str, **keys) -> config.Params:
 
 def seconds_per_epoch(params: config.Params, variant: str, prepared: Path, steps: int = 60) -> float:
     """One full epoch's time, extrapolated from `steps` timed steps of Trainer.train_epoch after 20 warm-up ones."""
-    train.configure_determinism(params.train_for(variant))  # as train_variant runs: same threads and kernels
-    device = train.pick_device(params.train_for(variant).device)
+    cfg = params.train_for(variant)
+    train.configure_determinism(cfg)  # as train_variant runs: same threads and kernels
+    device = train.pick_device(cfg.device)
     x = train.as_batch_tensor(data.load_split(prepared, "train")[0], device)
     trainer = train.Trainer(params, variant, 0, device, train_images=len(x))
     full_steps, batch = math.ceil(trainer.images_per_epoch / trainer.cfg.batch_size), trainer.cfg.batch_size
@@ -91,16 +97,16 @@ def seconds_per_epoch(params: config.Params, variant: str, prepared: Path, steps
 def run_train(args) -> None:
     epochs, outdir = args.epochs, args.outdir
     if epochs is None:
-        per_epoch = seconds_per_epoch(params_with(args, "train", epochs=1, steps_per_epoch=None), args.variant,
-                                      args.prepared)
+        per_epoch = seconds_per_epoch(train_params(args, 1), args.variant, args.prepared)
         epochs = max(1, min(MAX_EPOCHS, int(args.budget_s / (per_epoch * 1.3))))
         print(f"{args.variant}: {per_epoch:.1f} s per epoch -> {epochs} epochs in {args.budget_s:.0f} s", flush=True)
-    params = params_with(args, "train", epochs=epochs, steps_per_epoch=None)
+    params = train_params(args, epochs)
+    device = train.pick_device(params.train_for(args.variant).device)
     started = time.perf_counter()
     final = train.train_variant(params, args.variant, args.seed, args.prepared, models_dir=outdir / "models",
                                 history_dir=outdir / "history", checkpoint_dir=outdir / "checkpoints")
     info = {"variant": args.variant, "seed": args.seed, "epochs": epochs, "train_seconds": time.perf_counter() - started,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
             "model_sha256": data.sha256_file(final)}
     (outdir / f"train-{args.variant}-seed{args.seed}.json").write_text(json.dumps(info, indent=1))
     print(f"{args.variant}: wrote {final} in {info['train_seconds']:.0f} s", flush=True)
