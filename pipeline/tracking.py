@@ -1,8 +1,17 @@
-"""MLflow plumbing shared by every stage: where the store is, which experiment, which tags a run carries."""
+"""Tracking, passed into the stages and the training loop: MLflow, or a no-op tracker with the same interface.
+
+MlflowTracker.run() starts (or resumes) a run and never leaves it RUNNING: KILLED on Ctrl-C or SIGTERM, FAILED on
+an error (a SIGKILL cannot be caught; train resumes such a run from its checkpoint). attach() logs into a finished
+run without reopening it, so a later stage (evaluate, report) cannot change that run's status.
+The store: MLFLOW_TRACKING_URI if set, else sqlite at the project root; the experiment: MLFLOW_EXPERIMENT_NAME if
+set, else `compressnet`.
+"""
+
 from __future__ import annotations
 
 import contextlib
 import os
+import typing
 import signal
 import subprocess
 import threading
@@ -10,25 +19,166 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
 
-from pipeline.config import REPO_ROOT
+from pipeline import paths
+
+DEFAULT_EXPERIMENT = "compressnet"
 
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be used."""
 
 
-def project_root(path: Path = REPO_ROOT) -> Path:
+class NoOpRun:
+    """A run that records nothing (tracking off): every method of MlflowRun, doing nothing."""
+
+    run_id = None
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class NoOpTracker:
+    """Tracking switched off: the GPU runner and library users without MLflow."""
+
+    experiment = None
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags: dict, resume_id: str | None = None):
+        yield NoOpRun()
+
+    def attach(self, run_id: str | None) -> NoOpRun:
+        return NoOpRun()
+
+    def resumable(self, run_id: str | None) -> bool:
+        return False
+
+    def new_finished_run(self, name: str, tags: dict) -> NoOpRun:
+        return NoOpRun()
+
+
+class Tracker(typing.Protocol):
+    """What stages and the training loop use: MlflowTracker or NoOpTracker."""
+
+    experiment: str | None
+
+    def run(self, name: str, tags: dict, resume_id: str | None = None) -> typing.ContextManager: ...
+
+    def attach(self, run_id: str | None): ...
+
+    def resumable(self, run_id: str | None) -> bool: ...
+
+    def new_finished_run(self, name: str, tags: dict): ...
+
+
+class MlflowRun:
+    """One MLflow run, addressed by id: logging never depends on which run is active."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: dict) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        now = get_current_time_millis()
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_figure(self, figure, name: str) -> None:
+        self.client.log_figure(self.run_id, figure, name)
+
+    def log_table(self, table, name: str) -> None:
+        self.client.log_table(self.run_id, table, name)
+
+    def log_dict(self, content: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, content, name)
+
+    def log_image(self, image, name: str) -> None:
+        self.client.log_image(self.run_id, image, name)
+
+    def log_artifact(self, path: Path, directory: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), directory)
+
+    def tag_model_versions(self, tags: dict[str, str]) -> None:
+        """Tag every registered model version this run logged."""
+        for version in self.client.search_model_versions(f"run_id = '{self.run_id}'"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(version.name, version.version, key, value)
+
+    def log_dataset(self, images, labels, name: str, source: str, digest: str, context: str) -> None:
+        """A sample of a data set as the run's input (the active run: only inside MlflowTracker.run)."""
+        dataset = mlflow.data.from_numpy(images, targets=labels, name=name, source=source, digest=digest)
+        mlflow.log_input(dataset, context=context)
+
+    def log_model(self, model, registered_name: str, tags: dict[str, str]) -> None:
+        """Log the model to the run and register it as a new version of `registered_name`, tagged with its lineage
+        (the active run: only inside MlflowTracker.run)."""
+        import torch
+        from mlflow.models import infer_signature
+
+        model = model.float().to("cpu", memory_format=torch.contiguous_format).eval()
+        example = torch.rand(2, 1, 28, 28)
+        with torch.no_grad():
+            output = model(example).numpy()
+        info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example.numpy(), output),
+                                        input_example=example.numpy(),
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        mlflow.register_model(info.model_uri, registered_name,
+                              tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")})
+
+
+class MlflowTracker:
+    """The project's MLflow store and experiment (created on first use)."""
+
+    def __init__(self):
+        self.experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+        self.experiment_id = setup(self.experiment)
+        self.client = MlflowClient()
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags: dict, resume_id: str | None = None):
+        with tracked_run(run_id=resume_id, run_name=name, tags=tags) as run:
+            yield MlflowRun(self.client, run.info.run_id)
+
+    def attach(self, run_id: str | None) -> MlflowRun | None:
+        """A live run of this store to log into without reopening it; None if the store has no such run."""
+        return MlflowRun(self.client, run_id) if self._live(run_id) is not None else None
+
+    def resumable(self, run_id: str | None) -> bool:
+        """Whether a checkpoint's run can go on: this store still has it, live, in this experiment."""
+        run = self._live(run_id)
+        return run is not None and run.info.experiment_id == self.experiment_id
+
+    def new_finished_run(self, name: str, tags: dict) -> MlflowRun:
+        """A run of its own for a stage whose training run is not in this store (marked finished at once)."""
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return MlflowRun(self.client, run.info.run_id)
+
+    def _live(self, run_id: str | None):
+        try:
+            run = self.client.get_run(run_id) if run_id else None
+        except mlflow.exceptions.MlflowException:
+            return None
+        return run if run is not None and run.info.lifecycle_stage == "active" else None
+
+
+def project_root(path: Path | None = None) -> Path:
     """The user's checkout, also when DVC runs us in a copy under <root>/.dvc/tmp/exps/ (exp --temp/--queue)."""
-    parts = path.parts
+    parts = (path or paths.root()).parts
     for i in range(len(parts) - 2):
         if parts[i:i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
-    return path
+    return path or paths.root()
 
 
-def tracking_uri(root: Path = REPO_ROOT) -> str:
+def tracking_uri(root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI if set, else the sqlite store at the root of the project `root` is (in)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(root) / 'mlflow.db'}"
 
@@ -112,24 +262,9 @@ def run_tags(stage: str) -> dict[str, str]:
     return tags
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists become strings so MLflow can log them as params."""
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value) if isinstance(value, (list, dict)) else value
-    return flat
-
-
 @contextlib.contextmanager
 def tracked_run(**start_run_kwargs):
-    """mlflow.start_run that never leaves a run RUNNING: KILLED on Ctrl-C or SIGTERM, FAILED on an error.
-
-    (A SIGKILL cannot be caught; train resumes such a run from its checkpoint.)
-    """
+    """mlflow.start_run that never leaves a run RUNNING: KILLED on Ctrl-C or SIGTERM, FAILED on an error."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     run = mlflow.start_run(**start_run_kwargs)
@@ -146,22 +281,6 @@ def tracked_run(**start_run_kwargs):
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
-
-
-def log_model(model: "torch.nn.Module", registered_name: str, tags: dict[str, str]) -> None:
-    """Log the model to the run and register it as a new version of `registered_name`, tagged with its lineage."""
-    import torch  # only the train stage logs models; the other stages need not import torch for tracking
-    from mlflow.models import infer_signature
-
-    model = model.float().to("cpu", memory_format=torch.contiguous_format).eval()
-    example = torch.rand(2, 1, 28, 28)
-    with torch.no_grad():
-        output = model(example).numpy()
-    info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example.numpy(), output),
-                                    input_example=example.numpy(),
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-    mlflow.register_model(info.model_uri, registered_name,
-                          tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")})
 
 
 def _interrupt(signum, frame):

@@ -22,6 +22,15 @@ TINY_SPEC = {"encoder_filters": [4, 8], "encoder_strides": [2, 2], "latent_dim":
 
 
 @pytest.fixture
+def project_root(tmp_path: Path, monkeypatch) -> Path:
+    """An empty project directory: COMPRESSNET_ROOT points every stage's paths (pipeline.paths) at it."""
+    root = tmp_path / "project"
+    root.mkdir()
+    monkeypatch.setenv("COMPRESSNET_ROOT", str(root))
+    return root
+
+
+@pytest.fixture
 def mlflow_store(tmp_path: Path, monkeypatch) -> str:
     """A throw-away sqlite tracking store; nothing reaches the repo's mlflow.db."""
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

@@ -1,14 +1,9 @@
-"""A real compressor built from a trained variant: images -> bitstream -> images.
+"""A real compressor built from a trained variant: images -> bitstream -> images (the CLI: pipeline.tools.codec).
 
-  python -m pipeline.codec compress <variant> <input> <out file> [--seed N] [--mode uint8|uint8_range|entropy]
-  python -m pipeline.codec decompress <variant> <in file> <out dir> [--seed N]
-
-<input> is an IDX image file in EMNIST's raw (transposed) layout, gzip or plain, or a directory of 28x28
-grayscale PNGs (upright, sorted by name); decompress writes 000000.png, 000001.png, ... The model is
-models/<variant>-seed<N>.pt. Modes:
+Modes:
   uint8        any variant: each latent dimension as one byte, scale/offset calibrated on the train split and
                carried in the stream (8 bytes per dimension). With codec.refine_steps > 0 in params.yaml the
-               encoder's latents are first refined against the decoder (pipeline.refine): slower to compress,
+               encoder's latents are first refined against the decoder (pipeline.lib.refine): slower to compress,
                the same decoder and stream format;
   uint8_range  the same codes, range-coded (constriction) under a quantised Gaussian per dimension whose mean
                and spread, measured on the stream's own codes, it carries (8 more bytes per dimension): the same
@@ -22,25 +17,19 @@ model weights is in the stream, so bytes per image = file size / n.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import struct
-import sys
 import zlib
 from pathlib import Path
 
 import constriction
 import numpy as np
 import torch
-from PIL import Image
 
-from pipeline import data, refine
-from pipeline.config import IMAGE_SIZE, PARAMS_FILE, ConfigError, load_params, run_name
-from pipeline.models import SYMBOL_LIMIT, load_model
-from pipeline.prepare import PREPARED_DIR
-from pipeline.device import configure_determinism, pick_device
-from pipeline.train import MODELS_DIR, as_batch_tensor
+from pipeline.lib.config import IMAGE_SIZE
+from pipeline.lib.device import as_batch_tensor
+from pipeline.lib.io import sha256_file
+from pipeline.lib.models import SYMBOL_LIMIT
+from pipeline.lib.quantize import calibrate_uint8, dequantize_uint8, to_uint8, uint8_codes
 
 MAGIC = b"CNZ1"
 MODES = {"uint8": 0, "entropy": 1, "uint8_range": 2}
@@ -57,7 +46,7 @@ class CodecError(ValueError):
 
 
 def model_id(model_file: Path) -> bytes:
-    return bytes.fromhex(data.sha256_file(model_file))[:8]
+    return bytes.fromhex(sha256_file(model_file))[:8]
 
 
 @torch.no_grad()
@@ -76,32 +65,9 @@ def decode_images(model, latents: torch.Tensor) -> np.ndarray:
     return to_uint8(torch.cat(out)) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    return (images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-
-
-def calibrate_uint8(latents: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension range (lo, hi) of latents, as float32: the uint8 grid spans it."""
-    return latents.min(0).values.numpy().astype(np.float32), latents.max(0).values.numpy().astype(np.float32)
-
-
-def train_calibration(model, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 grid of a model: its latents' range over the prepared train split (evaluate and compress agree)."""
-    return calibrate_uint8(encode_latents(model, data.load_split(prepared, "train")[0]))
-
-
-def uint8_codes(latents: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    scale = _uint8_scale(lo, hi)
-    return torch.clamp(torch.round((latents - torch.from_numpy(lo)) / scale), 0, 255).to(torch.uint8).numpy()
-
-
-def dequantize_uint8(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(codes).float() * _uint8_scale(lo, hi) + torch.from_numpy(lo)
-
-
-def _uint8_scale(lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
-    lo, hi = torch.from_numpy(lo), torch.from_numpy(hi)
-    return torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))
+def train_calibration(model, train_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 grid of a model: its latents' range over the train split's images (evaluate and compress agree)."""
+    return calibrate_uint8(encode_latents(model, train_images))
 
 
 def _prior_family(model, n: int):
@@ -207,96 +173,3 @@ def _check_side(mode: str, side: np.ndarray) -> None:
         valid &= bool(((side[2] >= 0) & (side[2] <= 255) & (side[3] >= MIN_CODE_STD)).all())
     if not valid:
         raise CodecError(f"stream side information is invalid for mode {mode} (not what any compressor writes)")
-
-
-def read_images(path: Path) -> np.ndarray:
-    """An IDX image file (EMNIST raw layout) or a directory of 28x28 grayscale PNGs -> uint8 (N, 28, 28) upright."""
-    if path.is_dir():
-        files = sorted(path.glob("*.png"))
-        if not files:
-            raise CodecError(f"{path}: no .png files")
-        images = [np.asarray(Image.open(f).convert("L")) for f in files]
-        bad = next((f for f, im in zip(files, images) if im.shape != (IMAGE_SIZE, IMAGE_SIZE)), None)
-        if bad is not None:
-            raise CodecError(f"{bad}: expected {IMAGE_SIZE}x{IMAGE_SIZE} pixels")
-        return np.stack(images)
-    images = data.read_idx(path, "images")
-    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise CodecError(f"{path}: expected {IMAGE_SIZE}x{IMAGE_SIZE} images, got {images.shape[1:]}")
-    return np.ascontiguousarray(images.transpose(0, 2, 1))
-
-
-def write_images(images: np.ndarray, out_dir: Path) -> None:
-    """PNGs 000000.png, ... into a new directory, written beside it and renamed: never half there."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise CodecError(f"{out_dir}: exists and is not an empty directory; choose a new one")
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(tmp / f"{i:06d}.png")
-    if out_dir.exists():
-        out_dir.rmdir()
-    os.replace(tmp, out_dir)
-
-
-def compress(params, variant: str, seed: int, source: Path, out: Path, mode: str | None,
-             models_dir: Path = MODELS_DIR, prepared: Path = PREPARED_DIR) -> int:
-    model_file, model = _model(params, variant, seed, models_dir)
-    mode = mode or ("entropy" if model.prior is not None else "uint8")
-    images = read_images(source)
-    latents = encode_latents(model, images)
-    calibration = train_calibration(model, prepared) if mode != "entropy" else None
-    if calibration is not None:
-        latents = refine.refine_latents(model, images, latents, params.codec, calibration)
-    stream = pack(model, model_file, latents, mode, calibration)
-    data.atomic_write(out, lambda tmp: tmp.write_bytes(stream))
-    return len(stream)
-
-
-def decompress(params, variant: str, seed: int, source: Path, out_dir: Path, models_dir: Path = MODELS_DIR) -> int:
-    model_file, model = _model(params, variant, seed, models_dir)
-    _, latents = unpack(model, model_file, source.read_bytes())
-    images = decode_images(model, latents)
-    write_images(images, out_dir)
-    return len(images)
-
-
-def _model(params, variant: str, seed: int, models_dir: Path):
-    model_file = models_dir / f"{run_name(variant, seed)}.pt"
-    configure_determinism(params.train_for(variant))  # refinement runs backward passes
-    model, _ = load_model(model_file, pick_device(params.train_for(variant).device))
-    return model_file, model
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.codec", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(PARAMS_FILE))
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("compress", "decompress"):
-        sub = commands.add_parser(name)
-        sub.add_argument("variant")
-        sub.add_argument("source", type=Path)
-        sub.add_argument("out", type=Path)
-        sub.add_argument("--seed", type=int, help="which trained run (default: the first of `seeds:`)")
-        if name == "compress":
-            sub.add_argument("--mode", choices=list(MODES), help="default: entropy if the variant has a prior")
-    args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-        params.variant(args.variant)
-        seed = params.seeds[0] if args.seed is None else args.seed
-        if args.command == "compress":
-            size = compress(params, args.variant, seed, args.source, args.out, args.mode, MODELS_DIR, PREPARED_DIR)
-            print(f"codec: wrote {args.out} ({size} bytes)")
-        else:
-            count = decompress(params, args.variant, seed, args.source, args.out, MODELS_DIR)
-            print(f"codec: wrote {count} images to {args.out}")
-    except (CodecError, ConfigError, data.DataError, OSError) as err:
-        print(f"codec: error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

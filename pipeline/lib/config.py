@@ -1,5 +1,5 @@
 """params.yaml -> validated, typed config objects. The only module that knows the YAML keys (the schema);
-the generic YAML-to-dataclass conversion is pipeline.typed_yaml.
+the generic YAML-to-dataclass conversion is pipeline.lib.typed_yaml.
 
 Every error names the offending key (dotted path) and what was expected; unknown keys are errors.
 """
@@ -14,10 +14,8 @@ from typing import Literal
 
 import yaml
 
-from pipeline.typed_yaml import ConfigError, UniqueKeyLoader, load_dataclass, require, yaml_error
+from pipeline.lib.typed_yaml import ConfigError, UniqueKeyLoader, load_dataclass, require, yaml_error
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PARAMS_FILE = REPO_ROOT / "params.yaml"
 OFFICIAL_SOURCE = "emnist-balanced"
 OFFICIAL_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 IMAGE_SIZE = 28
@@ -191,11 +189,13 @@ class RateDistortionConfig:
 
 @dataclass(frozen=True)
 class MlflowConfig:
-    experiment: str = "compressnet"
+    """What the train stage logs besides params and metrics. The experiment is MLflow's own setting
+    (MLFLOW_EXPERIMENT_NAME), not a param: renaming it must not retrain anything."""
+
     log_model: bool = True
 
     def check(self, path: str) -> None:
-        require(bool(self.experiment.strip()), f"{path}.experiment", "a non-empty name", self.experiment)
+        pass
 
 
 @dataclass(frozen=True)
@@ -238,13 +238,37 @@ class Params:
             return self.train
         return load_dataclass(TrainConfig, {**dataclasses.asdict(self.train), **overrides}, f"variants.{name}.train")
 
+    def compute_for(self, name: str) -> Compute:
+        """Where a variant's runs compute (train.device and train.threads, after the variant's overrides): all that
+        evaluate and the codec need of train:, read key by key so that they depend on no other train key."""
+        overrides = self.variant(name).train
+        return Compute(overrides.get("device", self.train.device), overrides.get("threads", self.train.threads))
+
+
+@dataclass(frozen=True)
+class Compute:
+    device: str
+    threads: int
+
 
 def run_name(variant: str, seed: int) -> str:
     """The file stem of one training run: models/<run>.pt, reports/metrics/<run>.json, ..."""
     return f"{variant}-seed{seed}"
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become strings so a tracker can log them as params."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value) if isinstance(value, (list, dict)) else value
+    return flat
+
+
+def load_params(path: Path | str) -> Params:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -265,17 +289,3 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
 def parse_params(raw: object) -> Params:
     return load_dataclass(Params, raw, "")
 
-
-def resolve_source(source: str) -> str | Path:
-    """The official dataset name, or the local directory as an absolute path (relative to the repo root)."""
-    if source == OFFICIAL_SOURCE:
-        return source
-    path = Path(source).expanduser()
-    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
-
-
-__all__ = [
-    "ConfigError", "DataConfig", "TrainConfig", "VariantSpec", "EvaluateConfig", "CodecConfig", "ClassifierConfig", "RateDistortionConfig",
-    "MlflowConfig", "Params",
-    "load_params", "parse_params", "resolve_source", "run_name", "REPO_ROOT", "OFFICIAL_SOURCE",
-]

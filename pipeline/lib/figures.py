@@ -10,12 +10,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline import data  # noqa: E402
-from pipeline.rate_distortion import MOONSHOT  # noqa: E402
+from pipeline.lib.io import atomic_write  # noqa: E402
+from pipeline.lib.rate_distortion import MOONSHOT  # noqa: E402
+
+REPORT_FIGURES = ("findings_seed_spread", "study_comparison", "loss_curves", "reconstructions", "per_class_psnr",
+                  "rate_distortion")
+
+
+def report_figures(results: pd.DataFrame, summary: pd.DataFrame, means: pd.DataFrame, rd: pd.DataFrame,
+                   histories: dict[str, list[pd.DataFrame]], originals: np.ndarray, samples: dict[str, np.ndarray],
+                   out: Path) -> list[Path]:
+    """Every figure of the report into `out`; histories per variant, samples (reconstructions) per run."""
+    paths = {name: out / f"{name}.png" for name in REPORT_FIGURES}
+    seed_spread(results, summary, paths["findings_seed_spread"])
+    rate_distortion(rd, paths["rate_distortion"])
+    study_comparison(means, paths["study_comparison"])
+    loss_curves(histories, paths["loss_curves"])
+    reconstructions(originals, samples, paths["reconstructions"])
+    per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
+    per_class_psnr(per_class.T.groupby(results.variant, sort=False).mean().T, means.mse.idxmin(),
+                   paths["per_class_psnr"])
+    return list(paths.values())
 
 
 def _save(fig, out: Path, **kwargs) -> None:
-    data.atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip("."), dpi=110, **kwargs))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip("."), dpi=110, **kwargs))
     plt.close(fig)
 
 
@@ -70,14 +89,6 @@ def loss_curves(histories: dict[str, list[pd.DataFrame]], out: Path) -> None:
     _save(fig, out)
 
 
-def run_loss_curve(history: pd.DataFrame, title: str):
-    """One run's train and val MSE per epoch (a figure for MLflow; the caller logs it)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(history.epoch, history.train_loss, "o-", label="train")
-    ax.plot(history.epoch, history.val_loss, "s-", label="val")
-    ax.set(xlabel="epoch", ylabel="MSE", yscale="log", title=title)
-    ax.legend()
-    return fig
 
 
 def reconstructions(originals: np.ndarray, rows: dict[str, np.ndarray], out: Path) -> None:

@@ -1,50 +1,43 @@
-"""DVC stage `train@<variant>`: train one autoencoder variant on the prepared train split.
+"""The training loop: one variant, one seed, with checkpoints after every epoch and a tracker for the record.
 
-One run per (variant, seed); <run> below is `<variant>-seed<seed>`. Writes models/<run>.pt (final weights),
-models/<run>.best.pt (lowest val loss) and reports/history/<run>.csv, and records the run in MLflow; with
-mlflow.log_model the model is also registered, a new version of `<experiment>-<variant>` per run.
-An interrupted run resumes from checkpoints/<run>.ckpt (last completed epoch) and ends with the same
-weights as an uninterrupted one.
+An interrupted run resumes from its checkpoint (the last completed epoch) and ends with the same weights as an
+uninterrupted one. Paths and the tracker (MLflow or a no-op one) are passed in.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import math
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from pipeline import data, dvclock, ssim, tracking
-from pipeline.cli import run_stage
-from pipeline.config import REPO_ROOT, Params, run_name
-from pipeline.device import configure_determinism, pick_device, resolve_precision
-from pipeline.models import build_model
-from pipeline.prepare import PREPARED_DIR
-
-MODELS_DIR = REPO_ROOT / "models"
-HISTORY_DIR = REPO_ROOT / "reports" / "history"
-CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
+from pipeline.lib import prepared
+from pipeline.lib.config import Params, flatten, run_name
+from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device, resolve_precision
+from pipeline.lib.io import atomic_write, md5_file, save_torch, sha256_file
+from pipeline.lib.losses import OBJECTIVES
+from pipeline.lib.models import build_model
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def as_batch_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] on the device, all at once."""
-    return torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255)
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one run's outputs go."""
 
-
-def save_atomic(obj: object, path: Path) -> None:
-    data.atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    model: Path  # final weights
+    best_model: Path  # weights of the epoch with the lowest val loss
+    history: Path  # one CSV row per epoch
+    checkpoint: Path  # deleted once the run ends
 
 
 def fingerprint(params: Params, variant: str, seed: int, manifest_sha: str) -> str:
@@ -52,25 +45,6 @@ def fingerprint(params: Params, variant: str, seed: int, manifest_sha: str) -> s
     job = {"spec": dataclasses.asdict(params.variant(variant)), "seed": seed,
            "train": dataclasses.asdict(params.train_for(variant)), "data": manifest_sha}
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
-
-
-def log_mse(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean over images of log(per-image MSE + 1e-5): minimising it maximises the mean per-image PSNR; the floor
-    (50 dB) stops near-perfect images from dominating the gradient."""
-    per_image = torch.nn.functional.mse_loss(recon, x, reduction="none").flatten(1).mean(1)
-    return torch.log(per_image + 1e-5).mean()
-
-
-def log_mse_ssim(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log_mse plus the mean over images of log(1 - SSIM + 1e-4), SSIM with the study's uniform 11x11 window (the
-    default evaluate.ssim_window; fixed here so that train depends on no evaluate key): a scale-free sum, so a 10%
-    smaller error counts the same in either term. The floor plays log_mse's role."""
-    dissimilarity = 1 - ssim.ssim_per_image(x, recon, "uniform").float()
-    return log_mse(recon, x) + torch.log(dissimilarity + 1e-4).mean()
-
-
-# train.loss -> objective(recon, x); the mean per-pixel MSE is always tracked as well (train_loss)
-OBJECTIVES = {"mse": torch.nn.functional.mse_loss, "log_mse": log_mse, "log_mse_ssim": log_mse_ssim}
 
 
 class Trainer:
@@ -183,54 +157,58 @@ class Trainer:
             on_epoch(row)
 
 
-def train_variant(params: Params, variant: str, seed: int, prepared: Path = PREPARED_DIR,
-                  models_dir: Path = MODELS_DIR, history_dir: Path = HISTORY_DIR,
-                  checkpoint_dir: Path = CHECKPOINT_DIR) -> Path:
-    """Train (or resume) one variant with one seed; returns the final model file."""
+
+def train_run(params: Params, variant: str, seed: int, prepared_dir: Path, files: RunFiles, tracker,
+              tags: dict[str, str], meta: dict, registered_name: str | None = None) -> Path:
+    """Train (or resume) one variant with one seed; returns the final model file. `meta` joins the model files'
+    metadata, `tags` the run's tags; with `registered_name` the model is logged and registered under it."""
     cfg = params.train_for(variant)
-    configure_determinism(cfg)
+    configure_determinism(cfg.threads)
     device = pick_device(cfg.device)
-    manifest_sha = data.manifest_digest(prepared)
-    train_x = as_batch_tensor(data.load_split(prepared, "train")[0], device)
-    val_x = as_batch_tensor(data.load_split(prepared, "val")[0], device)
-    experiment_id = tracking.setup(params.mlflow.experiment)
+    manifest_sha = prepared.manifest_digest(prepared_dir)
+    train_images, train_labels = prepared.load_split(prepared_dir, "train")
+    train_x = as_batch_tensor(train_images, device)
+    val_x = as_batch_tensor(prepared.load_split(prepared_dir, "val")[0], device)
     trainer = Trainer(params, variant, seed, device, train_images=len(train_x))
-    name = run_name(variant, seed)
-    ckpt_path, job = checkpoint_dir / f"{name}.ckpt", fingerprint(params, variant, seed, manifest_sha)
-    ckpt = _load_checkpoint(ckpt_path, job)
+    name, job = run_name(variant, seed), fingerprint(params, variant, seed, manifest_sha)
+    ckpt = _load_checkpoint(files.checkpoint, job)
     best = ckpt["best"] if ckpt else {"val_loss": math.inf}
     if ckpt:
         trainer.load_state(ckpt["trainer"])
-        print(f"train: resuming {name} after epoch {len(trainer.history)} from {ckpt_path}")
-    run_id = _resumable_run(ckpt["run_id"], experiment_id) if ckpt else None
-    dvc = dvclock.provenance({"prepared": prepared}, {"prepare": "prepare"})
-    tags = {**tracking.run_tags(dvclock.stage_name("train", variant, seed)), "variant": variant, "seed": str(seed),
-            "train.precision_used": trainer.precision, **tracking.flatten({"train": {"dvc": dvc}})}
-    with tracking.tracked_run(run_id=run_id, run_name=name, tags=tags) as run:
+        print(f"train: resuming {name} after epoch {len(trainer.history)} from {files.checkpoint}")
+    run_id = ckpt["run_id"] if ckpt else None
+    if run_id and not tracker.resumable(run_id):
+        print(f"train: MLflow run {run_id} of the checkpoint is not in this store/experiment; logging to a new run")
+        run_id = None
+    tags = {**tags, "train.precision_used": trainer.precision}
+    with tracker.run(name, tags, resume_id=run_id) as run:
         if not run_id:
-            _log_inputs(params, variant, seed, prepared, manifest_sha)
+            _log_inputs(run, params, variant, seed, manifest_sha, train_images, train_labels, prepared_dir)
             for row in trainer.history:  # epochs a resumed job trained before its old run went missing
-                _log_epoch(row)
+                _log_epoch(run, row)
 
         def on_epoch(row: dict) -> None:
-            _log_epoch(row)
+            _log_epoch(run, row)
             if row["val_loss"] < best["val_loss"]:
                 best.update(val_loss=row["val_loss"], epoch=row["epoch"], state_dict=_cpu_state(trainer.model))
-            save_atomic({"job": job, "run_id": run.info.run_id, "trainer": trainer.state(), "best": best}, ckpt_path)
+            state = {"job": job, "run_id": run.run_id, "trainer": trainer.state(), "best": best}
+            save_torch(state, files.checkpoint)
 
         trainer.fit(train_x, val_x, on_epoch)
         meta = {"variant": variant, "seed": seed, "spec": dataclasses.asdict(params.variant(variant)),
                 "train": dataclasses.asdict(cfg), "data_manifest_sha256": manifest_sha, "job": job,
-                "mlflow_run_id": run.info.run_id, "epochs": len(trainer.history), "dvc": dvc,
+                "mlflow_run_id": run.run_id, "epochs": len(trainer.history), **meta,
                 "precision_used": trainer.precision}
-        final = models_dir / f"{name}.pt"
-        save_atomic({**meta, "state_dict": _cpu_state(trainer.model)}, final)
-        save_atomic({**meta, "state_dict": best["state_dict"], "best_epoch": best["epoch"]},
-                    models_dir / f"{name}.best.pt")
-        _write_history(trainer.history, history_dir / f"{name}.csv")
-        _log_outputs(trainer, params, final, {**tags, "data.manifest_sha256": manifest_sha})
-    ckpt_path.unlink(missing_ok=True)
-    return final
+        save_torch({**meta, "state_dict": _cpu_state(trainer.model)}, files.model)
+        save_torch({**meta, "state_dict": best["state_dict"], "best_epoch": best["epoch"]}, files.best_model)
+        write_history(trainer.history, files.history)
+        _log_outputs(run, trainer, files.model, registered_name, {**tags, "data.manifest_sha256": manifest_sha})
+    files.checkpoint.unlink(missing_ok=True)
+    return files.model
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    atomic_write(path, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.8g"))
 
 
 def _load_checkpoint(path: Path, job: str) -> dict | None:
@@ -243,69 +221,48 @@ def _load_checkpoint(path: Path, job: str) -> dict | None:
     return ckpt
 
 
-def _log_epoch(row: dict) -> None:
-    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-
-
-def _resumable_run(run_id: str, experiment_id: str) -> str | None:
-    """The checkpoint's MLflow run if this store still has it, live, in this experiment; else None (a new run)."""
-    try:
-        run = mlflow.MlflowClient().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        run = None
-    if run is None or run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
-        print(f"train: MLflow run {run_id} of the checkpoint is not in this store/experiment; logging to a new run")
-        return None
-    return run_id
-
-
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
-def _write_history(history: list[dict], path: Path) -> None:
-    data.atomic_write(path, lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.8g"))
+def _log_epoch(run, row: dict) -> None:
+    run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
-def _log_inputs(params: Params, variant: str, seed: int, prepared: Path, manifest_sha: str) -> None:
-    flat = tracking.flatten({"data": dataclasses.asdict(params.data), "train": dataclasses.asdict(params.train_for(variant)),
-                             "variant": {k: v for k, v in dataclasses.asdict(params.variant(variant)).items() if k != "train"}})
-    mlflow.log_params({**flat, "variant.name": variant, "seed": seed})
-    manifest = data.load_manifest(prepared)
-    images, labels = data.load_split(prepared, "train")
-    dataset = mlflow.data.from_numpy(images[:1000], targets=labels[:1000], name="emnist-prepared-train",
-                                     source=str(prepared.resolve()), digest=manifest_sha[:16])
-    mlflow.log_input(dataset, context="training")
-    mlflow.set_tags({"data.manifest_sha256": manifest_sha, "data.source": manifest["source"],
-                     "data.train_images": str(manifest["counts"]["train"])})
+def _log_inputs(run, params: Params, variant: str, seed: int, manifest_sha: str, images, labels,
+                prepared_dir: Path) -> None:
+    spec = {k: v for k, v in dataclasses.asdict(params.variant(variant)).items() if k != "train"}
+    flat = flatten({"data": dataclasses.asdict(params.data), "train": dataclasses.asdict(params.train_for(variant)),
+                     "variant": spec})
+    run.log_params({**flat, "variant.name": variant, "seed": seed})
+    run.log_dataset(images[:1000], labels[:1000], name="emnist-prepared-train", source=str(prepared_dir.resolve()),
+                    digest=manifest_sha[:16], context="training")
+    manifest = prepared.load_manifest(prepared_dir)
+    run.set_tags({"data.manifest_sha256": manifest_sha, "data.source": manifest["source"],
+                  "data.train_images": str(manifest["counts"]["train"])})
 
 
-def _log_outputs(trainer: Trainer, params: Params, final: Path, tags: dict[str, str]) -> None:
+def _log_outputs(run, trainer: Trainer, final: Path, registered_name: str | None, tags: dict[str, str]) -> None:
+    history = pd.DataFrame(trainer.history)
+    run.log_figure(_loss_curve(history, final.stem), "loss_curve.png")
+    run.log_table(history, "history.json")
+    files = {"model_sha256": sha256_file(final), "model_md5": md5_file(final)}
+    run.set_tags(files)
+    if registered_name:
+        run.log_model(trainer.model, registered_name, {**tags, **files})
+
+
+
+def _loss_curve(history: pd.DataFrame, title: str):
+    """The run's train and val MSE per epoch, a figure for the tracker."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = pd.DataFrame(trainer.history)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(history.epoch, history.train_loss, "o-", label="train")
     ax.plot(history.epoch, history.val_loss, "s-", label="val")
-    ax.set(xlabel="epoch", ylabel="MSE", yscale="log", title=final.stem)
+    ax.set(xlabel="epoch", ylabel="MSE", yscale="log", title=title)
     ax.legend()
-    mlflow.log_figure(fig, "loss_curve.png")
-    plt.close(fig)
-    mlflow.log_table(history, "history.json")
-    files = {"model_sha256": data.sha256_file(final), "model_md5": dvclock.md5_file(final)}
-    mlflow.set_tags(files)
-    if params.mlflow.log_model:
-        name = tracking.registered_model_name(params.mlflow.experiment, tags["variant"])
-        tracking.log_model(trainer.model, name, {**tags, **files})
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_stage("train", __doc__, lambda *run: f"wrote {train_variant(*run)}", argv,
-                     expected=(data.DataError, tracking.TrackingError, TrainingDiverged))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return fig

@@ -1,4 +1,4 @@
-"""dvc.lock, read-only: the hashes DVC recorded for the pipeline's stages. Never runs dvc.
+"""dvc.lock, read-only: the hashes DVC recorded for the pipeline's stages. Never runs dvc, never imports it.
 
 A stage records what DVC has already locked when it runs (its upstream stages' entries and outputs); run
 outside DVC (no DVC_ROOT, or no dvc.lock yet) it records "unknown".
@@ -59,12 +59,6 @@ def out_md5(lock: dict[str, dict], path: str) -> str:
     return UNKNOWN
 
 
-def md5_file(path: Path) -> str:
-    """The md5 DVC 3 records for a file output (of its bytes as they are)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
-
-
 def provenance(inputs: dict[str, Path], stages: dict[str, str]) -> dict[str, str]:
     """What dvc.lock says about a running stage's inputs: {'<role>_md5': md5 of each input path,
     '<role>_lock_sha256': digest of each upstream stage's entry}; 'unknown' outside DVC."""
@@ -83,22 +77,3 @@ def relative_path(path: Path, root: Path | None) -> str:
         return Path(path).resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return UNKNOWN
-
-
-def params_drift(lock: dict[str, dict], stage: str, current: dict) -> list[tuple[str, object, object]]:
-    """(key, value in dvc.lock, value in params.yaml) for each param the stage was run with that has changed."""
-    locked = lock.get(stage, {}).get("params", {}).get("params.yaml", {})
-    return [change for key, value in locked.items() for change in diff(value, _lookup(current, key), key)]
-
-
-def _lookup(tree: dict, dotted: str) -> object:
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
-def diff(old: object, new: object, key: str) -> list[tuple[str, object, object]]:
-    """Leaves that differ between two nested dicts, as (dotted key, old, new); new is None where missing."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [change for k in {**old, **new} for change in diff(old.get(k), new.get(k), f"{key}.{k}")]
-    return [] if old == new else [(key, old, new)]

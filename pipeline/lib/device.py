@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
-
-from pipeline.config import TrainConfig
 
 
 def pick_device(name: str) -> torch.device:
@@ -15,8 +14,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether the device has bf16 arithmetic: a CPU without AVX512-BF16 or AMX emulates it ~10x slower than fp32
-    (measured on an AVX2-only AMD EPYC: 22 against 226 img/s for model01)."""
+    """Whether the device has bf16 arithmetic: a CPU without AVX512-BF16 or AMX emulates it, many times slower
+    than fp32 (reports/results/README.md)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
@@ -29,9 +28,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def configure_determinism(cfg: TrainConfig) -> None:
-    """Same seed, same thread count, same machine -> bit-identical weights (see README, Reproducibility)."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+def configure_determinism(threads: int) -> None:
+    """Same seed, same thread count (0: all cores), same machine -> bit-identical weights (docs/reproducibility.md)."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def as_batch_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] on the device, all at once."""
+    return torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255)

@@ -1,7 +1,7 @@
 """Batched image-quality metrics (MSE, PSNR, SSIM) in torch, matching scikit-image 0.26.
 
 All metrics are computed in float64 on the inputs' device. Inputs are a reference batch `x` and a
-reconstruction batch `y` of shape (N, 1, H, W) or (N, H, W), values in [0, 1]. SSIM lives in pipeline/ssim.py
+reconstruction batch `y` of shape (N, 1, H, W) or (N, H, W), values in [0, 1]. SSIM lives in pipeline/lib/ssim.py
 (see there for how it reproduces `skimage.metrics.structural_similarity`) and is re-exported here.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from pipeline.ssim import WINDOWS, image_pairs, ssim_per_image
+from pipeline.lib.ssim import WINDOWS, image_pairs, ssim_per_image
 
 __all__ = ["WINDOWS", "mse_per_image", "psnr_per_image", "psnr_pooled", "ssim_per_image", "per_image", "summarize",
            "summarize_per_image"]

@@ -1,29 +1,14 @@
-"""DVC stage `report`: compare every evaluated run in reports/report.md and reports/figures/*.png.
+"""The report's text: findings generated from the numbers, and the tables of reports/report.md."""
 
-Runs are (variant, seed) pairs. The report opens with findings generated from the numbers: the best
-variant by mean test MSE over seeds, and which differences exceed the seed-to-seed spread (Welch's t-test,
-Benjamini-Hochberg adjusted). It also logs to MLflow as a `report` run and becomes the parent of the runs
-it compares, so the MLflow UI groups one pipeline's runs together.
-"""
 from __future__ import annotations
 
-import dataclasses
-import json
-import sys
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 
-from pipeline import data, dvclock, figures, rate_distortion, stats, tracking
-from pipeline.cli import run_stage
-from pipeline.config import REPO_ROOT, Params, run_name
-from pipeline.prepare import PREPARED_DIR
+from pipeline.lib import rate_distortion, stats
 
-REPORTS_DIR = REPO_ROOT / "reports"
-REFERENCE = Path(__file__).with_name("reference.yaml")
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
 RUN_COLUMNS = ["variant", "seed", "epochs", "mse", "psnr", "ssim", "dead_latent_units",
@@ -35,15 +20,9 @@ COMPRESSION_COLUMNS = ["latent_dim", "bytes_per_image_float32", "bytes_per_image
 FIDELITY_COLUMNS = ["classifier_accuracy", "classifier_accuracy_originals", "psnr", "ssim"]
 
 
-def load_results(reports: Path, runs: list[tuple[str, int]]) -> pd.DataFrame:
-    """One row per (variant, seed) in params.yaml, indexed by run name (stale files of removed runs are ignored)."""
-    rows = []
-    for variant, seed in runs:
-        path = reports / "metrics" / f"{run_name(variant, seed)}.json"
-        if not path.exists():
-            raise data.DataError(f"{path}: missing; run the evaluate stage first (dvc repro {dvclock.stage_name('evaluate', variant, seed)})")
-        metrics = json.loads(path.read_text())
-        rows.append({**metrics, **metrics.pop("run"), "run": run_name(variant, seed)})
+def results_table(metrics: dict[str, dict]) -> pd.DataFrame:
+    """One row per run (run name -> its metrics JSON), indexed by run name, with the "run" block's keys as columns."""
+    rows = [{**m, **m["run"], "run": name} for name, m in metrics.items()]
     return pd.DataFrame(rows).set_index("run")
 
 
@@ -147,7 +126,7 @@ def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, tests: pd.Data
         "## Encoder → decoder run separately (mean over seeds)", "", _markdown(decoder), "",
         "## The study's protocol (10 seeded test images), per run", "", _markdown(protocol), "",
         "## Compression (mean over seeds)", "", _markdown(means.reindex(columns=COMPRESSION_COLUMNS)), "",
-        "Bytes per image are real streams (pipeline.codec) of the whole test split, headers and side information "
+        "Bytes per image are real streams (pipeline.lib.codec) of the whole test split, headers and side information "
         "included. uint8: per-dimension scale/offset calibrated on the train split, carried in the stream; "
         "uint8_range: the same codes range-coded under a Gaussian per dimension (its mean and spread in the stream); "
         "entropy: integer latents range-coded under the variant's learned prior (prior_bits_per_image is the "
@@ -165,86 +144,3 @@ def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, tests: pd.Data
 def _markdown(table: pd.DataFrame, index: bool = True) -> str:
     blanked = table.astype(object).where(table.notna(), None)  # tabulate shows None as missingval
     return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–")
-
-
-def draw_figures(results: pd.DataFrame, summary: pd.DataFrame, rd: pd.DataFrame, reports: Path,
-                 prepared: Path) -> list[Path]:
-    out = reports / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / f"{name}.png" for name in
-             ("findings_seed_spread", "study_comparison", "loss_curves", "reconstructions", "per_class_psnr",
-              "rate_distortion")}
-    means = variant_means(results)
-    figures.seed_spread(results, summary, paths["findings_seed_spread"])
-    figures.rate_distortion(rd, paths["rate_distortion"])
-    figures.study_comparison(means, paths["study_comparison"])
-    histories = {}
-    for name, row in results.iterrows():
-        histories.setdefault(row.variant, []).append(pd.read_csv(reports / "history" / f"{name}.csv"))
-    figures.loss_curves(histories, paths["loss_curves"])
-    first_seed = results.groupby("variant", sort=False).head(1)
-    test_images, _ = data.load_split(prepared, "test")
-    figures.reconstructions(test_images[results.sample_indices.iloc[0]],
-                            {name: np.load(reports / "samples" / f"{name}.npy") for name in first_seed.index},
-                            paths["reconstructions"])
-    per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
-    figures.per_class_psnr(per_class.T.groupby(results.variant, sort=False).mean().T, means.mse.idxmin(),
-                           paths["per_class_psnr"])
-    return list(paths.values())
-
-
-def write_report(params: Params, reports: Path = REPORTS_DIR,
-                 prepared: Path = PREPARED_DIR) -> tuple[Path, list[Path], pd.DataFrame, pd.DataFrame]:
-    results = load_results(reports, params.runs())
-    summary = stats.aggregate(results, SEED_COLUMNS)
-    tests = stats.pairwise_welch(results, "mse")
-    specs = {name: dataclasses.asdict(spec) for name, spec in params.variants.items()}
-    reference = yaml.safe_load(REFERENCE.read_text())
-    rd = rate_distortion.assemble(variant_means(results), rate_distortion.load_baselines(reports / "baselines.json"))
-    rate_distortion.write_json(rd, reports / "rate_distortion.json")
-    paths = draw_figures(results, summary, rd, reports, prepared)
-    report = reports / "report.md"
-    text = render_markdown(results, summary, tests, specs, reference, [p.name for p in paths], rd)
-    data.atomic_write(report, lambda tmp: tmp.write_text(text))
-    return report, paths, results, summary
-
-
-def log_report(experiment: str, report: Path, figure_paths: list[Path], summary: pd.DataFrame,
-               run_ids: list[str]) -> None:
-    """One `report` run holding the report and the per-variant means; the training runs become its children,
-    tagged with the digest of their evaluate stage's dvc.lock entry."""
-    tracking.setup(experiment)
-    with tracking.tracked_run(run_name="report", tags=tracking.run_tags("report")) as run:
-        mlflow.log_artifact(str(report))
-        mlflow.log_artifact(str(report.with_name("rate_distortion.json")))
-        for figure in figure_paths:
-            mlflow.log_artifact(str(figure), "figures")
-        mlflow.log_metrics({f"{variant}.{column}": float(value) for variant, row in summary.iterrows()
-                            for column, value in row.items() if column.endswith(("_mean", "_std"))
-                            and np.isfinite(value)})
-    client = mlflow.MlflowClient()
-    lock = dvclock.read_lock(dvclock.dvc_root())
-    for run_id in run_ids:
-        try:
-            client.set_tag(run_id, "mlflow.parentRunId", run.info.run_id)
-            tags = client.get_run(run_id).data.tags
-            stage = dvclock.stage_name("evaluate", tags.get("variant"), tags.get("seed"))
-            client.set_tag(run_id, "report.dvc.evaluate_lock_sha256", dvclock.entry_digest(lock, stage))
-        except mlflow.exceptions.MlflowException:
-            print(f"report: run {run_id} not found in the tracking store; not grouped")
-
-
-def _report(params: Params) -> str:
-    report, figure_paths, results, summary = write_report(params)
-    log_report(params.mlflow.experiment, report, figure_paths, summary,
-               [r for r in results.mlflow_run_id if isinstance(r, str)])
-    return f"wrote {report} and {len(figure_paths)} figures ({len(results)} runs of {len(summary)} variants)"
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_stage("report", __doc__, _report, argv, per_run=False,
-                     expected=(data.DataError, tracking.TrackingError))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

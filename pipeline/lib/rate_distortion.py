@@ -3,7 +3,7 @@ classical baselines (reports/baselines.json), written to reports/rate_distortion
 
 A variant contributes one point per form it can be stored in, each the mean over its seeds: `float32`
 (4 bytes per latent dimension; not for entropy-coded variants, whose latent is already integer), `uint8`
-(pipeline.codec's uint8 stream), `uint8 range-coded` (the same codes in the codec's uint8_range stream) and
+(pipeline.lib.codec's uint8 stream), `uint8 range-coded` (the same codes in the codec's uint8_range stream) and
 `entropy` (its range-coded stream, variants with rate_weight > 0). With
 codec.refine_steps > 0 both uint8 streams carry the codec's refined latents, and `float32, refined` is added.
 Bytes per image always include everything the decoder needs besides the model weights.
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import data
+from pipeline.lib import io
+from pipeline.lib.io import DataError
 
 FIELDS = ["method", "setting", "bytes_per_image", "psnr_pooled", "psnr", "ssim", "mse", "classifier_accuracy"]
 MOONSHOT = {"bytes_per_image": 32, "psnr_pooled": 27.1}  # WebP q5's quality (27.1 dB) at a quarter of its bytes
@@ -55,7 +56,7 @@ def load_baselines(path: Path) -> list[dict]:
     try:
         return json.loads(path.read_text())["rows"]
     except FileNotFoundError:
-        raise data.DataError(f"{path}: missing; run the baselines stage first (dvc repro baselines)") from None
+        raise DataError(f"{path}: missing; run the baselines stage first (dvc repro baselines)") from None
 
 
 def assemble(means: pd.DataFrame, baselines: list[dict]) -> pd.DataFrame:
@@ -66,7 +67,7 @@ def assemble(means: pd.DataFrame, baselines: list[dict]) -> pd.DataFrame:
 
 def write_json(table: pd.DataFrame, out: Path) -> None:
     rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
-    data.atomic_write(out, lambda p: p.write_text(json.dumps(rows, indent=2, allow_nan=False) + "\n"))
+    io.write_json(out, rows)
 
 
 def moonshot_finding(table: pd.DataFrame) -> str:

@@ -1,4 +1,4 @@
-"""YAML -> typed, checked dataclasses: the generic machinery behind pipeline.config's schema.
+"""YAML -> typed, checked dataclasses: the generic machinery behind pipeline.lib.config's schema.
 
 Every error names the offending key (dotted path) and what was expected; unknown keys are errors.
 """

@@ -1,4 +1,4 @@
-"""`python -m pipeline.lineage TARGET`: print a run's lineage and check that every link still matches.
+"""`python -m pipeline.tools.lineage TARGET`: print a run's lineage and check that every link still matches.
 
 TARGET: a run (model01-seed0), a variant (every seed in params.yaml), a model file, or an MLflow run id.
 The chain: raw data sha256s -> prepared manifest -> training (params, code commit, MLflow run) -> model
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -20,12 +19,14 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import data, dvclock, tracking
-from pipeline.config import REPO_ROOT, ConfigError, Params, TrainConfig, VariantSpec, load_params, run_name
+from pipeline import paths, provenance, tracking
+from pipeline.lib import prepared, schema
+from pipeline.lib.config import ConfigError, Params, TrainConfig, VariantSpec, load_params, run_name
+from pipeline.lib.io import DataError, md5_file, sha256_file
 
 RUN_NAME = re.compile(r"(?P<variant>.+)-seed(?P<seed>[0-9]+)")
 KEY_METRICS = ("mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "n_test")
-UNKNOWN = dvclock.UNKNOWN
+UNKNOWN = provenance.UNKNOWN
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Project:
         client = None if tracking.store_missing(uri) else MlflowClient(tracking_uri=uri)
         params_file = root / "params.yaml"
         return cls(root, load_params(params_file), yaml.safe_load(params_file.read_text()),
-                   dvclock.read_lock(root), uri, client)
+                   provenance.read_lock(root), uri, client)
 
     def run(self, run_id: str | None):
         """The live MLflow run with this id, or None."""
@@ -57,7 +58,7 @@ class Project:
 
     def relative(self, path: Path) -> str:
         """How dvc.lock names a file of this project (a file elsewhere: its path)."""
-        relative = dvclock.relative_path(path, self.root)
+        relative = provenance.relative_path(path, self.root)
         return str(path) if relative == UNKNOWN else relative
 
 
@@ -78,7 +79,7 @@ class Chain:
     model_md5: str | None
 
     def stage(self, kind: str) -> str:
-        return dvclock.stage_name(kind, self.variant, self.seed)
+        return provenance.stage_name(kind, self.variant, self.seed)
 
     @property
     def metrics_path(self) -> str:
@@ -119,15 +120,15 @@ def load_model_meta(path: Path) -> dict | None:
 
 def gather(project: Project, name: str, model_path: Path) -> Chain:
     match = RUN_NAME.fullmatch(name)
-    prepared = project.root / "data" / "prepared"
+    data_dir = project.root / "data" / "prepared"
     metrics_file = project.root / "reports" / "metrics" / f"{name}.json"
     saved = load_model_meta(model_path)
-    manifest = data.load_manifest(prepared) if (prepared / "manifest.json").exists() else None
+    manifest = prepared.load_manifest(data_dir) if (data_dir / "manifest.json").exists() else None
     return Chain(name, match["variant"], int(match["seed"]), model_path, saved,
-                 json.loads(metrics_file.read_text()) if metrics_file.exists() else None,
+                 schema.load(metrics_file) if metrics_file.exists() else None,
                  project.run(saved.get("mlflow_run_id")) if saved else None,
-                 manifest, data.manifest_digest(prepared) if manifest else "missing",
-                 data.sha256_file(model_path) if saved else None, dvclock.md5_file(model_path) if saved else None)
+                 manifest, prepared.manifest_digest(data_dir) if manifest else "missing",
+                 sha256_file(model_path) if saved else None, md5_file(model_path) if saved else None)
 
 
 # ---------------------------------------------------------------- the chain, printed
@@ -137,7 +138,7 @@ def describe(c: Chain, p: Project) -> list[str]:
     lines = [c.name, f"  raw data   {manifest['source']}"]
     lines += [f"             {file} sha256 {sha}" for file, sha in sorted(manifest["inputs"].items())]
     lines.append(f"  prepared   data/prepared/manifest.json sha256 {c.manifest_sha256}, "
-                 f"dvc.lock md5 {dvclock.out_md5(p.lock, 'data/prepared')}")
+                 f"dvc.lock md5 {provenance.out_md5(p.lock, 'data/prepared')}")
     if c.saved is None:
         return lines + [f"  model      {p.relative(c.model_path)}: missing"]
     lines += _describe_training(c, p)
@@ -152,7 +153,7 @@ def describe(c: Chain, p: Project) -> list[str]:
 def _describe_training(c: Chain, p: Project) -> list[str]:
     tags = c.run.data.tags if c.run else {}
     spec = {k: v for k, v in c.saved["spec"].items() if k not in ("description", "train")}
-    return [f"  training   {c.stage('train')} (dvc.lock entry sha256 {dvclock.entry_digest(p.lock, c.stage('train'))})",
+    return [f"  training   {c.stage('train')} (dvc.lock entry sha256 {provenance.entry_digest(p.lock, c.stage('train'))})",
             f"             MLflow run {c.saved.get('mlflow_run_id')} ({c.run.info.status if c.run else 'missing'}), "
             f"git commit {tags.get('git_commit', UNKNOWN)} (dirty: {tags.get('git_dirty', UNKNOWN)})",
             f"             data manifest sha256 {c.saved['data_manifest_sha256']}",
@@ -193,7 +194,7 @@ def _data_changed(c: Chain, p: Project) -> list[str]:
     problems = [f"data changed: {where} was made from prepared data with manifest sha256 {_short(then)}, "
                 f"data/prepared/manifest.json is now {_short(c.manifest_sha256)}"
                 for where, then in made_from.items() if then != c.manifest_sha256]
-    then, now = c.saved.get("dvc", {}).get("prepared_md5"), dvclock.out_md5(p.lock, "data/prepared")
+    then, now = c.saved.get("dvc", {}).get("prepared_md5"), provenance.out_md5(p.lock, "data/prepared")
     if _differ(then, now):
         problems.append(f"data changed: {p.relative(c.model_path)} was trained on data/prepared with dvc md5 "
                         f"{_short(then)}, dvc.lock now records {_short(now)}")
@@ -205,14 +206,33 @@ def _params_edited(c: Chain, p: Project) -> list[str]:
         return [f"params edited: variants.{c.variant} is no longer in params.yaml"]
     problems = [] if c.seed in p.params.seeds else [f"params edited: seeds no longer lists {c.seed}"]
     spec, train = _with_defaults(VariantSpec, c.saved["spec"]), _with_defaults(TrainConfig, c.saved["train"])
-    changes = (dvclock.diff(spec, dataclasses.asdict(p.params.variant(c.variant)), f"variants.{c.variant}")
-               + dvclock.diff(train, dataclasses.asdict(p.params.train_for(c.variant)), "train"))
+    changes = (diff(spec, dataclasses.asdict(p.params.variant(c.variant)), f"variants.{c.variant}")
+               + diff(train, dataclasses.asdict(p.params.train_for(c.variant)), "train"))
     problems += [f"params edited: {key}: {p.relative(c.model_path)} was trained with {old!r}, params.yaml has {new!r}"
                  for key, old, new in changes]
     for stage in ("prepare", c.stage("train"), c.stage("evaluate")):
         problems += [f"params edited: {key}: dvc.lock's {stage} ran with {old!r}, params.yaml has {new!r}"
-                     for key, old, new in dvclock.params_drift(p.lock, stage, p.params_raw)]
+                     for key, old, new in params_drift(p.lock, stage, p.params_raw)]
     return problems
+
+
+def params_drift(lock: dict[str, dict], stage: str, current: dict) -> list[tuple[str, object, object]]:
+    """(key, value in dvc.lock, value in params.yaml) for each param the stage was run with that has changed."""
+    locked = lock.get(stage, {}).get("params", {}).get("params.yaml", {})
+    return [change for key, value in locked.items() for change in diff(value, _lookup(current, key), key)]
+
+
+def _lookup(tree: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def diff(old: object, new: object, key: str) -> list[tuple[str, object, object]]:
+    """Leaves that differ between two nested dicts, as (dotted key, old, new); new is None where missing."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for k in {**old, **new} for change in diff(old.get(k), new.get(k), f"{key}.{k}")]
+    return [] if old == new else [(key, old, new)]
 
 
 def _with_defaults(cls, saved: dict) -> dict:
@@ -229,7 +249,7 @@ def _model_replaced(c: Chain, p: Project) -> list[str]:
     if _differ(then, c.model_sha256):
         problems.append(f"model file replaced: {where} has sha256 {_short(c.model_sha256)}, its MLflow run "
                         f"recorded {_short(then)} when training wrote it")
-    locked = dvclock.out_md5(p.lock, where)
+    locked = provenance.out_md5(p.lock, where)
     if _differ(locked, c.model_md5):
         problems.append(f"model file replaced: {where} has md5 {_short(c.model_md5)}, dvc.lock's {c.stage('train')} "
                         f"recorded {_short(locked)}")
@@ -253,7 +273,7 @@ def _metrics_stale(c: Chain, p: Project) -> list[str]:
     if _differ(recorded.get("mlflow_run_id"), c.saved.get("mlflow_run_id")):
         problems.append(f"metrics stale: {c.metrics_path} belongs to MLflow run {recorded['mlflow_run_id']}, "
                         f"{where} to run {c.saved.get('mlflow_run_id')}")
-    then, now = recorded.get("dvc", {}).get("train_lock_sha256"), dvclock.entry_digest(p.lock, c.stage("train"))
+    then, now = recorded.get("dvc", {}).get("train_lock_sha256"), provenance.entry_digest(p.lock, c.stage("train"))
     if _differ(then, now):
         problems.append(f"metrics stale: {c.metrics_path} was computed when dvc.lock's {c.stage('train')} entry "
                         f"had sha256 {_short(then)}, it now has {_short(now)}")
@@ -274,13 +294,13 @@ def lineage(target: str, root: Path) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.lineage", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.lineage", description=__doc__.splitlines()[0])
     parser.add_argument("target", help="run name (model01-seed0), variant, model file or MLflow run id")
-    parser.add_argument("--root", type=Path, default=REPO_ROOT, help="the project checkout (default: this one)")
+    parser.add_argument("--root", type=Path, default=paths.root(), help="the project checkout (default: this one)")
     args = parser.parse_args(argv)
     try:
         lines, problems = lineage(args.target, args.root.resolve())
-    except (ConfigError, LookupError, data.DataError) as err:
+    except (ConfigError, LookupError, DataError) as err:
         print(f"lineage: error: {err}", file=sys.stderr)
         return 2
     print("\n".join(lines))

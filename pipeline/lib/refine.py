@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.train import as_batch_tensor, log_mse
+from pipeline.lib.device import as_batch_tensor
+from pipeline.lib.losses import log_mse
 
-REFINE_BATCH = 256  # on the 2-core CPU: 2.5 ms per image and step, against 3.0 ms in batches of 2048
+REFINE_BATCH = 256  # faster per image and step on CPU than larger batches (reports/results/README.md)
 
 
 def applied_refine_steps(model, cfg) -> int:

@@ -1,0 +1,63 @@
+"""File I/O every layer shares: atomic writes (never a half-written file under its final name) and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 1 << 20
+
+
+class DataError(RuntimeError):
+    """A data file is missing, corrupt or inconsistent; the message names the file."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) on a sibling temporary file, then rename it over `path`: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: Path, content: object, **options) -> None:
+    """JSON with a final newline, written atomically; NaN is an error (it is not JSON)."""
+    write_text(path, json.dumps(content, indent=2, allow_nan=False, **options) + "\n")
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def save_torch(obj: object, path: Path) -> None:
+    import torch  # not every caller of this module needs torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with Path(path).open("rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                digest.update(block)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    return digest.hexdigest()
+
+
+def md5_file(path: Path) -> str:
+    """The md5 DVC 3 records for a file output (of its bytes as they are)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()

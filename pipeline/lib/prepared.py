@@ -1,0 +1,53 @@
+"""The prepared data set (the prepare stage's output): split arrays, mapping and manifest, read and written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.lib.io import DataError, sha256_file
+
+SPLITS = ("train", "val", "test")
+
+
+def write_prepared(out_dir: Path, arrays: dict[str, np.ndarray], extra: dict[str, object]) -> None:
+    """Write arrays as .npy plus JSON files into a temporary sibling, then swap it in whole."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, array in arrays.items():
+        np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+    for name, content in extra.items():
+        (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 28, 28), upright, and int64 labels of one prepared split."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    try:
+        images = np.load(prepared / f"{split}_images.npy")
+        labels = np.load(prepared / f"{split}_labels.npy").astype(np.int64)
+    except FileNotFoundError as err:
+        raise DataError(f"{err.filename}: missing; run the prepare stage first (dvc repro prepare)") from None
+    return images, labels
+
+
+def load_mapping(prepared: Path) -> list[str]:
+    """Label -> character of the prepared data."""
+    return json.loads((prepared / "mapping.json").read_text())
+
+
+def load_manifest(prepared: Path) -> dict:
+    return json.loads((prepared / "manifest.json").read_text())
+
+
+def manifest_digest(prepared: Path) -> str:
+    """sha256 of manifest.json, which itself holds the sha256 of every prepared array."""
+    return sha256_file(prepared / "manifest.json")

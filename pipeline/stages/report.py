@@ -1,0 +1,92 @@
+"""DVC stage `report`: compare every evaluated run in reports/report.md and reports/figures/*.png.
+
+Runs are (variant, seed) pairs. The report opens with findings generated from the numbers: the best
+variant by mean test MSE over seeds, and which differences exceed the seed-to-seed spread (Welch's t-test,
+Benjamini-Hochberg adjusted). It also logs to MLflow as a `report` run and becomes the parent of the runs
+it compares, so the MLflow UI groups one pipeline's runs together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipeline import paths, provenance, tracking
+from pipeline.cli import run_stage
+from pipeline.lib import figures, prepared, rate_distortion, report_text, schema, stats
+from pipeline.lib.config import Params, run_name
+from pipeline.lib.io import DataError, write_text
+
+
+def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.DataFrame]:
+    results = report_text.results_table({run_name(v, s): _metrics(v, s) for v, s in params.runs()})
+    summary = stats.aggregate(results, report_text.SEED_COLUMNS)
+    tests = stats.pairwise_welch(results, "mse")
+    specs = {name: dataclasses.asdict(spec) for name, spec in params.variants.items()}
+    reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
+    means = report_text.variant_means(results)
+    rd = rate_distortion.assemble(means, rate_distortion.load_baselines(paths.baselines_file()))
+    rate_distortion.write_json(rd, paths.reports_dir() / "rate_distortion.json")
+    histories = {}
+    for name, row in results.iterrows():
+        histories.setdefault(row.variant, []).append(pd.read_csv(paths.history_file(name)))
+    first_seed = results.groupby("variant", sort=False).head(1).index
+    originals = prepared.load_split(paths.prepared_dir(), "test")[0][results.sample_indices.iloc[0]]
+    samples = {name: np.load(paths.samples_file(name)) for name in first_seed}
+    paths.figures_dir().mkdir(parents=True, exist_ok=True)
+    figure_paths = figures.report_figures(results, summary, means, rd, histories, originals, samples,
+                                          paths.figures_dir())
+    report = paths.reports_dir() / "report.md"
+    text = report_text.render_markdown(results, summary, tests, specs, reference, [p.name for p in figure_paths], rd)
+    write_text(report, text)
+    return report, figure_paths, results, summary
+
+
+def _metrics(variant: str, seed: int) -> dict:
+    path = paths.metrics_file(run_name(variant, seed))
+    if not path.exists():
+        stage = provenance.stage_name("evaluate", variant, seed)
+        raise DataError(f"{path}: missing; run the evaluate stage first (dvc repro {stage})")
+    return schema.load(path)
+
+
+def log_report(tracker: tracking.Tracker, report: Path, figure_paths: list[Path], summary: pd.DataFrame,
+               results: pd.DataFrame) -> None:
+    """One `report` run holding the report and the per-variant means; the training runs become its children,
+    tagged with the digest of their evaluate stage's dvc.lock entry."""
+    with tracker.run("report", tracking.run_tags("report")) as run:
+        run.log_artifact(report)
+        run.log_artifact(report.with_name("rate_distortion.json"))
+        for figure in figure_paths:
+            run.log_artifact(figure, "figures")
+        run.log_metrics({f"{variant}.{column}": float(value) for variant, row in summary.iterrows()
+                         for column, value in row.items() if column.endswith(("_mean", "_std")) and np.isfinite(value)})
+    lock = provenance.read_lock(provenance.dvc_root())
+    for _, row in results[[isinstance(r, str) for r in results.mlflow_run_id]].iterrows():
+        child = tracker.attach(row.mlflow_run_id)
+        if child is None:
+            print(f"report: run {row.mlflow_run_id} not found in the tracking store; not grouped")
+            continue
+        stage = provenance.stage_name("evaluate", row.variant, row.seed)
+        child.set_tags({"mlflow.parentRunId": run.run_id,
+                        "report.dvc.evaluate_lock_sha256": provenance.entry_digest(lock, stage)})
+
+
+def _report(params: Params) -> str:
+    report, figure_paths, results, summary = write_report(params)
+    log_report(tracking.MlflowTracker(), report, figure_paths, summary, results)
+    return f"wrote {report} and {len(figure_paths)} figures ({len(results)} runs of {len(summary)} variants)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("report", __doc__, lambda params, _: _report(params), argv, per_run=False,
+                     expected=(DataError, tracking.TrackingError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

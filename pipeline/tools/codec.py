@@ -1,0 +1,122 @@
+"""The compressor's command line: images -> CNZ1 bitstream -> images, with a trained variant's model.
+
+  python -m pipeline.tools.codec compress <variant> <input> <out file> [--seed N] [--mode uint8|uint8_range|entropy]
+  python -m pipeline.tools.codec decompress <variant> <in file> <out dir> [--seed N]
+
+<input> is an IDX image file in EMNIST's raw (transposed) layout, gzip or plain, or a directory of 28x28
+grayscale PNGs (upright, sorted by name); decompress writes 000000.png, 000001.png, ... The model is
+models/<variant>-seed<N>.pt (default seed: the first of `seeds:`). The stream format and the modes: docs/codec.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline import paths
+from pipeline.lib import codec, prepared
+from pipeline.lib.codec import CodecError
+from pipeline.lib.config import IMAGE_SIZE, ConfigError, Params, load_params, run_name
+from pipeline.lib.device import configure_determinism, pick_device
+from pipeline.lib.idx import read_idx
+from pipeline.lib.io import DataError, atomic_write
+from pipeline.lib.models import load_model
+from pipeline.lib.refine import refine_latents
+
+
+def read_images(path: Path) -> np.ndarray:
+    """An IDX image file (EMNIST raw layout) or a directory of 28x28 grayscale PNGs -> uint8 (N, 28, 28) upright."""
+    if path.is_dir():
+        files = sorted(path.glob("*.png"))
+        if not files:
+            raise CodecError(f"{path}: no .png files")
+        images = [np.asarray(Image.open(f).convert("L")) for f in files]
+        bad = next((f for f, im in zip(files, images) if im.shape != (IMAGE_SIZE, IMAGE_SIZE)), None)
+        if bad is not None:
+            raise CodecError(f"{bad}: expected {IMAGE_SIZE}x{IMAGE_SIZE} pixels")
+        return np.stack(images)
+    images = read_idx(path, "images")
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise CodecError(f"{path}: expected {IMAGE_SIZE}x{IMAGE_SIZE} images, got {images.shape[1:]}")
+    return np.ascontiguousarray(images.transpose(0, 2, 1))
+
+
+def write_images(images: np.ndarray, out_dir: Path) -> None:
+    """PNGs 000000.png, ... into a new directory, written beside it and renamed: never half there."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CodecError(f"{out_dir}: exists and is not an empty directory; choose a new one")
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp / f"{i:06d}.png")
+    if out_dir.exists():
+        out_dir.rmdir()
+    os.replace(tmp, out_dir)
+
+
+def compress(params: Params, variant: str, seed: int, source: Path, out: Path, mode: str | None) -> int:
+    model_file, model = _model(params, variant, seed)
+    mode = mode or ("entropy" if model.prior is not None else "uint8")
+    images = read_images(source)
+    latents, calibration = codec.encode_latents(model, images), None
+    if mode != "entropy":
+        calibration = codec.train_calibration(model, prepared.load_split(paths.prepared_dir(), "train")[0])
+        latents = refine_latents(model, images, latents, params.codec, calibration)
+    stream = codec.pack(model, model_file, latents, mode, calibration)
+    atomic_write(out, lambda tmp: tmp.write_bytes(stream))
+    return len(stream)
+
+
+def decompress(params: Params, variant: str, seed: int, source: Path, out_dir: Path) -> int:
+    model_file, model = _model(params, variant, seed)
+    _, latents = codec.unpack(model, model_file, source.read_bytes())
+    images = codec.decode_images(model, latents)
+    write_images(images, out_dir)
+    return len(images)
+
+
+def _model(params: Params, variant: str, seed: int):
+    model_file, compute = paths.model_file(run_name(variant, seed)), params.compute_for(variant)
+    configure_determinism(compute.threads)  # refinement runs backward passes
+    model, _ = load_model(model_file, pick_device(compute.device))
+    return model_file, model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.codec", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", help="the params file (default: params.yaml at the project root)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("compress", "decompress"):
+        sub = commands.add_parser(name)
+        sub.add_argument("variant")
+        sub.add_argument("source", type=Path)
+        sub.add_argument("out", type=Path)
+        sub.add_argument("--seed", type=int, help="which trained run (default: the first of `seeds:`)")
+        if name == "compress":
+            sub.add_argument("--mode", choices=list(codec.MODES), help="default: entropy if the variant has a prior")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params or paths.params_file())
+        params.variant(args.variant)
+        seed = params.seeds[0] if args.seed is None else args.seed
+        if args.command == "compress":
+            size = compress(params, args.variant, seed, args.source, args.out, args.mode)
+            print(f"codec: wrote {args.out} ({size} bytes)")
+        else:
+            count = decompress(params, args.variant, seed, args.source, args.out)
+            print(f"codec: wrote {count} images to {args.out}")
+    except (CodecError, ConfigError, DataError, OSError) as err:
+        print(f"codec: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
