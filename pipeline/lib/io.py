@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,40 @@ class DataError(RuntimeError):
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) on a sibling temporary file, then rename it over `path`: never half-written."""
+    """Call write(tmp_path) on a sibling temporary file, then rename it over `path`: never half-written.
+
+    The temporary name is unique (stages run by hand in parallel never share one) and removed if writing fails;
+    file and directory are fsynced, so after a power loss `path` holds the old bytes or the new ones, never none.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = temporary_sibling(path)
+    try:
+        write(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A new empty file beside `path` with a unique name, readable as a normal output would be."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
+    return Path(name)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -5,26 +5,40 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.lib.io import DataError, sha256_file
+from pipeline.lib.io import DataError, fsync_path, sha256_file
 
 SPLITS = ("train", "val", "test")
 
 
 def write_prepared(out_dir: Path, arrays: dict[str, np.ndarray], extra: dict[str, object]) -> None:
-    """Write arrays as .npy plus JSON files into a temporary sibling, then swap it in whole."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, array in arrays.items():
-        np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-    for name, content in extra.items():
-        (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    """Write arrays as .npy plus JSON files into a temporary sibling, fsynced, then swap it in whole: the previous
+    output stays until the new one is complete. A directory that is not a prepared data set is never replaced."""
+    if out_dir.exists() and not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir}: exists and is not a prepared data set (no manifest.json); not replacing it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        for name, content in extra.items():
+            (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        for file in [*tmp.iterdir(), tmp]:
+            fsync_path(file)
+        os.chmod(tmp, 0o755)
+        old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_path(out_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
