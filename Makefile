@@ -1,15 +1,16 @@
-# Two commands on a fresh machine: `make repro` (the pipeline) and `make test` (the suite).
-# Both create .venv on first use. `make repro DATA=<dir>` runs against a local copy of EMNIST.
+# Set-up: `make install`, then `source .venv/bin/activate` (README). Every target creates .venv on first use.
+# `make repro DATA=<dir>` runs the pipeline against a local copy of EMNIST.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA ?=
 RUN ?=
-# stages call `python`: make it the venv's
+# stages call `python`: make it the venv's, also without an activated venv
 export PATH := $(BIN):$(PATH)
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install repro test bench bench-epochs lineage clean-venv
+.PHONY: install repro test test-all lint format bench bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,13 +27,25 @@ else
 	$(BIN)/dvc exp run --set-param data.source=$(abspath $(DATA))
 endif
 
-# two workers, each test file on one worker so module-scoped pipeline fixtures run once: 13 -> 8 min here
+# the fast suite: unit and integration tests on tiny generated data (each test file on one worker)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(PYTEST) -m "not slow"
+
+# everything: the fast suite, then the end-to-end tests that run real dvc, mlflow servers and killed processes
+test-all: test
+	$(PYTEST) -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # make lineage RUN=model01-seed0 (or a variant, a model file, an MLflow run id): print and check its chain
 lineage: $(STAMP)
-	$(BIN)/python -m pipeline.lineage $(RUN)
+	$(BIN)/python -m pipeline.tools.lineage $(RUN)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics

@@ -7,11 +7,11 @@ train split and records val MSE after every epoch; a constant-LR run stops once 
 trains its whole schedule (the LR depends on the planned length). Writes reports/epochs_to_quality.json
 and .md after each row (a killed run keeps what finished) and logs them to MLflow as `epochs-benchmark`.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 
 import mlflow
@@ -19,45 +19,74 @@ import pandas as pd
 import torch
 import yaml
 
-from pipeline import data, tracking
-from pipeline.config import REPO_ROOT, load_params
-from pipeline.prepare import PREPARED_DIR
-from pipeline.device import configure_determinism, pick_device
-from pipeline.train import Trainer, as_batch_tensor
+from pipeline import paths, tracking
+from pipeline.lib import prepared
+from pipeline.lib.config import load_params
+from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device
+from pipeline.lib.io import write_json, write_text
+from pipeline.lib.training import Trainer
 
 RECIPES = {  # train: keys; the pipeline's defaults fill the rest
     "study": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant", "precision": "fp32"},
-    "onecycle-bf16": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "onecycle",
-                      "precision": "bf16"},
-    "onecycle-fp32": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "onecycle",
-                      "precision": "fp32"},
+    "onecycle-bf16": {
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "schedule": "onecycle",
+        "precision": "bf16",
+    },
+    "onecycle-fp32": {
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "schedule": "onecycle",
+        "precision": "fp32",
+    },
 }
 # (variant, recipe, epochs): the bf16/fp32 pair first (the precision quality check), the study's recipe last
-PLAN = [("model01_linear", "onecycle-bf16", 4), ("model01_linear", "onecycle-fp32", 4),
-        ("model01", "onecycle-bf16", 4), ("model01", "study", 6)]
-OUT_JSON, OUT_MD = REPO_ROOT / "reports" / "epochs_to_quality.json", REPO_ROOT / "reports" / "epochs_to_quality.md"
-TARGET = yaml.safe_load((REPO_ROOT / "pipeline" / "reference.yaml").read_text())["published_weights"]["model01"]["mse"]
+PLAN = [
+    ("model01_linear", "onecycle-bf16", 4),
+    ("model01_linear", "onecycle-fp32", 4),
+    ("model01", "onecycle-bf16", 4),
+    ("model01", "study", 6),
+]
+OUT_JSON, OUT_MD = paths.reports_dir() / "epochs_to_quality.json", paths.reports_dir() / "epochs_to_quality.md"
+TARGET = yaml.safe_load(paths.REFERENCE_FILE.read_text())["published_weights"]["model01"]["mse"]
 
 
 def train_row(params, variant: str, recipe: str, epochs: int, seed: int, tensors: dict) -> dict:
     train = dataclasses.replace(params.train, **RECIPES[recipe], epochs=epochs, steps_per_epoch=None)
-    params = dataclasses.replace(params, train=train,
-                                 variants={variant: dataclasses.replace(params.variant(variant), train={})})
+    params = dataclasses.replace(
+        params, train=train, variants={variant: dataclasses.replace(params.variant(variant), train={})}
+    )
     trainer = Trainer(params, variant, seed, tensors["train"].device, train_images=len(tensors["train"]))
     stop_early = train.schedule == "constant"
     started = time.perf_counter()
     for epoch in range(epochs):
-        trainer.history.append({"epoch": epoch + 1, **trainer.train_epoch(tensors["train"], epoch),
-                                "val_loss": trainer.val_loss(tensors["val"])})
+        trainer.history.append(
+            {
+                "epoch": epoch + 1,
+                **trainer.train_epoch(tensors["train"], epoch),
+                "val_loss": trainer.val_loss(tensors["val"]),
+            }
+        )
         print(f"{variant} {recipe} epoch {epoch + 1}/{epochs}: val MSE {trainer.history[-1]['val_loss']:.5f}")
         if stop_early and trainer.history[-1]["val_loss"] <= TARGET:
             break
     seconds = time.perf_counter() - started
     reached = [row["epoch"] for row in trainer.history if row["val_loss"] <= TARGET]
-    return {"variant": variant, "recipe": recipe, **RECIPES[recipe], "planned_epochs": epochs,
-            "epochs_trained": len(trainer.history), "epochs_to_target": reached[0] if reached else None,
-            "final_val_mse": trainer.history[-1]["val_loss"], "test_mse": trainer.val_loss(tensors["test"]),
-            "seconds_per_epoch": seconds / len(trainer.history), "val_mse_per_epoch": [r["val_loss"] for r in trainer.history]}
+    return {
+        "variant": variant,
+        "recipe": recipe,
+        **RECIPES[recipe],
+        "planned_epochs": epochs,
+        "epochs_trained": len(trainer.history),
+        "epochs_to_target": reached[0] if reached else None,
+        "final_val_mse": trainer.history[-1]["val_loss"],
+        "test_mse": trainer.val_loss(tensors["test"]),
+        "seconds_per_epoch": seconds / len(trainer.history),
+        "val_mse_per_epoch": [r["val_loss"] for r in trainer.history],
+    }
 
 
 def precision_check(rows: list[dict]) -> list[dict]:
@@ -68,31 +97,53 @@ def precision_check(rows: list[dict]) -> list[dict]:
         fp32 = by_key.get((variant, schedule, epochs, "fp32"))
         if precision == "bf16" and fp32:
             change = bf16["final_val_mse"] / fp32["final_val_mse"] - 1
-            checks.append({"variant": variant, "schedule": schedule, "epochs": epochs,
-                           "val_mse_fp32": fp32["final_val_mse"], "val_mse_bf16": bf16["final_val_mse"],
-                           "relative_change": change, "within_2_percent": abs(change) <= 0.02,
-                           "speedup": fp32["seconds_per_epoch"] / bf16["seconds_per_epoch"]})
+            checks.append(
+                {
+                    "variant": variant,
+                    "schedule": schedule,
+                    "epochs": epochs,
+                    "val_mse_fp32": fp32["final_val_mse"],
+                    "val_mse_bf16": bf16["final_val_mse"],
+                    "relative_change": change,
+                    "within_2_percent": abs(change) <= 0.02,
+                    "speedup": fp32["seconds_per_epoch"] / bf16["seconds_per_epoch"],
+                }
+            )
     return checks
 
 
 def write_outputs(result: dict) -> None:
     table = pd.DataFrame(result["rows"]).drop(columns=["val_mse_per_epoch"])
-    curves = pd.DataFrame({f"{r['variant']} {r['recipe']}": pd.Series(r["val_mse_per_epoch"], index=range(1, 1 + len(r["val_mse_per_epoch"])))
-                           for r in result["rows"]})
-    markdown = (f"# Epochs to the study's quality\n\nTarget: val MSE <= {TARGET} (the study's published model01 "
-                f"weights on the stand-in test set). Full passes over {result['train_images']} train images, "
-                f"seed {result['seed']}, {result['threads']} threads on {result['device']}.\n\n"
-                + table.to_markdown(index=False, floatfmt=".5g") + "\n\n## Val MSE after each epoch\n\n"
-                + curves.rename_axis("epoch").to_markdown(floatfmt=".5f") + "\n\n## bf16 vs fp32\n\n"
-                + (pd.DataFrame(result["precision_check"]).to_markdown(index=False, floatfmt=".4g")
-                   if result["precision_check"] else "(no variant trained both ways yet)") + "\n")
-    data.atomic_write(OUT_JSON, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
-    data.atomic_write(OUT_MD, lambda p: p.write_text(markdown))
+    curves = pd.DataFrame(
+        {
+            f"{r['variant']} {r['recipe']}": pd.Series(
+                r["val_mse_per_epoch"], index=range(1, 1 + len(r["val_mse_per_epoch"]))
+            )
+            for r in result["rows"]
+        }
+    )
+    markdown = (
+        f"# Epochs to the study's quality\n\nTarget: val MSE <= {TARGET} (the study's published model01 "
+        f"weights on the stand-in test set). Full passes over {result['train_images']} train images, "
+        f"seed {result['seed']}, {result['threads']} threads on {result['device']}.\n\n"
+        + table.to_markdown(index=False, floatfmt=".5g")
+        + "\n\n## Val MSE after each epoch\n\n"
+        + curves.rename_axis("epoch").to_markdown(floatfmt=".5f")
+        + "\n\n## bf16 vs fp32\n\n"
+        + (
+            pd.DataFrame(result["precision_check"]).to_markdown(index=False, floatfmt=".4g")
+            if result["precision_check"]
+            else "(no variant trained both ways yet)"
+        )
+        + "\n"
+    )
+    write_json(OUT_JSON, result)
+    write_text(OUT_MD, markdown)
     print(markdown)
 
 
 def log_to_mlflow(result: dict) -> None:
-    tracking.setup(load_params().mlflow.experiment)
+    tracking.MlflowTracker()  # the project's store and experiment
     with tracking.tracked_run(run_name="epochs-benchmark", tags=tracking.run_tags("benchmark")):
         for row in result["rows"]:
             key = f"{row['variant']}.{row['recipe']}"
@@ -107,14 +158,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="+", help="rows of the plan to run, as variant:recipe")
     args = parser.parse_args()
-    if not (PREPARED_DIR / "manifest.json").exists():
-        raise SystemExit(f"{PREPARED_DIR}: no prepared data; run `make repro DATA=...` or `dvc repro prepare` first")
-    params = load_params()
-    configure_determinism(params.train)
+    if not (paths.prepared_dir() / "manifest.json").exists():
+        raise SystemExit(
+            f"{paths.prepared_dir()}: no prepared data; run `make repro DATA=...` or `dvc repro prepare` first"
+        )
+    params = load_params(paths.params_file())
+    configure_determinism(params.train.threads)
     device = pick_device(params.train.device)
-    tensors = {split: as_batch_tensor(data.load_split(PREPARED_DIR, split)[0], device) for split in data.SPLITS}
-    result = {"target_val_mse": TARGET, "seed": args.seed, "device": str(device), "threads": torch.get_num_threads(),
-              "train_images": len(tensors["train"]), "rows": [], "precision_check": []}
+    tensors = {
+        split: as_batch_tensor(prepared.load_split(paths.prepared_dir(), split)[0], device) for split in prepared.SPLITS
+    }
+    result = {
+        "target_val_mse": TARGET,
+        "seed": args.seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "train_images": len(tensors["train"]),
+        "rows": [],
+        "precision_check": [],
+    }
     for variant, recipe, epochs in PLAN:
         if args.only and f"{variant}:{recipe}" not in args.only:
             continue

@@ -1,9 +1,10 @@
-"""Time pipeline.metrics.summarize against a per-image scikit-image loop, side by side in one run.
+"""Time pipeline.lib.metrics.summarize against a per-image scikit-image loop, side by side in one run.
 
 Run from the repo root:  python -m benchmarks.bench_metrics [--n 18800] [--window uniform|gaussian]
 Uses the real EMNIST test images from ../shared/data when present (else uniform random images), with
 reconstructions made by a slight blur plus noise, clipped to [0, 1].
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,11 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
-from pipeline import metrics
+from pipeline.lib import metrics
 
-REAL_IMAGES = Path(__file__).resolve().parents[1].parent / "shared/data/emnist-bymerge-test-resplit/test-images-idx3-ubyte.gz"
+REAL_IMAGES = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/emnist-bymerge-test-resplit/test-images-idx3-ubyte.gz"
+)
 SSIM_KW = {
     "uniform": {"win_size": 11},
     "gaussian": {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False},
@@ -29,7 +32,8 @@ def load_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """(reference, reconstruction, source) as float32 arrays of shape (n, 28, 28) in [0, 1]."""
     rng = np.random.default_rng(seed)
     if REAL_IMAGES.exists():
-        from pipeline.data import read_idx
+        from pipeline.lib.idx import read_idx
+
         raw = read_idx(REAL_IMAGES, "images")
         x = raw[np.arange(n) % len(raw)].transpose(0, 2, 1).astype(np.float32) / 255  # upright
         source = f"real EMNIST test images ({REAL_IMAGES.name}, {len(raw)} available)"

@@ -2,16 +2,16 @@
 
 Run from the repo root after `dvc repro prepare` (or `make repro`):  python -m benchmarks.bench_speed
 (`make bench` runs it). It measures the fp32 matmul peak, counts each variant's training FLOPs per
-image (torch's FLOP counter), times the real training step (pipeline.train.Trainer) per variant for each
+image (torch's FLOP counter), times the real training step (pipeline.lib.training.Trainer) per variant for each
 precision x memory layout, the share of each step spent fetching batches, and evaluation images/s, then
 prints utilisation = achieved FLOP/s / measured peak. Writes reports/benchmarks.json and
 reports/benchmarks.md and logs both to MLflow as a `benchmark` run.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import time
 from pathlib import Path
@@ -20,16 +20,22 @@ import mlflow
 import pandas as pd
 import torch
 
-from pipeline import data, evaluate, tracking
-from pipeline.config import REPO_ROOT, load_params
-from pipeline.models import training_flops_per_image
-from pipeline.prepare import PREPARED_DIR
-from pipeline.device import configure_determinism, native_bf16, pick_device
-from pipeline.train import Trainer, as_batch_tensor
+from pipeline import paths, tracking
+from pipeline.lib import prepared
+from pipeline.lib.config import load_params
+from pipeline.lib.device import as_batch_tensor, configure_determinism, native_bf16, pick_device
+from pipeline.lib.evaluation import reconstruct_and_measure
+from pipeline.lib.io import write_json, write_text
+from pipeline.lib.models import training_flops_per_image
+from pipeline.lib.training import Trainer
 
-OPTIONS = {"fp32 NCHW": ("fp32", False), "fp32 channels_last": ("fp32", True),
-           "bf16 NCHW": ("bf16", False), "bf16 channels_last": ("bf16", True)}
-OUT_JSON, OUT_MD = REPO_ROOT / "reports" / "benchmarks.json", REPO_ROOT / "reports" / "benchmarks.md"
+OPTIONS = {
+    "fp32 NCHW": ("fp32", False),
+    "fp32 channels_last": ("fp32", True),
+    "bf16 NCHW": ("bf16", False),
+    "bf16 channels_last": ("bf16", True),
+}
+OUT_JSON, OUT_MD = paths.reports_dir() / "benchmarks.json", paths.reports_dir() / "benchmarks.md"
 
 
 def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
@@ -37,7 +43,7 @@ def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10
     a, b = torch.rand(size, size, device=device), torch.rand(size, size, device=device)
     torch.mm(a, b)  # warm-up
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9
+    return 2 * size**3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -50,10 +56,12 @@ def _timed(fn) -> float:
 
 def trainer_for(params, variant: str, precision: str, channels_last: bool, steps: int, n_images: int) -> Trainer:
     # two epochs: a warm-up and the timed one (a one-cycle schedule must be planned for both)
-    train = dataclasses.replace(params.train_for(variant), precision=precision, channels_last=channels_last,
-                                steps_per_epoch=steps, epochs=2)
-    params = dataclasses.replace(params, train=train,
-                                 variants={variant: dataclasses.replace(params.variant(variant), train={})})
+    train = dataclasses.replace(
+        params.train_for(variant), precision=precision, channels_last=channels_last, steps_per_epoch=steps, epochs=2
+    )
+    params = dataclasses.replace(
+        params, train=train, variants={variant: dataclasses.replace(params.variant(variant), train={})}
+    )
     return Trainer(params, variant, 0, pick_device(train.device), train_images=n_images)
 
 
@@ -77,56 +85,90 @@ def evaluation_rate(params, variant: str, test_x: torch.Tensor) -> float:
     """images/s of evaluate's main work: autoencoder and encoder->decoder passes plus per-image metrics."""
     model = trainer_for(params, variant, "fp32", True, 1, len(test_x)).model.eval()
     x = test_x.contiguous(memory_format=torch.channels_last)
-    return len(x) / _timed(lambda: evaluate.reconstruct_and_measure(model, x, params.evaluate))
+    return len(x) / _timed(lambda: reconstruct_and_measure(model, x, params.evaluate))
 
 
 def run(variants: list[str], options: list[str], steps: int, eval_images: int) -> dict:
-    params = load_params()
-    configure_determinism(params.train)
+    params = load_params(paths.params_file())
+    configure_determinism(params.train.threads)
     device = pick_device(params.train.device)
     peak, hardware = matmul_peak_gflops(device), _hardware(device)
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s on {hardware} ({torch.get_num_threads()} CPU threads, "
-          f"native bf16: {native_bf16(device)})")
-    train_x = as_batch_tensor(data.load_split(PREPARED_DIR, "train")[0], device)
-    test_x = as_batch_tensor(data.load_split(PREPARED_DIR, "test")[0][:eval_images], device)
+    print(
+        f"fp32 matmul peak: {peak:.1f} GFLOP/s on {hardware} ({torch.get_num_threads()} CPU threads, "
+        f"native bf16: {native_bf16(device)})"
+    )
+    train_x = as_batch_tensor(prepared.load_split(paths.prepared_dir(), "train")[0], device)
+    test_x = as_batch_tensor(prepared.load_split(paths.prepared_dir(), "test")[0][:eval_images], device)
     rows = []
     for variant in variants:
         flops = training_flops_per_image(params.variant(variant))
         for option in options:
             rate = training_rate(params, variant, option, train_x, steps)
             gflops = rate["images_per_s"] * flops / 1e9
-            rows.append({"variant": variant, "option": option, "train_mflop_per_image": flops / 1e6, **rate,
-                         "gflops_per_s": gflops, "utilisation": gflops / peak})
-            print(f"{variant:16s} {option:20s} {rate['images_per_s']:7.0f} img/s  {gflops:6.1f} GFLOP/s  "
-                  f"{gflops / peak:6.1%} of peak  data {rate['data_fraction']:5.1%}")
-        rows.append({"variant": variant, "option": "evaluate fp32 channels_last",
-                     "images_per_s": evaluation_rate(params, variant, test_x)})
-        print(f"{variant:16s} evaluate: {rows[-1]['images_per_s']:.0f} img/s "
-              f"({len(test_x) / rows[-1]['images_per_s']:.1f} s for {len(test_x)} test images)")
-    return {"device": str(device), "hardware": hardware, "native_bf16": native_bf16(device),
-            "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
-            "train_steps_timed": steps, "rows": rows}
+            rows.append(
+                {
+                    "variant": variant,
+                    "option": option,
+                    "train_mflop_per_image": flops / 1e6,
+                    **rate,
+                    "gflops_per_s": gflops,
+                    "utilisation": gflops / peak,
+                }
+            )
+            print(
+                f"{variant:16s} {option:20s} {rate['images_per_s']:7.0f} img/s  {gflops:6.1f} GFLOP/s  "
+                f"{gflops / peak:6.1%} of peak  data {rate['data_fraction']:5.1%}"
+            )
+        rows.append(
+            {
+                "variant": variant,
+                "option": "evaluate fp32 channels_last",
+                "images_per_s": evaluation_rate(params, variant, test_x),
+            }
+        )
+        print(
+            f"{variant:16s} evaluate: {rows[-1]['images_per_s']:.0f} img/s "
+            f"({len(test_x) / rows[-1]['images_per_s']:.1f} s for {len(test_x)} test images)"
+        )
+    return {
+        "device": str(device),
+        "hardware": hardware,
+        "native_bf16": native_bf16(device),
+        "threads": torch.get_num_threads(),
+        "matmul_peak_gflops": peak,
+        "train_steps_timed": steps,
+        "rows": rows,
+    }
 
 
 def _hardware(device: torch.device) -> str:
     """The processor the numbers belong to: they differ several-fold between machines of the same size."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+    names = (
+        [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        if Path("/proc/cpuinfo").exists()
+        else []
+    )
     return names[0] if names else platform.processor() or "unknown CPU"
 
 
 def write_outputs(result: dict) -> None:
     table = pd.DataFrame(result["rows"])
-    markdown = (f"# Speed benchmark\n\nfp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s on "
-                f"{result['threads']} threads of {result['hardware']} ({result['device']}, native bf16: "
-                f"{result['native_bf16']}); {result['train_steps_timed']} training steps "
-                "timed per row after a warm-up.\n\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n")
-    data.atomic_write(OUT_JSON, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
-    data.atomic_write(OUT_MD, lambda p: p.write_text(markdown))
+    markdown = (
+        f"# Speed benchmark\n\nfp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s on "
+        f"{result['threads']} threads of {result['hardware']} ({result['device']}, native bf16: "
+        f"{result['native_bf16']}); {result['train_steps_timed']} training steps "
+        "timed per row after a warm-up.\n\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n"
+    )
+    write_json(OUT_JSON, result)
+    write_text(OUT_MD, markdown)
     print(markdown)
-    tracking.setup(load_params().mlflow.experiment)
+    tracking.MlflowTracker()  # the project's store and experiment
     with tracking.tracked_run(run_name="benchmark", tags=tracking.run_tags("benchmark")):
         mlflow.log_metric("matmul_peak_gflops", result["matmul_peak_gflops"])
         for row in result["rows"]:
@@ -143,8 +185,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps timed per variant and option")
     parser.add_argument("--eval-images", type=int, default=18_800)
     args = parser.parse_args()
-    if not (PREPARED_DIR / "manifest.json").exists():
-        raise SystemExit(f"{PREPARED_DIR}: no prepared data; run `make repro DATA=...` or `dvc repro prepare` first")
+    if not (paths.prepared_dir() / "manifest.json").exists():
+        raise SystemExit(
+            f"{paths.prepared_dir()}: no prepared data; run `make repro DATA=...` or `dvc repro prepare` first"
+        )
     write_outputs(run(args.variants, args.options, args.steps, args.eval_images))
 
 

@@ -9,8 +9,16 @@ from pipeline import paths
 from pipeline.lib.config import ConfigError, load_params
 
 
-def run_stage(stage: str, doc: str, work, argv: list[str] | None = None, *, per_run: bool = True,
-              expected: tuple[type[Exception], ...] = (), options=None) -> int:
+def run_stage(
+    stage: str,
+    doc: str,
+    work,
+    argv: list[str] | None = None,
+    *,
+    per_run: bool = True,
+    expected: tuple[type[Exception], ...] = (),
+    options=None,
+) -> int:
     """Parse the arguments, run `work(params, variant, seed)` (per run) or `work(params, args)`, print its message;
     expected errors become one line on stderr and exit status 1. `options(parser)` adds a stage's own arguments."""
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}", description=doc.splitlines()[0])
@@ -33,4 +41,3 @@ def run_stage(stage: str, doc: str, work, argv: list[str] | None = None, *, per_
         return 1
     print(f"{stage}: {message}")
     return 0
-

@@ -3,6 +3,7 @@
 A stage records what DVC has already locked when it runs (its upstream stages' entries and outputs); run
 outside DVC (no DVC_ROOT, or no dvc.lock yet) it records "unknown".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,9 @@ class _LockLoader(yaml.SafeLoader):
     """YAML 1.2 floats: DVC writes 1e-07, which PyYAML's YAML 1.1 rules would read as a string."""
 
 
-_LockLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
-                                  list("-+0123456789"))
+_LockLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def stage_name(kind: str, variant: str, seed: int) -> str:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import typing
 import signal
 import subprocess
 import threading
+import typing
 import urllib.request
 from pathlib import Path
 
@@ -126,11 +126,16 @@ class MlflowRun:
         example = torch.rand(2, 1, 28, 28)
         with torch.no_grad():
             output = model(example).numpy()
-        info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example.numpy(), output),
-                                        input_example=example.numpy(),
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        mlflow.register_model(info.model_uri, registered_name,
-                              tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")})
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example.numpy(), output),
+            input_example=example.numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        mlflow.register_model(
+            info.model_uri, registered_name, tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")}
+        )
 
 
 class MlflowTracker:
@@ -173,7 +178,7 @@ def project_root(path: Path | None = None) -> Path:
     """The user's checkout, also when DVC runs us in a copy under <root>/.dvc/tmp/exps/ (exp --temp/--queue)."""
     parts = (path or paths.root()).parts
     for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return path or paths.root()
 
@@ -207,7 +212,7 @@ def _sqlite_file(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (relative paths are relative to the working directory, as for SQLite)."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     return None if path in ("", ":memory:") else Path(path).resolve()
 
 
@@ -237,8 +242,10 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
             response.read()
     except OSError as err:
-        raise TrackingError(f"MLflow tracking server {uri} is not reachable ({getattr(err, 'reason', err)}); "
-                            "start it or unset MLFLOW_TRACKING_URI to use the local sqlite store") from None
+        raise TrackingError(
+            f"MLflow tracking server {uri} is not reachable ({getattr(err, 'reason', err)}); "
+            "start it or unset MLFLOW_TRACKING_URI to use the local sqlite store"
+        ) from None
 
 
 def git_state(root: Path | None = None) -> dict[str, str]:

@@ -1,47 +1,66 @@
-"""dvc.yaml names every pipeline module a stage runs: otherwise editing one would not rerun the stage."""
+"""dvc.yaml lists exactly the pipeline modules each stage imports, and the layers stay apart.
+
+A missing module means editing it would not rerun the stage; an extra one reruns it for nothing.
+"""
+
 from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import REPO_ROOT
+from tests.imports import REPO, as_path, closure, imported, module_file
 
-STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def imported_modules(path: Path) -> set[str]:
-    """pipeline/<name>.py files this one imports, anywhere in it (function-level imports included)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
-    return {f"pipeline/{name}.py" for name in found}
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+MODULES = sorted(
+    ".".join(path.relative_to(REPO).with_suffix("").parts) for path in (REPO / "pipeline").rglob("*.py")
+)
 
 
-def closure(start: str) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo += imported_modules(REPO_ROOT / module)
-    return seen
+def stage_module(stage: str) -> str:
+    return re.fullmatch(r"python -m ([\w.]+)\b.*", STAGES[stage]["cmd"]).group(1)
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_module_a_stage_imports_is_a_dep(stage):
-    module = re.fullmatch(r"python -m pipeline\.(\w+)\b.*", STAGES[stage]["cmd"]).group(1)
-    deps = {d if isinstance(d, str) else next(iter(d)) for d in STAGES[stage]["deps"]}
-    missing = closure(f"pipeline/{module}.py") - deps
-    assert not missing, f"dvc.yaml stage {stage} runs {sorted(missing)} but does not list them as deps"
+def test_deps_are_exactly_the_modules_a_stage_imports(stage):
+    listed = {d if isinstance(d, str) else next(iter(d)) for d in STAGES[stage]["deps"]}
+    listed = {d for d in listed if d.endswith(".py")}
+    imports = {as_path(m) for m in closure(stage_module(stage))}
+    assert imports - listed == set(), f"dvc.yaml stage {stage} runs these without listing them"
+    assert listed - imports == set(), f"dvc.yaml stage {stage} lists these but never imports them"
+
+
+def test_stages_never_import_each_other():
+    stages = {m for m in MODULES if m.startswith("pipeline.stages.") and not m.endswith("__init__")}
+    for stage in stages:
+        others = imported(module_file(stage)) & (stages - {stage})
+        assert not others, f"{stage} imports {sorted(others)}: stages talk through files"
+
+
+def _top_level_imports(module: str) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(module_file(module).read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("pipeline.lib.") and "__init__" not in m])
+def test_the_library_holds_no_tracking_dvc_paths_or_stages(module):
+    forbidden = ("mlflow", "dvc", "pipeline.paths", "pipeline.tracking", "pipeline.provenance", "pipeline.cli",
+                 "pipeline.stages", "pipeline.tools")  # fmt: skip
+    bad = {n for n in _top_level_imports(module) if n.split(".")[0] in ("mlflow", "dvc") or n.startswith(forbidden)}
+    assert not bad, f"{module} imports {sorted(bad)}: the library takes paths and a tracker as arguments"
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("pipeline.tools.")])
+def test_tools_use_the_library_not_stages(module):
+    bad = {n for n in _top_level_imports(module) if n.startswith("pipeline.stages")}
+    assert not bad, f"{module} imports stage internals {sorted(bad)}"
 
 
 def test_codec_params_rerun_evaluate_and_never_train():

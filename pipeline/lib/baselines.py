@@ -22,15 +22,22 @@ from pipeline.lib.io import DataError
 IMAGE_BYTES = 28 * 28
 
 
-def row(method: str, setting: str, bytes_per_image: float, originals: np.ndarray, decoded: np.ndarray,
-        window: str) -> dict:
+def row(
+    method: str, setting: str, bytes_per_image: float, originals: np.ndarray, decoded: np.ndarray, window: str
+) -> dict:
     """One rate-distortion point; PSNR is None (JSON null) for a lossless codec, where it is infinite."""
     x, y = (torch.from_numpy(a).float().div(255) for a in (originals, decoded))
     s = metrics.summarize(x, y, window=window)
     lossless = s["mse"] == 0
-    return {"method": method, "setting": setting, "bytes_per_image": bytes_per_image,
-            "psnr_pooled": None if lossless else s["psnr_pooled"], "psnr": None if lossless else s["psnr"],
-            "ssim": s["ssim"], "mse": s["mse"]}
+    return {
+        "method": method,
+        "setting": setting,
+        "bytes_per_image": bytes_per_image,
+        "psnr_pooled": None if lossless else s["psnr_pooled"],
+        "psnr": None if lossless else s["psnr"],
+        "ssim": s["ssim"],
+        "mse": s["mse"],
+    }
 
 
 def pillow_codec(images: np.ndarray, fmt: str, **options) -> tuple[float, np.ndarray]:
@@ -49,8 +56,10 @@ def pca_rows(train: np.ndarray, test: np.ndarray, dims: list[int], window: str) 
     mean = train_x.mean(0)
     components = torch.linalg.svd(train_x - mean, full_matrices=False).Vh  # rows: principal directions
     if max(dims) > len(components):
-        raise DataError(f"rate_distortion.pca_dims: {max(dims)} dimensions need at least as many train images "
-                             f"(the train split has {len(train)})")
+        raise DataError(
+            f"rate_distortion.pca_dims: {max(dims)} dimensions need at least as many train images "
+            f"(the train split has {len(train)})"
+        )
     rows = []
     for dim in dims:
         basis = components[:dim]

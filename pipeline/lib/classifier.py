@@ -24,8 +24,9 @@ def build_classifier(n_classes: int) -> nn.Module:
 def accuracy(model: nn.Module, images: torch.Tensor, labels: np.ndarray, batch_size: int = 2048) -> float:
     """Share of images (float, N x 1 x 28 x 28 in [0, 1]) whose predicted class is the label."""
     model.eval()
-    predictions = torch.cat([model(images[i:i + batch_size].float()).argmax(1).cpu()
-                             for i in range(0, len(images), batch_size)])
+    predictions = torch.cat(
+        [model(images[i : i + batch_size].float()).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+    )
     return float((predictions.numpy() == labels).mean())
 
 

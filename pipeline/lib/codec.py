@@ -15,6 +15,7 @@ Stream (little-endian): magic "CNZ1" | mode u8 | model sha256[:8] | n u32 | dim 
 payload bytes u32 | payload | crc32 u32 of everything before it. Everything needed to decode except the
 model weights is in the stream, so bytes per image = file size / n.
 """
+
 from __future__ import annotations
 
 import struct
@@ -54,14 +55,14 @@ def encode_latents(model, images: np.ndarray) -> torch.Tensor:
     """uint8 (N, 28, 28) upright images -> the latent the decoder sees at test time (float32, CPU)."""
     device = next(model.parameters()).device
     x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
-    return torch.cat([model.encode(x[i:i + BATCH]).float().cpu() for i in range(0, len(x), BATCH)])
+    return torch.cat([model.encode(x[i : i + BATCH]).float().cpu() for i in range(0, len(x), BATCH)])
 
 
 @torch.no_grad()
 def decode_images(model, latents: torch.Tensor) -> np.ndarray:
     """Latents -> uint8 (N, 28, 28) images, in fixed batches so the same latents always give the same bytes."""
     device = next(model.parameters()).device
-    out = [model.decode(latents[i:i + BATCH].to(device)).float().cpu() for i in range(0, len(latents), BATCH)]
+    out = [model.decode(latents[i : i + BATCH].to(device)).float().cpu() for i in range(0, len(latents), BATCH)]
     return to_uint8(torch.cat(out)) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
 
 
@@ -72,7 +73,9 @@ def train_calibration(model, train_images: np.ndarray) -> tuple[np.ndarray, np.n
 
 def _prior_family(model, n: int):
     if model.prior is None:
-        raise CodecError(f"mode entropy needs a variant with rate_weight > 0 ({model.spec.description or 'this one'} has none)")
+        raise CodecError(
+            f"mode entropy needs a variant with rate_weight > 0 ({model.spec.description or 'this one'} has none)"
+        )
     with torch.no_grad():
         loc, scale = model.prior.loc.double().cpu().numpy(), model.prior.scale().double().cpu().numpy()
     family = constriction.stream.model.QuantizedLaplace(-SYMBOL_LIMIT, SYMBOL_LIMIT)
@@ -117,16 +120,18 @@ def _range_decode(payload: bytes, family, loc: np.ndarray, scale: np.ndarray) ->
     # Encoding is deterministic, so a payload that holds exactly the header's count of latents re-encodes to
     # itself; one with more or fewer does not (the decoder's own end-of-data check misses some of those)
     if _range_code(symbols, family, loc, scale) != payload:
-        raise CodecError(f"stream lengths do not add up: the {len(payload)}-byte payload does not hold "
-                         f"{len(loc)} latents")
+        raise CodecError(
+            f"stream lengths do not add up: the {len(payload)}-byte payload does not hold {len(loc)} latents"
+        )
     return symbols
 
 
 def standalone_entropy_bytes(model, latents: torch.Tensor) -> np.ndarray:
     """Size of each image's own entropy stream (header, payload and checksum), as if stored one file per image."""
     overhead = HEADER.size + 4 + 4  # header, payload length, crc32
-    return np.array([overhead + len(_range_code(latents[i:i + 1].numpy(), *_prior_family(model, 1)))
-                     for i in range(len(latents))])
+    return np.array(
+        [overhead + len(_range_code(latents[i : i + 1].numpy(), *_prior_family(model, 1))) for i in range(len(latents))]
+    )
 
 
 def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
@@ -137,22 +142,27 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
     if zlib.crc32(stream[:-4]) != struct.unpack("<I", stream[-4:])[0]:
         raise CodecError(f"corrupt or truncated stream: checksum mismatch ({len(stream)} bytes)")
     if stream_model != model_id(model_file):
-        raise CodecError(f"stream was made by model {stream_model.hex()}, not by {model_file} ({model_id(model_file).hex()})")
+        raise CodecError(
+            f"stream was made by model {stream_model.hex()}, not by {model_file} ({model_id(model_file).hex()})"
+        )
     mode = {code: name for name, code in MODES.items()}.get(mode_code)
     if mode is None or dim != model.spec.latent_dim:
         raise CodecError(f"stream header does not match the model (mode {mode_code}, latent dim {dim})")
     offset = HEADER.size + 4 * dim * SIDE_ROWS[mode]
     if len(stream) < offset + 8:
-        raise CodecError(f"stream lengths do not add up: a {mode} stream of {dim} dims needs more than "
-                         f"{len(stream)} bytes")
-    side = np.frombuffer(stream[HEADER.size:offset], "<f4").reshape(SIDE_ROWS[mode], dim)
+        raise CodecError(
+            f"stream lengths do not add up: a {mode} stream of {dim} dims needs more than {len(stream)} bytes"
+        )
+    side = np.frombuffer(stream[HEADER.size : offset], "<f4").reshape(SIDE_ROWS[mode], dim)
     _check_side(mode, side)
     (size,) = struct.unpack_from("<I", stream, offset)
     payload_fits = size == n * dim if mode == "uint8" else size % 4 == 0  # one byte per code | 32-bit words
     if offset + 4 + size + 4 != len(stream) or not payload_fits:
-        raise CodecError(f"stream lengths do not add up: payload {size} bytes for {n} images x {dim} dims "
-                         f"in a {len(stream)}-byte {mode} stream")
-    payload = stream[offset + 4:offset + 4 + size]
+        raise CodecError(
+            f"stream lengths do not add up: payload {size} bytes for {n} images x {dim} dims "
+            f"in a {len(stream)}-byte {mode} stream"
+        )
+    payload = stream[offset + 4 : offset + 4 + size]
     if mode == "entropy":
         symbols = _range_decode(payload, *_prior_family(model, n))
         return mode, torch.from_numpy(symbols.astype(np.float32)).reshape(n, dim)

@@ -3,6 +3,7 @@ the generic YAML-to-dataclass conversion is pipeline.lib.typed_yaml.
 
 Every error names the offending key (dotted path) and what was expected; unknown keys are errors.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,12 @@ class TrainConfig:
         require(self.adam_eps > 0, f"{path}.adam_eps", "a number > 0", self.adam_eps)
         require(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0", self.weight_decay)
         require(self.threads >= 0, f"{path}.threads", "an integer >= 0", self.threads)
-        require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, f"{path}.steps_per_epoch",
-                 "null or an integer >= 1", self.steps_per_epoch)
+        require(
+            self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+            f"{path}.steps_per_epoch",
+            "null or an integer >= 1",
+            self.steps_per_epoch,
+        )
         ok_device = self.device in ("auto", "cpu", "cuda") or CUDA_DEVICE.fullmatch(self.device) is not None
         require(ok_device, f"{path}.device", "auto, cpu, cuda or cuda:N", self.device)
 
@@ -96,30 +101,52 @@ class VariantSpec:
     def check(self, path: str) -> None:
         for key in ("encoder_filters", "decoder_filters", "encoder_strides", "decoder_strides"):
             values = getattr(self, key)
-            require(len(values) > 0 and all(v >= 1 for v in values), f"{path}.{key}",
-                     "a non-empty list of integers >= 1", values)
-        require(len(self.encoder_strides) == len(self.encoder_filters), f"{path}.encoder_strides",
-                 f"one stride per encoder filter ({len(self.encoder_filters)})", self.encoder_strides)
-        require(len(self.decoder_strides) == len(self.decoder_filters), f"{path}.decoder_strides",
-                 f"one stride per decoder filter ({len(self.decoder_filters)})", self.decoder_strides)
+            require(
+                len(values) > 0 and all(v >= 1 for v in values),
+                f"{path}.{key}",
+                "a non-empty list of integers >= 1",
+                values,
+            )
+        require(
+            len(self.encoder_strides) == len(self.encoder_filters),
+            f"{path}.encoder_strides",
+            f"one stride per encoder filter ({len(self.encoder_filters)})",
+            self.encoder_strides,
+        )
+        require(
+            len(self.decoder_strides) == len(self.decoder_filters),
+            f"{path}.decoder_strides",
+            f"one stride per decoder filter ({len(self.decoder_filters)})",
+            self.decoder_strides,
+        )
         require(self.latent_dim >= 1, f"{path}.latent_dim", "an integer >= 1", self.latent_dim)
         require(0 <= self.rate_weight < math.inf, f"{path}.rate_weight", "a number >= 0", self.rate_weight)
-        require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, f"{path}.kernel_size",
-                 "an odd integer >= 1", self.kernel_size)
+        require(
+            self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+            f"{path}.kernel_size",
+            "an odd integer >= 1",
+            self.kernel_size,
+        )
         sizes = self.feature_sizes()
         for stride, size in zip(self.encoder_strides, sizes):  # ceil(size / stride) never reaches 0: check each
-            require(stride <= size, f"{path}.encoder_strides",
-                     f"strides no larger than the feature map they reduce (stride {stride} on {size}x{size})",
-                     self.encoder_strides)
+            require(
+                stride <= size,
+                f"{path}.encoder_strides",
+                f"strides no larger than the feature map they reduce (stride {stride} on {size}x{size})",
+                self.encoder_strides,
+            )
         size = sizes[-1]
         out = size * math.prod(self.decoder_strides)
-        require(out == IMAGE_SIZE, f"{path}.decoder_strides",
-                 f"upsampling from {size}x{size} back to {IMAGE_SIZE}x{IMAGE_SIZE} (got {out}x{out})",
-                 self.decoder_strides)
+        require(
+            out == IMAGE_SIZE,
+            f"{path}.decoder_strides",
+            f"upsampling from {size}x{size} back to {IMAGE_SIZE}x{IMAGE_SIZE} (got {out}x{out})",
+            self.decoder_strides,
+        )
         load_dataclass(TrainConfig, {**dataclasses.asdict(TrainConfig()), **self.train}, f"{path}.train")
 
     def feature_sizes(self) -> list[int]:
-        """Side of the feature map entering each encoder conv, then of its output: 'same' convs give ceil(n / stride)."""
+        """Side of the feature map entering each encoder conv, then of its output ('same' convs: ceil(n / stride))."""
         sizes = [IMAGE_SIZE]
         for stride in self.encoder_strides:
             sizes.append(-(-sizes[-1] // stride))
@@ -149,18 +176,24 @@ class CodecConfig:
     """Encoder-side search, used by evaluate and `codec compress` alike (never by training): each image's latent
     starts at the encoder's output and takes refine_steps Adam steps (rate refine_lr) on its own log MSE through
     the fixed decoder. 0 = the encoder's single pass."""
+
     refine_steps: int = 0
     refine_lr: float = 0.5
 
     def check(self, path: str) -> None:
         require(self.refine_steps >= 0, f"{path}.refine_steps", "an integer >= 0", self.refine_steps)
-        require(0 < self.refine_lr < 10 and math.isfinite(self.refine_lr), f"{path}.refine_lr", "a number in (0, 10)",
-                self.refine_lr)
+        require(
+            0 < self.refine_lr < 10 and math.isfinite(self.refine_lr),
+            f"{path}.refine_lr",
+            "a number in (0, 10)",
+            self.refine_lr,
+        )
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
     """The small CNN that measures semantic fidelity: its test accuracy on originals vs reconstructions."""
+
     epochs: int = 2
     batch_size: int = 256
     lr: float = 3e-3
@@ -175,6 +208,7 @@ class ClassifierConfig:
 @dataclass(frozen=True)
 class RateDistortionConfig:
     """Classical baselines computed on the same test images as the models."""
+
     jpeg_qualities: list[int] = field(default_factory=lambda: [5, 10, 20, 30, 50, 75, 90])
     webp_qualities: list[int] = field(default_factory=lambda: [0, 5, 10, 20, 30, 50, 75, 90])
     pca_dims: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
@@ -183,8 +217,12 @@ class RateDistortionConfig:
         for key in ("jpeg_qualities", "webp_qualities"):
             values = getattr(self, key)
             require(all(0 <= q <= 100 for q in values), f"{path}.{key}", "qualities in [0, 100]", values)
-        require(all(1 <= d <= IMAGE_SIZE ** 2 for d in self.pca_dims), f"{path}.pca_dims",
-                 f"dimensions in [1, {IMAGE_SIZE ** 2}]", self.pca_dims)
+        require(
+            all(1 <= d <= IMAGE_SIZE**2 for d in self.pca_dims),
+            f"{path}.pca_dims",
+            f"dimensions in [1, {IMAGE_SIZE**2}]",
+            self.pca_dims,
+        )
 
 
 @dataclass(frozen=True)
@@ -213,14 +251,26 @@ class Params:
     def check(self, path: str) -> None:
         require(len(self.variants) > 0, "variants", "at least one variant", self.variants)
         for name in self.variants:
-            require(VARIANT_NAME.fullmatch(name) is not None, f"variants.{name}",
-                     "a name of letters, digits, '_' or '-' (it becomes a file name)", name)
-        require(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and min(self.seeds) >= 0,
-                 "seeds", "a non-empty list of distinct integers >= 0", self.seeds)
+            require(
+                VARIANT_NAME.fullmatch(name) is not None,
+                f"variants.{name}",
+                "a name of letters, digits, '_' or '-' (it becomes a file name)",
+                name,
+            )
+        require(
+            len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and min(self.seeds) >= 0,
+            "seeds",
+            "a non-empty list of distinct integers >= 0",
+            self.seeds,
+        )
         for name, spec in self.variants.items():  # the rate term is weighed against MSE, not its log
             loss = self.train_for(name).loss
-            require(spec.rate_weight == 0 or loss == "mse", f"variants.{name}.train.loss",
-                    "mse for an entropy-coded variant (rate_weight > 0)", loss)
+            require(
+                spec.rate_weight == 0 or loss == "mse",
+                f"variants.{name}.train.loss",
+                "mse for an entropy-coded variant (rate_weight > 0)",
+                loss,
+            )
 
     def runs(self) -> list[tuple[str, int]]:
         """Every (variant, seed) pair the pipeline trains, in params order."""
@@ -288,4 +338,3 @@ def load_params(path: Path | str) -> Params:
 
 def parse_params(raw: object) -> Params:
     return load_dataclass(Params, raw, "")
-

@@ -1,4 +1,5 @@
 """Where and how the pipeline computes: the device, the precision it can use natively, and determinism."""
+
 from __future__ import annotations
 
 import os

@@ -23,6 +23,7 @@ OFFICIAL_SHA256 = {
 }
 OFFICIAL_MAPPING = "emnist-balanced-mapping.txt"
 
+
 def fetch_official(url: str, raw_dir: Path, checksums: dict[str, str] = OFFICIAL_SHA256) -> Path:
     """Download NIST's gzip.zip (resumable), extract the Balanced files and verify their sha256.
 
@@ -67,9 +68,11 @@ def download(url: str, dest: Path, timeout: float = 30) -> None:
             return download(url, dest, timeout)
         raise DataError(f"{url}: download failed: HTTP {err.code} {err.reason}") from None
     except (URLError, OSError) as err:
-        raise DataError(f"{url}: cannot download ({getattr(err, 'reason', err)}). Offline? Point the "
-                        "pipeline at a local copy instead: make repro DATA=/path/to/emnist-idx-dir "
-                        "(or set data.source in params.yaml)") from None
+        raise DataError(
+            f"{url}: cannot download ({getattr(err, 'reason', err)}). Offline? Point the "
+            "pipeline at a local copy instead: make repro DATA=/path/to/emnist-idx-dir "
+            "(or set data.source in params.yaml)"
+        ) from None
     with response:
         if start and response.status != 206:
             start = 0  # server ignored the Range header: restart from scratch
@@ -78,14 +81,15 @@ def download(url: str, dest: Path, timeout: float = 30) -> None:
         _stream(response, part, start, total, dest.name)
     size = part.stat().st_size
     if total is not None and size != total:
-        raise DataError(f"{url}: connection dropped after {size} of {total} bytes; "
-                        f"rerun to resume ({part} is kept)")
+        raise DataError(f"{url}: connection dropped after {size} of {total} bytes; rerun to resume ({part} is kept)")
     os.replace(part, dest)
 
 
 def _stream(response, part: Path, start: int, total: int | None, label: str) -> None:
-    with open(part, "ab" if start else "wb") as out, \
-            tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=f"download {label}") as bar:
+    with (
+        open(part, "ab" if start else "wb") as out,
+        tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=f"download {label}") as bar,
+    ):
         while True:
             try:
                 block = response.read(CHUNK)

@@ -28,7 +28,7 @@ IMAGE_BYTES = 28 * 28  # one uint8 image
 
 @torch.no_grad()
 def batched(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def summary(x: torch.Tensor, y: torch.Tensor, cfg: EvaluateConfig, suffix: str = "") -> dict[str, float]:
@@ -44,8 +44,15 @@ class Evaluation(NamedTuple):
     trained_run_id: str | None  # the tracking run that trained the model, as its file records it
 
 
-def evaluate_model(params: Params, variant: str, seed: int, model_path: Path, prepared_dir: Path, history_csv: Path,
-                   classifier_file: Path) -> Evaluation:
+def evaluate_model(
+    params: Params,
+    variant: str,
+    seed: int,
+    model_path: Path,
+    prepared_dir: Path,
+    history_csv: Path,
+    classifier_file: Path,
+) -> Evaluation:
     cfg, compute = params.evaluate, params.compute_for(variant)
     device = pick_device(compute.device)
     configure_determinism(compute.threads)  # codec.refine_steps runs backward passes
@@ -65,15 +72,28 @@ def evaluate_model(params: Params, variant: str, seed: int, model_path: Path, pr
     result.update(_semantic_fidelity(classifier_file, recon, labels, device))
     result.update(_final_losses(history_csv))
     protocol = np.random.default_rng(cfg.protocol_seed).choice(len(x), cfg.protocol_images, replace=False)
-    result["seed_protocol"] = {"indices": sorted(protocol.tolist()), **summary(x[protocol], recon[protocol], cfg),
-                               **summary(x[protocol], recon_decoder[protocol], cfg, "_decoder")}
+    result["seed_protocol"] = {
+        "indices": sorted(protocol.tolist()),
+        **summary(x[protocol], recon[protocol], cfg),
+        **summary(x[protocol], recon_decoder[protocol], cfg, "_decoder"),
+    }
     per_class = _per_class(per_image, labels, prepared.load_mapping(prepared_dir))
     samples = _sample_indices(len(x), cfg)
-    result.update(variant=variant, seed=seed, n_test=len(x), ssim_window=cfg.ssim_window,
-                  sample_indices=samples.tolist(), per_class=per_class.to_dict(orient="records"),
-                  data_manifest_sha256=saved["data_manifest_sha256"])
-    result["run"] = {"eval_seconds": seconds, "images_per_s": len(x) / seconds, "refine_seconds": refine_seconds,
-                     "model_sha256": sha256_file(model_path)}
+    result.update(
+        variant=variant,
+        seed=seed,
+        n_test=len(x),
+        ssim_window=cfg.ssim_window,
+        sample_indices=samples.tolist(),
+        per_class=per_class.to_dict(orient="records"),
+        data_manifest_sha256=saved["data_manifest_sha256"],
+    )
+    result["run"] = {
+        "eval_seconds": seconds,
+        "images_per_s": len(x) / seconds,
+        "refine_seconds": refine_seconds,
+        "model_sha256": sha256_file(model_path),
+    }
     return Evaluation(result, per_class, images[samples], to_uint8(recon[samples]), saved.get("mlflow_run_id"))
 
 
@@ -96,11 +116,18 @@ def _compression(model, model_path: Path, latents, images, x, prepared_dir: Path
     coded = refine.refine_latents(model, images, latents, params.codec, calibration)
     refine_seconds, steps = time.perf_counter() - started, refine.applied_refine_steps(model, params.codec)
     dim = latents.shape[1]
-    result = {"latent_dim": dim, "bytes_per_image_float32": 4 * dim, "compression_ratio_float32": IMAGE_BYTES / (4 * dim),
-              **_uint8_form(model, model_path, coded, calibration, x, cfg), "refine_steps": steps}
+    result = {
+        "latent_dim": dim,
+        "bytes_per_image_float32": 4 * dim,
+        "compression_ratio_float32": IMAGE_BYTES / (4 * dim),
+        **_uint8_form(model, model_path, coded, calibration, x, cfg),
+        "refine_steps": steps,
+    }
     if steps:
-        result.update(summary(x, batched(model.decode, coded.to(x.device), cfg.batch_size), cfg, "_refined"),
-                      refine_lr=params.codec.refine_lr)
+        result.update(
+            summary(x, batched(model.decode, coded.to(x.device), cfg.batch_size), cfg, "_refined"),
+            refine_lr=params.codec.refine_lr,
+        )
     if model.prior is not None:
         result.update(_entropy_form(model, model_path, latents, x))
     return result, refine_seconds
@@ -113,8 +140,14 @@ def _uint8_form(model, model_path: Path, latents, calibration, x, cfg: EvaluateC
     if not torch.equal(restored["uint8"], restored["uint8_range"]):
         raise codec.CodecError(f"{model_path}: the uint8_range stream does not decode to the uint8 stream's latents")
     decoded = batched(model.decode, restored["uint8"].to(x.device), cfg.batch_size)
-    sizes = {f"{kind}_{mode}": value for mode, stream in streams.items() for kind, value in
-             (("bytes_per_image", len(stream) / len(x)), ("compression_ratio", IMAGE_BYTES * len(x) / len(stream)))}
+    sizes = {
+        f"{kind}_{mode}": value
+        for mode, stream in streams.items()
+        for kind, value in (
+            ("bytes_per_image", len(stream) / len(x)),
+            ("compression_ratio", IMAGE_BYTES * len(x) / len(stream)),
+        )
+    }
     return {**sizes, **summary(x, decoded, cfg, "_uint8")}
 
 
@@ -125,16 +158,21 @@ def _entropy_form(model, model_path: Path, latents, x) -> dict:
         raise codec.CodecError(f"{model_path}: the entropy-coded stream does not decode to its latents")
     with torch.no_grad():
         model_bits = float(model.prior.bits(latents.to(x.device)).mean())
-    return {"bytes_per_image_entropy": len(stream) / n, "compression_ratio_entropy": IMAGE_BYTES * n / len(stream),
-            "prior_bits_per_image": model_bits,
-            "bytes_per_image_entropy_standalone": float(codec.standalone_entropy_bytes(model, latents).mean())}
+    return {
+        "bytes_per_image_entropy": len(stream) / n,
+        "compression_ratio_entropy": IMAGE_BYTES * n / len(stream),
+        "prior_bits_per_image": model_bits,
+        "bytes_per_image_entropy_standalone": float(codec.standalone_entropy_bytes(model, latents).mean()),
+    }
 
 
 def _semantic_fidelity(classifier_file: Path, recon: torch.Tensor, labels: np.ndarray, device) -> dict:
     """The classifier stage's test accuracy on the reconstructions, beside its accuracy on the originals."""
     model, saved = load_classifier(classifier_file, device)
-    return {"classifier_accuracy": accuracy(model, recon, labels),
-            "classifier_accuracy_originals": saved["test_accuracy"]}
+    return {
+        "classifier_accuracy": accuracy(model, recon, labels),
+        "classifier_accuracy_originals": saved["test_accuracy"],
+    }
 
 
 def latent_diagnostics(latents: torch.Tensor, variance_share: float = 0.99) -> dict:
@@ -144,11 +182,17 @@ def latent_diagnostics(latents: torch.Tensor, variance_share: float = 0.99) -> d
     eigenvalues = torch.linalg.eigvalsh(torch.cov(latents.T)).flip(0).clamp(min=0)
     total = float(eigenvalues.sum())
     effective = int((eigenvalues.cumsum(0) / total < variance_share).sum()) + 1 if total > 0 else 0
-    return {"dead_latent_units": int(dead.sum()),
-            "active_latent_units_per_image": float((latents != 0).sum(1).double().mean()),
-            "effective_latent_dims": effective,
-            "latent_units": {"mean": latents.mean(0).tolist(), "std": latents.std(0).tolist(),
-                             "active_fraction": (latents != 0).double().mean(0).tolist(), "dead": dead.tolist()}}
+    return {
+        "dead_latent_units": int(dead.sum()),
+        "active_latent_units_per_image": float((latents != 0).sum(1).double().mean()),
+        "effective_latent_dims": effective,
+        "latent_units": {
+            "mean": latents.mean(0).tolist(),
+            "std": latents.std(0).tolist(),
+            "active_fraction": (latents != 0).double().mean(0).tolist(),
+            "dead": dead.tolist(),
+        },
+    }
 
 
 def _final_losses(history_csv: Path) -> dict:
@@ -162,8 +206,11 @@ def _final_losses(history_csv: Path) -> dict:
 def _per_class(per_image: dict[str, torch.Tensor], labels: np.ndarray, mapping: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame({k: v.cpu().numpy() for k, v in per_image.items()})
     frame["label"] = labels
-    table = frame.groupby("label").agg(mse=("mse", "mean"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
-                                       n=("mse", "size")).reset_index()
+    table = (
+        frame.groupby("label")
+        .agg(mse=("mse", "mean"), psnr=("psnr", "mean"), ssim=("ssim", "mean"), n=("mse", "size"))
+        .reset_index()
+    )
     table.insert(1, "char", [mapping[i] for i in table.label])
     return table
 

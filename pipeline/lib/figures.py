@@ -1,4 +1,5 @@
 """The report's figures. Each takes the per-run results table (one row per variant and seed) and a path."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,13 +14,26 @@ import pandas as pd  # noqa: E402
 from pipeline.lib.io import atomic_write  # noqa: E402
 from pipeline.lib.rate_distortion import MOONSHOT  # noqa: E402
 
-REPORT_FIGURES = ("findings_seed_spread", "study_comparison", "loss_curves", "reconstructions", "per_class_psnr",
-                  "rate_distortion")
+REPORT_FIGURES = (
+    "findings_seed_spread",
+    "study_comparison",
+    "loss_curves",
+    "reconstructions",
+    "per_class_psnr",
+    "rate_distortion",
+)
 
 
-def report_figures(results: pd.DataFrame, summary: pd.DataFrame, means: pd.DataFrame, rd: pd.DataFrame,
-                   histories: dict[str, list[pd.DataFrame]], originals: np.ndarray, samples: dict[str, np.ndarray],
-                   out: Path) -> list[Path]:
+def report_figures(
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    means: pd.DataFrame,
+    rd: pd.DataFrame,
+    histories: dict[str, list[pd.DataFrame]],
+    originals: np.ndarray,
+    samples: dict[str, np.ndarray],
+    out: Path,
+) -> list[Path]:
     """Every figure of the report into `out`; histories per variant, samples (reconstructions) per run."""
     paths = {name: out / f"{name}.png" for name in REPORT_FIGURES}
     seed_spread(results, summary, paths["findings_seed_spread"])
@@ -28,8 +42,9 @@ def report_figures(results: pd.DataFrame, summary: pd.DataFrame, means: pd.DataF
     loss_curves(histories, paths["loss_curves"])
     reconstructions(originals, samples, paths["reconstructions"])
     per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
-    per_class_psnr(per_class.T.groupby(results.variant, sort=False).mean().T, means.mse.idxmin(),
-                   paths["per_class_psnr"])
+    per_class_psnr(
+        per_class.T.groupby(results.variant, sort=False).mean().T, means.mse.idxmin(), paths["per_class_psnr"]
+    )
     return list(paths.values())
 
 
@@ -40,7 +55,11 @@ def _save(fig, out: Path, **kwargs) -> None:
 
 def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
     """Every seed as a dot, the mean and its 95% interval as a bar, for pooled PSNR, SSIM and dead units."""
-    panels = [("psnr_pooled", "test pooled PSNR (dB)"), ("ssim", "test SSIM"), ("dead_latent_units", "dead latent units")]
+    panels = [
+        ("psnr_pooled", "test pooled PSNR (dB)"),
+        ("ssim", "test SSIM"),
+        ("dead_latent_units", "dead latent units"),
+    ]
     variants = list(summary.index)
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.9 * len(variants)), 3 * len(panels)), sharex=True)
     for ax, (column, title) in zip(axes, panels):
@@ -80,7 +99,7 @@ def loss_curves(histories: dict[str, list[pd.DataFrame]], out: Path) -> None:
         stacked = pd.concat(frames).groupby("epoch")
         for ax, column in zip(axes, ("train_loss", "val_loss")):
             mean = stacked[column].mean()
-            line, = ax.plot(mean.index, mean, "o-", label=variant)
+            (line,) = ax.plot(mean.index, mean, "o-", label=variant)
             ax.fill_between(mean.index, stacked[column].min(), stacked[column].max(), color=line.get_color(), alpha=0.2)
     for ax, title in zip(axes, ("train loss", "val loss")):
         ax.set(title=f"{title} (mean over seeds, min–max shaded)", xlabel="epoch", yscale="log")
@@ -89,13 +108,10 @@ def loss_curves(histories: dict[str, list[pd.DataFrame]], out: Path) -> None:
     _save(fig, out)
 
 
-
-
 def reconstructions(originals: np.ndarray, rows: dict[str, np.ndarray], out: Path) -> None:
     """Originals (top row) and each run's reconstructions of the same upright test images."""
     rows = {"original": originals, **rows}
-    fig, axes = plt.subplots(len(rows), len(originals), figsize=(len(originals) * 0.8, len(rows) * 0.9),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(originals), figsize=(len(originals) * 0.8, len(rows) * 0.9), squeeze=False)
     for r, (name, images) in enumerate(rows.items()):
         for c, image in enumerate(images):
             axes[r, c].imshow(image, cmap="gray", vmin=0, vmax=255)
@@ -112,8 +128,11 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) ->
     table.plot.bar(ax=ax, width=0.8, rot=0, legend=len(table.columns) <= 12)
     for i in range(min(worst, len(table))):
         ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.08)
-    ax.set(title=f"test PSNR per character, mean over seeds (sorted by {best}; shaded: its {worst} hardest)",
-           ylabel="PSNR (dB)", xlabel="character")
+    ax.set(
+        title=f"test PSNR per character, mean over seeds (sorted by {best}; shaded: its {worst} hardest)",
+        ylabel="PSNR (dB)",
+        xlabel="character",
+    )
     fig.tight_layout()
     _save(fig, out)
 
@@ -135,16 +154,27 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
                 ax.text(size, 0.02, f" {method} lossless", rotation=90, transform=ax.get_xaxis_transform(), fontsize=7)
         for (method, form), point in _variant_points(table).items():
             hollow = "refined" in form  # the codec's refined latents: the same marker, not filled
-            ax.scatter(point.bytes_per_image, point[metric], marker=MARKERS.get(form.split(",")[0], "*"),
-                       edgecolors=color[method], facecolors="none" if hollow else color[method],
-                       s=60 if form == "entropy-coded" else 30, label=f"{method} {form}")
-        ax.set(xscale="log", xlabel="bytes per image (log)", ylabel={"psnr_pooled": "pooled PSNR (dB)"}.get(metric, "SSIM"))
+            ax.scatter(
+                point.bytes_per_image,
+                point[metric],
+                marker=MARKERS.get(form.split(",")[0], "*"),
+                edgecolors=color[method],
+                facecolors="none" if hollow else color[method],
+                s=60 if form == "entropy-coded" else 30,
+                label=f"{method} {form}",
+            )
+        ax.set(
+            xscale="log", xlabel="bytes per image (log)", ylabel={"psnr_pooled": "pooled PSNR (dB)"}.get(metric, "SSIM")
+        )
         ax.grid(alpha=0.3, which="both")
     axes[0].axhline(MOONSHOT["psnr_pooled"], color="red", lw=0.8, ls="--")
     axes[0].axvline(MOONSHOT["bytes_per_image"], color="red", lw=0.8, ls="--")
     axes[1].legend(fontsize=6, ncol=2, loc="lower right")
-    fig.suptitle("rate–distortion on the test set (red: the moonshot, ≤ {bytes_per_image} B at ≥ {psnr_pooled} dB)"
-                 .format(**MOONSHOT))
+    fig.suptitle(
+        "rate–distortion on the test set (red: the moonshot, ≤ {bytes_per_image} B at ≥ {psnr_pooled} dB)".format(
+            **MOONSHOT
+        )
+    )
     fig.tight_layout()
     _save(fig, out)
 

@@ -15,6 +15,7 @@ IDX_MAGIC = {"images": 2051, "labels": 2049}
 # The official EMNIST-Balanced mapping (label -> character); used when a directory has no mapping file.
 BALANCED_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt"
 
+
 def read_idx(path: Path, kind: str) -> np.ndarray:
     """Parse an IDX file (gzip or plain) of `kind` 'images' (N x rows x cols) or 'labels' (N)."""
     raw = _read_bytes(path)
@@ -30,8 +31,10 @@ def read_idx(path: Path, kind: str) -> np.ndarray:
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
-        raise DataError(f"{path}: header says {dims[0]} items ({expected} bytes of data) "
-                        f"but the file holds {len(raw) - header} bytes")
+        raise DataError(
+            f"{path}: header says {dims[0]} items ({expected} bytes of data) "
+            f"but the file holds {len(raw) - header} bytes"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(tuple(dims))
 
 
@@ -77,7 +80,6 @@ def read_mapping(directory: Path) -> list[str]:
     if sorted(table) != list(range(len(table))):
         raise DataError(f"{files[0]}: labels must be 0..N-1 without gaps")
     return [table[i] for i in range(len(table))]
-
 
 
 def verify_checksums(directory: Path, expected: dict[str, str]) -> None:

@@ -29,6 +29,8 @@ OBJECTIVES = {"mse": torch.nn.functional.mse_loss, "log_mse": log_mse, "log_mse_
 def objective(loss: str, where: str):
     """The objective named `loss`; a clear error for one this version does not know (an old or foreign file)."""
     if loss not in OBJECTIVES:
-        raise DataError(f"{where}: trained on loss {loss!r}, which this version does not know "
-                        f"(one of {', '.join(OBJECTIVES)}); retrain it with this version")
+        raise DataError(
+            f"{where}: trained on loss {loss!r}, which this version does not know "
+            f"(one of {', '.join(OBJECTIVES)}); retrain it with this version"
+        )
     return OBJECTIVES[loss]

@@ -4,6 +4,7 @@ All metrics are computed in float64 on the inputs' device. Inputs are a referenc
 reconstruction batch `y` of shape (N, 1, H, W) or (N, H, W), values in [0, 1]. SSIM lives in pipeline/lib/ssim.py
 (see there for how it reproduces `skimage.metrics.structural_similarity`) and is re-exported here.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,16 @@ import torch
 
 from pipeline.lib.ssim import WINDOWS, image_pairs, ssim_per_image
 
-__all__ = ["WINDOWS", "mse_per_image", "psnr_per_image", "psnr_pooled", "ssim_per_image", "per_image", "summarize",
-           "summarize_per_image"]
+__all__ = [
+    "WINDOWS",
+    "mse_per_image",
+    "psnr_per_image",
+    "psnr_pooled",
+    "ssim_per_image",
+    "per_image",
+    "summarize",
+    "summarize_per_image",
+]
 
 
 def mse_per_image(x, y) -> torch.Tensor:
@@ -51,7 +60,7 @@ def per_image(x, y, window: str = "uniform", batch_size: int = 2048) -> dict[str
         raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
     parts: dict[str, list[torch.Tensor]] = {"mse": [], "psnr": [], "ssim": []}
     for start in range(0, x.shape[0], batch_size):
-        xb, yb = image_pairs(x[start:start + batch_size], y[start:start + batch_size])
+        xb, yb = image_pairs(x[start : start + batch_size], y[start : start + batch_size])
         parts["mse"].append(mse_per_image(xb, yb))
         parts["psnr"].append(psnr_per_image(xb, yb))
         parts["ssim"].append(ssim_per_image(xb, yb, window))

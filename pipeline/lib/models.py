@@ -1,4 +1,5 @@
 """The model zoo: a VariantSpec from params.yaml -> an autoencoder with separate encode() and decode()."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -132,18 +133,22 @@ def _conv_block(spec: VariantSpec, conv: nn.Module, channels: int, filters: int,
 def _encoder(spec: VariantSpec) -> nn.Sequential:
     layers, channels, pad = [], 1, spec.kernel_size // 2
     for filters, stride in zip(spec.encoder_filters, spec.encoder_strides):
-        layers += _conv_block(spec, nn.Conv2d(channels, filters, spec.kernel_size, stride, pad), channels, filters, stride)
+        layers += _conv_block(
+            spec, nn.Conv2d(channels, filters, spec.kernel_size, stride, pad), channels, filters, stride
+        )
         channels = filters
     size = spec.encoded_size()
-    layers += [nn.Flatten(), nn.Linear(channels * size * size, spec.latent_dim),
-               ACTIVATIONS[spec.latent_activation]()]
+    layers += [nn.Flatten(), nn.Linear(channels * size * size, spec.latent_dim), ACTIVATIONS[spec.latent_activation]()]
     return nn.Sequential(*layers)
 
 
 def _decoder(spec: VariantSpec) -> nn.Sequential:
     channels, size, k = spec.encoder_filters[-1], spec.encoded_size(), spec.kernel_size
-    layers = [nn.Linear(spec.latent_dim, channels * size * size), ACTIVATIONS[spec.activation](),
-              nn.Unflatten(1, (channels, size, size))]
+    layers = [
+        nn.Linear(spec.latent_dim, channels * size * size),
+        ACTIVATIONS[spec.activation](),
+        nn.Unflatten(1, (channels, size, size)),
+    ]
     for filters, stride in zip(spec.decoder_filters, spec.decoder_strides):
         # output_padding = stride - 1 makes 'same' padding exact: out = in * stride, as in Keras
         conv = nn.ConvTranspose2d(channels, filters, k, stride, k // 2, output_padding=stride - 1)

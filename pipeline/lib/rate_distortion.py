@@ -8,6 +8,7 @@ A variant contributes one point per form it can be stored in, each the mean over
 codec.refine_steps > 0 both uint8 streams carry the codec's refined latents, and `float32, refined` is added.
 Bytes per image always include everything the decoder needs besides the model weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,26 +30,62 @@ def model_rows(means: pd.DataFrame) -> list[dict]:
     rows = []
     for variant, m in means.iterrows():
         dim = int(m.latent_dim)
-        main = {"psnr_pooled": m.psnr_pooled, "psnr": m.psnr, "ssim": m.ssim, "mse": m.mse,
-                "classifier_accuracy": m.get("classifier_accuracy")}
+        main = {
+            "psnr_pooled": m.psnr_pooled,
+            "psnr": m.psnr,
+            "ssim": m.ssim,
+            "mse": m.mse,
+            "classifier_accuracy": m.get("classifier_accuracy"),
+        }
         coded = pd.notna(m.get("bytes_per_image_entropy"))
         refined = f", refined {int(m.refine_steps)} steps" if m.get("refine_steps", 0) > 0 else ""
         if not coded:
             rows.append({"method": variant, "setting": f"float32, {dim} dims", "bytes_per_image": 4.0 * dim, **main})
         if refined:
-            rows.append({"method": variant, "setting": f"float32{refined}, {dim} dims", "bytes_per_image": 4.0 * dim,
-                         **{key: m.get(f"{key}_refined") for key in main}, "classifier_accuracy": None})
+            rows.append(
+                {
+                    "method": variant,
+                    "setting": f"float32{refined}, {dim} dims",
+                    "bytes_per_image": 4.0 * dim,
+                    **{key: m.get(f"{key}_refined") for key in main},
+                    "classifier_accuracy": None,
+                }
+            )
         uint8 = {key: m.get(f"{key}_uint8") for key in main} | {"classifier_accuracy": None}
-        rows.append({"method": variant, "setting": f"uint8{refined}, {dim} dims", "bytes_per_image": m.bytes_per_image_uint8,
-                     **uint8})
+        rows.append(
+            {
+                "method": variant,
+                "setting": f"uint8{refined}, {dim} dims",
+                "bytes_per_image": m.bytes_per_image_uint8,
+                **uint8,
+            }
+        )
         if pd.notna(m.get("bytes_per_image_uint8_range")):  # absent from metrics written before uint8_range
-            rows.append({"method": variant, "setting": f"uint8 range-coded{refined}, {dim} dims",
-                         "bytes_per_image": m.bytes_per_image_uint8_range, **uint8})
+            rows.append(
+                {
+                    "method": variant,
+                    "setting": f"uint8 range-coded{refined}, {dim} dims",
+                    "bytes_per_image": m.bytes_per_image_uint8_range,
+                    **uint8,
+                }
+            )
         if coded:  # one stream for the whole test set, and one file per image (header and checksum each)
-            rows.append({"method": variant, "setting": f"entropy-coded, {dim} dims",
-                         "bytes_per_image": m.bytes_per_image_entropy, **main})
-            rows.append({"method": variant, "setting": f"entropy-coded one file per image, {dim} dims",
-                         "bytes_per_image": m.bytes_per_image_entropy_standalone, **main})
+            rows.append(
+                {
+                    "method": variant,
+                    "setting": f"entropy-coded, {dim} dims",
+                    "bytes_per_image": m.bytes_per_image_entropy,
+                    **main,
+                }
+            )
+            rows.append(
+                {
+                    "method": variant,
+                    "setting": f"entropy-coded one file per image, {dim} dims",
+                    "bytes_per_image": m.bytes_per_image_entropy_standalone,
+                    **main,
+                }
+            )
     return rows
 
 
@@ -76,16 +113,24 @@ def moonshot_finding(table: pd.DataFrame) -> str:
     points = table[table.kind == "variant"].dropna(subset=["psnr_pooled"])
     small = points[points.bytes_per_image <= target_bytes]
     if small.empty:
-        nearest = points.loc[points.bytes_per_image.idxmin()] if len(points) else None
-        return (f"- Moonshot (≤ {target_bytes} B/image at pooled PSNR ≥ {target_psnr} dB): not met; no variant stores an "
-                f"image in ≤ {target_bytes} bytes" + ("." if nearest is None else
-                f" (the smallest point is {nearest.method} {nearest.setting} at {nearest.bytes_per_image:.2f} B/image, "
-                f"{nearest.psnr_pooled:.2f} dB pooled)."))
+        head = (
+            f"- Moonshot (≤ {target_bytes} B/image at pooled PSNR ≥ {target_psnr} dB): not met; no variant stores an "
+            f"image in ≤ {target_bytes} bytes"
+        )
+        if not len(points):
+            return head + "."
+        n = points.loc[points.bytes_per_image.idxmin()]
+        return (
+            f"{head} (the smallest point is {n.method} {n.setting} at {n.bytes_per_image:.2f} B/image, "
+            f"{n.psnr_pooled:.2f} dB pooled)."
+        )
     best = small.loc[small.psnr_pooled.idxmax()]
     verdict = "met" if best.psnr_pooled >= target_psnr else f"not met ({target_psnr - best.psnr_pooled:.2f} dB short)"
-    return (f"- Moonshot (≤ {target_bytes} B/image at pooled PSNR ≥ {target_psnr} dB): {verdict}; the best variant point "
-            f"within {target_bytes} bytes is {best.method} {best.setting} at {best.bytes_per_image:.1f} B/image, "
-            f"{best.psnr_pooled:.2f} dB pooled, SSIM {best.ssim:.4f}.")
+    return (
+        f"- Moonshot (≤ {target_bytes} B/image at pooled PSNR ≥ {target_psnr} dB): {verdict}; the best variant point "
+        f"within {target_bytes} bytes is {best.method} {best.setting} at {best.bytes_per_image:.1f} B/image, "
+        f"{best.psnr_pooled:.2f} dB pooled, SSIM {best.ssim:.4f}."
+    )
 
 
 def quality_target_findings(means: pd.DataFrame, budget_flops: int) -> list[str]:
@@ -93,7 +138,8 @@ def quality_target_findings(means: pd.DataFrame, budget_flops: int) -> list[str]
     variant was evaluated with codec.refine_steps > 0, for the codec's refined latents."""
     refined = means[means.refine_steps > 0] if "refine_steps" in means else means.iloc[:0]
     return [_quality_target_finding(means, budget_flops, "")] + (
-        [_quality_target_finding(refined, budget_flops, "_refined")] if len(refined) else [])
+        [_quality_target_finding(refined, budget_flops, "_refined")] if len(refined) else []
+    )
 
 
 def _quality_target_finding(means: pd.DataFrame, budget_flops: int, suffix: str) -> str:
@@ -102,14 +148,20 @@ def _quality_target_finding(means: pd.DataFrame, budget_flops: int, suffix: str)
     t = QUALITY_TARGET
     eligible = means[(means.latent_dim == t["latent_dim"]) & (means.train_flops_per_image <= budget_flops)]
     how = "with the codec's encode-time latent refinement" if suffix else "in one encoder pass"
-    head = (f"- Quality target {how} ({t['latent_dim']}-number latent, ≤ {budget_flops / 1e6:.0f} MFLOP per training "
-            f"image like model01: per-image PSNR ≥ {t['psnr']} dB and SSIM ≥ {t['ssim']})")
+    head = (
+        f"- Quality target {how} ({t['latent_dim']}-number latent, ≤ {budget_flops / 1e6:.0f} MFLOP per training "
+        f"image like model01: per-image PSNR ≥ {t['psnr']} dB and SSIM ≥ {t['ssim']})"
+    )
     if eligible.empty:
         return f"{head}: no variant here has a {t['latent_dim']}-dim latent within that budget."
     best = eligible.loc[eligible[f"psnr{suffix}"].idxmax()]
     psnr, ssim = best[f"psnr{suffix}"], best[f"ssim{suffix}"]
     met = psnr >= t["psnr"] and ssim >= t["ssim"]
-    verdict = "met" if met else f"not met ({max(t['psnr'] - psnr, 0):.2f} dB, {max(t['ssim'] - ssim, 0):.4f} SSIM short)"
+    verdict = (
+        "met" if met else f"not met ({max(t['psnr'] - psnr, 0):.2f} dB, {max(t['ssim'] - ssim, 0):.4f} SSIM short)"
+    )
     steps = f", {int(best.refine_steps)} refinement steps per image" if suffix else ""
-    return (f"{head}: {verdict}; the best is {best.name} at {psnr:.2f} dB, SSIM {ssim:.4f}, "
-            f"{best.train_flops_per_image / 1e6:.0f} MFLOP per training image{steps}.")
+    return (
+        f"{head}: {verdict}; the best is {best.name} at {psnr:.2f} dB, SSIM {ssim:.4f}, "
+        f"{best.train_flops_per_image / 1e6:.0f} MFLOP per training image{steps}."
+    )

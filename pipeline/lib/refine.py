@@ -3,6 +3,7 @@
 codec.refine_steps > 0 in params.yaml turns it on for `codec compress` (uint8 and uint8_range streams) and for
 evaluate, which share this code path; the model's weights never move.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,11 +33,19 @@ def refine_latents(model, images: np.ndarray, latents: torch.Tensor, cfg, calibr
     device = next(model.parameters()).device
     lo, hi = (torch.from_numpy(bound).to(device) for bound in calibration)
     refined = []
-    with torch.enable_grad(), tqdm(total=cfg.refine_steps * len(images), desc="refine latents", unit="image-step",
-                                   unit_scale=True, mininterval=1.0) as bar:
+    with (
+        torch.enable_grad(),
+        tqdm(
+            total=cfg.refine_steps * len(images),
+            desc="refine latents",
+            unit="image-step",
+            unit_scale=True,
+            mininterval=1.0,
+        ) as bar,
+    ):
         for i in range(0, len(images), REFINE_BATCH):
-            x = as_batch_tensor(images[i:i + REFINE_BATCH], device).contiguous(memory_format=torch.channels_last)
-            z = latents[i:i + REFINE_BATCH].to(device).clamp(lo, hi).requires_grad_(True)
+            x = as_batch_tensor(images[i : i + REFINE_BATCH], device).contiguous(memory_format=torch.channels_last)
+            z = latents[i : i + REFINE_BATCH].to(device).clamp(lo, hi).requires_grad_(True)
             optimizer = torch.optim.Adam([z], lr=cfg.refine_lr)
             for _ in range(cfg.refine_steps):
                 # a sum over images (log_mse is their mean): each latent follows its own image's error (up to

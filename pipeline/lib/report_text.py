@@ -11,12 +11,33 @@ from pipeline.lib import rate_distortion, stats
 
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
-RUN_COLUMNS = ["variant", "seed", "epochs", "mse", "psnr", "ssim", "dead_latent_units",
-               "active_latent_units_per_image", "effective_latent_dims"]
-COMPRESSION_COLUMNS = ["latent_dim", "bytes_per_image_float32", "bytes_per_image_uint8", "bytes_per_image_uint8_range",
-                       "psnr_pooled_uint8", "bytes_per_image_entropy", "prior_bits_per_image", "max_abs_diff_decoder",
-                       "eval_seconds", "refine_steps", "refine_seconds", "psnr_refined", "ssim_refined",
-                       "psnr_pooled_refined"]
+RUN_COLUMNS = [
+    "variant",
+    "seed",
+    "epochs",
+    "mse",
+    "psnr",
+    "ssim",
+    "dead_latent_units",
+    "active_latent_units_per_image",
+    "effective_latent_dims",
+]
+COMPRESSION_COLUMNS = [
+    "latent_dim",
+    "bytes_per_image_float32",
+    "bytes_per_image_uint8",
+    "bytes_per_image_uint8_range",
+    "psnr_pooled_uint8",
+    "bytes_per_image_entropy",
+    "prior_bits_per_image",
+    "max_abs_diff_decoder",
+    "eval_seconds",
+    "refine_steps",
+    "refine_seconds",
+    "psnr_refined",
+    "ssim_refined",
+    "psnr_pooled_refined",
+]
 FIDELITY_COLUMNS = ["classifier_accuracy", "classifier_accuracy_originals", "psnr", "ssim"]
 
 
@@ -35,12 +56,18 @@ def study_table(means: pd.DataFrame, n_seeds: int, reference: dict) -> pd.DataFr
     """Ours (full test set, mean over seeds) beside the study's reported numbers and its published weights."""
     rows = []
     for variant, ours in means.iterrows():
-        rows.append({"variant": variant, "source": f"CompressNet ({int(ours.epochs)} ep, {n_seeds} seeds, "
-                                                   f"{int(ours.n_test)} img)", **{c: ours[c] for c in STUDY_COLUMNS}})
+        rows.append(
+            {
+                "variant": variant,
+                "source": f"CompressNet ({int(ours.epochs)} ep, {n_seeds} seeds, {int(ours.n_test)} img)",
+                **{c: ours[c] for c in STUDY_COLUMNS},
+            }
+        )
         if variant in reference["reported"]:
             rows.append({"variant": variant, "source": "study, reported (10 img)", **reference["reported"][variant]})
-            rows.append({"variant": variant, "source": "study weights, full test",
-                         **reference["published_weights"][variant]})
+            rows.append(
+                {"variant": variant, "source": "study weights, full test", **reference["published_weights"][variant]}
+            )
     return pd.DataFrame(rows).set_index(["variant", "source"])
 
 
@@ -48,29 +75,39 @@ def findings(summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict],
     """Sentences generated from the numbers only: the best variant, significance, and the study's question."""
     best = summary.mse_mean.idxmin()
     n = int(summary.n.min())
-    lines = [f"- Best variant by mean test MSE over {n} seed(s): **{best}** "
-             f"(MSE {_pm(summary.loc[best], 'mse', '.5f')}, pooled PSNR {_pm(summary.loc[best], 'psnr_pooled', '.2f')} dB, "
-             f"SSIM {_pm(summary.loc[best], 'ssim', '.4f')})."]
+    lines = [
+        f"- Best variant by mean test MSE over {n} seed(s): **{best}** "
+        f"(MSE {_pm(summary.loc[best], 'mse', '.5f')}, pooled PSNR {_pm(summary.loc[best], 'psnr_pooled', '.2f')} dB, "
+        f"SSIM {_pm(summary.loc[best], 'ssim', '.4f')})."
+    ]
     if n < 2:
-        return lines + ["- With one seed per variant no difference can be told from seed-to-seed luck; "
-                        "list more `seeds:` in params.yaml."]
+        return lines + [
+            "- With one seed per variant no difference can be told from seed-to-seed luck; "
+            "list more `seeds:` in params.yaml."
+        ]
     involving = tests[(tests.a == best) | (tests.b == best)]
     others = lambda frame: [b if a == best else a for a, b in zip(frame.a, frame.b)]  # noqa: E731
     worse, tied = others(involving[involving.significant]), others(involving[~involving.significant])
-    lines.append(f"- Significantly worse than {best} (Welch's t-test on per-seed test MSE, Benjamini-Hochberg "
-                 f"adjusted p < {stats.ALPHA}): {', '.join(worse) or 'none'}. "
-                 f"Not distinguishable from {best} with {n} seeds: {', '.join(tied) or 'none'}.")
+    lines.append(
+        f"- Significantly worse than {best} (Welch's t-test on per-seed test MSE, Benjamini-Hochberg "
+        f"adjusted p < {stats.ALPHA}): {', '.join(worse) or 'none'}. "
+        f"Not distinguishable from {best} with {n} seeds: {', '.join(tied) or 'none'}."
+    )
     for label, members in stats.families(specs).items():
         lines.append(_family_finding(label, members, summary, tests, specs, reference))
     dead = summary[summary.dead_latent_units_mean >= 1]
     if len(dead):
-        lines.append("- Dead latent units (mean over seeds): " + ", ".join(
-            f"{v} {r.dead_latent_units_mean:.1f}" for v, r in dead.iterrows()) + "; every other variant 0.")
+        lines.append(
+            "- Dead latent units (mean over seeds): "
+            + ", ".join(f"{v} {r.dead_latent_units_mean:.1f}" for v, r in dead.iterrows())
+            + "; every other variant 0."
+        )
     return lines
 
 
-def _family_finding(label: str, members: list[str], summary: pd.DataFrame, tests: pd.DataFrame,
-                    specs: dict[str, dict], reference: dict) -> str:
+def _family_finding(
+    label: str, members: list[str], summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict], reference: dict
+) -> str:
     ordered = summary.loc[members].sort_values("mse_mean").index
     positions = [stats.upsampling_position(specs[v]) for v in ordered]
     inside = tests[tests.a.isin(members) & tests.b.isin(members)]
@@ -79,12 +116,17 @@ def _family_finding(label: str, members: list[str], summary: pd.DataFrame, tests
     same_order = "the same order as" if positions == study_positions else "a different order from"
     hits = inside[inside.significant]
     pairs = f" ({', '.join(f'{a}–{b}' for a, b in zip(hits.a, hits.b))})" if len(hits) else ""
-    verdict = ("the upsampling position makes a difference larger than the seed spread" if inside.significant.any()
-               else "no difference between upsampling positions exceeds the seed spread")
-    return (f"- Decoder family ({label}): by mean MSE "
-            + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
-            + f", {same_order} the study's (layer {' < '.join(map(str, study_positions))}); "
-            + f"{len(hits)} of {len(inside)} pairs significant{pairs}, so {verdict}.")
+    verdict = (
+        "the upsampling position makes a difference larger than the seed spread"
+        if inside.significant.any()
+        else "no difference between upsampling positions exceeds the seed spread"
+    )
+    return (
+        f"- Decoder family ({label}): by mean MSE "
+        + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
+        + f", {same_order} the study's (layer {' < '.join(map(str, study_positions))}); "
+        + f"{len(hits)} of {len(inside)} pairs significant{pairs}, so {verdict}."
+    )
 
 
 def _pm(row: pd.Series, column: str, fmt: str) -> str:
@@ -97,46 +139,94 @@ def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
     cells = {}
     for column in SEED_COLUMNS:
         fmt = ".5f" if column in ("mse", "val_loss") else ".2f" if column != "ssim" else ".4f"
-        cells[column] = [_pm(row, column, fmt) + ("" if np.isnan(row[f"{column}_ci_low"]) else
-                         f" [{row[f'{column}_ci_low']:{fmt}}, {row[f'{column}_ci_high']:{fmt}}]")
-                         for _, row in summary.iterrows()]
+        cells[column] = [
+            _pm(row, column, fmt)
+            + (
+                ""
+                if np.isnan(row[f"{column}_ci_low"])
+                else f" [{row[f'{column}_ci_low']:{fmt}}, {row[f'{column}_ci_high']:{fmt}}]"
+            )
+            for _, row in summary.iterrows()
+        ]
     return pd.DataFrame({"n": summary.n, **cells}, index=summary.index)
 
 
-def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, tests: pd.DataFrame, specs: dict,
-                    reference: dict, figure_names: list[str], rd: pd.DataFrame) -> str:
+def render_markdown(
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    tests: pd.DataFrame,
+    specs: dict,
+    reference: dict,
+    figure_names: list[str],
+    rd: pd.DataFrame,
+) -> str:
     means = variant_means(results)
     decoder = means[["mse_decoder", "psnr_decoder", "ssim_decoder", "max_abs_diff_decoder"]]
     protocol = pd.DataFrame(list(results.seed_protocol), index=results.index)[["mse", "psnr", "psnr_pooled", "ssim"]]
     n_seeds = int(summary.n.min())
     parts = [
-        "# CompressNet report", "",
-        "## Findings", "", *findings(summary, tests, specs, reference), rate_distortion.moonshot_finding(rd),
-        *rate_distortion.quality_target_findings(means, reference["train_flops_per_image"]["model01"]), "",
+        "# CompressNet report",
+        "",
+        "## Findings",
+        "",
+        *findings(summary, tests, specs, reference),
+        rate_distortion.moonshot_finding(rd),
+        *rate_distortion.quality_target_findings(means, reference["train_flops_per_image"]["model01"]),
+        "",
         f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
-        "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).", "",
-        "## Mean ± std over seeds [95% t-interval of the mean]", "", _markdown(seed_table(summary)), "",
-        "## Pairwise differences in test MSE (Welch's t-test, Benjamini-Hochberg adjusted)", "",
-        _markdown(tests, index=False), "",
-        "## Every run", "", _markdown(results[RUN_COLUMNS], index=False), "",
-        "## The study's six quantities, ours beside theirs", "",
-        _markdown(study_table(means, n_seeds, reference).reset_index(), index=False), "",
+        "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).",
+        "",
+        "## Mean ± std over seeds [95% t-interval of the mean]",
+        "",
+        _markdown(seed_table(summary)),
+        "",
+        "## Pairwise differences in test MSE (Welch's t-test, Benjamini-Hochberg adjusted)",
+        "",
+        _markdown(tests, index=False),
+        "",
+        "## Every run",
+        "",
+        _markdown(results[RUN_COLUMNS], index=False),
+        "",
+        "## The study's six quantities, ours beside theirs",
+        "",
+        _markdown(study_table(means, n_seeds, reference).reset_index(), index=False),
+        "",
         f"The study trained {reference['epochs']} epochs, one run per model, and measured 10 random unseeded "
-        "test images.", "",
-        "## Encoder → decoder run separately (mean over seeds)", "", _markdown(decoder), "",
-        "## The study's protocol (10 seeded test images), per run", "", _markdown(protocol), "",
-        "## Compression (mean over seeds)", "", _markdown(means.reindex(columns=COMPRESSION_COLUMNS)), "",
+        "test images.",
+        "",
+        "## Encoder → decoder run separately (mean over seeds)",
+        "",
+        _markdown(decoder),
+        "",
+        "## The study's protocol (10 seeded test images), per run",
+        "",
+        _markdown(protocol),
+        "",
+        "## Compression (mean over seeds)",
+        "",
+        _markdown(means.reindex(columns=COMPRESSION_COLUMNS)),
+        "",
         "Bytes per image are real streams (pipeline.lib.codec) of the whole test split, headers and side information "
         "included. uint8: per-dimension scale/offset calibrated on the train split, carried in the stream; "
         "uint8_range: the same codes range-coded under a Gaussian per dimension (its mean and spread in the stream); "
         "entropy: integer latents range-coded under the variant's learned prior (prior_bits_per_image is the "
         "prior's own estimate). A unit is dead when it outputs 0 for every test image; effective dims hold 99% of "
-        "the latent variance.", "",
-        "## Rate–distortion: variants beside classical codecs (reports/rate_distortion.json)", "",
-        _markdown(rd.sort_values(["kind", "method", "bytes_per_image"], ascending=[False, True, True]), index=False), "",
-        "## Semantic fidelity: the classifier stage's test accuracy (mean over seeds)", "",
-        _markdown(means.reindex(columns=FIDELITY_COLUMNS)), "",
-        "", "## Figures", "", *[f"![{Path(f).stem}](figures/{f})" for f in figure_names], "",
+        "the latent variance.",
+        "",
+        "## Rate–distortion: variants beside classical codecs (reports/rate_distortion.json)",
+        "",
+        _markdown(rd.sort_values(["kind", "method", "bytes_per_image"], ascending=[False, True, True]), index=False),
+        "",
+        "## Semantic fidelity: the classifier stage's test accuracy (mean over seeds)",
+        "",
+        _markdown(means.reindex(columns=FIDELITY_COLUMNS)),
+        "",
+        "",
+        "## Figures",
+        "",
+        *[f"![{Path(f).stem}](figures/{f})" for f in figure_names],
+        "",
     ]
     return "\n".join(parts)
 

@@ -10,8 +10,14 @@ from pathlib import Path
 from pipeline.lib.io import DataError
 
 NUMBER = (int, float)
-QUALITY = {"mse": NUMBER, "psnr": NUMBER, "psnr_pooled": NUMBER, "ssim": NUMBER, "psnr_inf_images": int,
-           "psnr_undefined_images": int}
+QUALITY = {
+    "mse": NUMBER,
+    "psnr": NUMBER,
+    "psnr_pooled": NUMBER,
+    "ssim": NUMBER,
+    "psnr_inf_images": int,
+    "psnr_undefined_images": int,
+}
 
 
 def _quality(suffix: str) -> dict[str, type | tuple]:
@@ -38,8 +44,14 @@ OPTIONAL = {
     "bytes_per_image_entropy_standalone": NUMBER,
 }  # fmt: skip
 # the "run" block: how this evaluation ran, not what it measured (timings, digests, provenance, tracking run)
-RUN = {"eval_seconds": NUMBER, "images_per_s": NUMBER, "refine_seconds": NUMBER, "model_sha256": str, "dvc": dict,
-       "mlflow_run_id": (str, type(None))}
+RUN = {
+    "eval_seconds": NUMBER,
+    "images_per_s": NUMBER,
+    "refine_seconds": NUMBER,
+    "model_sha256": str,
+    "dvc": dict,
+    "mlflow_run_id": (str, type(None)),
+}
 
 
 def check(metrics: dict, where: str) -> dict:

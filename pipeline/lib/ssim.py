@@ -11,6 +11,7 @@ skimage filters the full image (scipy 'reflect' boundary) and then averages the 
 the interior, cropping (win_size-1)//2 pixels per side. Every interior output only reads pixels inside
 the image, so a 'valid' (unpadded) separable filter gives the same map.
 """
+
 from __future__ import annotations
 
 import torch

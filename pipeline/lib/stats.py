@@ -3,6 +3,7 @@
 Inputs are tables with one row per training run (variant, seed). With one seed per variant there is no
 spread to compare against, and every test result says so instead of claiming anything.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -21,8 +22,9 @@ def aggregate(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         row = {"variant": variant, "n": len(group)}
         for column in columns:
             mean, std, (low, high) = _mean_interval(group[column].to_numpy(dtype=float))
-            row.update({f"{column}_mean": mean, f"{column}_std": std,
-                        f"{column}_ci_low": low, f"{column}_ci_high": high})
+            row.update(
+                {f"{column}_mean": mean, f"{column}_std": std, f"{column}_ci_low": low, f"{column}_ci_high": high}
+            )
         rows.append(row)
     return pd.DataFrame(rows).set_index("variant")
 
@@ -50,8 +52,7 @@ def pairwise_welch(runs: pd.DataFrame, column: str, variants: list[str] | None =
         p = float("nan")
         if min(len(x), len(y)) >= 2 and (x.std() > 0 or y.std() > 0):
             p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
-        rows.append({"a": a, "b": b, "mean_a": x.mean(), "mean_b": y.mean(), "difference": x.mean() - y.mean(),
-                     "p": p})
+        rows.append({"a": a, "b": b, "mean_a": x.mean(), "mean_b": y.mean(), "difference": x.mean() - y.mean(), "p": p})
     table = pd.DataFrame(rows, columns=["a", "b", "mean_a", "mean_b", "difference", "p"])
     tested = table.p.notna()
     table["p_adjusted"] = np.nan

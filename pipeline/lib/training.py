@@ -42,8 +42,12 @@ class RunFiles:
 
 def fingerprint(params: Params, variant: str, seed: int, manifest_sha: str) -> str:
     """Identifies the training job: a checkpoint is resumed only by the job that wrote it."""
-    job = {"spec": dataclasses.asdict(params.variant(variant)), "seed": seed,
-           "train": dataclasses.asdict(params.train_for(variant)), "data": manifest_sha}
+    job = {
+        "spec": dataclasses.asdict(params.variant(variant)),
+        "seed": seed,
+        "train": dataclasses.asdict(params.train_for(variant)),
+        "data": manifest_sha,
+    }
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
 
 
@@ -66,8 +70,7 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         kind = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
-        return kind(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps,
-                    weight_decay=self.cfg.weight_decay)
+        return kind(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
 
     def _scheduler(self, steps_per_epoch: int):
         total = self.cfg.epochs * steps_per_epoch
@@ -78,8 +81,12 @@ class Trainer:
         return None
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler else None, "history": self.history}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "history": self.history,
+        }
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -98,9 +105,9 @@ class Trainer:
         """The epoch's shuffled batches, ready for the model; the permutation depends only on (seed, epoch),
         so resuming is exact."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_x), generator=generator)[:self.images_per_epoch]
+        order = torch.randperm(len(train_x), generator=generator)[: self.images_per_epoch]
         for start in range(0, len(order), self.cfg.batch_size):
-            yield self._prepare(train_x[order[start:start + self.cfg.batch_size].to(self.device)])
+            yield self._prepare(train_x[order[start : start + self.cfg.batch_size].to(self.device)])
 
     def train_epoch(self, train_x: torch.Tensor, epoch: int) -> dict[str, float]:
         """One shuffled pass (or its first steps_per_epoch batches). Returns the mean training MSE as train_loss,
@@ -108,8 +115,14 @@ class Trainer:
         of the objective itself as train_objective."""
         self.model.train()
         total, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
-        batches = tqdm(self.batches(train_x, epoch), total=math.ceil(self.images_per_epoch / self.cfg.batch_size),
-                       desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False, mininterval=1.0)
+        batches = tqdm(
+            self.batches(train_x, epoch),
+            total=math.ceil(self.images_per_epoch / self.cfg.batch_size),
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            unit="batch",
+            leave=False,
+            mininterval=1.0,
+        )
         for i, x in enumerate(batches):
             with self._autocast():
                 recon, bits = self.model.forward_with_rate(x)
@@ -134,7 +147,7 @@ class Trainer:
         self.model.eval()
         total = 0.0
         for start in range(0, len(val_x), batch_size):
-            x = self._prepare(val_x[start:start + batch_size])
+            x = self._prepare(val_x[start : start + batch_size])
             total += torch.nn.functional.mse_loss(self.model(x), x, reduction="sum").item()
         return total / val_x.numel()
 
@@ -147,19 +160,37 @@ class Trainer:
             seconds = time.perf_counter() - started
             val_loss = self.val_loss(val_x)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                raise TrainingDiverged(f"epoch {epoch + 1}: loss is {train_loss} (train) / {val_loss} (val); "
-                                       f"lower train.lr (now {self.cfg.lr}) or check the data")
-            row = {"epoch": epoch + 1, **losses, "val_loss": val_loss, "lr": lr,
-                   "seconds": seconds, "images_per_s": self.images_per_epoch / seconds}
+                raise TrainingDiverged(
+                    f"epoch {epoch + 1}: loss is {train_loss} (train) / {val_loss} (val); "
+                    f"lower train.lr (now {self.cfg.lr}) or check the data"
+                )
+            row = {
+                "epoch": epoch + 1,
+                **losses,
+                "val_loss": val_loss,
+                "lr": lr,
+                "seconds": seconds,
+                "images_per_s": self.images_per_epoch / seconds,
+            }
             self.history.append(row)
-            tqdm.write(f"epoch {epoch + 1}/{self.cfg.epochs}: train {train_loss:.5f} val {val_loss:.5f} "
-                       f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
+            tqdm.write(
+                f"epoch {epoch + 1}/{self.cfg.epochs}: train {train_loss:.5f} val {val_loss:.5f} "
+                f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)"
+            )
             on_epoch(row)
 
 
-
-def train_run(params: Params, variant: str, seed: int, prepared_dir: Path, files: RunFiles, tracker,
-              tags: dict[str, str], meta: dict, registered_name: str | None = None) -> Path:
+def train_run(
+    params: Params,
+    variant: str,
+    seed: int,
+    prepared_dir: Path,
+    files: RunFiles,
+    tracker,
+    tags: dict[str, str],
+    meta: dict,
+    registered_name: str | None = None,
+) -> Path:
     """Train (or resume) one variant with one seed; returns the final model file. `meta` joins the model files'
     metadata, `tags` the run's tags; with `registered_name` the model is logged and registered under it."""
     cfg = params.train_for(variant)
@@ -195,10 +226,18 @@ def train_run(params: Params, variant: str, seed: int, prepared_dir: Path, files
             save_torch(state, files.checkpoint)
 
         trainer.fit(train_x, val_x, on_epoch)
-        meta = {"variant": variant, "seed": seed, "spec": dataclasses.asdict(params.variant(variant)),
-                "train": dataclasses.asdict(cfg), "data_manifest_sha256": manifest_sha, "job": job,
-                "mlflow_run_id": run.run_id, "epochs": len(trainer.history), **meta,
-                "precision_used": trainer.precision}
+        meta = {
+            "variant": variant,
+            "seed": seed,
+            "spec": dataclasses.asdict(params.variant(variant)),
+            "train": dataclasses.asdict(cfg),
+            "data_manifest_sha256": manifest_sha,
+            "job": job,
+            "mlflow_run_id": run.run_id,
+            "epochs": len(trainer.history),
+            **meta,
+            "precision_used": trainer.precision,
+        }
         save_torch({**meta, "state_dict": _cpu_state(trainer.model)}, files.model)
         save_torch({**meta, "state_dict": best["state_dict"], "best_epoch": best["epoch"]}, files.best_model)
         write_history(trainer.history, files.history)
@@ -229,17 +268,29 @@ def _log_epoch(run, row: dict) -> None:
     run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
-def _log_inputs(run, params: Params, variant: str, seed: int, manifest_sha: str, images, labels,
-                prepared_dir: Path) -> None:
+def _log_inputs(
+    run, params: Params, variant: str, seed: int, manifest_sha: str, images, labels, prepared_dir: Path
+) -> None:
     spec = {k: v for k, v in dataclasses.asdict(params.variant(variant)).items() if k != "train"}
-    flat = flatten({"data": dataclasses.asdict(params.data), "train": dataclasses.asdict(params.train_for(variant)),
-                     "variant": spec})
+    manifest = prepared.load_manifest(prepared_dir)  # the data as prepared, not as params.yaml says now
+    data = {key: manifest[key] for key in ("source", "val_fraction", "seed")}
+    flat = flatten({"data": data, "train": dataclasses.asdict(params.train_for(variant)), "variant": spec})
     run.log_params({**flat, "variant.name": variant, "seed": seed})
-    run.log_dataset(images[:1000], labels[:1000], name="emnist-prepared-train", source=str(prepared_dir.resolve()),
-                    digest=manifest_sha[:16], context="training")
-    manifest = prepared.load_manifest(prepared_dir)
-    run.set_tags({"data.manifest_sha256": manifest_sha, "data.source": manifest["source"],
-                  "data.train_images": str(manifest["counts"]["train"])})
+    run.log_dataset(
+        images[:1000],
+        labels[:1000],
+        name="emnist-prepared-train",
+        source=str(prepared_dir.resolve()),
+        digest=manifest_sha[:16],
+        context="training",
+    )
+    run.set_tags(
+        {
+            "data.manifest_sha256": manifest_sha,
+            "data.source": manifest["source"],
+            "data.train_images": str(manifest["counts"]["train"]),
+        }
+    )
 
 
 def _log_outputs(run, trainer: Trainer, final: Path, registered_name: str | None, tags: dict[str, str]) -> None:
@@ -250,7 +301,6 @@ def _log_outputs(run, trainer: Trainer, final: Path, registered_name: str | None
     run.set_tags(files)
     if registered_name:
         run.log_model(trainer.model, registered_name, {**tags, **files})
-
 
 
 def _loss_curve(history: pd.DataFrame, title: str):

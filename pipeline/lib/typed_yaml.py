@@ -2,6 +2,7 @@
 
 Every error names the offending key (dotted path) and what was expected; unknown keys are errors.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node)
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                            key_node.start_mark)
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep)
 

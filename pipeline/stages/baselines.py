@@ -20,15 +20,20 @@ def write_baselines(params: Params) -> str:
     data_dir, window = paths.prepared_dir(), params.evaluate.ssim_window
     train, test = prepared.load_split(data_dir, "train")[0], prepared.load_split(data_dir, "test")[0]
     rows = compute_baselines(params.rate_distortion, window, train, test)
-    result = {"n_test": int(len(test)), "ssim_window": window,
-              "data_manifest_sha256": prepared.manifest_digest(data_dir), "rows": rows}
+    result = {
+        "n_test": int(len(test)),
+        "ssim_window": window,
+        "data_manifest_sha256": prepared.manifest_digest(data_dir),
+        "rows": rows,
+    }
     write_json(paths.baselines_file(), result)
     return f"wrote {len(rows)} rows to {paths.baselines_file()}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("baselines", __doc__, lambda params, _: write_baselines(params), argv, per_run=False,
-                     expected=(DataError,))
+    return run_stage(
+        "baselines", __doc__, lambda params, _: write_baselines(params), argv, per_run=False, expected=(DataError,)
+    )
 
 
 if __name__ == "__main__":

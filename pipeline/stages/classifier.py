@@ -28,8 +28,10 @@ def train_classifier(params: Params, tracker: tracking.Tracker) -> dict:
     n_classes = len(prepared.load_mapping(data_dir))
     train_x = as_batch_tensor(splits["train"][0], device)
     model = classifier.fit(cfg, train_x, torch.from_numpy(splits["train"][1]).to(device), n_classes)
-    result = {f"{split}_accuracy": classifier.accuracy(model, as_batch_tensor(images, device), labels)
-              for split, (images, labels) in splits.items()}
+    result = {
+        f"{split}_accuracy": classifier.accuracy(model, as_batch_tensor(images, device), labels)
+        for split, (images, labels) in splits.items()
+    }
     result.update(classes=n_classes, data_manifest_sha256=prepared.manifest_digest(data_dir))
     saved = {"n_classes": n_classes, "config": dataclasses.asdict(cfg), "state_dict": model.state_dict(), **result}
     save_torch(saved, paths.classifier_file())

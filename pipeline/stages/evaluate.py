@@ -23,8 +23,9 @@ from pipeline.lib.io import DataError, write_npy, write_text
 
 def evaluate(params: Params, variant: str, seed: int, tracker: tracking.Tracker) -> dict:
     name, model_path = run_name(variant, seed), paths.model_file(run_name(variant, seed))
-    evaluation = evaluate_model(params, variant, seed, model_path, paths.prepared_dir(), paths.history_file(name),
-                                paths.classifier_file())
+    evaluation = evaluate_model(
+        params, variant, seed, model_path, paths.prepared_dir(), paths.history_file(name), paths.classifier_file()
+    )
     result = evaluation.metrics
     upstream = {"prepare": "prepare", "train": provenance.stage_name("train", variant, seed)}
     result["run"]["dvc"] = provenance.provenance({"prepared": paths.prepared_dir(), "model": model_path}, upstream)
@@ -52,10 +53,16 @@ def _log(run, params: Params, result: dict, originals: np.ndarray, samples: np.n
     flat = {f"test_{k}": v for k, v in {**result, **result["run"]}.items() if isinstance(v, (int, float))}
     flat.update({f"protocol_{k}": v for k, v in result["seed_protocol"].items() if isinstance(v, float)})
     run.log_metrics(flat)
-    run.set_tags({"evaluated": "true", "evaluate.ssim_window": result["ssim_window"],
-                  "codec.refine_steps": result["refine_steps"], "codec.refine_lr": params.codec.refine_lr,
-                  "evaluate.model_sha256": result["run"]["model_sha256"],
-                  **flatten({"evaluate": {"dvc": result["run"]["dvc"]}})})
+    run.set_tags(
+        {
+            "evaluated": "true",
+            "evaluate.ssim_window": result["ssim_window"],
+            "codec.refine_steps": result["refine_steps"],
+            "codec.refine_lr": params.codec.refine_lr,
+            "evaluate.model_sha256": result["run"]["model_sha256"],
+            **flatten({"evaluate": {"dvc": result["run"]["dvc"]}}),
+        }
+    )
     if result["run"]["dvc"]["train_lock_sha256"] != provenance.UNKNOWN:  # outside DVC: keep what was recorded
         # the train stage is locked only after it ends: its registered model versions get its lock digest now
         run.tag_model_versions({"dvc.train_lock_sha256": result["run"]["dvc"]["train_lock_sha256"]})
@@ -67,13 +74,20 @@ def _log(run, params: Params, result: dict, originals: np.ndarray, samples: np.n
 
 def _describe(result: dict) -> str:
     r = result
-    return (f"{run_name(r['variant'], r['seed'])}: MSE {r['mse']:.5f}, PSNR {r['psnr']:.2f} dB (pooled "
-            f"{r['psnr_pooled']:.2f}), SSIM {r['ssim']:.4f} on {r['n_test']} images in {r['run']['eval_seconds']:.1f} s")
+    return (
+        f"{run_name(r['variant'], r['seed'])}: MSE {r['mse']:.5f}, PSNR {r['psnr']:.2f} dB (pooled "
+        f"{r['psnr_pooled']:.2f}), SSIM {r['ssim']:.4f} on {r['n_test']} images in {r['run']['eval_seconds']:.1f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("evaluate", __doc__, lambda *run: _describe(evaluate(*run, tracking.MlflowTracker())), argv,
-                     expected=(DataError, tracking.TrackingError))
+    return run_stage(
+        "evaluate",
+        __doc__,
+        lambda *run: _describe(evaluate(*run, tracking.MlflowTracker())),
+        argv,
+        expected=(DataError, tracking.TrackingError),
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     def options(parser):
         parser.add_argument("--out", type=Path, help="where to write (default: data/prepared)")
 
-    return run_stage("prepare", __doc__, lambda params, args: prepare(params, args.out), argv, per_run=False,
-                     expected=(DataError,), options=options)
+    return run_stage(
+        "prepare",
+        __doc__,
+        lambda params, args: prepare(params, args.out),
+        argv,
+        per_run=False,
+        expected=(DataError,),
+        options=options,
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
     originals = prepared.load_split(paths.prepared_dir(), "test")[0][results.sample_indices.iloc[0]]
     samples = {name: np.load(paths.samples_file(name)) for name in first_seed}
     paths.figures_dir().mkdir(parents=True, exist_ok=True)
-    figure_paths = figures.report_figures(results, summary, means, rd, histories, originals, samples,
-                                          paths.figures_dir())
+    figure_paths = figures.report_figures(
+        results, summary, means, rd, histories, originals, samples, paths.figures_dir()
+    )
     report = paths.reports_dir() / "report.md"
     text = report_text.render_markdown(results, summary, tests, specs, reference, [p.name for p in figure_paths], rd)
     write_text(report, text)
@@ -55,8 +56,9 @@ def _metrics(variant: str, seed: int) -> dict:
     return schema.load(path)
 
 
-def log_report(tracker: tracking.Tracker, report: Path, figure_paths: list[Path], summary: pd.DataFrame,
-               results: pd.DataFrame) -> None:
+def log_report(
+    tracker: tracking.Tracker, report: Path, figure_paths: list[Path], summary: pd.DataFrame, results: pd.DataFrame
+) -> None:
     """One `report` run holding the report and the per-variant means; the training runs become its children,
     tagged with the digest of their evaluate stage's dvc.lock entry."""
     with tracker.run("report", tracking.run_tags("report")) as run:
@@ -64,8 +66,14 @@ def log_report(tracker: tracking.Tracker, report: Path, figure_paths: list[Path]
         run.log_artifact(report.with_name("rate_distortion.json"))
         for figure in figure_paths:
             run.log_artifact(figure, "figures")
-        run.log_metrics({f"{variant}.{column}": float(value) for variant, row in summary.iterrows()
-                         for column, value in row.items() if column.endswith(("_mean", "_std")) and np.isfinite(value)})
+        run.log_metrics(
+            {
+                f"{variant}.{column}": float(value)
+                for variant, row in summary.iterrows()
+                for column, value in row.items()
+                if column.endswith(("_mean", "_std")) and np.isfinite(value)
+            }
+        )
     lock = provenance.read_lock(provenance.dvc_root())
     for _, row in results[[isinstance(r, str) for r in results.mlflow_run_id]].iterrows():
         child = tracker.attach(row.mlflow_run_id)
@@ -73,8 +81,9 @@ def log_report(tracker: tracking.Tracker, report: Path, figure_paths: list[Path]
             print(f"report: run {row.mlflow_run_id} not found in the tracking store; not grouped")
             continue
         stage = provenance.stage_name("evaluate", row.variant, row.seed)
-        child.set_tags({"mlflow.parentRunId": run.run_id,
-                        "report.dvc.evaluate_lock_sha256": provenance.entry_digest(lock, stage)})
+        child.set_tags(
+            {"mlflow.parentRunId": run.run_id, "report.dvc.evaluate_lock_sha256": provenance.entry_digest(lock, stage)}
+        )
 
 
 def _report(params: Params) -> str:
@@ -84,8 +93,14 @@ def _report(params: Params) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("report", __doc__, lambda params, _: _report(params), argv, per_run=False,
-                     expected=(DataError, tracking.TrackingError))
+    return run_stage(
+        "report",
+        __doc__,
+        lambda params, _: _report(params),
+        argv,
+        per_run=False,
+        expected=(DataError, tracking.TrackingError),
+    )
 
 
 if __name__ == "__main__":

@@ -20,18 +20,28 @@ from pipeline.lib.training import RunFiles, TrainingDiverged, train_run
 def train(params: Params, variant: str, seed: int, tracker: tracking.Tracker) -> str:
     name = run_name(variant, seed)
     dvc = provenance.provenance({"prepared": paths.prepared_dir()}, {"prepare": "prepare"})
-    tags = {**tracking.run_tags(provenance.stage_name("train", variant, seed)), "variant": variant,
-            "seed": str(seed), **flatten({"train": {"dvc": dvc}})}
-    files = RunFiles(paths.model_file(name), paths.best_model_file(name), paths.history_file(name),
-                     paths.checkpoint_file(name))
+    tags = {
+        **tracking.run_tags(provenance.stage_name("train", variant, seed)),
+        "variant": variant,
+        "seed": str(seed),
+        **flatten({"train": {"dvc": dvc}}),
+    }
+    files = RunFiles(
+        paths.model_file(name), paths.best_model_file(name), paths.history_file(name), paths.checkpoint_file(name)
+    )
     registered = tracking.registered_model_name(tracker.experiment, variant) if params.mlflow.log_model else None
     final = train_run(params, variant, seed, paths.prepared_dir(), files, tracker, tags, {"dvc": dvc}, registered)
     return f"wrote {final}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("train", __doc__, lambda *run: train(*run, tracking.MlflowTracker()), argv,
-                     expected=(DataError, tracking.TrackingError, TrainingDiverged))
+    return run_stage(
+        "train",
+        __doc__,
+        lambda *run: train(*run, tracking.MlflowTracker()),
+        argv,
+        expected=(DataError, tracking.TrackingError, TrainingDiverged),
+    )
 
 
 if __name__ == "__main__":

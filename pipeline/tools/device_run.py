@@ -11,6 +11,7 @@ writing under <outdir>/ (models/, history/, reports/) instead of the repo; the m
 `--budget-s S` first times 60 real training steps (alongside any other jobs; training steps only, not validation)
 and picks the most full epochs that fit in S seconds with a 1.3x margin.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def train_params(args, epochs: int) -> config.Params:
     params = params_with(args, "train", epochs=epochs, steps_per_epoch=None)
     cfg = params.train_for(args.variant)
     if (cfg.epochs, cfg.steps_per_epoch) != (epochs, None):
-        raise config.ConfigError(f"variants.{args.variant}.train sets its own epochs or steps_per_epoch, "
-                                 "which would override --epochs; remove them there")
+        raise config.ConfigError(
+            f"variants.{args.variant}.train sets its own epochs or steps_per_epoch, "
+            "which would override --epochs; remove them there"
+        )
     return params
 
 
@@ -78,13 +81,23 @@ def run_train(args) -> None:
     params = train_params(args, epochs)
     device = pick_device(params.train_for(args.variant).device)
     name, started = config.run_name(args.variant, args.seed), time.perf_counter()
-    files = RunFiles(outdir / "models" / f"{name}.pt", outdir / "models" / f"{name}.best.pt",
-                     outdir / "history" / f"{name}.csv", outdir / "checkpoints" / f"{name}.ckpt")
+    files = RunFiles(
+        outdir / "models" / f"{name}.pt",
+        outdir / "models" / f"{name}.best.pt",
+        outdir / "history" / f"{name}.csv",
+        outdir / "checkpoints" / f"{name}.ckpt",
+    )
     tags = {"variant": args.variant, "seed": str(args.seed)}
     final = train_run(params, args.variant, args.seed, args.prepared, files, NoOpTracker(), tags, {})
-    info = {"variant": args.variant, "seed": args.seed, "epochs": epochs, "train_seconds": time.perf_counter() - started,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
-            "model_sha256": sha256_file(final)}
+    info = {
+        "variant": args.variant,
+        "seed": args.seed,
+        "epochs": epochs,
+        "train_seconds": time.perf_counter() - started,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "model_sha256": sha256_file(final),
+    }
     (outdir / f"train-{args.variant}-seed{args.seed}.json").write_text(json.dumps(info, indent=1))
     print(f"{args.variant}: wrote {final} in {info['train_seconds']:.0f} s", flush=True)
 
@@ -93,8 +106,15 @@ def run_evaluate(args) -> None:
     outdir, steps = args.outdir, args.refine_steps
     params = config.load_params(args.params) if steps is None else params_with(args, "codec", refine_steps=steps)
     name = config.run_name(args.variant, args.seed)
-    evaluation = evaluate_model(params, args.variant, args.seed, outdir / "models" / f"{name}.pt", args.prepared,
-                                outdir / "history" / f"{name}.csv", args.classifier)
+    evaluation = evaluate_model(
+        params,
+        args.variant,
+        args.seed,
+        outdir / "models" / f"{name}.pt",
+        args.prepared,
+        outdir / "history" / f"{name}.csv",
+        args.classifier,
+    )
     result = evaluation.metrics
     result["run"].update(dvc={}, mlflow_run_id=None)
     write_text(outdir / "reports" / "metrics" / f"{name}.json", schema.dumps(result))

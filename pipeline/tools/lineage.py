@@ -5,6 +5,7 @@ The chain: raw data sha256s -> prepared manifest -> training (params, code commi
 file -> metrics. Each link is compared with what was recorded when it was made (in the model file, the
 metrics JSON, the MLflow run and dvc.lock). Exit status 0: every link matches; 1: one line per broken link.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,14 @@ class Project:
         uri = tracking.tracking_uri(root)
         client = None if tracking.store_missing(uri) else MlflowClient(tracking_uri=uri)
         params_file = root / "params.yaml"
-        return cls(root, load_params(params_file), yaml.safe_load(params_file.read_text()),
-                   provenance.read_lock(root), uri, client)
+        return cls(
+            root,
+            load_params(params_file),
+            yaml.safe_load(params_file.read_text()),
+            provenance.read_lock(root),
+            uri,
+            client,
+        )
 
     def run(self, run_id: str | None):
         """The live MLflow run with this id, or None."""
@@ -103,8 +110,10 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
         run = project.run(target)
         tags = run.data.tags if run else {}
         if "variant" not in tags:
-            raise LookupError(f"{target}: not a model file, a variant in params.yaml, a run name like "
-                              f"model01-seed0, nor a training run in {project.uri}")
+            raise LookupError(
+                f"{target}: not a model file, a variant in params.yaml, a run name like "
+                f"model01-seed0, nor a training run in {project.uri}"
+            )
         names = [run_name(tags["variant"], int(tags["seed"]))]
     return [(name, models / f"{name}.pt") for name in names]
 
@@ -124,26 +133,38 @@ def gather(project: Project, name: str, model_path: Path) -> Chain:
     metrics_file = project.root / "reports" / "metrics" / f"{name}.json"
     saved = load_model_meta(model_path)
     manifest = prepared.load_manifest(data_dir) if (data_dir / "manifest.json").exists() else None
-    return Chain(name, match["variant"], int(match["seed"]), model_path, saved,
-                 schema.load(metrics_file) if metrics_file.exists() else None,
-                 project.run(saved.get("mlflow_run_id")) if saved else None,
-                 manifest, prepared.manifest_digest(data_dir) if manifest else "missing",
-                 sha256_file(model_path) if saved else None, md5_file(model_path) if saved else None)
+    return Chain(
+        name,
+        match["variant"],
+        int(match["seed"]),
+        model_path,
+        saved,
+        schema.load(metrics_file) if metrics_file.exists() else None,
+        project.run(saved.get("mlflow_run_id")) if saved else None,
+        manifest,
+        prepared.manifest_digest(data_dir) if manifest else "missing",
+        sha256_file(model_path) if saved else None,
+        md5_file(model_path) if saved else None,
+    )
 
 
 # ---------------------------------------------------------------- the chain, printed
+
 
 def describe(c: Chain, p: Project) -> list[str]:
     manifest = c.manifest or {"source": "unknown (no data/prepared/manifest.json)", "inputs": {}}
     lines = [c.name, f"  raw data   {manifest['source']}"]
     lines += [f"             {file} sha256 {sha}" for file, sha in sorted(manifest["inputs"].items())]
-    lines.append(f"  prepared   data/prepared/manifest.json sha256 {c.manifest_sha256}, "
-                 f"dvc.lock md5 {provenance.out_md5(p.lock, 'data/prepared')}")
+    lines.append(
+        f"  prepared   data/prepared/manifest.json sha256 {c.manifest_sha256}, "
+        f"dvc.lock md5 {provenance.out_md5(p.lock, 'data/prepared')}"
+    )
     if c.saved is None:
         return lines + [f"  model      {p.relative(c.model_path)}: missing"]
     lines += _describe_training(c, p)
-    lines.append(f"  model      {p.relative(c.model_path)} sha256 {c.model_sha256}, md5 {c.model_md5}"
-                 + _registered(c, p))
+    lines.append(
+        f"  model      {p.relative(c.model_path)} sha256 {c.model_sha256}, md5 {c.model_md5}" + _registered(c, p)
+    )
     if c.metrics:
         numbers = ", ".join(f"{k} {c.metrics[k]:.6g}" for k in KEY_METRICS if k in c.metrics)
         lines.append(f"  metrics    {c.metrics_path}: {numbers}")
@@ -153,12 +174,14 @@ def describe(c: Chain, p: Project) -> list[str]:
 def _describe_training(c: Chain, p: Project) -> list[str]:
     tags = c.run.data.tags if c.run else {}
     spec = {k: v for k, v in c.saved["spec"].items() if k not in ("description", "train")}
-    return [f"  training   {c.stage('train')} (dvc.lock entry sha256 {provenance.entry_digest(p.lock, c.stage('train'))})",
-            f"             MLflow run {c.saved.get('mlflow_run_id')} ({c.run.info.status if c.run else 'missing'}), "
-            f"git commit {tags.get('git_commit', UNKNOWN)} (dirty: {tags.get('git_dirty', UNKNOWN)})",
-            f"             data manifest sha256 {c.saved['data_manifest_sha256']}",
-            "             variant " + " ".join(f"{k}={v}" for k, v in spec.items()),
-            "             train " + " ".join(f"{k}={v}" for k, v in c.saved["train"].items())]
+    return [
+        f"  training   {c.stage('train')} (dvc.lock entry sha256 {provenance.entry_digest(p.lock, c.stage('train'))})",
+        f"             MLflow run {c.saved.get('mlflow_run_id')} ({c.run.info.status if c.run else 'missing'}), "
+        f"git commit {tags.get('git_commit', UNKNOWN)} (dirty: {tags.get('git_dirty', UNKNOWN)})",
+        f"             data manifest sha256 {c.saved['data_manifest_sha256']}",
+        "             variant " + " ".join(f"{k}={v}" for k, v in spec.items()),
+        "             train " + " ".join(f"{k}={v}" for k, v in c.saved["train"].items()),
+    ]
 
 
 def _registered(c: Chain, p: Project) -> str:
@@ -170,12 +193,18 @@ def _registered(c: Chain, p: Project) -> str:
 
 # ---------------------------------------------------------------- the checks
 
+
 def check(c: Chain, p: Project) -> list[str]:
     """One line per broken link."""
     if c.saved is None:
         return [f"model missing: {p.relative(c.model_path)} does not exist (dvc repro {c.stage('train')})"]
-    return [*_data_changed(c, p), *_params_edited(c, p), *_model_replaced(c, p), *_run_missing(c, p),
-            *_metrics_stale(c, p)]
+    return [
+        *_data_changed(c, p),
+        *_params_edited(c, p),
+        *_model_replaced(c, p),
+        *_run_missing(c, p),
+        *_metrics_stale(c, p),
+    ]
 
 
 def _differ(then: object, now: object) -> bool:
@@ -191,13 +220,18 @@ def _data_changed(c: Chain, p: Project) -> list[str]:
     made_from = {p.relative(c.model_path): c.saved.get("data_manifest_sha256")}
     if c.metrics:
         made_from[c.metrics_path] = c.metrics.get("data_manifest_sha256")
-    problems = [f"data changed: {where} was made from prepared data with manifest sha256 {_short(then)}, "
-                f"data/prepared/manifest.json is now {_short(c.manifest_sha256)}"
-                for where, then in made_from.items() if then != c.manifest_sha256]
+    problems = [
+        f"data changed: {where} was made from prepared data with manifest sha256 {_short(then)}, "
+        f"data/prepared/manifest.json is now {_short(c.manifest_sha256)}"
+        for where, then in made_from.items()
+        if then != c.manifest_sha256
+    ]
     then, now = c.saved.get("dvc", {}).get("prepared_md5"), provenance.out_md5(p.lock, "data/prepared")
     if _differ(then, now):
-        problems.append(f"data changed: {p.relative(c.model_path)} was trained on data/prepared with dvc md5 "
-                        f"{_short(then)}, dvc.lock now records {_short(now)}")
+        problems.append(
+            f"data changed: {p.relative(c.model_path)} was trained on data/prepared with dvc md5 "
+            f"{_short(then)}, dvc.lock now records {_short(now)}"
+        )
     return problems
 
 
@@ -206,13 +240,18 @@ def _params_edited(c: Chain, p: Project) -> list[str]:
         return [f"params edited: variants.{c.variant} is no longer in params.yaml"]
     problems = [] if c.seed in p.params.seeds else [f"params edited: seeds no longer lists {c.seed}"]
     spec, train = _with_defaults(VariantSpec, c.saved["spec"]), _with_defaults(TrainConfig, c.saved["train"])
-    changes = (diff(spec, dataclasses.asdict(p.params.variant(c.variant)), f"variants.{c.variant}")
-               + diff(train, dataclasses.asdict(p.params.train_for(c.variant)), "train"))
-    problems += [f"params edited: {key}: {p.relative(c.model_path)} was trained with {old!r}, params.yaml has {new!r}"
-                 for key, old, new in changes]
+    changes = diff(spec, dataclasses.asdict(p.params.variant(c.variant)), f"variants.{c.variant}") + diff(
+        train, dataclasses.asdict(p.params.train_for(c.variant)), "train"
+    )
+    problems += [
+        f"params edited: {key}: {p.relative(c.model_path)} was trained with {old!r}, params.yaml has {new!r}"
+        for key, old, new in changes
+    ]
     for stage in ("prepare", c.stage("train"), c.stage("evaluate")):
-        problems += [f"params edited: {key}: dvc.lock's {stage} ran with {old!r}, params.yaml has {new!r}"
-                     for key, old, new in params_drift(p.lock, stage, p.params_raw)]
+        problems += [
+            f"params edited: {key}: dvc.lock's {stage} ran with {old!r}, params.yaml has {new!r}"
+            for key, old, new in params_drift(p.lock, stage, p.params_raw)
+        ]
     return problems
 
 
@@ -247,20 +286,26 @@ def _model_replaced(c: Chain, p: Project) -> list[str]:
         problems.append(f"model file replaced: {where} holds {run_name(c.saved['variant'], c.saved['seed'])}")
     then = c.run.data.tags.get("model_sha256") if c.run else None
     if _differ(then, c.model_sha256):
-        problems.append(f"model file replaced: {where} has sha256 {_short(c.model_sha256)}, its MLflow run "
-                        f"recorded {_short(then)} when training wrote it")
+        problems.append(
+            f"model file replaced: {where} has sha256 {_short(c.model_sha256)}, its MLflow run "
+            f"recorded {_short(then)} when training wrote it"
+        )
     locked = provenance.out_md5(p.lock, where)
     if _differ(locked, c.model_md5):
-        problems.append(f"model file replaced: {where} has md5 {_short(c.model_md5)}, dvc.lock's {c.stage('train')} "
-                        f"recorded {_short(locked)}")
+        problems.append(
+            f"model file replaced: {where} has md5 {_short(c.model_md5)}, dvc.lock's {c.stage('train')} "
+            f"recorded {_short(locked)}"
+        )
     return problems
 
 
 def _run_missing(c: Chain, p: Project) -> list[str]:
     if c.run is not None:
         return []
-    return [f"run missing: MLflow run {c.saved.get('mlflow_run_id')} of {p.relative(c.model_path)} is not in "
-            f"the tracking store {p.uri}"]
+    return [
+        f"run missing: MLflow run {c.saved.get('mlflow_run_id')} of {p.relative(c.model_path)} is not in "
+        f"the tracking store {p.uri}"
+    ]
 
 
 def _metrics_stale(c: Chain, p: Project) -> list[str]:
@@ -268,19 +313,26 @@ def _metrics_stale(c: Chain, p: Project) -> list[str]:
         return [f"metrics stale: {c.metrics_path} is missing (dvc repro {c.stage('evaluate')})"]
     recorded, where, problems = c.metrics.get("run", {}), p.relative(c.model_path), []
     if _differ(recorded.get("model_sha256"), c.model_sha256):
-        problems.append(f"metrics stale: {c.metrics_path} was computed from a model with sha256 "
-                        f"{_short(recorded['model_sha256'])}, {where} now has {_short(c.model_sha256)}")
+        problems.append(
+            f"metrics stale: {c.metrics_path} was computed from a model with sha256 "
+            f"{_short(recorded['model_sha256'])}, {where} now has {_short(c.model_sha256)}"
+        )
     if _differ(recorded.get("mlflow_run_id"), c.saved.get("mlflow_run_id")):
-        problems.append(f"metrics stale: {c.metrics_path} belongs to MLflow run {recorded['mlflow_run_id']}, "
-                        f"{where} to run {c.saved.get('mlflow_run_id')}")
+        problems.append(
+            f"metrics stale: {c.metrics_path} belongs to MLflow run {recorded['mlflow_run_id']}, "
+            f"{where} to run {c.saved.get('mlflow_run_id')}"
+        )
     then, now = recorded.get("dvc", {}).get("train_lock_sha256"), provenance.entry_digest(p.lock, c.stage("train"))
     if _differ(then, now):
-        problems.append(f"metrics stale: {c.metrics_path} was computed when dvc.lock's {c.stage('train')} entry "
-                        f"had sha256 {_short(then)}, it now has {_short(now)}")
+        problems.append(
+            f"metrics stale: {c.metrics_path} was computed when dvc.lock's {c.stage('train')} entry "
+            f"had sha256 {_short(then)}, it now has {_short(now)}"
+        )
     return problems
 
 
 # ---------------------------------------------------------------- command line
+
 
 def lineage(target: str, root: Path) -> tuple[list[str], list[str]]:
     """(the chain of every run TARGET names, printed; one line per broken link)."""
