@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.lib.config import ClassifierConfig
-from pipeline.lib.io import DataError
+from pipeline.lib.io import load_torch
 
 
 def build_classifier(n_classes: int) -> nn.Module:
@@ -32,10 +32,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: np.ndarray, batch_s
 
 def load_classifier(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     """The trained classifier in eval mode, and its file's metadata (accuracies on the original splits)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; run the classifier stage first (dvc repro classifier)") from None
+    saved = load_torch(path, "run the classifier stage first (dvc repro classifier)")
     model = build_classifier(saved["n_classes"])
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval(), saved

@@ -76,6 +76,25 @@ def save_torch(obj: object, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def load_torch(path: Path, missing: str) -> dict:
+    """A .pt/.ckpt file of plain data and tensors, loaded without running pickled code (weights_only): a file from
+    a shared remote or a colleague that carries code is refused, never executed. `missing`: what to do instead."""
+    import pickle
+
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; {missing}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: refused: not a plain data file of this project, or corrupt ({reason})") from None
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: refused: expected a dict of metadata and tensors, got {type(saved).__name__}")
+    return saved
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     try:

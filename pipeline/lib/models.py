@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.lib.config import IMAGE_SIZE, VariantSpec
-from pipeline.lib.io import DataError
+from pipeline.lib.io import load_torch
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -92,10 +92,7 @@ class Autoencoder(nn.Module):
 
 def load_model(path: Path, device: torch.device) -> tuple[Autoencoder, dict]:
     """A trained model file -> (model in eval mode on the device, the file's metadata)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; run the train stage first (dvc repro train)") from None
+    saved = load_torch(path, "run the train stage first (dvc repro train)")
     model = build_model(saved["spec"])
     model.load_state_dict(saved["state_dict"])
     # channels_last: faster convolutions on CPU than NCHW

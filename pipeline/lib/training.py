@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from pipeline.lib import prepared
 from pipeline.lib.config import Params, flatten, run_name
 from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device, resolve_precision
-from pipeline.lib.io import atomic_write, md5_file, save_torch, sha256_file
+from pipeline.lib.io import DataError, atomic_write, load_torch, md5_file, save_torch, sha256_file
 from pipeline.lib.losses import OBJECTIVES
 from pipeline.lib.models import build_model
 
@@ -41,14 +42,27 @@ class RunFiles:
 
 
 def fingerprint(params: Params, variant: str, seed: int, manifest_sha: str) -> str:
-    """Identifies the training job: a checkpoint is resumed only by the job that wrote it."""
+    """Identifies the training job: a checkpoint is resumed only by the job that wrote it, with the same params,
+    data, training code and torch version (other code could compute other weights from the same state)."""
     job = {
         "spec": dataclasses.asdict(params.variant(variant)),
         "seed": seed,
         "train": dataclasses.asdict(params.train_for(variant)),
         "data": manifest_sha,
+        "code": code_digest(),
+        "torch": torch.__version__,
     }
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 over the source of the modules that decide what a training step computes."""
+    from pipeline.lib import device, losses, models, ssim
+
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], device, losses, models, ssim):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
 
 
 class Trainer:
@@ -81,11 +95,14 @@ class Trainer:
         return None
 
     def state(self) -> dict:
+        """Everything the next epoch depends on, the global RNG included (the rate variants' training noise)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "history": self.history,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
     def load_state(self, state: dict) -> None:
@@ -94,6 +111,9 @@ class Trainer:
         if self.scheduler:
             self.scheduler.load_state_dict(state["scheduler"])
         self.history = state["history"]
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -251,9 +271,15 @@ def write_history(history: list[dict], path: Path) -> None:
 
 
 def _load_checkpoint(path: Path, job: str) -> dict | None:
+    """The checkpoint of this job, or None: none yet, one of another job, or one that cannot be read (a corrupt
+    file is ignored, so that it does not fail every rerun: training starts over and overwrites it)."""
     if not path.exists():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = load_torch(path, "")
+    except DataError as err:
+        print(f"train: ignoring a checkpoint that cannot be used, starting over: {err}")
+        return None
     if ckpt.get("job") != job:
         print(f"train: ignoring {path}: written for other params or data")
         return None

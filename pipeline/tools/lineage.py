@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import paths, provenance, tracking
 from pipeline.lib import prepared, schema
 from pipeline.lib.config import ConfigError, Params, TrainConfig, VariantSpec, load_params, run_name
-from pipeline.lib.io import DataError, md5_file, sha256_file
+from pipeline.lib.io import DataError, load_torch, md5_file, sha256_file
 
 RUN_NAME = re.compile(r"(?P<variant>.+)-seed(?P<seed>[0-9]+)")
 KEY_METRICS = ("mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "n_test")
@@ -120,11 +119,9 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
 
 def load_model_meta(path: Path) -> dict | None:
     """A model file's metadata without its weights; None if there is no such file."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    return {k: v for k, v in saved.items() if k != "state_dict"}
+    return {k: v for k, v in load_torch(path, "").items() if k != "state_dict"}
 
 
 def gather(project: Project, name: str, model_path: Path) -> Chain:
