@@ -1,4 +1,5 @@
-"""pipeline.metrics against scikit-image, per image, plus pooled values, shapes and batching."""
+"""pipeline.lib.metrics against scikit-image, per image, plus pooled values, shapes and batching."""
+
 import math
 from pathlib import Path
 
@@ -8,15 +9,15 @@ import torch
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline import metrics
+from pipeline.lib import metrics
 
 TOL = 1e-6
 SSIM_KW = {
     "uniform": {"win_size": 11},
     "gaussian": {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False},
 }
-REAL_IMAGES = (Path(__file__).resolve().parents[1].parent
-               / "shared/data/emnist-bymerge-test-resplit/test-images-idx3-ubyte.gz")
+REPO = Path(__file__).resolve().parents[1]
+REAL_IMAGES = REPO.parent / "shared" / "data" / "emnist-bymerge-test-resplit" / "test-images-idx3-ubyte.gz"
 
 
 def sk_ssim(x: np.ndarray, y: np.ndarray, window: str) -> np.ndarray:
@@ -72,7 +73,8 @@ def test_identical_and_constant_images():
 def test_real_emnist_images_match_skimage():
     if not REAL_IMAGES.exists():
         pytest.skip(f"real EMNIST test images not available at {REAL_IMAGES}")
-    from pipeline.data import read_idx
+    from pipeline.lib.idx import read_idx
+
     images = read_idx(REAL_IMAGES, "images")[:50].transpose(0, 2, 1) / 255.0
     rng = np.random.default_rng(2)
     noisy = gaussian_filter(images, sigma=(0, 0.7, 0.7)) + rng.normal(0, 0.05, images.shape)

@@ -1,4 +1,5 @@
-"""The model zoo (pipeline.models): the study's four autoencoders, spec-only variants, init and FLOPs."""
+"""The model zoo (pipeline.lib.models): the study's four autoencoders, spec-only variants, init and FLOPs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import VariantSpec, load_params, parse_params
-from pipeline.models import Autoencoder, build_model, count_parameters, training_flops_per_image
-from pipeline.train import log_mse_ssim
+from pipeline import paths
+from pipeline.lib.config import VariantSpec, load_params, parse_params
+from pipeline.lib.losses import log_mse_ssim
+from pipeline.lib.models import Autoencoder, build_model, count_parameters, training_flops_per_image
 
 # ORIGINAL_STUDY.md: the position (1-based) of the one stride-2 transposed conv in each decoder
 STRIDE2_AT = {"model01": 3, "model02": 4, "model03": 2, "model04": 1}
@@ -29,7 +31,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def params():
-    return load_params()
+    return load_params(paths.REPO_ROOT / "params.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +46,18 @@ def x() -> torch.Tensor:
 
 
 def spec(**overrides) -> VariantSpec:
-    base = dict(encoder_filters=[16, 32], encoder_strides=[2, 2], latent_dim=16,
-                decoder_filters=[32, 16], decoder_strides=[2, 2])
+    base = dict(
+        encoder_filters=[16, 32],
+        encoder_strides=[2, 2],
+        latent_dim=16,
+        decoder_filters=[32, 16],
+        decoder_strides=[2, 2],
+    )
     return VariantSpec(**{**base, **overrides})
 
 
 # ---------------------------------------------------------------- the study's four models
+
 
 @pytest.mark.parametrize("name", STRIDE2_AT)
 def test_parameter_counts_match_the_study(models, name):
@@ -147,10 +155,12 @@ SPECS = {
     "brief": {},
     "kernel5-gelu": dict(kernel_size=5, activation="gelu", latent_activation="tanh"),
     "one-layer": dict(encoder_filters=[8], encoder_strides=[2], decoder_filters=[8], decoder_strides=[2]),
-    "odd-7x7": dict(encoder_filters=[4, 8, 8], encoder_strides=[2, 2, 1], decoder_filters=[8, 4],
-                    decoder_strides=[4, 1]),
-    "4x4-stride7": dict(encoder_filters=[4, 4, 4, 4], encoder_strides=[1, 2, 2, 2], decoder_filters=[4],
-                        decoder_strides=[7]),
+    "odd-7x7": dict(
+        encoder_filters=[4, 8, 8], encoder_strides=[2, 2, 1], decoder_filters=[8, 4], decoder_strides=[4, 1]
+    ),
+    "4x4-stride7": dict(
+        encoder_filters=[4, 4, 4, 4], encoder_strides=[1, 2, 2, 2], decoder_filters=[4], decoder_strides=[7]
+    ),
 }
 
 
@@ -171,10 +181,15 @@ def test_a_variant_defined_only_by_a_spec_builds(x, overrides):
 
 @torch.no_grad()
 def test_residual_wraps_exactly_the_shape_preserving_convs(x):
-    from pipeline.models import Residual
+    from pipeline.lib.models import Residual
 
-    variant = spec(encoder_filters=[16, 16, 32, 32], encoder_strides=[2, 1, 2, 1],
-                   decoder_filters=[32, 16, 16], decoder_strides=[1, 2, 2], residual=True)
+    variant = spec(
+        encoder_filters=[16, 16, 32, 32],
+        encoder_strides=[2, 1, 2, 1],
+        decoder_filters=[32, 16, 16],
+        decoder_strides=[1, 2, 2],
+        residual=True,
+    )
     model = build_model(variant)
     wrapped = [m for m in model.modules() if isinstance(m, Residual)]
     # encoder 16->16 and 32->32 at stride 1, decoder 32->32 at stride 1; never a stride-2 or channel change
@@ -193,7 +208,8 @@ def test_norm_follows_every_hidden_conv_and_none_keeps_the_old_layout(x, norm, k
     norms = [m for m in normed.modules() if isinstance(m, kind)]
     # every conv but the output layer, each normalising that conv's output channels
     assert [n.num_features if norm == "batch" else n.num_channels for n in norms] == [
-        c.out_channels for c in convs[:-1]]
+        c.out_channels for c in convs[:-1]
+    ]
     normed.train()
     normed(x).mean().backward()  # trains on a batch ...
     normed.eval()
@@ -207,7 +223,7 @@ def test_norm_follows_every_hidden_conv_and_none_keeps_the_old_layout(x, norm, k
 
 @torch.no_grad()
 def test_with_residual_the_norm_sits_inside_the_branch(x):
-    from pipeline.models import Residual
+    from pipeline.lib.models import Residual
 
     model = build_model(spec(encoder_filters=[16, 16], encoder_strides=[2, 1], residual=True, norm="batch")).eval()
     (block,) = [m for m in model.modules() if isinstance(m, Residual)]
@@ -223,6 +239,7 @@ def load_params_raw_with(variant: VariantSpec) -> dict:
 
 # ---------------------------------------------------------------- FLOPs
 
+
 def test_training_flops_per_image(params):
     flops = {name: training_flops_per_image(params.variant(name), batch=2) for name in ("model01", "model04")}
     assert abs(flops["model01"] - 332e6) / 332e6 < 0.01  # ORIGINAL_STUDY.md: ~333 MFLOP per training step
@@ -232,9 +249,7 @@ def test_training_flops_per_image(params):
 def test_the_flop_budget_in_reference_yaml_is_model01s_counted_flops(params):
     import yaml
 
-    from pipeline.report import REFERENCE
-
-    budget = yaml.safe_load(REFERENCE.read_text())["train_flops_per_image"]["model01"]
+    budget = yaml.safe_load(paths.REFERENCE_FILE.read_text())["train_flops_per_image"]["model01"]
     assert training_flops_per_image(params.variant("model01")) == budget
 
 
@@ -255,13 +270,15 @@ def test_training_flops_leaves_the_global_rng_alone():
 
 # ---------------------------------------------------------------- model files
 
+
 @torch.no_grad()
 def test_build_model_accepts_the_spec_stored_in_a_model_file(tmp_path, params, models, x):
     """As train.py writes models/<variant>.pt and evaluate.py reads it back."""
     variant = params.variant("model03")
     path = tmp_path / "model03.pt"
-    torch.save({"variant": "model03", "spec": dataclasses.asdict(variant),
-                "state_dict": models["model03"].state_dict()}, path)
+    torch.save(
+        {"variant": "model03", "spec": dataclasses.asdict(variant), "state_dict": models["model03"].state_dict()}, path
+    )
     saved = torch.load(path, map_location="cpu", weights_only=False)
     assert isinstance(saved["spec"], dict)
     model = build_model(saved["spec"])
@@ -270,27 +287,38 @@ def test_build_model_accepts_the_spec_stored_in_a_model_file(tmp_path, params, m
     assert torch.equal(model.eval()(x), models["model03"](x))
 
 
-@pytest.mark.parametrize("loc, log_scale", [(0.0, 0.0), (0.3, 1.0), (-2.0, -1.0), (0.0, -4.6)])  # the last: 1 / scale near 100
+@pytest.mark.parametrize(
+    "loc, log_scale", [(0.0, 0.0), (0.3, 1.0), (-2.0, -1.0), (0.0, -4.6)]
+)  # the last: 1 / scale near 100
 def test_laplace_prior_bits_are_minus_log2_of_a_normalised_bin_probability(loc, log_scale):
-    from pipeline.models import LaplacePrior
+    from pipeline.lib.models import LaplacePrior
 
     prior = LaplacePrior(1)
     with torch.no_grad():
         prior.loc.fill_(loc)
         prior.log_scale.fill_(log_scale)
     bits = prior.bits(torch.arange(-300, 301, dtype=torch.float32)[:, None]).detach().double()
-    assert float((2 ** -bits).sum()) == pytest.approx(1.0, abs=1e-6)
+    assert float((2**-bits).sum()) == pytest.approx(1.0, abs=1e-6)
     scale = math.exp(log_scale)
     # the survival function 1 - CDF, exact in double precision far into the upper tail (where 1 - CDF < 1e-16)
     sf = lambda t: 0.5 * math.exp(-(t - loc) / scale) if t >= loc else 1 - 0.5 * math.exp((t - loc) / scale)  # noqa: E731
     assert float(bits[300 + 1]) == pytest.approx(-math.log2(sf(0.5) - sf(1.5)), rel=1e-5)
     far = prior.bits(torch.tensor([[1000.0]])).detach()  # far in the tail the closed form stays exact (no clamping)
-    assert float(far) == pytest.approx(-math.log2(0.5 * math.expm1(1 / scale)) + (1000.5 - loc) / scale / math.log(2), rel=1e-5)
+    assert float(far) == pytest.approx(
+        -math.log2(0.5 * math.expm1(1 / scale)) + (1000.5 - loc) / scale / math.log(2), rel=1e-5
+    )
 
 
 def test_rate_variant_quantises_at_test_time_and_trains_its_prior():
-    spec = VariantSpec(encoder_filters=[4], encoder_strides=[2], latent_dim=3, decoder_filters=[4],
-                       decoder_strides=[2], latent_activation="linear", rate_weight=0.01)
+    spec = VariantSpec(
+        encoder_filters=[4],
+        encoder_strides=[2],
+        latent_dim=3,
+        decoder_filters=[4],
+        decoder_strides=[2],
+        latent_activation="linear",
+        rate_weight=0.01,
+    )
     model = build_model(spec)
     x = torch.rand(5, 1, 28, 28)
     model.eval()

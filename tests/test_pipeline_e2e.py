@@ -1,4 +1,6 @@
-"""End to end: the real `dvc exp run` / `dvc repro` on a tiny generated dataset, in a temporary copy of the repo."""
+"""End to end: the real `dvc exp run` / `dvc repro` on a tiny generated dataset, in a temporary copy of the repo:
+the outputs, the MLflow runs, determinism, and which stages an edit to params or code makes stale."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +10,34 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TINY_SPEC as TINY, make_project, run
+from tests.conftest import TINY_SPEC as TINY
+from tests.conftest import make_project, run
 from tests.fakedata import make_emnist_dir
 
-REQUIRED_KEYS = {"mse", "psnr", "psnr_pooled", "ssim", "mse_decoder", "psnr_decoder", "ssim_decoder",
-                 "max_abs_diff_decoder", "train_loss", "val_loss", "latent_dim", "bytes_per_image_float32",
-                 "compression_ratio_float32", "n_test", "seed_protocol", "per_class", "dead_latent_units",
-                 "effective_latent_dims"}
+REQUIRED_KEYS = {
+    "mse",
+    "psnr",
+    "psnr_pooled",
+    "ssim",
+    "mse_decoder",
+    "psnr_decoder",
+    "ssim_decoder",
+    "max_abs_diff_decoder",
+    "train_loss",
+    "val_loss",
+    "latent_dim",
+    "bytes_per_image_float32",
+    "compression_ratio_float32",
+    "n_test",
+    "seed_protocol",
+    "per_class",
+    "dead_latent_units",
+    "effective_latent_dims",
+}
 RUNS = ["tiny1-seed0", "tiny1-seed1", "tiny2-seed0", "tiny2-seed1"]
+TRAIN = {"train@tiny1-0", "train@tiny1-1", "train@tiny2-0", "train@tiny2-1"}
+EVALUATE = {stage.replace("train@", "evaluate@") for stage in TRAIN}
+EXPERIMENT = "tiny-e2e"  # MLflow's experiment is MLflow's own setting, not a param
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +45,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict]:
     """A git+DVC copy of the repo with two tiny variants (tiny2 entropy-coded) x two seeds, after one
-    `dvc exp run` on generated data."""
-    root, env = make_project(tmp_path_factory.mktemp("project"), {"tiny1": TINY, "tiny2": {**TINY, "latent_dim": 4, "rate_weight": 0.01}},
-                             seeds=(0, 1))
+    `dvc exp run` on generated data; every stage logs into the MLflow experiment named by MLFLOW_EXPERIMENT_NAME."""
+    variants = {"tiny1": TINY, "tiny2": {**TINY, "latent_dim": 4, "rate_weight": 0.01}}
+    root, env = make_project(tmp_path_factory.mktemp("project"), variants, seeds=(0, 1))
+    env = {**env, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
     data_dir = make_emnist_dir(tmp_path_factory.mktemp("data") / "emnist")
     run(["dvc", "exp", "run", "--set-param", f"data.source={data_dir}"], root, env)
     return root, env
@@ -78,7 +101,7 @@ def test_runs_land_in_the_root_sqlite_store(project):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("compressnet")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(["report", "classifier", *RUNS])
     report_run = next(r for r in runs if r.info.run_name == "report")
@@ -117,6 +140,10 @@ def test_forced_rerun_is_bit_identical(project):
         assert metrics == new_metrics, name
 
 
+def _status(root: Path, env: dict) -> dict:
+    return json.loads(run(["dvc", "status", "--json"], root, env))
+
+
 def _status_after_editing(root: Path, env: dict, edit) -> set[str]:
     params_file = root / "params.yaml"
     original = params_file.read_text()
@@ -124,21 +151,63 @@ def _status_after_editing(root: Path, env: dict, edit) -> set[str]:
     edit(params)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        return set(json.loads(run(["dvc", "status", "--json"], root, env)))
+        return set(_status(root, env))
     finally:
         params_file.write_text(original)
 
 
+def _status_after_touching(root: Path, env: dict, source: str) -> dict:
+    """`dvc status --json` with a comment appended to one source file (restored afterwards)."""
+    path = root / source
+    original = path.read_text()
+    path.write_text(original + "\n# touched by a test\n")
+    try:
+        return _status(root, env)
+    finally:
+        path.write_text(original)
+
+
 def test_editing_one_variant_reruns_only_its_branches(project):
     root, env = project
-    assert json.loads(run(["dvc", "status", "--json"], root, env)) == {}
+    assert _status(root, env) == {}
     changed = _status_after_editing(root, env, lambda p: p["variants"]["tiny2"].update(latent_dim=6))
-    # its two seeds' train stages, and the report that reads every variant's spec (downstream follows later)
-    assert changed == {"train@tiny2-0", "train@tiny2-1", "report"}
+    # its two seeds' train and evaluate stages, and the report that reads every variant's spec
+    assert changed == {"train@tiny2-0", "train@tiny2-1", "evaluate@tiny2-0", "evaluate@tiny2-1", "report"}
 
 
 def test_changing_one_seed_adds_only_that_branch(project):
     root, env = project
     changed = _status_after_editing(root, env, lambda p: p.update(seeds=[0, 5]))
     assert {s for s in changed if not s.startswith("report")} == {
-        "train@tiny1-5", "train@tiny2-5", "evaluate@tiny1-5", "evaluate@tiny2-5"}
+        "train@tiny1-5",
+        "train@tiny2-5",
+        "evaluate@tiny1-5",
+        "evaluate@tiny2-5",
+    }
+
+
+def test_stage_edits_rerun_exactly_their_stages(project):
+    """`dvc status` lists the stages whose own deps or params changed (their downstream follows on `dvc repro`)."""
+    root, env = project
+    assert _status(root, env) == {}
+    # (a) a tool no stage imports: nothing to rerun
+    assert _status_after_touching(root, env, "pipeline/tools/lineage.py") == {}
+    # (b) the download code: prepare only, and no train stage directly
+    status = _status_after_touching(root, env, "pipeline/lib/download.py")
+    assert set(status) == {"prepare"}, status
+    assert status["prepare"] == [{"changed deps": {"pipeline/lib/download.py": "modified"}}]
+    # (c) the report's text: report only
+    status = _status_after_touching(root, env, "pipeline/lib/report_text.py")
+    assert set(status) == {"report"}, status
+    # (d) a training hyperparameter: every train stage, nothing else
+    lr = yaml.safe_load((root / "params.yaml").read_text())["train"]["lr"]
+    assert _status_after_editing(root, env, lambda p: p["train"].update(lr=lr / 2)) == TRAIN
+    # (e) the codec's encoder-side search: every evaluate stage, no train stage
+    assert (
+        _status_after_editing(root, env, lambda p: p["codec"].update(refine_steps=p["codec"]["refine_steps"] + 3))
+        == EVALUATE
+    )
+    # (f) renaming the MLflow experiment: not a param, nothing to rerun
+    assert "experiment" not in yaml.safe_load((root / "params.yaml").read_text())["mlflow"]
+    assert _status(root, {**env, "MLFLOW_EXPERIMENT_NAME": f"{EXPERIMENT}-renamed"}) == {}
+    assert _status(root, env) == {}  # every edit was restored

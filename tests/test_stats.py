@@ -1,4 +1,5 @@
 """Seed aggregation, Welch tests and the generated findings, on inputs whose answers are known."""
+
 from __future__ import annotations
 
 import math
@@ -7,11 +8,21 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import report, stats
+from pipeline import paths
+from pipeline.lib import report_text, stats
 
-STUDY_SPEC = {"encoder_filters": [32, 64, 64, 64], "encoder_strides": [1, 2, 1, 1], "latent_dim": 32,
-              "decoder_filters": [64, 64, 64, 32], "kernel_size": 3, "activation": "relu",
-              "latent_activation": "relu", "output_activation": "sigmoid", "init": "glorot_uniform", "train": {}}
+STUDY_SPEC = {
+    "encoder_filters": [32, 64, 64, 64],
+    "encoder_strides": [1, 2, 1, 1],
+    "latent_dim": 32,
+    "decoder_filters": [64, 64, 64, 32],
+    "kernel_size": 3,
+    "activation": "relu",
+    "latent_activation": "relu",
+    "output_activation": "sigmoid",
+    "init": "glorot_uniform",
+    "train": {},
+}
 STRIDES = {"model01": [1, 1, 2, 1], "model02": [1, 1, 1, 2], "model03": [1, 2, 1, 1], "model04": [2, 1, 1, 1]}
 
 
@@ -39,7 +50,7 @@ def test_welch_matches_the_textbook_formula():
 
     se2 = (5 / 3) / 4 + 4 / 3
     t_value = -1.5 / math.sqrt(se2)
-    df = se2 ** 2 / (((5 / 3) / 4) ** 2 / 3 + (4 / 3) ** 2 / 2)
+    df = se2**2 / (((5 / 3) / 4) ** 2 / 3 + (4 / 3) ** 2 / 2)
     row = table.iloc[0]
     assert (row.a, row.b, row.difference) == ("x", "y", -1.5)
     assert row.p == pytest.approx(2 * student.sf(abs(t_value), df), rel=1e-10)
@@ -47,16 +58,16 @@ def test_welch_matches_the_textbook_formula():
 
 
 def test_benjamini_hochberg_adjusts_over_all_pairs():
-    table = stats.pairwise_welch(runs_table({"a": [1.0, 1.1, 0.9], "b": [5.0, 5.2, 4.8], "c": [1.05, 0.95, 1.2]}),
-                                 "mse")
+    table = stats.pairwise_welch(
+        runs_table({"a": [1.0, 1.1, 0.9], "b": [5.0, 5.2, 4.8], "c": [1.05, 0.95, 1.2]}), "mse"
+    )
     p = table.set_index(["a", "b"]).p
     adjusted = table.set_index(["a", "b"]).p_adjusted
     ranked = p.sort_values()
     m = len(p)
     expected_largest = ranked.iloc[-1]  # BH leaves the largest p unchanged
     assert adjusted[ranked.index[-1]] == pytest.approx(expected_largest)
-    assert adjusted[ranked.index[0]] == pytest.approx(min(ranked.iloc[0] * m, ranked.iloc[1] * m / 2,
-                                                          ranked.iloc[2]))
+    assert adjusted[ranked.index[0]] == pytest.approx(min(ranked.iloc[0] * m, ranked.iloc[1] * m / 2, ranked.iloc[2]))
     significant = set(table[table.significant].apply(lambda r: (r.a, r.b), axis=1))
     assert significant == {("a", "b"), ("b", "c")}
 
@@ -71,8 +82,10 @@ def test_families_group_variants_that_differ_only_in_decoder_strides():
     specs.update({f"{n}_linear": {**s, "latent_activation": "linear"} for n, s in list(specs.items())})
     specs["lonely"] = {**STUDY_SPEC, "decoder_strides": [1, 1, 2, 1], "latent_dim": 8}
     groups = stats.families(specs)
-    assert groups == {"latent relu, init glorot_uniform": list(STRIDES),
-                      "latent linear, init glorot_uniform": [f"{n}_linear" for n in STRIDES]}
+    assert groups == {
+        "latent relu, init glorot_uniform": list(STRIDES),
+        "latent linear, init glorot_uniform": [f"{n}_linear" for n in STRIDES],
+    }
     assert [stats.upsampling_position(specs[n]) for n in STRIDES] == [3, 4, 2, 1]
 
 
@@ -83,28 +96,42 @@ def study_case(mse: dict[str, list[float]], dead: dict[str, float] | None = None
         runs[column] = 1.0
     summary = stats.aggregate(runs, ["mse", "psnr_pooled", "ssim", "dead_latent_units"])
     specs = {name: {**STUDY_SPEC, "decoder_strides": STRIDES[name]} for name in mse}
-    reference = yaml.safe_load(report.REFERENCE.read_text())
-    return report.findings(summary, stats.pairwise_welch(runs, "mse"), specs, reference)
+    reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
+    return report_text.findings(summary, stats.pairwise_welch(runs, "mse"), specs, reference)
 
 
 def test_findings_state_the_best_variant_and_which_differences_are_real():
-    lines = study_case({"model01": [0.010, 0.011, 0.012], "model02": [0.030, 0.031, 0.029],
-                        "model03": [0.0115, 0.0125, 0.0100], "model04": [0.020, 0.021, 0.022]},
-                       dead={"model02": 19})
+    lines = study_case(
+        {
+            "model01": [0.010, 0.011, 0.012],
+            "model02": [0.030, 0.031, 0.029],
+            "model03": [0.0115, 0.0125, 0.0100],
+            "model04": [0.020, 0.021, 0.022],
+        },
+        dead={"model02": 19},
+    )
     text = "\n".join(lines)
     assert "Best variant by mean test MSE over 3 seed(s): **model01** (MSE 0.01100 ± 0.00100" in text
     assert "Significantly worse than model01" in text and ": model02, model04." in text
     assert "Not distinguishable from model01 with 3 seeds: model03." in text
-    assert ("model01 (layer 3) < model03 (layer 2) < model04 (layer 1) < model02 (layer 4), "
-            "the same order as the study's (layer 3 < 2 < 1 < 4)") in text
-    assert ("5 of 6 pairs significant (model01–model02, model01–model04, model02–model03, model02–model04, "
-            "model03–model04), so the upsampling position makes a difference larger than the seed spread") in text
+    assert (
+        "model01 (layer 3) < model03 (layer 2) < model04 (layer 1) < model02 (layer 4), "
+        "the same order as the study's (layer 3 < 2 < 1 < 4)"
+    ) in text
+    assert (
+        "5 of 6 pairs significant (model01–model02, model01–model04, model02–model03, model02–model04, "
+        "model03–model04), so the upsampling position makes a difference larger than the seed spread"
+    ) in text
     assert "Dead latent units (mean over seeds): model02 19.0" in text
 
 
 def test_findings_say_when_nothing_exceeds_the_seed_spread():
-    noisy = {"model01": [0.010, 0.020, 0.015], "model02": [0.012, 0.022, 0.011],
-             "model03": [0.019, 0.009, 0.016], "model04": [0.014, 0.018, 0.010]}
+    noisy = {
+        "model01": [0.010, 0.020, 0.015],
+        "model02": [0.012, 0.022, 0.011],
+        "model03": [0.019, 0.009, 0.016],
+        "model04": [0.014, 0.018, 0.010],
+    }
     text = "\n".join(study_case(noisy))
     assert "Significantly worse than" in text and "): none." in text
     assert "0 of 6 pairs significant, so no difference between upsampling positions exceeds the seed spread" in text
