@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import threading
-import typing
 import urllib.request
 from pathlib import Path
 
@@ -24,54 +23,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
 from pipeline import paths
+from pipeline.lib.tracker import NoOpRun, NoOpTracker, Tracker  # noqa: F401  (the interface, re-exported)
 
 DEFAULT_EXPERIMENT = "compressnet"
 
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be used."""
-
-
-class NoOpRun:
-    """A run that records nothing (tracking off): every method of MlflowRun, doing nothing."""
-
-    run_id = None
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-class NoOpTracker:
-    """Tracking switched off: the GPU runner and library users without MLflow."""
-
-    experiment = None
-
-    @contextlib.contextmanager
-    def run(self, name: str, tags: dict, resume_id: str | None = None):
-        yield NoOpRun()
-
-    def attach(self, run_id: str | None) -> NoOpRun:
-        return NoOpRun()
-
-    def resumable(self, run_id: str | None) -> bool:
-        return False
-
-    def new_finished_run(self, name: str, tags: dict) -> NoOpRun:
-        return NoOpRun()
-
-
-class Tracker(typing.Protocol):
-    """What stages and the training loop use: MlflowTracker or NoOpTracker."""
-
-    experiment: str | None
-
-    def run(self, name: str, tags: dict, resume_id: str | None = None) -> typing.ContextManager: ...
-
-    def attach(self, run_id: str | None): ...
-
-    def resumable(self, run_id: str | None) -> bool: ...
-
-    def new_finished_run(self, name: str, tags: dict): ...
 
 
 class MlflowRun:

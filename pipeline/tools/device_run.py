@@ -29,8 +29,8 @@ from pipeline.lib import config, prepared, schema
 from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device
 from pipeline.lib.evaluation import evaluate_model
 from pipeline.lib.io import sha256_file, write_text
+from pipeline.lib.tracker import NoOpTracker
 from pipeline.lib.training import RunFiles, Trainer, train_run
-from pipeline.tracking import NoOpTracker
 
 MAX_EPOCHS = 150
 
