@@ -18,6 +18,7 @@ model weights is in the stream, so bytes per image = file size / n.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -40,6 +41,9 @@ SIDE_ROWS = {"uint8": 2, "entropy": 0, "uint8_range": 4}
 MIN_CODE_STD = 0.5  # uint8_range: the Gaussian of a (near-)constant dimension stays a valid coding model
 HEADER = struct.Struct("<4sB8sIH")  # magic, mode, model id, images, latent dim
 BATCH = 2048
+# The most latents one stream may hold (images x latent dim): decoding allocates a few arrays of this many values,
+# so a header claiming more is refused before any allocation (2**24 = 262,144 images of 64 dimensions).
+MAX_LATENTS = 2**24
 
 
 class CodecError(ValueError):
@@ -162,6 +166,7 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
             f"stream lengths do not add up: payload {size} bytes for {n} images x {dim} dims "
             f"in a {len(stream)}-byte {mode} stream"
         )
+    _check_count(mode, n, dim, size, side)
     payload = stream[offset + 4 : offset + 4 + size]
     if mode == "entropy":
         symbols = _range_decode(payload, *_prior_family(model, n))
@@ -171,6 +176,23 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
     else:
         codes = _range_decode(payload, *_code_gaussian(side, n)).astype(np.uint8).reshape(n, dim)
     return mode, dequantize_uint8(codes, side[0].copy(), side[1].copy())
+
+
+def _check_count(mode: str, n: int, dim: int, size: int, side: np.ndarray) -> None:
+    """Refuse a header whose image count no real stream of this size could hold, before anything is allocated:
+    more than MAX_LATENTS latents, or (uint8_range) more codes than the payload's bits can carry, each code costing
+    at least -log2 of its Gaussian's most probable bin."""
+    if n * dim > MAX_LATENTS:
+        raise CodecError(
+            f"stream claims {n} images x {dim} dims, more than the {MAX_LATENTS} latents a stream may hold"
+        )
+    if mode == "uint8_range":
+        # a bin's probability is at most the central bin's, or an edge bin's with the mean on the edge
+        spread = side[3].astype(np.float64) * math.sqrt(2)
+        top = [max(math.erf(0.5 / s), 0.5 * math.erfc(-0.5 / s)) for s in spread]
+        bits_per_image = float(-np.log2(np.minimum(top, 1.0)).sum())
+        if n * bits_per_image > 8 * size + 64:  # 64: the range coder's final state
+            raise CodecError(f"stream lengths do not add up: {n} images need more than its {size}-byte payload")
 
 
 def _check_side(mode: str, side: np.ndarray) -> None:

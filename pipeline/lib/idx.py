@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.lib.io import DataError, sha256_file
+from pipeline.lib.io import CHUNK, DataError, sha256_file
 
 IDX_MAGIC = {"images": 2051, "labels": 2049}
+MAX_IDX_BYTES = 2**31  # 2 GiB: all of EMNIST ByClass's train images are 0.6 GB
 # The official EMNIST-Balanced mapping (label -> character); used when a directory has no mapping file.
 BALANCED_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt"
 
@@ -28,8 +30,8 @@ def read_idx(path: Path, kind: str) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header")
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
-    expected = int(np.prod(dims))
+    dims = [int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)]
+    expected = math.prod(dims)  # Python ints: dims that overflow int64 still compare honestly
     if len(raw) - header != expected:
         raise DataError(
             f"{path}: header says {dims[0]} items ({expected} bytes of data) "
@@ -40,8 +42,18 @@ def read_idx(path: Path, kind: str) -> np.ndarray:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        if not gzipped:
+            return path.read_bytes()
+        parts, total = [], 0
+        with gzip.open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                total += len(block)
+                if total > MAX_IDX_BYTES:  # a gzip bomb stops here instead of filling the memory
+                    raise DataError(f"{path}: decompresses to more than {MAX_IDX_BYTES} bytes, an IDX file's limit")
+                parts.append(block)
+        return b"".join(parts)
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: damaged deflate data inside the gzip
         reason = "truncated gzip stream" if isinstance(err, EOFError) else (getattr(err, "strerror", None) or str(err))
         raise DataError(f"{path}: cannot read: {reason}") from None

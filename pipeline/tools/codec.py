@@ -36,15 +36,24 @@ def read_images(path: Path) -> np.ndarray:
         files = sorted(path.glob("*.png"))
         if not files:
             raise CodecError(f"{path}: no .png files")
-        images = [np.asarray(Image.open(f).convert("L")) for f in files]
-        bad = next((f for f, im in zip(files, images) if im.shape != (IMAGE_SIZE, IMAGE_SIZE)), None)
-        if bad is not None:
-            raise CodecError(f"{bad}: expected {IMAGE_SIZE}x{IMAGE_SIZE} pixels")
-        return np.stack(images)
+        return np.stack([read_png(f) for f in files])
     images = read_idx(path, "images")
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise CodecError(f"{path}: expected {IMAGE_SIZE}x{IMAGE_SIZE} images, got {images.shape[1:]}")
     return np.ascontiguousarray(images.transpose(0, 2, 1))
+
+
+def read_png(path: Path) -> np.ndarray:
+    """One 28x28 PNG as uint8 grayscale; its size is checked from the header, before any pixel is decoded."""
+    try:
+        with Image.open(path, formats=["PNG"]) as image:
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                raise CodecError(
+                    f"{path}: expected {IMAGE_SIZE}x{IMAGE_SIZE} pixels, got {image.size[0]}x{image.size[1]}"
+                )
+            return np.asarray(image.convert("L"))
+    except (Image.UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
+        raise CodecError(f"{path}: not a readable PNG ({err})") from None
 
 
 def write_images(images: np.ndarray, out_dir: Path) -> None:
@@ -114,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"codec: wrote {count} images to {args.out}")
     except (CodecError, ConfigError, DataError, OSError) as err:
         print(f"codec: error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("codec: error: out of memory (the input is larger than this machine can hold)", file=sys.stderr)
         return 1
     return 0
 

@@ -1,0 +1,113 @@
+"""Streams, IDX files and PNGs from places a user does not control cannot exhaust memory: every size they claim
+is checked against what they hold, and against a documented limit, before anything is allocated."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.lib import codec, idx
+from pipeline.lib.config import VariantSpec
+from pipeline.lib.io import DataError
+from pipeline.lib.models import build_model
+from pipeline.tools import codec as codec_cli
+from tests.conftest import TINY_SPEC
+from tests.fakedata import idx_bytes
+
+
+@pytest.fixture(scope="module")
+def model_and_file(tmp_path_factory):
+    torch.manual_seed(0)
+    spec = {**TINY_SPEC, "rate_weight": 0.01}
+    model = build_model(VariantSpec(**spec)).eval()
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    torch.save({"spec": spec, "state_dict": model.state_dict()}, path)
+    return model, path
+
+
+def stream_for(model, path, mode: str, n: int = 40) -> bytes:
+    latents = model.encode(torch.rand(n, 1, 28, 28)).detach()
+    return codec.pack(model, path, latents, mode)
+
+
+def forge_count(stream: bytes, n: int, payload: bytes | None = None) -> bytes:
+    """The same stream with another image count in its header (and optionally another payload), checksum fixed."""
+    magic, mode, model_id, _, dim = codec.HEADER.unpack_from(stream)
+    side_end = codec.HEADER.size + 4 * dim * codec.SIDE_ROWS[{v: k for k, v in codec.MODES.items()}[mode]]
+    (size,) = struct.unpack_from("<I", stream, side_end)
+    payload = stream[side_end + 4 : side_end + 4 + size] if payload is None else payload
+    body = codec.HEADER.pack(magic, mode, model_id, n, dim) + stream[codec.HEADER.size : side_end]
+    body += struct.pack("<I", len(payload)) + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("mode", ["uint8_range", "entropy"])
+def test_a_huge_image_count_is_refused_before_allocating(mode, model_and_file, monkeypatch):
+    model, path = model_and_file
+    bomb = forge_count(stream_for(model, path, mode), 10**8, payload=b"")
+    allocated = []
+    monkeypatch.setattr(np, "tile", lambda a, n: allocated.append(n) or np.zeros(0))
+    with pytest.raises(codec.CodecError, match="more than"):
+        codec.unpack(model, path, bomb)
+    assert allocated == []
+
+
+def test_more_images_than_the_payload_can_hold_are_refused(model_and_file):
+    model, path = model_and_file
+    stream = stream_for(model, path, "uint8_range", n=40)
+    with pytest.raises(codec.CodecError, match="payload"):
+        codec.unpack(model, path, forge_count(stream, 40_000))
+
+
+def test_honest_streams_still_decode(model_and_file):
+    model, path = model_and_file
+    for mode in codec.MODES:
+        assert codec.unpack(model, path, stream_for(model, path, mode))[1].shape == (40, TINY_SPEC["latent_dim"])
+
+
+def test_the_cli_turns_memory_errors_into_one_line(monkeypatch, capsys, tmp_path):
+    def exhausted(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(codec_cli, "decompress", exhausted)
+    monkeypatch.setattr(codec_cli, "load_params", lambda path: type("P", (), {"variant": len, "seeds": [0]})())
+    assert codec_cli.main(["decompress", "model01", str(tmp_path / "in.cnz"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("codec: error: out of memory") and err.count("\n") == 1
+
+
+def test_a_gzip_bomb_idx_file_stops_at_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx, "MAX_IDX_BYTES", 10_000)
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    bomb.write_bytes(gzip.compress(idx_bytes(np.zeros((100, 28, 28), np.uint8))))  # 78 kB from a few hundred bytes
+    with pytest.raises(DataError, match="decompresses to more than 10000 bytes"):
+        idx.read_idx(bomb, "images")
+
+
+def test_idx_dimensions_that_overflow_are_an_error(tmp_path):
+    header = (2051).to_bytes(4, "big") + b"".join((2**32 - 1).to_bytes(4, "big") for _ in range(3))
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(header + bytes(16))
+    with pytest.raises(DataError, match="header says"):
+        idx.read_idx(path, "images")
+
+
+def test_only_png_files_of_the_right_size_are_decoded(tmp_path, monkeypatch):
+    not_png, too_big, fine = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(not_png, format="JPEG")
+    Image.fromarray(np.zeros((28, 29), np.uint8)).save(too_big)
+    Image.fromarray(np.full((28, 28), 7, np.uint8)).save(fine)
+    with pytest.raises(codec.CodecError, match="not a readable PNG"):
+        codec_cli.read_png(not_png)
+    with pytest.raises(codec.CodecError, match="expected 28x28 pixels, got 29x28"):
+        codec_cli.read_png(too_big)
+    assert codec_cli.read_png(fine).tolist() == np.full((28, 28), 7).tolist()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's decompression-bomb guard, made strict
+    with pytest.raises(codec.CodecError, match="not a readable PNG"):
+        codec_cli.read_png(fine)
