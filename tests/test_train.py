@@ -1,8 +1,10 @@
-"""The train stage: determinism, exact resume, output files, MLflow run contents, divergence, tracking paths.
+"""Training: the library loop (determinism, exact resume, objectives, output files, divergence), the train stage
+(what it records in MLflow, its command line) and where tracking goes.
 
-Everything runs on a tiny autoencoder and a few hundred fake images, against throwaway MLflow stores in tmp
-dirs (never the repo's mlflow.db or mlartifacts/).
+Everything runs on a tiny autoencoder and a few hundred generated images, in tmp project roots (COMPRESSNET_ROOT)
+and against throwaway MLflow stores in tmp dirs (never the repo's mlflow.db or mlartifacts/).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,42 +18,73 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from skimage.metrics import structural_similarity
 
-from pipeline import data, tracking
-from pipeline.config import REPO_ROOT, DataConfig, parse_params
-from pipeline.models import build_model
-from pipeline.prepare import prepare
-from pipeline.train import (OBJECTIVES, Trainer, TrainingDiverged, as_batch_tensor, log_mse, log_mse_ssim,
-                            train_variant)
+from pipeline import paths, tracking
+from pipeline.lib import prepared as prepared_data
+from pipeline.lib.config import DataConfig, parse_params, run_name
+from pipeline.lib.dataset import prepare_from_directory
+from pipeline.lib.device import as_batch_tensor, resolve_precision
+from pipeline.lib.io import DataError
+from pipeline.lib.losses import OBJECTIVES, log_mse, log_mse_ssim, objective
+from pipeline.lib.models import build_model
+from pipeline.lib.training import RunFiles, Trainer, TrainingDiverged, train_run
+from pipeline.stages import train as train_stage
+from tests.conftest import TINY_SPEC
 from tests.fakedata import make_emnist_dir
 
 VARIANT = "tiny"
-RUN = "tiny-seed0"  # file stem of VARIANT trained with seed 0
-TINY = {"encoder_filters": [4, 8], "encoder_strides": [2, 2], "latent_dim": 8,
-        "decoder_filters": [8, 4], "decoder_strides": [2, 2], "latent_activation": "linear"}
-EXPERIMENT = "test-train"
+RUN = run_name(VARIANT, 0)  # file stem of VARIANT trained with seed 0
+EXPERIMENT = "test-train"  # MLFLOW_EXPERIMENT_NAME of the tests' stores
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_objective", "val_loss", "lr", "seconds", "images_per_s"]
 TRAIN_EPOCH = Trainer.train_epoch  # the real one, whatever a test has patched in
+CPU = torch.device("cpu")
+# environment a test must not inherit: mlflow.set_experiment/set_tracking_uri write MLFLOW_EXPERIMENT_ID and
+# MLFLOW_TRACKING_URI into os.environ, DVC sets the others for the stages it runs
+ENVIRONMENT = (
+    "DVC_EXP_NAME",
+    "DVC_EXP_BASELINE_REV",
+    "DVC_ROOT",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_TRACKING_URI",
+)
 
 
-def make_params(epochs: int = 3, seed: int = 0, log_model: bool = False, experiment: str = EXPERIMENT, **train):
-    return parse_params({
-        "variants": {VARIANT: TINY},
-        "seeds": [seed],
-        "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-3, "device": "cpu", "threads": 1,
-                  **train},
-        "mlflow": {"experiment": experiment, "log_model": log_model},
-    })
+def make_params(epochs: int = 3, log_model: bool = False, **train):
+    return parse_params(
+        {
+            "variants": {VARIANT: TINY_SPEC},
+            "seeds": [0],
+            "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-3, "device": "cpu", "threads": 1, **train},
+            "mlflow": {"log_model": log_model},
+        }
+    )
 
 
-def outputs(out: Path) -> dict[str, Path]:
-    return {"models_dir": out / "models", "history_dir": out / "history", "checkpoint_dir": out / "checkpoints"}
+def train(params, seed: int = 0) -> Path:
+    """The train stage in-process, under paths.root() (COMPRESSNET_ROOT), tracked in MLFLOW_TRACKING_URI."""
+    message = train_stage.train(params, VARIANT, seed, tracking.MlflowTracker())
+    final = paths.model_file(run_name(VARIANT, seed))
+    assert message == f"wrote {final}"
+    return final
 
 
-def train(params, prepared: Path, out: Path) -> Path:
-    return train_variant(params, VARIANT, params.seeds[0], prepared=prepared, **outputs(out))
+def run_files(out: Path, run: str = RUN) -> RunFiles:
+    return RunFiles(
+        out / "models" / f"{run}.pt",
+        out / "models" / f"{run}.best.pt",
+        out / "history" / f"{run}.csv",
+        out / "checkpoints" / f"{run}.ckpt",
+    )
+
+
+def train_untracked(params, prepared: Path, out: Path) -> Path:
+    """The library's train_run with the no-op tracker, writing under `out`."""
+    return train_run(params, VARIANT, 0, prepared, run_files(out), tracking.NoOpTracker(), {}, {})
 
 
 def load(path: Path) -> dict:
@@ -78,14 +111,20 @@ def spy_epochs(monkeypatch, stop_at: int | None = None) -> list[int]:
     return seen
 
 
+def clean_environment(monkeypatch) -> None:
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)  # and monkeypatch removes them again afterwards
+
+
 # ---------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    out = root / "prepared"
-    prepare(DataConfig(source=str(make_emnist_dir(root / "emnist"))), out)
-    return out
+    base = tmp_path_factory.mktemp("data")
+    emnist = make_emnist_dir(base / "emnist")
+    prepare_from_directory(DataConfig(source=str(emnist)), emnist, base / "prepared")
+    return base / "prepared"
 
 
 @pytest.fixture(scope="module")
@@ -97,60 +136,103 @@ def empty_store(tmp_path_factory) -> Path:
 
 
 def use_store(directory: Path, empty_store: Path, monkeypatch) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(empty_store, directory / "mlflow.db")
     uri = f"sqlite:///{directory}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
-                 "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     return uri
+
+
+def forget_store() -> None:
+    if mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture
 def store(tmp_path, empty_store, monkeypatch):
-    """A fresh sqlite store in tmp_path, used through MLFLOW_TRACKING_URI; yields a client on it."""
-    uri = use_store(tmp_path, empty_store, monkeypatch)
+    """A fresh sqlite store in tmp_path/store, used through MLFLOW_TRACKING_URI; yields a client on it."""
+    clean_environment(monkeypatch)
+    uri = use_store(tmp_path / "store", empty_store, monkeypatch)
     yield MlflowClient(tracking_uri=uri)
-    if mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)  # forget the tmp store; monkeypatch then restores the environment
+    forget_store()  # then monkeypatch restores the environment
+
+
+@pytest.fixture
+def root(tmp_path, prepared, monkeypatch) -> Path:
+    """A project root (COMPRESSNET_ROOT) holding the prepared data, as after the prepare stage."""
+    root = tmp_path / "project"
+    shutil.copytree(prepared, root / "data" / "prepared")
+    monkeypatch.setenv("COMPRESSNET_ROOT", str(root))
+    return root
 
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, prepared, empty_store) -> dict:
-    """One uninterrupted 3-epoch run (seed 0) in its own store, shared by the read-only tests."""
+    """One uninterrupted 3-epoch run (seed 0) of the train stage in its own root and store, for read-only tests."""
     out = tmp_path_factory.mktemp("baseline")
+    shutil.copytree(prepared, out / "data" / "prepared")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        uri = use_store(out, empty_store, monkeypatch)
+        clean_environment(monkeypatch)
+        monkeypatch.setenv("COMPRESSNET_ROOT", str(out))
+        uri = use_store(out / "store", empty_store, monkeypatch)
         try:
-            final = train(make_params(), prepared, out)
+            final = train(make_params())
         finally:
-            mlflow.set_tracking_uri(None)
+            forget_store()
     saved = load(final)
-    return {"out": out, "final": final, "saved": saved, "client": MlflowClient(tracking_uri=uri),
-            "run": MlflowClient(tracking_uri=uri).get_run(saved["mlflow_run_id"])}
+    client = MlflowClient(tracking_uri=uri)
+    return {
+        "out": out,
+        "final": final,
+        "saved": saved,
+        "client": client,
+        "history": out / "reports" / "history" / f"{RUN}.csv",
+        "run": client.get_run(saved["mlflow_run_id"]),
+    }
 
 
 # ---------------------------------------------------------------- determinism and resume
 
-def test_same_seed_gives_identical_weights_and_history(baseline, prepared, store, tmp_path):
-    final = train(make_params(), prepared, tmp_path / "again")
+
+def test_same_seed_gives_identical_weights_and_history(baseline, root, store):
+    final = train(make_params())
     assert_same_weights(load(final)["state_dict"], baseline["saved"]["state_dict"])
-    again = pd.read_csv(tmp_path / "again" / "history" / f"{RUN}.csv")
-    first = pd.read_csv(baseline["out"] / "history" / f"{RUN}.csv")
+    again = pd.read_csv(root / "reports" / "history" / f"{RUN}.csv")
+    first = pd.read_csv(baseline["history"])
     for column in ("train_loss", "val_loss"):
         assert again[column].tolist() == first[column].tolist()
 
 
-def test_other_seed_gives_other_weights(baseline, prepared, store, tmp_path):
-    other = load(train(make_params(seed=1), prepared, tmp_path / "seed1"))["state_dict"]
-    assert any(not torch.equal(other[k], v) for k, v in baseline["saved"]["state_dict"].items())
+def test_other_seed_gives_other_weights(baseline, root, store):
+    final = train(make_params(), seed=1)  # a seed that is not in params' seeds: trains all the same
+    assert final == root / "models" / "tiny-seed1.pt"
+    saved = load(final)
+    assert saved["seed"] == 1
+    assert any(not torch.equal(saved["state_dict"][k], v) for k, v in baseline["saved"]["state_dict"].items())
 
 
-def test_steps_per_epoch_trains_on_a_seeded_subset_each_epoch(prepared, store, tmp_path, monkeypatch):
+def test_tracking_does_not_change_training(baseline, prepared, tmp_path, monkeypatch):
+    """train_run with the no-op tracker: the tracked run's weights and history, no MLflow run, no store."""
+    clean_environment(monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'untouched.db'}")
+    final = train_untracked(make_params(), prepared, tmp_path / "out")
+    assert final == tmp_path / "out" / "models" / f"{RUN}.pt"
+    saved = load(final)
+    assert_same_weights(saved["state_dict"], baseline["saved"]["state_dict"])
+    assert saved["mlflow_run_id"] is None
+    history = pd.read_csv(tmp_path / "out" / "history" / f"{RUN}.csv")
+    assert history.val_loss.tolist() == pd.read_csv(baseline["history"]).val_loss.tolist()
+    assert (tmp_path / "out" / "models" / f"{RUN}.best.pt").exists()
+    assert not (tmp_path / "out" / "checkpoints" / f"{RUN}.ckpt").exists()
+    assert not (tmp_path / "untouched.db").exists()
+
+
+def test_steps_per_epoch_trains_on_a_seeded_subset_each_epoch(prepared, tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(torch.nn.functional, "mse_loss", _spy_batches(torch.nn.functional.mse_loss, seen))
-    saved = load(train(make_params(epochs=2, steps_per_epoch=3, schedule="onecycle"), prepared, tmp_path))
+    saved = load(train_untracked(make_params(epochs=2, steps_per_epoch=3, schedule="onecycle"), prepared, tmp_path))
     train_batches = [n for n in seen if n == 32]  # val batches are larger
     assert len(train_batches) == 2 * 3 and saved["train"]["steps_per_epoch"] == 3
     history = pd.read_csv(tmp_path / "history" / f"{RUN}.csv")
@@ -169,31 +251,46 @@ def test_log_mse_ssim_adds_the_log_dissimilarity_scikit_image_measures():
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 28, 28, generator=generator, dtype=torch.float64)
     recon = (x + 0.1 * torch.randn(3, 1, 28, 28, generator=generator, dtype=torch.float64)).clamp(0, 1)
-    ssim = [structural_similarity(x[i, 0].numpy(), recon[i, 0].numpy(), data_range=1.0, win_size=11,
-                                  use_sample_covariance=True) for i in range(3)]
+    ssim = [
+        structural_similarity(
+            x[i, 0].numpy(), recon[i, 0].numpy(), data_range=1.0, win_size=11, use_sample_covariance=True
+        )
+        for i in range(3)
+    ]
     expected = log_mse(recon, x).item() + sum(math.log(1 - s + 1e-4) for s in ssim) / 3
     assert log_mse_ssim(recon.float(), x.float()).item() == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("objective", ["mse", "log_mse", "log_mse_ssim"])
-def test_train_loss_is_the_training_mse_whatever_the_objective(prepared, objective):
-    train_x = as_batch_tensor(data.load_split(prepared, "train")[0], torch.device("cpu"))
-    params = make_params(epochs=1, lr=1e-9, loss=objective)  # lr ~0: the epoch sees the initial model throughout
-    trainer = Trainer(params, VARIANT, 0, torch.device("cpu"), train_images=len(train_x))
+def test_objective_by_name_and_an_unknown_one_is_a_data_error():
+    for name, function in OBJECTIVES.items():
+        assert objective(name, "models/x.pt") is function
+    with pytest.raises(DataError, match=r"models/x\.pt: trained on loss 'l1'"):
+        objective("l1", "models/x.pt")
+
+
+@pytest.mark.parametrize("loss", ["mse", "log_mse", "log_mse_ssim"])
+def test_train_loss_is_the_training_mse_whatever_the_objective(prepared, loss):
+    train_x = as_batch_tensor(prepared_data.load_split(prepared, "train")[0], CPU)
+    params = make_params(epochs=1, lr=1e-9, loss=loss)  # lr ~0: the epoch sees the initial model throughout
+    trainer = Trainer(params, VARIANT, 0, CPU, train_images=len(train_x))
     with torch.no_grad():
         initial_mse = torch.nn.functional.mse_loss(trainer.model(train_x), train_x).item()
     losses = trainer.train_epoch(train_x, 0)
     assert losses["train_loss"] == pytest.approx(initial_mse, rel=1e-4)
     with torch.no_grad():
-        expected = OBJECTIVES[objective](trainer.model(train_x), train_x).item()
+        expected = OBJECTIVES[loss](trainer.model(train_x), train_x).item()
     assert losses["train_objective"] == pytest.approx(expected, rel=1e-3)
 
 
 def test_with_a_rate_term_train_loss_is_still_the_mse(prepared):
-    train_x = as_batch_tensor(data.load_split(prepared, "train")[0], torch.device("cpu"))
-    params = parse_params({"variants": {VARIANT: {**TINY, "rate_weight": 1.0}},
-                           "train": {"epochs": 1, "batch_size": 32, "lr": 1e-9, "device": "cpu", "threads": 1}})
-    trainer = Trainer(params, VARIANT, 0, torch.device("cpu"), train_images=len(train_x))
+    train_x = as_batch_tensor(prepared_data.load_split(prepared, "train")[0], CPU)
+    params = parse_params(
+        {
+            "variants": {VARIANT: {**TINY_SPEC, "rate_weight": 1.0}},
+            "train": {"epochs": 1, "batch_size": 32, "lr": 1e-9, "device": "cpu", "threads": 1},
+        }
+    )
+    trainer = Trainer(params, VARIANT, 0, CPU, train_images=len(train_x))
     losses = trainer.train_epoch(train_x, 0)
     trainer.model.eval()
     with torch.no_grad():  # rounded latents here, noisy ones in training: close, not equal
@@ -204,12 +301,12 @@ def test_with_a_rate_term_train_loss_is_still_the_mse(prepared):
 
 
 def test_the_objective_changes_what_is_learned(prepared):
-    train_x = as_batch_tensor(data.load_split(prepared, "train")[0], torch.device("cpu"))
+    train_x = as_batch_tensor(prepared_data.load_split(prepared, "train")[0], CPU)
     weights = {}
-    for objective in ("mse", "log_mse", "log_mse_ssim"):
-        trainer = Trainer(make_params(epochs=1, loss=objective), VARIANT, 0, torch.device("cpu"), len(train_x))
+    for loss in ("mse", "log_mse", "log_mse_ssim"):
+        trainer = Trainer(make_params(epochs=1, loss=loss), VARIANT, 0, CPU, len(train_x))
         trainer.train_epoch(train_x, 0)
-        weights[objective] = trainer.model.state_dict()
+        weights[loss] = trainer.model.state_dict()
     for a, b in itertools.combinations(weights, 2):
         assert any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a]), (a, b)
 
@@ -218,56 +315,53 @@ def _spy_batches(loss_fn, seen: list):
     def spy(prediction, target, *args, **kwargs):
         seen.append(len(target))
         return loss_fn(prediction, target, *args, **kwargs)
+
     return spy
 
 
-def test_interrupted_run_resumes_to_identical_weights(baseline, prepared, store, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "resumed"
-    ckpt = out / "checkpoints" / f"{RUN}.ckpt"
+def test_interrupted_run_resumes_to_identical_weights(baseline, root, store, monkeypatch, capsys):
+    ckpt = root / "checkpoints" / f"{RUN}.ckpt"
     ran = spy_epochs(monkeypatch, stop_at=2)  # stop while the 3rd epoch starts: epochs 1-2 are checkpointed
     with pytest.raises(KeyboardInterrupt):
-        train(make_params(), prepared, out)
+        train(make_params())
     assert ran == [0, 1]
-    assert ckpt.exists() and not (out / "models" / f"{RUN}.pt").exists()
+    assert ckpt.exists() and not (root / "models" / f"{RUN}.pt").exists()
     interrupted = load(ckpt)["run_id"]
     assert store.get_run(interrupted).info.status == "KILLED"
 
     ran = spy_epochs(monkeypatch)
     capsys.readouterr()
-    final = train(make_params(), prepared, out)
+    saved = load(train(make_params()))
     assert f"resuming {RUN} after epoch 2" in capsys.readouterr().out
     assert ran == [2]
-    saved = load(final)
     assert_same_weights(saved["state_dict"], baseline["saved"]["state_dict"])
     assert saved["epochs"] == 3
-    assert len(pd.read_csv(out / "history" / f"{RUN}.csv")) == 3
+    assert len(pd.read_csv(root / "reports" / "history" / f"{RUN}.csv")) == 3
     assert not ckpt.exists()
     # the resumed training continues the same MLflow run, which now holds all three epochs
     assert saved["mlflow_run_id"] == interrupted
-    run = store.get_run(interrupted)
-    assert run.info.status == "FINISHED"
+    assert store.get_run(interrupted).info.status == "FINISHED"
     assert [m.step for m in store.get_metric_history(interrupted, "val_loss")] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("change", ["new store", "other experiment"])
-def test_resume_when_the_mlflow_run_is_gone(change, baseline, prepared, empty_store, store, tmp_path, monkeypatch,
-                                            capsys):
-    """After the interruption the store was reset / MLFLOW_TRACKING_URI changed, or mlflow.experiment was
-    renamed (not part of the job fingerprint): the weights resume, the MLflow record goes to a new run."""
-    out = tmp_path / "out"
+def test_resume_when_the_mlflow_run_is_gone(change, baseline, root, empty_store, store, tmp_path, monkeypatch, capsys):
+    """After the interruption the store was reset / MLFLOW_TRACKING_URI changed, or MLFLOW_EXPERIMENT_NAME
+    changed (not part of the job fingerprint): the weights resume, the MLflow record goes to a new run."""
     spy_epochs(monkeypatch, stop_at=2)
     with pytest.raises(KeyboardInterrupt):
-        train(make_params(), prepared, out)
-    lost = load(out / "checkpoints" / f"{RUN}.ckpt")["run_id"]
+        train(make_params())
+    lost = load(root / "checkpoints" / f"{RUN}.ckpt")["run_id"]
 
-    client, experiment = store, "renamed"
+    client, experiment = store, EXPERIMENT
     if change == "new store":
-        fresh, experiment = tmp_path / "fresh-store", EXPERIMENT
-        fresh.mkdir()
-        client = MlflowClient(tracking_uri=use_store(fresh, empty_store, monkeypatch))
+        client = MlflowClient(tracking_uri=use_store(tmp_path / "fresh-store", empty_store, monkeypatch))
+    else:
+        experiment = "renamed"
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
     ran = spy_epochs(monkeypatch)
     capsys.readouterr()
-    saved = load(train(make_params(experiment=experiment), prepared, out))
+    saved = load(train(make_params()))
     printed = capsys.readouterr().out
     assert f"resuming {RUN} after epoch 2" in printed and "logging to a new run" in printed
     assert ran == [2]
@@ -281,44 +375,50 @@ def test_resume_when_the_mlflow_run_is_gone(change, baseline, prepared, empty_st
     val = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in val] == [1, 2, 3]
     assert [m.value for m in val] == pytest.approx(
-        [m.value for m in baseline["client"].get_metric_history(baseline["run"].info.run_id, "val_loss")], rel=1e-6)
+        [m.value for m in baseline["client"].get_metric_history(baseline["run"].info.run_id, "val_loss")], rel=1e-6
+    )
 
 
-def test_checkpoint_of_other_params_is_ignored(baseline, prepared, store, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "other"
+def test_checkpoint_of_other_params_is_ignored(baseline, prepared, tmp_path, monkeypatch, capsys):
+    ckpt = tmp_path / "checkpoints" / f"{RUN}.ckpt"
     spy_epochs(monkeypatch, stop_at=1)
     with pytest.raises(KeyboardInterrupt):
-        train(make_params(lr=2e-3), prepared, out)  # leaves a checkpoint of a job with another lr
-    assert (out / "checkpoints" / f"{RUN}.ckpt").exists()
+        train_untracked(make_params(lr=2e-3), prepared, tmp_path)  # leaves a checkpoint of a job with another lr
+    assert ckpt.exists()
 
     ran = spy_epochs(monkeypatch)
     capsys.readouterr()
-    saved = load(train(make_params(), prepared, out))
+    saved = load(train_untracked(make_params(), prepared, tmp_path))
     printed = capsys.readouterr().out
     assert "ignoring" in printed and "resuming" not in printed
     assert ran == [0, 1, 2]
     assert_same_weights(saved["state_dict"], baseline["saved"]["state_dict"])
-    assert not (out / "checkpoints" / f"{RUN}.ckpt").exists()
+    assert not ckpt.exists()
 
 
 # ---------------------------------------------------------------- output files
+
 
 def test_model_files_and_history(baseline, prepared):
     models = baseline["out"] / "models"
     saved = baseline["saved"]
     params = make_params()
-    assert saved["variant"] == VARIANT and saved["epochs"] == 3
-    assert saved["spec"]["encoder_filters"] == TINY["encoder_filters"]
-    assert saved["spec"]["latent_dim"] == TINY["latent_dim"]
+    assert baseline["final"] == models / f"{RUN}.pt"
+    assert saved["variant"] == VARIANT and saved["epochs"] == 3 and saved["seed"] == 0
+    assert saved["spec"]["encoder_filters"] == TINY_SPEC["encoder_filters"]
+    assert saved["spec"]["latent_dim"] == TINY_SPEC["latent_dim"]
     assert saved["train"]["epochs"] == 3 and saved["train"]["batch_size"] == 32
-    assert saved["train"]["lr"] == params.train.lr and saved["seed"] == 0
+    assert saved["train"]["lr"] == params.train.lr
     assert saved["data_manifest_sha256"] == hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest()
     assert saved["mlflow_run_id"] == baseline["run"].info.run_id
+    assert saved["precision_used"] in ("fp32", "bf16")
+    # outside DVC the stage records its provenance as unknown (dvc.lock is read only under DVC_ROOT)
+    assert saved["dvc"] == {"prepared_md5": "unknown", "prepare_lock_sha256": "unknown"}
     model = build_model(saved["spec"])
     model.load_state_dict(saved["state_dict"])  # the saved spec rebuilds the saved weights
 
     best = load(models / f"{RUN}.best.pt")
-    history = pd.read_csv(baseline["out"] / "history" / f"{RUN}.csv")
+    history = pd.read_csv(baseline["history"])
     assert list(history.columns) == HISTORY_COLUMNS
     assert history.epoch.tolist() == [1, 2, 3]
     assert np.isfinite(history[HISTORY_COLUMNS[1:]].to_numpy()).all()
@@ -331,16 +431,17 @@ def test_model_files_and_history(baseline, prepared):
 
 # ---------------------------------------------------------------- MLflow
 
+
 def test_mlflow_run_params_metrics_tags(baseline):
     run, client = baseline["run"], baseline["client"]
     assert run.info.run_name == RUN and run.data.params["seed"] == "0"
     assert run.info.status == "FINISHED"
-    assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
+    assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT  # MLFLOW_EXPERIMENT_NAME
     p = run.data.params
     assert p["train.lr"] == "0.001" and p["train.epochs"] == "3" and p["train.batch_size"] == "32"
     assert p["variant.latent_dim"] == "8" and p["variant.encoder_filters"] == "[4, 8]"
     assert p["data.val_fraction"] == "0.1" and p["variant.name"] == VARIANT
-    history = pd.read_csv(baseline["out"] / "history" / f"{RUN}.csv")
+    history = pd.read_csv(baseline["history"])
     for name in ("val_loss", "train_loss", "lr"):
         metric = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in metric] == [1, 2, 3], name
@@ -350,6 +451,9 @@ def test_mlflow_run_params_metrics_tags(baseline):
     assert tags["stage"] == f"train@{VARIANT}-0" and tags["variant"] == VARIANT and tags["seed"] == "0"
     assert tags["git_dirty"] in ("true", "false") and tags["git_commit"]
     assert tags["data.manifest_sha256"] == baseline["saved"]["data_manifest_sha256"]
+    assert tags["train.precision_used"] == baseline["saved"]["precision_used"]
+    assert tags["train.dvc.prepare_lock_sha256"] == "unknown"
+    assert tags["model_sha256"] == hashlib.sha256(baseline["final"].read_bytes()).hexdigest()
     assert "dvc_exp_name" not in tags
 
 
@@ -359,9 +463,10 @@ def test_mlflow_artifacts_and_dataset_stay_in_tmp(baseline):
     assert {"loss_curve.png", "history.json"} <= names
     assert "model" not in names  # log_model: false
     # artifacts live beside the tmp store's database, not in the repo's mlartifacts/
-    assert run.info.artifact_uri.startswith((baseline["out"] / "mlartifacts").as_uri())
-    assert (baseline["out"] / "mlartifacts" / run.info.run_id / "artifacts" / "loss_curve.png").exists()
-    assert not (REPO_ROOT / "mlartifacts" / run.info.run_id).exists()
+    store = baseline["out"] / "store"
+    assert run.info.artifact_uri.startswith((store / "mlartifacts").as_uri())
+    assert (store / "mlartifacts" / run.info.run_id / "artifacts" / "loss_curve.png").exists()
+    assert not (paths.REPO_ROOT / "mlartifacts" / run.info.run_id).exists()
     inputs = run.inputs.dataset_inputs
     assert len(inputs) == 1
     dataset = inputs[0].dataset
@@ -370,8 +475,9 @@ def test_mlflow_artifacts_and_dataset_stay_in_tmp(baseline):
     assert {t.key: t.value for t in inputs[0].tags}.get("mlflow.data.context") == "training"
 
 
-def test_logged_model_loads_and_matches(prepared, store, tmp_path):
-    final = train(make_params(epochs=1, log_model=True), prepared, tmp_path)
+@pytest.mark.slow  # logging and reloading a torch.export program: seconds
+def test_logged_model_is_registered_per_experiment_and_matches(prepared, root, store):
+    final = train(make_params(epochs=1, log_model=True))
     saved = load(final)
     uri = f"runs:/{saved['mlflow_run_id']}/model"
     assert mlflow.models.get_model_info(uri).signature is not None
@@ -379,53 +485,111 @@ def test_logged_model_loads_and_matches(prepared, store, tmp_path):
     model = build_model(saved["spec"])
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    x = as_batch_tensor(data.load_split(prepared, "val")[0][:16], torch.device("cpu"))
+    x = as_batch_tensor(prepared_data.load_split(prepared, "val")[0][:16], CPU)
     with torch.no_grad():
         torch.testing.assert_close(logged(x), model(x), rtol=0, atol=1e-6)
-    assert not (REPO_ROOT / "mlartifacts" / saved["mlflow_run_id"]).exists()
+    # a new version of <experiment>-<variant>, tagged with the model file and data it came from
+    versions = store.search_model_versions(f"name = '{EXPERIMENT}-{VARIANT}'")
+    assert [v.run_id for v in versions] == [saved["mlflow_run_id"]]
+    assert versions[0].tags["model_sha256"] == hashlib.sha256(final.read_bytes()).hexdigest()
+    assert versions[0].tags["data.manifest_sha256"] == saved["data_manifest_sha256"]
+    assert not (paths.REPO_ROOT / "mlartifacts" / saved["mlflow_run_id"]).exists()
 
 
-def test_divergence_fails_fast_and_marks_run_failed(prepared, store, tmp_path, monkeypatch):
+def test_divergence_fails_fast_and_marks_run_failed(root, store, monkeypatch):
     # lr=9.9 does not reliably diverge (the sigmoid output bounds the MSE), so make the loss NaN directly
     mse = torch.nn.functional.mse_loss
     monkeypatch.setattr(torch.nn.functional, "mse_loss", lambda *a, **k: mse(*a, **k) * float("nan"))
     ran = spy_epochs(monkeypatch)
     with pytest.raises(TrainingDiverged, match="epoch 1:"):
-        train(make_params(), prepared, tmp_path)
+        train(make_params())
     assert ran == [0]
-    assert not (tmp_path / "models" / f"{RUN}.pt").exists()
-    assert not (tmp_path / "models" / f"{RUN}.best.pt").exists()
-    assert not (tmp_path / "checkpoints" / f"{RUN}.ckpt").exists()
+    assert not (root / "models" / f"{RUN}.pt").exists()
+    assert not (root / "models" / f"{RUN}.best.pt").exists()
+    assert not (root / "checkpoints" / f"{RUN}.ckpt").exists()
     runs = store.search_runs([store.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert mlflow.active_run() is None
 
 
-def test_dvc_experiment_name_is_tagged(prepared, store, tmp_path, monkeypatch):
+def test_dvc_experiment_name_is_tagged(root, store, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "quick-fox")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
-    saved = load(train(make_params(epochs=1), prepared, tmp_path))
+    saved = load(train(make_params(epochs=1)))
     tags = store.get_run(saved["mlflow_run_id"]).data.tags
     assert tags["dvc_exp_name"] == "quick-fox"
     assert tags["dvc_exp_baseline_rev"] == "abc123"
 
 
-# ---------------------------------------------------------------- tracking paths
+# ---------------------------------------------------------------- the stage's command line
 
-def test_project_root_strips_dvc_temp_workspace(tmp_path):
-    root = tmp_path / "checkout"
-    assert tracking.project_root(root / ".dvc" / "tmp" / "exps" / "tmpab12cd") == root
-    assert tracking.project_root(root / ".dvc" / "tmp" / "exps" / "tmpab12cd" / "pipeline") == root
-    assert tracking.project_root(root) == root
-    assert tracking.project_root(root / ".dvc" / "tmp") == root / ".dvc" / "tmp"
-    assert tracking.project_root() == REPO_ROOT
+
+def write_params(root: Path, **raw) -> Path:
+    path = root / "params.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "variants": {VARIANT: TINY_SPEC},
+                "seeds": [0],
+                "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "threads": 1},
+                "mlflow": {"log_model": False},
+                **raw,
+            }
+        )
+    )
+    return path
+
+
+def test_cli_trains_the_given_seed_from_the_root_params_file(root, store, capsys):
+    write_params(root)
+    assert train_stage.main([VARIANT, "--seed", "3"]) == 0  # params.yaml at paths.root(); seed 3 not in seeds
+    final = root / "models" / "tiny-seed3.pt"
+    assert f"train: wrote {final}" in capsys.readouterr().out
+    saved = load(final)
+    assert saved["seed"] == 3 and saved["epochs"] == 1
+    assert store.get_run(saved["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_cli_errors_are_one_line_and_exit_1(root, store, tmp_path, capsys):
+    params = write_params(tmp_path)
+    assert train_stage.main(["nosuch", "--seed", "0", "--params", str(params)]) == 1
+    assert "train: error: variants.nosuch: no such variant" in capsys.readouterr().err
+    shutil.rmtree(root / "data" / "prepared")
+    assert train_stage.main([VARIANT, "--seed", "0", "--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("train: error: ") and "manifest.json: cannot read" in err
+    assert not (root / "models").exists()
+    with pytest.raises(SystemExit) as exit_:
+        train_stage.main([VARIANT, "--params", str(params)])  # --seed is required
+    assert exit_.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- where tracking goes
+
+
+def test_project_root_strips_dvc_temp_workspace(tmp_path, monkeypatch):
+    monkeypatch.delenv("COMPRESSNET_ROOT", raising=False)
+    checkout = tmp_path / "checkout"
+    assert tracking.project_root(checkout / ".dvc" / "tmp" / "exps" / "tmpab12cd") == checkout
+    assert tracking.project_root(checkout / ".dvc" / "tmp" / "exps" / "tmpab12cd" / "pipeline") == checkout
+    assert tracking.project_root(checkout) == checkout
+    assert tracking.project_root(checkout / ".dvc" / "tmp") == checkout / ".dvc" / "tmp"
+    assert tracking.project_root() == paths.REPO_ROOT
+    monkeypatch.setenv("COMPRESSNET_ROOT", str(checkout / ".dvc" / "tmp" / "exps" / "tmpab12cd"))
+    assert tracking.project_root() == checkout  # paths.root() is the default
 
 
 def test_tracking_uri_and_artifact_location(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri() == f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    clean_environment(monkeypatch)
+    monkeypatch.delenv("COMPRESSNET_ROOT", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{paths.REPO_ROOT / 'mlflow.db'}"
     assert tracking.tracking_uri().startswith("sqlite:////")  # an absolute path
-    assert tracking.artifact_location() == (REPO_ROOT / "mlartifacts").as_uri()
+    assert tracking.artifact_location() == (paths.REPO_ROOT / "mlartifacts").as_uri()
+
+    monkeypatch.setenv("COMPRESSNET_ROOT", str(tmp_path / "project"))  # the store of another project root
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
+    assert tracking.artifact_location() == (tmp_path / "project" / "mlartifacts").as_uri()
+    assert tracking.store_missing(tracking.tracking_uri())
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/elsewhere.db"
@@ -433,14 +597,24 @@ def test_tracking_uri_and_artifact_location(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+    assert not tracking.store_missing(tracking.tracking_uri())
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")])
+def test_experiment_comes_from_the_environment(store, monkeypatch):
+    assert tracking.MlflowTracker().experiment == EXPERIMENT
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    tracker = tracking.MlflowTracker()
+    assert tracker.experiment == tracking.DEFAULT_EXPERIMENT
+    assert store.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id == tracker.experiment_id
+    assert tracking.registered_model_name(tracker.experiment, "model01") == f"{tracking.DEFAULT_EXPERIMENT}-model01"
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")]
+)
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
-    from pipeline.device import resolve_precision
-
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert resolve_precision("auto", torch.device("cpu")) == expected
-    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice is kept
-    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("auto", CPU) == expected
+    assert resolve_precision("fp32", CPU) == "fp32"  # an explicit choice is kept
+    assert resolve_precision("bf16", CPU) == "bf16"
