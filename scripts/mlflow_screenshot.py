@@ -7,6 +7,7 @@ One-time prerequisite: Chromium (Debian/Ubuntu: `apt-get install chromium`). The
 Chrome DevTools protocol with aiohttp (installed with dvc), so nothing else is needed. The store is only read:
 a sqlite store is copied with SQLite's backup API and `mlflow server` is pointed at the copy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def snapshot(store: str, directory: Path) -> str:
     """A private copy of a sqlite store (consistent even while a pipeline writes to it); other URIs unchanged."""
     if not store.startswith("sqlite:///"):
         return store
-    source = Path(store[len("sqlite:///"):])
+    source = Path(store[len("sqlite:///") :])
     if not source.is_file():
         raise SystemExit(f"no MLflow store at {source}")
     copy = directory / "mlflow.db"
@@ -108,14 +109,23 @@ class Chromium:
     """Headless Chromium driven through the DevTools protocol (one page)."""
 
     def __init__(self, executable: str, profile: Path, width: int):
-        self.cmd = [executable, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={width},1200",
-                    "about:blank"]
+        self.cmd = [
+            executable,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            f"--window-size={width},1200",
+            "about:blank",
+        ]
         self.profile, self.width, self.ids = profile, width, itertools.count(1)
 
-    async def __aenter__(self) -> "Chromium":
-        self.process = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+    async def __aenter__(self) -> Chromium:
+        self.process = subprocess.Popen(
+            self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self.http = aiohttp.ClientSession()
         try:
             port = await self._devtools_port()
@@ -167,9 +177,11 @@ class Chromium:
 
     async def choose(self, label: str, options: list[str]) -> None:
         """Pick options in the select box after the text `label`: click it, type the option, press Enter."""
-        centre = (f"(() => {{ const label = [...document.querySelectorAll('div')].find(d => d.textContent === "
-                  f"{json.dumps(label)}); const r = label.nextElementSibling.getBoundingClientRect(); "
-                  f"return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        centre = (
+            f"(() => {{ const label = [...document.querySelectorAll('div')].find(d => d.textContent === "
+            f"{json.dumps(label)}); const r = label.nextElementSibling.getBoundingClientRect(); "
+            f"return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+        )
         for option in options:
             await self.mouse_click(*await self.js(centre))
             await self.send("Input.insertText", text=option)
@@ -188,14 +200,22 @@ class Chromium:
 
     async def capture_above(self, section: str) -> bytes:
         """The page down to the collapsible `section`, tables at full length (the UI caps them at 500 px)."""
-        await self.send("Emulation.setDeviceMetricsOverride", width=self.width, height=6000, deviceScaleFactor=1,
-                        mobile=False)
-        await self.js("document.querySelectorAll('table.mlflow-compare-table').forEach(t => t.style.maxHeight = 'none')")
+        await self.send(
+            "Emulation.setDeviceMetricsOverride", width=self.width, height=6000, deviceScaleFactor=1, mobile=False
+        )
+        await self.js(
+            "document.querySelectorAll('table.mlflow-compare-table').forEach(t => t.style.maxHeight = 'none')"
+        )
         await asyncio.sleep(1)
-        bottom = await self.js(f"[...document.querySelectorAll('div')].find(d => d.textContent === {json.dumps(section)})"
-                               ".closest('.du-bois-light-collapse-item').getBoundingClientRect().top")
-        shot = await self.send("Page.captureScreenshot", format="png",
-                               clip={"x": 0, "y": 0, "width": self.width, "height": bottom, "scale": 1})
+        bottom = await self.js(
+            f"[...document.querySelectorAll('div')].find(d => d.textContent === {json.dumps(section)})"
+            ".closest('.du-bois-light-collapse-item').getBoundingClientRect().top"
+        )
+        shot = await self.send(
+            "Page.captureScreenshot",
+            format="png",
+            clip={"x": 0, "y": 0, "width": self.width, "height": bottom, "scale": 1},
+        )
         return base64.b64decode(shot["data"])
 
 

@@ -1,4 +1,5 @@
 """Start `mlflow server` as a child process on a free local port and always stop it (used by tests and scripts)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def free_port() -> int:
@@ -20,15 +21,26 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path | None = None, log: Path | None = None,
-                  timeout: float = 120.0) -> Iterator[str]:
+def mlflow_server(
+    backend_uri: str, artifacts: Path | None = None, log: Path | None = None, timeout: float = 120.0
+) -> Iterator[str]:
     """Yields the server's http://127.0.0.1:<port> once /health answers; kills its process group on exit.
 
     `artifacts`: a local directory the server proxies artifacts to (mlflow-artifacts:/); None keeps its default.
     """
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     if artifacts is not None:
         cmd += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
     output = open(log, "wb") if log else subprocess.DEVNULL

@@ -14,9 +14,7 @@ import yaml
 from tests.imports import REPO, as_path, closure, imported, module_file
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-MODULES = sorted(
-    ".".join(path.relative_to(REPO).with_suffix("").parts) for path in (REPO / "pipeline").rglob("*.py")
-)
+MODULES = sorted(".".join(path.relative_to(REPO).with_suffix("").parts) for path in (REPO / "pipeline").rglob("*.py"))
 
 
 def stage_module(stage: str) -> str:
