@@ -24,7 +24,7 @@ from pipeline.lib import prepared
 from pipeline.lib.config import load_params
 from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device
 from pipeline.lib.io import write_json, write_text
-from pipeline.lib.training import Trainer
+from pipeline.lib.trainer import Trainer
 
 RECIPES = {  # train: keys; the pipeline's defaults fill the rest
     "study": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant", "precision": "fp32"},

@@ -27,7 +27,7 @@ from pipeline.lib.device import as_batch_tensor, configure_determinism, native_b
 from pipeline.lib.evaluation import reconstruct_and_measure
 from pipeline.lib.io import write_json, write_text
 from pipeline.lib.models import training_flops_per_image
-from pipeline.lib.training import Trainer
+from pipeline.lib.trainer import Trainer
 
 OPTIONS = {
     "fp32 NCHW": ("fp32", False),

@@ -30,7 +30,8 @@ from pipeline.lib.device import as_batch_tensor, resolve_precision
 from pipeline.lib.io import DataError
 from pipeline.lib.losses import OBJECTIVES, log_mse, log_mse_ssim, objective
 from pipeline.lib.models import build_model
-from pipeline.lib.training import RunFiles, Trainer, TrainingDiverged, train_run
+from pipeline.lib.trainer import Trainer, TrainingDiverged
+from pipeline.lib.training import RunFiles, train_run
 from pipeline.stages import train as train_stage
 from tests.conftest import TINY_SPEC
 from tests.fakedata import make_emnist_dir

@@ -14,7 +14,8 @@ from pipeline import paths, provenance, tracking
 from pipeline.cli import run_stage
 from pipeline.lib.config import Params, flatten, run_name
 from pipeline.lib.io import DataError
-from pipeline.lib.training import RunFiles, TrainingDiverged, train_run
+from pipeline.lib.trainer import TrainingDiverged
+from pipeline.lib.training import RunFiles, train_run
 
 
 def train(params: Params, variant: str, seed: int, tracker: tracking.Tracker) -> str:

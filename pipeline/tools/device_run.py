@@ -30,7 +30,8 @@ from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_dev
 from pipeline.lib.evaluation import evaluate_model
 from pipeline.lib.io import sha256_file, write_text
 from pipeline.lib.tracker import NoOpTracker
-from pipeline.lib.training import RunFiles, Trainer, train_run
+from pipeline.lib.trainer import Trainer
+from pipeline.lib.training import RunFiles, train_run
 
 MAX_EPOCHS = 150
 

@@ -1,0 +1,153 @@
+"""One variant's training loop: batches, objective, optimizer and schedule, validation; checkpointable state."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from pipeline.lib.config import Params
+from pipeline.lib.device import resolve_precision
+from pipeline.lib.losses import OBJECTIVES
+from pipeline.lib.models import build_model
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    """One variant's training loop; state (model, optimizer, scheduler, history) is checkpointable."""
+
+    def __init__(self, params: Params, variant: str, seed: int, device: torch.device, train_images: int):
+        self.cfg = params.train_for(variant)
+        self.seed, self.device = seed, device
+        self.precision = resolve_precision(self.cfg.precision, device)
+        self.rate_weight = params.variant(variant).rate_weight
+        self.images_per_epoch = min(train_images, (self.cfg.steps_per_epoch or math.inf) * self.cfg.batch_size)
+        torch.manual_seed(seed)
+        self.model = build_model(params.variant(variant)).to(device)
+        if self.cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = self._optimizer()
+        self.scheduler = self._scheduler(math.ceil(self.images_per_epoch / self.cfg.batch_size))
+        self.history: list[dict] = []
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        kind = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        return kind(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
+
+    def _scheduler(self, steps_per_epoch: int):
+        total = self.cfg.epochs * steps_per_epoch
+        if self.cfg.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, self.cfg.lr, total_steps=total)
+        if self.cfg.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
+        return None
+
+    def state(self) -> dict:
+        """Everything the next epoch depends on, the global RNG included (the rate variants' training noise)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "history": self.history,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history = state["history"]
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def batches(self, train_x: torch.Tensor, epoch: int):
+        """The epoch's shuffled batches, ready for the model; the permutation depends only on (seed, epoch),
+        so resuming is exact."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_x), generator=generator)[: self.images_per_epoch]
+        for start in range(0, len(order), self.cfg.batch_size):
+            yield self._prepare(train_x[order[start : start + self.cfg.batch_size].to(self.device)])
+
+    def train_epoch(self, train_x: torch.Tensor, epoch: int) -> dict[str, float]:
+        """One shuffled pass (or its first steps_per_epoch batches). Returns the mean training MSE as train_loss,
+        whatever the objective (log_mse, a rate term), so it is in val_loss's unit for every variant, and the mean
+        of the objective itself as train_objective."""
+        self.model.train()
+        total, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
+        batches = tqdm(
+            self.batches(train_x, epoch),
+            total=math.ceil(self.images_per_epoch / self.cfg.batch_size),
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            unit="batch",
+            leave=False,
+            mininterval=1.0,
+        )
+        for i, x in enumerate(batches):
+            with self._autocast():
+                recon, bits = self.model.forward_with_rate(x)
+                mse = torch.nn.functional.mse_loss(recon.float(), x)
+                loss = mse if self.cfg.loss == "mse" else OBJECTIVES[self.cfg.loss](recon.float(), x)
+                if bits is not None:  # rate-distortion loss: MSE + rate_weight * bits per pixel
+                    loss = loss + self.rate_weight * bits.mean() / x[0].numel()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler:
+                self.scheduler.step()
+            total += torch.stack([mse.detach(), loss.detach()]) * len(x)
+            seen += len(x)
+            if i % 50 == 0:
+                batches.set_postfix(loss=f"{loss.item():.5f}")
+        train_loss, objective = (total / seen).tolist()
+        return {"train_loss": train_loss, "train_objective": objective}
+
+    @torch.no_grad()
+    def val_loss(self, val_x: torch.Tensor, batch_size: int = 2048) -> float:
+        self.model.eval()
+        total = 0.0
+        for start in range(0, len(val_x), batch_size):
+            x = self._prepare(val_x[start : start + batch_size])
+            total += torch.nn.functional.mse_loss(self.model(x), x, reduction="sum").item()
+        return total / val_x.numel()
+
+    def fit(self, train_x: torch.Tensor, val_x: torch.Tensor, on_epoch) -> None:
+        for epoch in range(len(self.history), self.cfg.epochs):
+            lr = self.optimizer.param_groups[0]["lr"]
+            started = time.perf_counter()
+            losses = self.train_epoch(train_x, epoch)
+            train_loss = losses["train_loss"]
+            seconds = time.perf_counter() - started
+            val_loss = self.val_loss(val_x)
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                raise TrainingDiverged(
+                    f"epoch {epoch + 1}: loss is {train_loss} (train) / {val_loss} (val); "
+                    f"lower train.lr (now {self.cfg.lr}) or check the data"
+                )
+            row = {
+                "epoch": epoch + 1,
+                **losses,
+                "val_loss": val_loss,
+                "lr": lr,
+                "seconds": seconds,
+                "images_per_s": self.images_per_epoch / seconds,
+            }
+            self.history.append(row)
+            tqdm.write(
+                f"epoch {epoch + 1}/{self.cfg.epochs}: train {train_loss:.5f} val {val_loss:.5f} "
+                f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)"
+            )
+            on_epoch(row)
