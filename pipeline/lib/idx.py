@@ -42,18 +42,19 @@ def read_idx(path: Path, kind: str) -> np.ndarray:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             gzipped = f.read(2) == b"\x1f\x8b"
-        if not gzipped:
-            return path.read_bytes()
-        parts, total = [], 0
-        with gzip.open(path, "rb") as f:
-            while block := f.read(CHUNK):
-                total += len(block)
-                if total > MAX_IDX_BYTES:  # a gzip bomb stops here instead of filling the memory
-                    raise DataError(f"{path}: decompresses to more than {MAX_IDX_BYTES} bytes, an IDX file's limit")
-                parts.append(block)
-        return b"".join(parts)
+            f.seek(0)
+            if not gzipped:
+                return f.read()
+            parts, total = [], 0
+            with gzip.GzipFile(fileobj=f) as unzipped:
+                while block := unzipped.read(CHUNK):
+                    total += len(block)
+                    if total > MAX_IDX_BYTES:  # a gzip bomb stops here instead of filling the memory
+                        raise DataError(f"{path}: decompresses to more than {MAX_IDX_BYTES} bytes, an IDX file's limit")
+                    parts.append(block)
+            return b"".join(parts)
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: damaged deflate data inside the gzip
         reason = "truncated gzip stream" if isinstance(err, EOFError) else (getattr(err, "strerror", None) or str(err))
         raise DataError(f"{path}: cannot read: {reason}") from None
