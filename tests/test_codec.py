@@ -1,4 +1,7 @@
-"""pipeline.codec: real bitstreams from tiny trained models, round trips and damaged streams."""
+"""The codec: pipeline.lib.codec (+ quantize, refine) and its CLI pipeline.tools.codec, on real bitstreams from tiny
+trained models: round trips and damaged streams. The CLI finds models and prepared data through pipeline.paths:
+here a project under a tmp COMPRESSNET_ROOT, trained once for the module."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,11 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import codec, refine
-from pipeline.config import CodecConfig, parse_params
-from pipeline.models import load_model
-from pipeline.prepare import prepare
-from pipeline.train import log_mse, train_variant
+from pipeline import paths, tracking
+from pipeline.lib import codec, quantize, refine
+from pipeline.lib.config import CodecConfig, parse_params
+from pipeline.lib.dataset import prepare_from_directory
+from pipeline.lib.losses import log_mse
+from pipeline.lib.models import load_model
+from pipeline.stages.train import train
+from pipeline.tools import codec as codec_tool
 from tests.conftest import TINY_SPEC
 from tests.fakedata import make_emnist_dir, write_idx
 
@@ -24,31 +30,47 @@ RATE_SPEC = {**TINY_SPEC, "rate_weight": 0.01}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("codec")
+    """A project (prepared data, two tiny trained variants) under its own root, made once for the module."""
+    base = tmp_path_factory.mktemp("codec")
+    root = base / "project"
     # lr 0.01: in two tiny epochs the decoder learns enough for refinement to have an error to lower
-    params = parse_params({"data": {"source": str(make_emnist_dir(root / "emnist"))},
-                           "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "threads": 1}, "mlflow": {"log_model": False},
-                           "variants": {"plain": TINY_SPEC, "coded": RATE_SPEC}})
+    params = parse_params(
+        {
+            "data": {"source": str(make_emnist_dir(base / "emnist"))},
+            "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "threads": 1},
+            "mlflow": {"log_model": False},
+            "variants": {"plain": TINY_SPEC, "coded": RATE_SPEC},
+        }
+    )
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        prepare(params.data, root / "prepared")
+        patch.setenv("COMPRESSNET_ROOT", str(root))
+        prepare_from_directory(params.data, Path(params.data.source), paths.prepared_dir())
         for variant in params.variants:
-            train_variant(params, variant, 0, prepared=root / "prepared", models_dir=root / "models",
-                          history_dir=root / "history", checkpoint_dir=root / "checkpoints")
-    test_images = np.load(root / "prepared" / "test_images.npy")
-    idx = write_idx(root / "test-images-idx3-ubyte.gz", test_images.transpose(0, 2, 1))  # EMNIST raw layout
+            train(params, variant, 0, tracking.NoOpTracker())
+    test_images = np.load(root / "data" / "prepared" / "test_images.npy")
+    idx = write_idx(base / "test-images-idx3-ubyte.gz", test_images.transpose(0, 2, 1))  # EMNIST raw layout
     return {"root": root, "params": params, "images": test_images, "idx": idx}
 
 
+@pytest.fixture(autouse=True)
+def project(trained, monkeypatch) -> Path:
+    """The CLI's paths point at the module's project (tests here never change its files)."""
+    monkeypatch.setenv("COMPRESSNET_ROOT", str(trained["root"]))
+    return trained["root"]
+
+
+def model_path(variant: str) -> Path:
+    return paths.model_file(f"{variant}-seed0")
+
+
 def model_of(trained, variant: str):
-    return load_model(trained["root"] / "models" / f"{variant}-seed0.pt", torch.device("cpu"))[0]
+    return load_model(model_path(variant), torch.device("cpu"))[0]
 
 
 def round_trip(trained, variant: str, tmp_path: Path, mode: str | None = None, source: Path | None = None):
-    root, stream, out = trained["root"], tmp_path / "stream.cnz", tmp_path / "decoded"
-    size = codec.compress(trained["params"], variant, 0, source or trained["idx"], stream, mode,
-                          models_dir=root / "models", prepared=root / "prepared")
-    count = codec.decompress(trained["params"], variant, 0, stream, out, models_dir=root / "models")
+    stream, out = tmp_path / "stream.cnz", tmp_path / "decoded"
+    size = codec_tool.compress(trained["params"], variant, 0, source or trained["idx"], stream, mode)
+    count = codec_tool.decompress(trained["params"], variant, 0, stream, out)
     decoded = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))])
     assert size == stream.stat().st_size and count == len(decoded)
     return stream, decoded
@@ -58,7 +80,7 @@ def test_entropy_round_trip_equals_the_models_reconstruction_of_its_quantised_la
     model = model_of(trained, "coded")
     latents = codec.encode_latents(model, trained["images"])
     assert torch.equal(latents, latents.round())  # integer latent at test time
-    expected = codec.to_uint8(model(torch.from_numpy(trained["images"]).float().div(255).unsqueeze(1)).detach())
+    expected = quantize.to_uint8(model(torch.from_numpy(trained["images"]).float().div(255).unsqueeze(1)).detach())
     stream, decoded = round_trip(trained, "coded", tmp_path)
     assert np.array_equal(decoded, expected)
     assert stream.read_bytes()[4] == codec.MODES["entropy"]  # the default mode for a variant with a prior
@@ -67,7 +89,7 @@ def test_entropy_round_trip_equals_the_models_reconstruction_of_its_quantised_la
 def test_entropy_stream_size_is_close_to_the_priors_estimate(trained, tmp_path):
     model = model_of(trained, "coded")
     latents = codec.encode_latents(model, trained["images"])
-    stream = codec.pack(model, trained["root"] / "models" / "coded-seed0.pt", latents, "entropy")
+    stream = codec.pack(model, model_path("coded"), latents, "entropy")
     ideal_bytes = float(model.prior.bits(latents).detach().sum()) / 8
     overhead = codec.HEADER.size + 8 + 4  # header, payload length and crc, and at most one partial word
     assert ideal_bytes * 0.95 <= len(stream) <= ideal_bytes * 1.05 + overhead
@@ -75,10 +97,11 @@ def test_entropy_stream_size_is_close_to_the_priors_estimate(trained, tmp_path):
 
 def test_uint8_round_trip_is_bit_exact_and_calibrated_on_train(trained, tmp_path):
     model, images = model_of(trained, "plain"), trained["images"]
-    train = np.load(trained["root"] / "prepared" / "train_images.npy")
-    lo, hi = codec.calibrate_uint8(codec.encode_latents(model, train))
-    codes = codec.uint8_codes(codec.encode_latents(model, images), lo, hi)
-    expected = codec.decode_images(model, codec.dequantize_uint8(codes, lo, hi))
+    train_images = np.load(paths.prepared_dir() / "train_images.npy")
+    lo, hi = quantize.calibrate_uint8(codec.encode_latents(model, train_images))
+    assert all(np.array_equal(a, b) for a, b in zip((lo, hi), codec.train_calibration(model, train_images)))
+    codes = quantize.uint8_codes(codec.encode_latents(model, images), lo, hi)
+    expected = codec.decode_images(model, quantize.dequantize_uint8(codes, lo, hi))
     stream, decoded = round_trip(trained, "plain", tmp_path)
     assert np.array_equal(decoded, expected)
     dim = model.spec.latent_dim
@@ -86,10 +109,10 @@ def test_uint8_round_trip_is_bit_exact_and_calibrated_on_train(trained, tmp_path
 
 
 def test_uint8_range_stream_decodes_to_the_uint8_streams_latents_in_fewer_bytes(trained):
-    model, model_file = model_of(trained, "plain"), trained["root"] / "models" / "plain-seed0.pt"
+    model, model_file = model_of(trained, "plain"), model_path("plain")
     latents = torch.randn(2000, model.spec.latent_dim, generator=torch.Generator().manual_seed(0))
     latents[:, 0] = 1.5  # a constant dimension: its Gaussian's spread is floored, and it still round-trips
-    calibration = codec.calibrate_uint8(latents)
+    calibration = quantize.calibrate_uint8(latents)
     fixed, ranged = (codec.pack(model, model_file, latents, mode, calibration) for mode in ("uint8", "uint8_range"))
     assert codec.unpack(model, model_file, ranged)[0] == "uint8_range"
     assert torch.equal(codec.unpack(model, model_file, ranged)[1], codec.unpack(model, model_file, fixed)[1])
@@ -98,8 +121,8 @@ def test_uint8_range_stream_decodes_to_the_uint8_streams_latents_in_fewer_bytes(
 
 
 def test_an_empty_uint8_range_stream_round_trips(trained):
-    model, model_file = model_of(trained, "plain"), trained["root"] / "models" / "plain-seed0.pt"
-    calibration = codec.calibrate_uint8(torch.randn(10, model.spec.latent_dim))
+    model, model_file = model_of(trained, "plain"), model_path("plain")
+    calibration = quantize.calibrate_uint8(torch.randn(10, model.spec.latent_dim))
     stream = codec.pack(model, model_file, torch.zeros(0, model.spec.latent_dim), "uint8_range", calibration)
     assert codec.unpack(model, model_file, stream)[1].shape == (0, model.spec.latent_dim)
 
@@ -118,17 +141,23 @@ def refined_params(trained, steps: int = 4):
 
 def refine_with(trained, variant: str, images: np.ndarray, steps: int = 4):
     model = model_of(trained, variant)
-    calibration = codec.train_calibration(model, trained["root"] / "prepared")
+    calibration = codec.train_calibration(model, np.load(paths.prepared_dir() / "train_images.npy"))
     latents = codec.encode_latents(model, images)
-    return model, latents, calibration, refine.refine_latents(model, images, latents, refined_params(trained, steps).codec,
-                                                             calibration)
+    return (
+        model,
+        latents,
+        calibration,
+        refine.refine_latents(model, images, latents, refined_params(trained, steps).codec, calibration),
+    )
 
 
 def test_refinement_lowers_the_error_inside_the_uint8_box_and_leaves_the_model_alone(trained):
     images = trained["images"]
     model, latents, (lo, hi), refined = refine_with(trained, "plain", images)
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
-    log_error = {name: float(log_mse(model.decode(z).detach(), x)) for name, z in (("encoder", latents), ("refined", refined))}
+    log_error = {
+        name: float(log_mse(model.decode(z).detach(), x)) for name, z in (("encoder", latents), ("refined", refined))
+    }
     assert log_error["refined"] < log_error["encoder"] - 0.01, log_error  # 4 steps: -1.960 -> -1.983
     assert torch.all(refined >= torch.from_numpy(lo)) and torch.all(refined <= torch.from_numpy(hi))
     untouched = model_of(trained, "plain")
@@ -146,7 +175,7 @@ def test_each_images_refined_latent_depends_on_that_image_alone(trained):
 
 def test_a_refined_uint8_stream_decodes_bit_exactly_to_its_refined_latents(trained, tmp_path, monkeypatch):
     model, _, (lo, hi), refined = refine_with(trained, "plain", trained["images"])
-    expected = codec.decode_images(model, codec.dequantize_uint8(codec.uint8_codes(refined, lo, hi), lo, hi))
+    expected = codec.decode_images(model, quantize.dequantize_uint8(quantize.uint8_codes(refined, lo, hi), lo, hi))
     monkeypatch.setitem(trained, "params", refined_params(trained))
     _, decoded = round_trip(trained, "plain", tmp_path)
     assert np.array_equal(decoded, expected)
@@ -169,31 +198,34 @@ def test_a_directory_of_pngs_compresses_like_the_idx_file(trained, tmp_path):
 
 
 def test_standalone_bytes_are_the_size_of_each_images_own_stream(trained):
-    model, model_file = model_of(trained, "coded"), trained["root"] / "models" / "coded-seed0.pt"
+    model, model_file = model_of(trained, "coded"), model_path("coded")
     latents = codec.encode_latents(model, trained["images"][:4])
-    sizes = [len(codec.pack(model, model_file, latents[i:i + 1], "entropy")) for i in range(4)]
+    sizes = [len(codec.pack(model, model_file, latents[i : i + 1], "entropy")) for i in range(4)]
     assert codec.standalone_entropy_bytes(model, latents).tolist() == sizes
 
 
 def test_uint8_codes_stay_within_half_a_step_of_the_latent():
     latents = torch.rand(100, 8) * 5 - 1
-    lo, hi = codec.calibrate_uint8(latents)
-    restored = codec.dequantize_uint8(codec.uint8_codes(latents, lo, hi), lo, hi)
+    lo, hi = quantize.calibrate_uint8(latents)
+    restored = quantize.dequantize_uint8(quantize.uint8_codes(latents, lo, hi), lo, hi)
     assert torch.all((restored - latents).abs() <= torch.from_numpy((hi - lo) / 255 / 2) + 1e-6)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda s: s[:len(s) // 2], "truncated"),
-    (lambda s: s[:40] + bytes([s[40] ^ 0x10]) + s[41:], "checksum mismatch"),
-    (lambda s: b"JUNK" + s[4:], "not a CompressNet stream"),
-    (lambda s: b"", "not a CompressNet stream"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda s: s[: len(s) // 2], "truncated"),
+        (lambda s: s[:40] + bytes([s[40] ^ 0x10]) + s[41:], "checksum mismatch"),
+        (lambda s: b"JUNK" + s[4:], "not a CompressNet stream"),
+        (lambda s: b"", "not a CompressNet stream"),
+    ],
+)
 @pytest.mark.parametrize("name, mode", [("coded", None), ("plain", "uint8_range")])
 def test_a_damaged_stream_is_a_clear_error(trained, tmp_path, damage, message, name, mode):
     stream, _ = round_trip(trained, name, tmp_path, mode=mode)
     stream.write_bytes(damage(stream.read_bytes()))
     with pytest.raises(codec.CodecError, match=message):
-        codec.decompress(trained["params"], name, 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
+        codec_tool.decompress(trained["params"], name, 0, stream, tmp_path / "out")
 
 
 def resealed(body: bytes) -> bytes:
@@ -209,39 +241,47 @@ def test_forged_side_information_is_a_clear_error(trained, tmp_path, row, value)
     struct.pack_into("<f", body, codec.HEADER.size + 4 * (row * dim), value)
     stream.write_bytes(resealed(bytes(body)))
     with pytest.raises(codec.CodecError, match="side information is invalid"):
-        codec.decompress(trained["params"], "plain", 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
+        codec_tool.decompress(trained["params"], "plain", 0, stream, tmp_path / "out")
 
 
 def test_a_stream_too_short_for_its_modes_side_information_is_a_clear_error(trained, tmp_path):
     stream, _ = round_trip(trained, "plain", tmp_path, mode="uint8")
     body = bytearray(stream.read_bytes()[:-4])
     body[4] = codec.MODES["uint8_range"]  # twice the side information uint8 carries
-    stream.write_bytes(resealed(bytes(body[:codec.HEADER.size + 8])))
+    stream.write_bytes(resealed(bytes(body[: codec.HEADER.size + 8])))
     with pytest.raises(codec.CodecError, match="lengths do not add up"):
-        codec.decompress(trained["params"], "plain", 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
+        codec_tool.decompress(trained["params"], "plain", 0, stream, tmp_path / "out")
 
 
 # a checksum-valid stream whose header lies: one image more or fewer than the payload holds (n sits after magic,
 # mode and model id), or a range-coded payload 4 bytes longer than the stream has (its length follows the side info)
-@pytest.mark.parametrize("name, mode, field_at, change", [
-    ("plain", "uint8", 13, 1), ("coded", "entropy", None, 4), ("plain", "uint8_range", None, 4),
-    ("coded", "entropy", 13, 1), ("plain", "uint8_range", 13, 1), ("plain", "uint8_range", 13, -1)])
-def test_a_stream_whose_lengths_disagree_is_a_clear_error_even_with_a_valid_checksum(trained, tmp_path, name, mode,
-                                                                                    field_at, change):
+@pytest.mark.parametrize(
+    "name, mode, field_at, change",
+    [
+        ("plain", "uint8", 13, 1),
+        ("coded", "entropy", None, 4),
+        ("plain", "uint8_range", None, 4),
+        ("coded", "entropy", 13, 1),
+        ("plain", "uint8_range", 13, 1),
+        ("plain", "uint8_range", 13, -1),
+    ],
+)
+def test_a_stream_whose_lengths_disagree_is_a_clear_error_even_with_a_valid_checksum(
+    trained, tmp_path, name, mode, field_at, change
+):
     stream, _ = round_trip(trained, name, tmp_path, mode=mode)
     body = stream.read_bytes()[:-4]
     field_at = field_at or codec.HEADER.size + 4 * codec.SIDE_ROWS[mode] * model_of(trained, name).spec.latent_dim
     value = struct.unpack_from("<I", body, field_at)[0]
-    stream.write_bytes(resealed(body[:field_at] + struct.pack("<I", value + change) + body[field_at + 4:]))
+    stream.write_bytes(resealed(body[:field_at] + struct.pack("<I", value + change) + body[field_at + 4 :]))
     with pytest.raises(codec.CodecError, match="lengths do not add up"):
-        codec.decompress(trained["params"], name, 0, stream, tmp_path / "out", models_dir=trained["root"] / "models")
+        codec_tool.decompress(trained["params"], name, 0, stream, tmp_path / "out")
 
 
 def test_a_stream_from_another_model_is_refused(trained, tmp_path):
     stream, _ = round_trip(trained, "plain", tmp_path)
-    models = trained["root"] / "models"
     with pytest.raises(codec.CodecError, match="made by model"):
-        codec.decompress(trained["params"], "coded", 0, stream, tmp_path / "out", models_dir=models)
+        codec_tool.decompress(trained["params"], "coded", 0, stream, tmp_path / "out")
 
 
 def test_entropy_mode_needs_a_prior(trained, tmp_path):
@@ -249,18 +289,30 @@ def test_entropy_mode_needs_a_prior(trained, tmp_path):
         round_trip(trained, "plain", tmp_path, mode="entropy")
 
 
-def test_cli_reports_errors_in_one_line(trained, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(codec, "MODELS_DIR", trained["root"] / "models")
-    monkeypatch.setattr(codec, "PREPARED_DIR", trained["root"] / "prepared")
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(f"variants: {{coded: {RATE_SPEC}}}\nmlflow: {{log_model: false}}\n".replace("'", ""))
-    stream = tmp_path / "x.cnz"
-    assert codec.main(["--params", str(params_file), "compress", "coded", str(trained["idx"]), str(stream)]) == 0
+def test_cli_round_trips_and_reports_errors_in_one_line(trained, tmp_path, capsys):
+    params_file = tmp_path / "params.yaml"  # seeds [3, 0]: without --seed the CLI takes the first, never trained here
+    params_file.write_text(
+        f"seeds: [3, 0]\nvariants: {{coded: {RATE_SPEC}}}\nmlflow: {{log_model: false}}\n".replace("'", "")
+    )
+    cli = ["--params", str(params_file)]
+    stream, out = tmp_path / "x.cnz", tmp_path / "o"
+    assert codec_tool.main([*cli, "compress", "coded", str(trained["idx"]), str(stream), "--seed", "0"]) == 0
+    assert capsys.readouterr().out == f"codec: wrote {stream} ({stream.stat().st_size} bytes)\n"
+    assert codec_tool.main([*cli, "decompress", "coded", str(stream), str(out), "--seed", "0"]) == 0
+    assert capsys.readouterr().out == f"codec: wrote {len(trained['images'])} images to {out}\n"
+    _, decoded = round_trip(trained, "coded", tmp_path / "functions")
+    assert np.array_equal(np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]), decoded)
+    assert codec_tool.main([*cli, "decompress", "coded", str(stream), str(tmp_path / "o3")]) == 1
+    assert (
+        capsys.readouterr().err == f"codec: error: {model_path('coded').with_name('coded-seed3.pt')}: missing; "
+        "run the train stage first (dvc repro train)\n"
+    )
     stream.write_bytes(stream.read_bytes()[:-3])
-    assert codec.main(["--params", str(params_file), "decompress", "coded", str(stream), str(tmp_path / "o")]) == 1
+    assert codec_tool.main([*cli, "decompress", "coded", str(stream), str(tmp_path / "o2"), "--seed", "0"]) == 1
     assert "codec: error: corrupt or truncated stream" in capsys.readouterr().err
-    assert codec.main(["--params", str(params_file), "compress", "nope", str(trained["idx"]), str(stream)]) == 1
+    assert codec_tool.main([*cli, "compress", "nope", str(trained["idx"]), str(stream)]) == 1
     assert "variants.nope: no such variant" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
 
 
 def test_decompress_never_writes_into_a_directory_that_holds_files(trained, tmp_path):
@@ -269,5 +321,5 @@ def test_decompress_never_writes_into_a_directory_that_holds_files(trained, tmp_
     occupied.mkdir()
     (occupied / "mine.txt").write_text("keep me")
     with pytest.raises(codec.CodecError, match="exists and is not an empty directory"):
-        codec.decompress(trained["params"], "coded", 0, stream, occupied, models_dir=trained["root"] / "models")
+        codec_tool.decompress(trained["params"], "coded", 0, stream, occupied)
     assert [p.name for p in occupied.iterdir()] == ["mine.txt"]
