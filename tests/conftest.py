@@ -17,8 +17,14 @@ def emnist_dir(tmp_path: Path) -> Path:
 
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_SPEC = {"encoder_filters": [4, 8], "encoder_strides": [2, 2], "latent_dim": 8,
-             "decoder_filters": [8, 4], "decoder_strides": [2, 2], "latent_activation": "linear"}
+TINY_SPEC = {
+    "encoder_filters": [4, 8],
+    "encoder_strides": [2, 2],
+    "latent_dim": 8,
+    "decoder_filters": [8, 4],
+    "decoder_strides": [2, 2],
+    "latent_activation": "linear",
+}
 
 
 @pytest.fixture
@@ -46,15 +52,17 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 600) -> str:
     return result.stdout
 
 
-def make_project(root: Path, variants: dict, epochs: int = 2, data_source: str | None = None,
-                 seeds: tuple[int, ...] = (0,)) -> tuple[Path, dict]:
+def make_project(
+    root: Path, variants: dict, epochs: int = 2, data_source: str | None = None, seeds: tuple[int, ...] = (0,)
+) -> tuple[Path, dict]:
     """Copy the repo's tracked (and new, unignored) files into a fresh git repo with these variants.
 
     Returns the root and an environment whose PATH starts with this venv, with no MLFLOW_TRACKING_URI,
     so stages use the copy's own sqlite store, as a user's checkout would.
     """
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -67,9 +75,14 @@ def make_project(root: Path, variants: dict, epochs: int = 2, data_source: str |
     if data_source:
         params["data"]["source"] = data_source
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         run(cmd, root, env)

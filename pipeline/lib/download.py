@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import re
 import shutil
 import zipfile
 import zlib
@@ -13,15 +15,17 @@ from urllib.request import Request, urlopen
 from tqdm import tqdm
 
 from pipeline.lib.idx import verify_checksums
-from pipeline.lib.io import CHUNK, DataError
+from pipeline.lib.io import CHUNK, DataError, atomic_write
 
 OFFICIAL_SHA256 = {
     "emnist-balanced-train-images-idx3-ubyte.gz": "74295e75e4e9fa2c102147460ee7eb763653d5132d883a84fb88932bfb8d2db4",
     "emnist-balanced-train-labels-idx1-ubyte.gz": "b46d41e5156a0a8aaaa4d18979fdd1588850fa8571018acffd5d93b325a7d6ed",
     "emnist-balanced-test-images-idx3-ubyte.gz": "117fc12b015e37ea98bfb2cbba3f77c3782c056cdbd219b87abfc8661d7135db",
     "emnist-balanced-test-labels-idx1-ubyte.gz": "a67cac948379b67270b9a4d0a01c8ec661598accf2f2b1964340b7c83cb175cd",
+    "emnist-balanced-mapping.txt": "956dc507bf69e9f31f4e3e876d22ec66124aa229b5d0bd65ab8956a8044d3ede",
 }
 OFFICIAL_MAPPING = "emnist-balanced-mapping.txt"
+MAX_MEMBER_BYTES = 2**30  # no official member comes near 1 GiB (the Balanced train images: 28 MB)
 
 
 def fetch_official(url: str, raw_dir: Path, checksums: dict[str, str] = OFFICIAL_SHA256) -> Path:
@@ -35,7 +39,7 @@ def fetch_official(url: str, raw_dir: Path, checksums: dict[str, str] = OFFICIAL
     archive = raw_dir / "gzip.zip"
     if not archive.exists():
         download(url, archive)
-    _extract(archive, target, [*checksums, OFFICIAL_MAPPING])
+    _extract(archive, target, list(dict.fromkeys([*checksums, OFFICIAL_MAPPING])))
     try:
         verify_checksums(target, checksums)
     except DataError:
@@ -74,9 +78,11 @@ def download(url: str, dest: Path, timeout: float = 30) -> None:
             "(or set data.source in params.yaml)"
         ) from None
     with response:
-        if start and response.status != 206:
-            start = 0  # server ignored the Range header: restart from scratch
+        if start and (response.status != 206 or not _resumes_at(response, start)):
+            start = 0  # the server ignored the Range header or sent another range: restart from scratch
         length = response.headers.get("Content-Length")
+        if length is not None and not length.strip().isdigit():
+            raise DataError(f"{url}: invalid Content-Length {length!r}; rerun to try again")
         total = start + int(length) if length is not None else None
         _stream(response, part, start, total, dest.name)
     size = part.stat().st_size
@@ -93,7 +99,7 @@ def _stream(response, part: Path, start: int, total: int | None, label: str) -> 
         while True:
             try:
                 block = response.read(CHUNK)
-            except OSError:  # connection reset mid-body: keep what we have, report below
+            except (OSError, http.client.HTTPException):  # reset or short body: keep what we have, report below
                 break
             if not block:
                 break
@@ -101,21 +107,47 @@ def _stream(response, part: Path, start: int, total: int | None, label: str) -> 
             bar.update(len(block))
 
 
+def _resumes_at(response, start: int) -> bool:
+    """A 206 response's Content-Range starts where the partial file ends."""
+    match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range", "").strip())
+    return match is not None and int(match[1]) == start
+
+
 def _extract(archive: Path, target: Path, names: list[str]) -> None:
+    """Extract `names` (the mapping file only if present, unless it is among the checksummed names); an archive
+    that is corrupt, lacks a member or holds an oversized one is deleted, so that a rerun downloads it again."""
     target.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(archive) as zf:
-            members = {Path(m).name: m for m in zf.namelist()}
+            members = {Path(m.filename).name: m for m in zf.infolist()}
             for name in names:
+                if name not in members and name == OFFICIAL_MAPPING and names.count(name) == 1:
+                    continue
                 if name not in members:
-                    if name == OFFICIAL_MAPPING:
-                        continue
-                    raise DataError(f"{archive}: has no member {name}")
-                tmp = target / (name + ".tmp")
-                with zf.open(members[name]) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                os.replace(tmp, target / name)
-    except (zipfile.BadZipFile, EOFError, zlib.error) as err:  # zlib.error: a damaged deflated member
+                    raise DataError(f"{archive}: has no member {name}; deleted, rerun to download again")
+                _extract_member(zf, members[name], target / name)
+    except (zipfile.BadZipFile, EOFError, zlib.error, DataError) as err:  # zlib.error: a damaged deflated member
         archive.unlink(missing_ok=True)
         shutil.rmtree(target, ignore_errors=True)  # no half-extracted leftovers
+        if isinstance(err, DataError):
+            raise
         raise DataError(f"{archive}: corrupt zip archive ({err}); deleted, rerun to download again") from None
+
+
+def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, out: Path) -> None:
+    """One member, copied with a size cap (its header's size is the archive's word, not a promise)."""
+    if member.file_size > MAX_MEMBER_BYTES:
+        raise DataError(
+            f"{member.filename}: {member.file_size} bytes, more than a member may hold ({MAX_MEMBER_BYTES})"
+        )
+
+    def copy(tmp: Path) -> None:
+        copied = 0
+        with zf.open(member) as src, open(tmp, "wb") as dst:
+            while block := src.read(CHUNK):
+                copied += len(block)
+                if copied > MAX_MEMBER_BYTES:
+                    raise DataError(f"{member.filename}: more than {MAX_MEMBER_BYTES} bytes when extracted")
+                dst.write(block)
+
+    atomic_write(out, copy)
