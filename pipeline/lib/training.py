@@ -188,15 +188,13 @@ def _log_outputs(run, trainer: Trainer, final: Path, registered_name: str | None
 
 
 def _loss_curve(history: pd.DataFrame, title: str):
-    """The run's train and val MSE per epoch, a figure for the tracker."""
-    import matplotlib
+    """The run's train and val MSE per epoch, a figure for the tracker (not pyplot's: nothing to close)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
     ax.plot(history.epoch, history.train_loss, "o-", label="train")
     ax.plot(history.epoch, history.val_loss, "s-", label="val")
     ax.set(xlabel="epoch", ylabel="MSE", yscale="log", title=title)
     ax.legend()
-    return fig
+    return figure
