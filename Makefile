@@ -10,7 +10,7 @@ RUN ?=
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install repro test test-all lint format bench bench-epochs lineage clean-venv
+.PHONY: install repro test test-all fuzz lint format bench bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 # everything: the fast suite, then the end-to-end tests that run real dvc, mlflow servers and killed processes
 test-all: test
 	$(PYTEST) -m slow
+
+# the codec's decoder against 20,000 mutated streams per mode (the suite runs 300)
+fuzz: $(STAMP)
+	CNZ_FUZZ_MUTATIONS=20000 $(BIN)/python -m pytest -q tests/test_codec_format.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -75,11 +75,14 @@ def train_calibration(model, train_images: np.ndarray) -> tuple[np.ndarray, np.n
     return calibrate_uint8(encode_latents(model, train_images))
 
 
-def _prior_family(model, n: int):
+def _require_prior(model) -> None:
     if model.prior is None:
-        raise CodecError(
-            f"mode entropy needs a variant with rate_weight > 0 ({model.spec.description or 'this one'} has none)"
-        )
+        description = model.spec.description or "this one"
+        raise CodecError(f"mode entropy needs a variant with rate_weight > 0 ({description} has none)")
+
+
+def _prior_family(model, n: int):
+    _require_prior(model)
     with torch.no_grad():
         loc, scale = model.prior.loc.double().cpu().numpy(), model.prior.scale().double().cpu().numpy()
     family = constriction.stream.model.QuantizedLaplace(-SYMBOL_LIMIT, SYMBOL_LIMIT)
@@ -166,7 +169,9 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
             f"stream lengths do not add up: payload {size} bytes for {n} images x {dim} dims "
             f"in a {len(stream)}-byte {mode} stream"
         )
-    _check_count(mode, n, dim, size, side)
+    if mode == "entropy":
+        _require_prior(model)
+    _check_count(mode, n, dim, size, side, model)
     payload = stream[offset + 4 : offset + 4 + size]
     if mode == "entropy":
         symbols = _range_decode(payload, *_prior_family(model, n))
@@ -178,21 +183,28 @@ def unpack(model, model_file: Path, stream: bytes) -> tuple[str, torch.Tensor]:
     return mode, dequantize_uint8(codes, side[0].copy(), side[1].copy())
 
 
-def _check_count(mode: str, n: int, dim: int, size: int, side: np.ndarray) -> None:
+def _check_count(mode: str, n: int, dim: int, size: int, side: np.ndarray, model) -> None:
     """Refuse a header whose image count no real stream of this size could hold, before anything is allocated:
-    more than MAX_LATENTS latents, or (uint8_range) more codes than the payload's bits can carry, each code costing
-    at least -log2 of its Gaussian's most probable bin."""
+    more than MAX_LATENTS latents, or more codes than the payload's bits can carry, each code costing at least
+    -log2 of the most probable bin of its coding model."""
     if n * dim > MAX_LATENTS:
-        raise CodecError(
-            f"stream claims {n} images x {dim} dims, more than the {MAX_LATENTS} latents a stream may hold"
-        )
+        raise CodecError(f"stream claims {n} images x {dim} dims, more than the {MAX_LATENTS} latents it may hold")
+    if mode != "uint8" and n * _min_bits_per_image(mode, side, model) > 8 * size + 64:  # 64: the coder's last state
+        raise CodecError(f"stream lengths do not add up: {n} images need more than its {size}-byte payload")
+
+
+def _min_bits_per_image(mode: str, side: np.ndarray, model) -> float:
+    """The fewest bits any image can take: -log2 of each dimension's most probable bin, summed. A bin holds at most
+    the mass around the mode, or a tail gathered into an edge bin."""
     if mode == "uint8_range":
-        # a bin's probability is at most the central bin's, or an edge bin's with the mean on the edge
         spread = side[3].astype(np.float64) * math.sqrt(2)
         top = [max(math.erf(0.5 / s), 0.5 * math.erfc(-0.5 / s)) for s in spread]
-        bits_per_image = float(-np.log2(np.minimum(top, 1.0)).sum())
-        if n * bits_per_image > 8 * size + 64:  # 64: the range coder's final state
-            raise CodecError(f"stream lengths do not add up: {n} images need more than its {size}-byte payload")
+    else:
+        with torch.no_grad():
+            loc, scale = model.prior.loc.double().cpu().numpy(), model.prior.scale().double().cpu().numpy()
+        edge = 0.5 * np.exp(-np.maximum(SYMBOL_LIMIT - 0.5 - np.abs(loc), 0) / scale)
+        top = np.maximum(1 - np.exp(-0.5 / scale), edge)
+    return float(-np.log2(np.clip(top, 1e-300, 1.0)).sum())
 
 
 def _check_side(mode: str, side: np.ndarray) -> None:
