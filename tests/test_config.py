@@ -56,6 +56,8 @@ variants:
 """
 RAW = yaml.load(BASE_YAML, Loader=UniqueKeyLoader)
 REPO_PARAMS = paths.REPO_ROOT / "params.yaml"
+MINIMAL_VARIANT = {"encoder_filters": [4], "encoder_strides": [2], "latent_dim": 2, "decoder_filters": [4],
+                   "decoder_strides": [2]}  # fmt: skip
 
 
 def valid() -> dict:
@@ -519,34 +521,12 @@ def test_train_cli_as_a_module_rejects_bad_params(tmp_path):
     ],
 )
 def test_new_sections_name_the_bad_key(section, key, value, message):
-    raw = {
-        "variants": {
-            "m": {
-                "encoder_filters": [4],
-                "encoder_strides": [2],
-                "latent_dim": 2,
-                "decoder_filters": [4],
-                "decoder_strides": [2],
-            }
-        },
-        section: {key: value},
-    }
+    raw = {"variants": {"m": MINIMAL_VARIANT}, section: {key: value}}
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_params(raw)
 
 
 def test_negative_rate_weight_is_an_error():
-    raw = {
-        "variants": {
-            "m": {
-                "encoder_filters": [4],
-                "encoder_strides": [2],
-                "latent_dim": 2,
-                "decoder_filters": [4],
-                "decoder_strides": [2],
-                "rate_weight": -1,
-            }
-        }
-    }
+    raw = {"variants": {"m": {**MINIMAL_VARIANT, "rate_weight": -1}}}
     with pytest.raises(ConfigError, match=re.escape("variants.m.rate_weight: expected a number >= 0")):
         parse_params(raw)

@@ -18,6 +18,7 @@ from pipeline.lib.idx import read_idx, verify_checksums
 from pipeline.lib.io import DataError, sha256_file
 from pipeline.lib.prepared import load_manifest, load_split
 from pipeline.stages import prepare as stage
+from tests.conftest import TINY_SPEC
 from tests.fakedata import make_emnist_dir
 
 PREFIX = "emnist-balanced-"
@@ -182,20 +183,8 @@ def test_prepare_stage_end_to_end_from_official_url(server, sums, project_root, 
         return fetch(url, raw_dir, checksums=sums)
 
     monkeypatch.setattr(stage, "fetch_official", fetch_with_fake_sums)
-    params = parse_params(
-        {
-            "variants": {
-                "m": {
-                    "encoder_filters": [4],
-                    "encoder_strides": [2],
-                    "latent_dim": 2,
-                    "decoder_filters": [4],
-                    "decoder_strides": [2],
-                }
-            },
-            "data": {"source": "emnist-balanced", "url": server.url, "val_fraction": 0.2, "seed": 1},
-        }
-    )
+    data = {"source": "emnist-balanced", "url": server.url, "val_fraction": 0.2, "seed": 1}
+    params = parse_params({"variants": {"m": TINY_SPEC}, "data": data})
     message = stage.prepare(params)
     prepared, raw = project_root / "data" / "prepared", project_root / "data" / "raw"
     assert calls == [(server.url, raw)] and str(prepared) in message

@@ -35,27 +35,6 @@ from pipeline.tools import codec as codec_tool
 from tests.conftest import TINY_SPEC
 from tests.fakedata import make_emnist_dir, write_idx
 
-REQUIRED_KEYS = {
-    "mse",
-    "psnr",
-    "psnr_pooled",
-    "ssim",
-    "mse_decoder",
-    "psnr_decoder",
-    "ssim_decoder",
-    "max_abs_diff_decoder",
-    "train_loss",
-    "val_loss",
-    "latent_dim",
-    "bytes_per_image_float32",
-    "compression_ratio_float32",
-    "bytes_per_image_uint8",
-    "bytes_per_image_uint8_range",
-    "psnr_uint8",
-    "n_test",
-    "seed_protocol",
-    "per_class",
-}
 RAW_PARAMS = {
     "train": {"epochs": 1, "batch_size": 64, "threads": 1},
     "classifier": {"epochs": 5, "batch_size": 32},  # enough to classify the fake glyphs
@@ -123,7 +102,7 @@ def model_path(variant: str = "tinyA") -> Path:
 def test_metrics_json_has_the_documented_keys(workspace):
     result = run_evaluate(workspace, "tinyA")
     written = json.loads(paths.metrics_file("tinyA-seed0").read_text())
-    assert REQUIRED_KEYS <= written.keys()
+    assert schema.REQUIRED.keys() <= written.keys()
     assert written["n_test"] == 94 and written["latent_dim"] == 8
     assert written["bytes_per_image_float32"] == 32 and written["compression_ratio_float32"] == 784 / 32
     assert len(written["per_class"]) == 47 and {"char", "mse", "psnr", "ssim"} <= written["per_class"][0].keys()

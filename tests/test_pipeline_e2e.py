@@ -10,30 +10,11 @@ import pytest
 import torch
 import yaml
 
+from pipeline.lib import schema
 from tests.conftest import TINY_SPEC as TINY
 from tests.conftest import make_project, run
 from tests.fakedata import make_emnist_dir
 
-REQUIRED_KEYS = {
-    "mse",
-    "psnr",
-    "psnr_pooled",
-    "ssim",
-    "mse_decoder",
-    "psnr_decoder",
-    "ssim_decoder",
-    "max_abs_diff_decoder",
-    "train_loss",
-    "val_loss",
-    "latent_dim",
-    "bytes_per_image_float32",
-    "compression_ratio_float32",
-    "n_test",
-    "seed_protocol",
-    "per_class",
-    "dead_latent_units",
-    "effective_latent_dims",
-}
 RUNS = ["tiny1-seed0", "tiny1-seed1", "tiny2-seed0", "tiny2-seed1"]
 TRAIN = {"train@tiny1-0", "train@tiny1-1", "train@tiny2-0", "train@tiny2-1"}
 EVALUATE = {stage.replace("train@", "evaluate@") for stage in TRAIN}
@@ -59,7 +40,7 @@ def test_pipeline_produces_every_output(project):
     for name in RUNS:
         assert (root / "models" / f"{name}.pt").exists()
         metrics = json.loads((root / "reports" / "metrics" / f"{name}.json").read_text())
-        assert REQUIRED_KEYS <= metrics.keys()
+        assert schema.REQUIRED.keys() <= metrics.keys()
         assert len(metrics["per_class"]) == 47
         assert metrics["max_abs_diff_decoder"] < 1e-6
         assert metrics["n_test"] == 94
