@@ -266,7 +266,7 @@ def test_a_training_run_missing_from_the_store_gets_a_finished_run_of_its_own(wo
     trained_id = torch.load(model_path(), weights_only=False)["mlflow_run_id"]
     client(workspace).delete_run(trained_id)
     result = run_evaluate(workspace, "tinyA", tracking.MlflowTracker())
-    assert f"training run {trained_id} not in this store; logging to a new run" in capsys.readouterr().out
+    assert f"training run {trained_id} is not in this store; logging to a new run" in capsys.readouterr().out
     run = client(workspace).get_run(result["run"]["mlflow_run_id"])
     assert run.info.run_id != trained_id and run.info.run_name == "tinyA-seed0-evaluate"
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "evaluate@tinyA-0"

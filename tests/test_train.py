@@ -558,7 +558,7 @@ def test_cli_errors_are_one_line_and_exit_1(root, store, tmp_path, capsys):
     shutil.rmtree(root / "data" / "prepared")
     assert train_stage.main([VARIANT, "--seed", "0", "--params", str(params)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("train: error: ") and "manifest.json: cannot read" in err
+    assert err.startswith("train: error: ") and "manifest.json: missing; run the prepare stage first" in err
     assert not (root / "models").exists()
     with pytest.raises(SystemExit) as exit_:
         train_stage.main([VARIANT, "--params", str(params)])  # --seed is required

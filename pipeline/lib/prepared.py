@@ -59,9 +59,16 @@ def load_mapping(prepared: Path) -> list[str]:
 
 
 def load_manifest(prepared: Path) -> dict:
-    return json.loads((prepared / "manifest.json").read_text())
+    return json.loads(_manifest_file(prepared).read_text())
 
 
 def manifest_digest(prepared: Path) -> str:
     """sha256 of manifest.json, which itself holds the sha256 of every prepared array."""
-    return sha256_file(prepared / "manifest.json")
+    return sha256_file(_manifest_file(prepared))
+
+
+def _manifest_file(prepared: Path) -> Path:
+    path = prepared / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the prepare stage first (dvc repro prepare)")
+    return path

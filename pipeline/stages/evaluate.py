@@ -42,7 +42,8 @@ def _target_run(tracker: tracking.Tracker, trained_run_id: str | None, result: d
     """The training run recorded in the model file; a run of its own if this store does not have it."""
     run = tracker.attach(trained_run_id)
     if run is None:
-        print(f"evaluate: training run {trained_run_id} not in this store; logging to a new run")
+        why = f"training run {trained_run_id} is not in this store" if trained_run_id else "no training run recorded"
+        print(f"evaluate: {why}; logging to a new run")
         stage = provenance.stage_name("evaluate", result["variant"], result["seed"])
         tags = {**tracking.run_tags(stage), "variant": result["variant"], "seed": str(result["seed"])}
         run = tracker.new_finished_run(f"{run_name(result['variant'], result['seed'])}-evaluate", tags)
