@@ -35,7 +35,7 @@ from pipeline.stages.classifier import train_classifier
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import train
-from pipeline.tools import lineage
+from pipeline.tools import lineage, lineage_checks
 from tests.conftest import REPO, TINY_SPEC, make_project, run
 from tests.fakedata import make_emnist_dir
 
@@ -187,11 +187,11 @@ def test_params_drift_reads_dvcs_yaml_floats_and_names_each_changed_leaf(tmp_pat
     )
     lock = provenance.read_lock(tmp_path)
     current = yaml.safe_load("train: {adam_eps: 1.0e-7, lr: 0.002}\nvariants: {tiny: {latent_dim: 8, norm: batch}}\n")
-    assert lineage.params_drift(lock, TRAIN, current) == [
+    assert lineage_checks.params_drift(lock, TRAIN, current) == [
         ("train.lr", 0.001, 0.002),
         ("variants.tiny.norm", None, "batch"),
     ]
-    assert lineage.params_drift(lock, "evaluate@tiny-0", current) == []  # not locked: nothing to compare
+    assert lineage_checks.params_drift(lock, "evaluate@tiny-0", current) == []  # not locked: nothing to compare
 
 
 # ---------------------------------------------------------------- the lineage command, in-process project
