@@ -87,6 +87,11 @@ def figures_dir() -> Path:
     return reports_dir() / "figures"
 
 
+def under(project: Path, path: Path) -> Path:
+    """`path` (one of this module's) as it lies in the project at `project`; Path() gives it relative to the root."""
+    return project / path.relative_to(root())
+
+
 def resolve_source(source: str) -> str | Path:
     """data.source: the official dataset's name, or a local directory as an absolute path (relative: to the root)."""
     if source == OFFICIAL_SOURCE:

@@ -89,12 +89,11 @@ class Chain:
 
     @property
     def metrics_path(self) -> str:
-        return f"reports/metrics/{self.name}.json"
+        return paths.under(Path(), paths.metrics_file(self.name)).as_posix()
 
 
 def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
     """(run name, model file) of every run TARGET names."""
-    models = project.root / "models"
     path = next((p for p in (Path(target), project.root / target) if p.suffix == ".pt" and p.is_file()), None)
     if path:
         saved = load_model_meta(path)
@@ -114,7 +113,7 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
                 f"model01-seed0, nor a training run in {project.uri}"
             )
         names = [run_name(tags["variant"], int(tags["seed"]))]
-    return [(name, models / f"{name}.pt") for name in names]
+    return [(name, paths.under(project.root, paths.model_file(name))) for name in names]
 
 
 def load_model_meta(path: Path) -> dict | None:
@@ -126,8 +125,8 @@ def load_model_meta(path: Path) -> dict | None:
 
 def gather(project: Project, name: str, model_path: Path) -> Chain:
     match = RUN_NAME.fullmatch(name)
-    data_dir = project.root / "data" / "prepared"
-    metrics_file = project.root / "reports" / "metrics" / f"{name}.json"
+    data_dir = paths.under(project.root, paths.prepared_dir())
+    metrics_file = paths.under(project.root, paths.metrics_file(name))
     saved = load_model_meta(model_path)
     manifest = prepared.load_manifest(data_dir) if (data_dir / "manifest.json").exists() else None
     return Chain(
