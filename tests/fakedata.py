@@ -73,3 +73,70 @@ def write_sha256sums(directory: Path) -> None:
         if p.is_file() and p.name != "SHA256SUMS"
     ]
     (directory / "SHA256SUMS").write_text("".join(lines))
+
+
+def write_keras_file(path: Path, layers: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """A .keras file laid out like the study's (a zip holding model.weights.h5 with layers/<name>/vars/0 and 1);
+    returns its sha256."""
+    import io
+    import zipfile
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        for name, arrays in layers.items():
+            for i, array in enumerate(arrays):
+                h5.create_dataset(f"layers/{name}/vars/{i}", data=array)
+        h5.create_group("layers/flatten/vars")  # weightless layers have an empty vars group
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", '{"keras_version": "2.15.0"}')
+        archive.writestr("model.weights.h5", buffer.getvalue())
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def keras_layout(model) -> tuple[dict, dict]:
+    """A torch Autoencoder's weights as the study's Keras encoder and decoder store them (channels-last kernels,
+    Dense weights over (H, W, C)-ordered maps), named as Keras names layers; written independently of the loader."""
+    import torch
+
+    spec, size = model.spec, model.spec.encoded_size()
+    channels = spec.encoder_filters[-1]
+    names = {torch.nn.Conv2d: "conv2d", torch.nn.ConvTranspose2d: "conv2d_transpose", torch.nn.Linear: "dense"}
+    out = []
+    for stack, is_encoder in ((model.encoder, True), (model.decoder, False)):
+        layers, counts = {}, {}
+        for module in stack:
+            kind = next((n for cls, n in names.items() if isinstance(module, cls)), None)
+            if kind is None:
+                continue
+            w, b = module.weight.detach().numpy(), module.bias.detach().numpy()
+            if kind != "dense":
+                w = w.transpose(2, 3, 1, 0)
+            elif is_encoder:
+                w = w.reshape(-1, channels, size, size).transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+            else:
+                w = w.reshape(channels, size, size, -1).transpose(3, 1, 2, 0).reshape(w.shape[1], -1)
+                b = b.reshape(channels, size, size).transpose(1, 2, 0).reshape(-1)
+            number = counts.get(kind, 0)
+            counts[kind] = number + 1
+            layers[f"{kind}_{number}" if number else kind] = (w, b)
+        out.append(layers)
+    return out[0], out[1]
+
+
+def fake_study_weights(directory: Path, model: str, spec=None) -> dict[str, str]:
+    """The study's two .keras files for `model`, holding a seeded random model of `spec` (the tests' tiny one by
+    default), and a checksums file pinning them: the study section's `source` and `checksums` that load them."""
+    import torch
+
+    from pipeline.lib.config import VariantSpec
+    from pipeline.lib.keras_weights import study_files
+    from pipeline.lib.models import build_model
+    from tests.conftest import TINY_SPEC
+
+    torch.manual_seed(0)
+    layers = keras_layout(build_model(spec or VariantSpec(**TINY_SPEC)))
+    sums = [f"{write_keras_file(directory / name, part)}  {name}" for name, part in zip(study_files(model), layers)]
+    (directory / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return {"source": str(directory), "checksums": str(directory / "SHA256SUMS")}

@@ -100,8 +100,8 @@ def load_model(path: Path, device: torch.device) -> tuple[Autoencoder, dict]:
 
 
 def build_model(spec: VariantSpec | dict) -> Autoencoder:
-    if isinstance(spec, dict):  # as stored in a model file
-        spec = VariantSpec(**spec)
+    if isinstance(spec, dict):  # as stored in a model file; files from before spec.padding was symmetric
+        spec = VariantSpec(**{"padding": "symmetric", **spec})
     return Autoencoder(spec)
 
 
@@ -127,12 +127,63 @@ def _conv_block(spec: VariantSpec, conv: nn.Module, channels: int, filters: int,
     return [conv, *_norm(spec, filters), ACTIVATIONS[spec.activation]()]
 
 
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's 'same' padding: out = ceil(in / stride), and where the total padding is odd the
+    extra row and column go after the image (a stride-2 conv on 28 pads only bottom and right, so output pixel i
+    is centred on input pixel 2i + 1). The study's Keras model pads this way; symmetric padding centres on 2i."""
+
+    def __init__(self, channels: int, filters: int, kernel_size: int, stride: int):
+        super().__init__(channels, filters, kernel_size, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.pad(x, _same_padding(x, self.kernel_size[0], self.stride[0])))
+
+
+def _same_padding(x: torch.Tensor, kernel: int, stride: int) -> tuple[int, int, int, int]:
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad's order: last dimension first
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return tuple(pads)
+
+
+class SameConvTranspose2d(nn.ConvTranspose2d):
+    """ConvTranspose2d with TensorFlow's 'same' padding: out = in * stride, taken from the full transposed
+    convolution by dropping max(kernel - stride, 0) // 2 rows and columns before (a stride-2 3x3 layer on 14 keeps
+    the first 28 of 29; PyTorch's padding + output_padding keeps the last 28), zeros after where the full one is
+    shorter (kernel < stride), and the bias added last, on every output pixel, as TensorFlow adds it."""
+
+    def __init__(self, channels: int, filters: int, kernel_size: int, stride: int):
+        super().__init__(channels, filters, kernel_size, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stride, kernel = self.stride[0], self.kernel_size[0]
+        full = nn.functional.conv_transpose2d(x, self.weight, None, stride)
+        start = max(kernel - stride, 0) // 2
+        height, width = x.shape[-2] * stride, x.shape[-1] * stride
+        out = full[..., start : start + height, start : start + width]
+        if out.shape[-2:] != (height, width):
+            out = nn.functional.pad(out, (0, width - out.shape[-1], 0, height - out.shape[-2]))
+        return out + self.bias[:, None, None]
+
+
+def _symmetric_conv(channels: int, filters: int, kernel_size: int, stride: int) -> nn.Conv2d:
+    return nn.Conv2d(channels, filters, kernel_size, stride, kernel_size // 2)
+
+
+def _symmetric_conv_transpose(channels: int, filters: int, kernel_size: int, stride: int) -> nn.ConvTranspose2d:
+    # output_padding = stride - 1 gives out = in * stride, from the last rows of the full transposed convolution
+    return nn.ConvTranspose2d(channels, filters, kernel_size, stride, kernel_size // 2, output_padding=stride - 1)
+
+
+# spec.padding -> (conv, transposed conv). The layers' parameters are the same either way; only alignment differs.
+PADDINGS = {"tensorflow": (SameConv2d, SameConvTranspose2d), "symmetric": (_symmetric_conv, _symmetric_conv_transpose)}
+
+
 def _encoder(spec: VariantSpec) -> nn.Sequential:
-    layers, channels, pad = [], 1, spec.kernel_size // 2
+    layers, channels, conv = [], 1, PADDINGS[spec.padding][0]
     for filters, stride in zip(spec.encoder_filters, spec.encoder_strides):
-        layers += _conv_block(
-            spec, nn.Conv2d(channels, filters, spec.kernel_size, stride, pad), channels, filters, stride
-        )
+        layers += _conv_block(spec, conv(channels, filters, spec.kernel_size, stride), channels, filters, stride)
         channels = filters
     size = spec.encoded_size()
     layers += [nn.Flatten(), nn.Linear(channels * size * size, spec.latent_dim), ACTIVATIONS[spec.latent_activation]()]
@@ -141,17 +192,16 @@ def _encoder(spec: VariantSpec) -> nn.Sequential:
 
 def _decoder(spec: VariantSpec) -> nn.Sequential:
     channels, size, k = spec.encoder_filters[-1], spec.encoded_size(), spec.kernel_size
+    conv_transpose = PADDINGS[spec.padding][1]
     layers = [
         nn.Linear(spec.latent_dim, channels * size * size),
         ACTIVATIONS[spec.activation](),
         nn.Unflatten(1, (channels, size, size)),
     ]
     for filters, stride in zip(spec.decoder_filters, spec.decoder_strides):
-        # output_padding = stride - 1 makes 'same' padding exact: out = in * stride, as in Keras
-        conv = nn.ConvTranspose2d(channels, filters, k, stride, k // 2, output_padding=stride - 1)
-        layers += _conv_block(spec, conv, channels, filters, stride)
+        layers += _conv_block(spec, conv_transpose(channels, filters, k, stride), channels, filters, stride)
         channels = filters
-    layers += [nn.ConvTranspose2d(channels, 1, k, 1, k // 2), ACTIVATIONS[spec.output_activation]()]
+    layers += [conv_transpose(channels, 1, k, 1), ACTIVATIONS[spec.output_activation]()]
     return nn.Sequential(*layers)
 
 

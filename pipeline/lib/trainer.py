@@ -18,6 +18,32 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class KerasEpsilon:
+    """Adam's epsilon where Keras and TensorFlow add it: to sqrt(v) before bias correction, so at step t it weighs
+    1 / sqrt(1 - beta2^t) times more than PyTorch's (31.6x at step 1). With PyTorch's placement the study's model
+    took near sign-sized steps on its tiny early gradients and collapsed to a constant image within 5 steps, where
+    Keras from the same weights did not (reports/results/README.md, Keras vs port)."""
+
+    def __init__(self, params, eps: float, **kwargs):
+        super().__init__(params, eps=eps, **kwargs)
+        self.keras_eps = eps
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            state = self.state.get(group["params"][0])
+            step = 1 + (int(state["step"]) if state else 0)  # from the state: exact after a resume
+            group["eps"] = self.keras_eps / math.sqrt(1 - group["betas"][1] ** step)
+        return super().step(closure)
+
+
+class KerasAdam(KerasEpsilon, torch.optim.Adam):
+    pass
+
+
+class KerasAdamW(KerasEpsilon, torch.optim.AdamW):
+    pass
+
+
 class Trainer:
     """One variant's training loop; state (model, optimizer, scheduler, history) is checkpointable."""
 
@@ -36,7 +62,7 @@ class Trainer:
         self.history: list[dict] = []
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        kind = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        kind = KerasAdamW if self.cfg.optimizer == "adamw" else KerasAdam
         return kind(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
 
     def _scheduler(self, steps_per_epoch: int):
