@@ -92,9 +92,24 @@ def under(project: Path, path: Path) -> Path:
     return project / path.relative_to(root())
 
 
+def study_raw_dir() -> Path:
+    return raw_dir() / "study-weights"
+
+
+def study_model_file(model: str) -> Path:
+    return models_dir() / "study" / f"{model}.pt"
+
+
+def study_metrics_file(model: str) -> Path:
+    return reports_dir() / "study" / f"{model}.json"
+
+
+def project_path(value: str) -> Path:
+    """A path from params.yaml: absolute, or relative to the project root."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (root() / path).resolve()
+
+
 def resolve_source(source: str) -> str | Path:
     """data.source: the official dataset's name, or a local directory as an absolute path (relative: to the root)."""
-    if source == OFFICIAL_SOURCE:
-        return source
-    path = Path(source).expanduser()
-    return path if path.is_absolute() else (root() / path).resolve()
+    return source if source == OFFICIAL_SOURCE else project_path(source)

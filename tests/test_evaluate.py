@@ -22,7 +22,7 @@ from pipeline import paths, tracking
 from pipeline.lib import classifier, codec, rate_distortion, report_text, schema
 from pipeline.lib.config import CodecConfig, VariantSpec, parse_params
 from pipeline.lib.dataset import prepare_from_directory
-from pipeline.lib.evaluation import evaluate_model, latent_diagnostics
+from pipeline.lib.evaluation import evaluate_model, final_losses, latent_diagnostics
 from pipeline.lib.io import DataError
 from pipeline.lib.losses import OBJECTIVES
 from pipeline.lib.models import build_model, load_model, training_flops_per_image
@@ -213,7 +213,7 @@ def test_the_library_evaluation_is_deterministic_and_the_stage_adds_only_the_run
         0,
         elsewhere / "tinyA-seed0.pt",
         elsewhere / "prepared",
-        elsewhere / "tinyA-seed0.csv",
+        final_losses(elsewhere / "tinyA-seed0.csv"),
         elsewhere / "classifier.pt",
     )
     library = evaluation.metrics

@@ -15,12 +15,12 @@ import yaml
 from pipeline import cli
 from pipeline.lib import config
 from tests.conftest import REPO, TINY_SPEC
-from tests.fakedata import make_emnist_dir
+from tests.fakedata import fake_study_weights, make_emnist_dir
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 CONFIG_CLASSES = [cls for cls in vars(config).values() if dataclasses.is_dataclass(cls) and cls is not config.Compute]
-RUN = ("tiny", 0)
-ORDER = ["prepare", "classifier", "baselines", "train", "evaluate", "report"]
+RUN = ("model01", 0)  # a tiny architecture under a study model's name, so that the study stage runs on it too
+ORDER = ["prepare", "classifier", "baselines", "train", "evaluate", "study", "report"]
 
 
 class Recorder:
@@ -63,6 +63,7 @@ def reads(tmp_path_factory) -> dict[str, set[str]]:
     raw["mlflow"]["log_model"] = False
     raw["rate_distortion"].update(jpeg_qualities=[50], webp_qualities=[50], pca_dims=[8])
     raw["classifier"]["epochs"] = 1
+    raw["study"].update(models=[RUN[0]], **fake_study_weights(tmp_path_factory.mktemp("study"), RUN[0]))
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     recorder, found = Recorder(), {}
     with pytest.MonkeyPatch.context() as patch:
@@ -74,6 +75,7 @@ def reads(tmp_path_factory) -> dict[str, set[str]]:
             patch.setattr(cls, "__getattribute__", lambda obj, name: recorder.getattribute(obj, name))
         for stage in ORDER:
             argv = [RUN[0], "--seed", str(RUN[1])] if "matrix" in STAGES[stage] else []
+            argv = [RUN[0]] if stage == "study" else argv
             module = importlib.import_module(f"pipeline.stages.{stage}")
             assert module.main(argv) == 0, stage
             found[stage] = set(recorder.reads)
@@ -81,7 +83,8 @@ def reads(tmp_path_factory) -> dict[str, set[str]]:
 
 
 def declared(stage: str) -> set[str]:
-    return {str(key).replace("${item.variant}", RUN[0]) for key in STAGES[stage].get("params", [])}
+    keys = (str(key).replace("${item.variant}", RUN[0]) for key in STAGES[stage].get("params", []))
+    return {key.replace("${item.model}", RUN[0]) for key in keys}
 
 
 @pytest.mark.parametrize("stage", ORDER)

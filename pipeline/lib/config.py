@@ -19,6 +19,11 @@ from pipeline.lib.typed_yaml import ConfigError, UniqueKeyLoader, load_dataclass
 
 OFFICIAL_SOURCE = "emnist-balanced"
 OFFICIAL_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
+STUDY_SOURCE = "github"  # the study's published weights from its repository, at a pinned commit
+STUDY_URL = (
+    "https://raw.githubusercontent.com/mdhabibi/Neural-Compression-with-Autoencoders/"
+    "7dc9d51fe22b1675a8fb621f557de5af1a227557/models"
+)
 IMAGE_SIZE = 28
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # no leading "-": it is a CLI argument
 CUDA_DEVICE = re.compile(r"cuda:[0-9]+")
@@ -46,7 +51,7 @@ class TrainConfig:
     lr: float = 1e-3
     steps_per_epoch: int | None = None  # None: one full pass over the train split per epoch
     optimizer: Literal["adam", "adamw"] = "adam"
-    adam_eps: float = 1e-7  # Keras' default, as in the study
+    adam_eps: float = 1e-7  # Keras' default, as in the study, added where Keras adds it (trainer.KerasEpsilon)
     weight_decay: float = 0.0
     schedule: Literal["constant", "onecycle", "cosine"] = "constant"
     # mse: the pooled error. log_mse: the mean over images of log(per-image MSE + 1e-5), i.e. mean per-image PSNR.
@@ -76,7 +81,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """One autoencoder architecture. Conv layers use 'same' padding (kernel_size // 2)."""
+    """One autoencoder architecture. Conv layers use 'same' padding: out = ceil(in / stride), or in * stride."""
 
     encoder_filters: list[int]
     encoder_strides: list[int]
@@ -88,6 +93,8 @@ class VariantSpec:
     latent_activation: Activation = "relu"
     output_activation: Literal["sigmoid"] = "sigmoid"
     init: Literal["glorot_uniform", "he_uniform", "torch_default"] = "glorot_uniform"
+    # tensorflow: 'same' padding as Keras/TensorFlow align it (the study's); symmetric: PyTorch's usual kernel // 2
+    padding: Literal["tensorflow", "symmetric"] = "tensorflow"
     # true: every stride-1 conv whose input and output channels match adds its input back (x + conv(act(x)))
     residual: bool = False
     # normalisation of every hidden conv's output, before its activation (with residual: inside the branch, x +
@@ -226,6 +233,19 @@ class RateDistortionConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """Where the study stage gets the study's published .keras files (always checked against pinned SHA-256s)."""
+
+    source: str = STUDY_SOURCE  # "github" (url below) or a directory holding the files
+    url: str = STUDY_URL
+    checksums: str = "pipeline/study_weights.sha256"  # the files' pinned SHA-256s (relative: to the project root)
+    models: list[str] = field(default_factory=list)  # which variants get the study's weights (study@<model>)
+
+    def check(self, path: str) -> None:
+        require(bool(self.source.strip()), f"{path}.source", f"'{STUDY_SOURCE}' or a directory", self.source)
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     """What the train stage logs besides params and metrics. The experiment is MLflow's own setting
     (MLFLOW_EXPERIMENT_NAME), not a param: renaming it must not retrain anything."""
@@ -247,6 +267,7 @@ class Params:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     rate_distortion: RateDistortionConfig = field(default_factory=RateDistortionConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def check(self, path: str) -> None:
         require(len(self.variants) > 0, "variants", "at least one variant", self.variants)
@@ -263,6 +284,8 @@ class Params:
             "a non-empty list of distinct integers >= 0",
             self.seeds,
         )
+        for name in self.study.models:
+            require(name in self.variants, "study.models", "names of variants (the study's architectures)", name)
         for name, spec in self.variants.items():  # the rate term is weighed against MSE, not its log
             loss = self.train_for(name).loss
             require(

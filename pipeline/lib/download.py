@@ -15,7 +15,7 @@ from urllib.request import Request, urlopen
 from tqdm import tqdm
 
 from pipeline.lib.idx import verify_checksums
-from pipeline.lib.io import CHUNK, DataError, atomic_write
+from pipeline.lib.io import CHUNK, DataError, atomic_write, sha256_file
 
 OFFICIAL_SHA256 = {
     "emnist-balanced-train-images-idx3-ubyte.gz": "74295e75e4e9fa2c102147460ee7eb763653d5132d883a84fb88932bfb8d2db4",
@@ -58,7 +58,25 @@ def _verified(directory: Path, checksums: dict[str, str]) -> bool:
         return False
 
 
-def download(url: str, dest: Path, timeout: float = 30) -> None:
+def fetch_verified(base_url: str, checksums: dict[str, str], directory: Path, offline_hint: str) -> Path:
+    """Each file named in checksums from <base_url>/<name> into directory, unless it is there with its SHA-256
+    already; a download that does not match is deleted. Returns the directory."""
+    for name, want in checksums.items():
+        dest = directory / name
+        if dest.exists() and sha256_file(dest) == want:
+            continue
+        download(f"{base_url}/{name}", dest, offline_hint=offline_hint)
+        got = sha256_file(dest)
+        if got != want:
+            dest.unlink()
+            raise DataError(f"{base_url}/{name}: sha256 {got} is not the pinned {want}; the download was deleted")
+    return directory
+
+
+DATA_HINT = "Point the pipeline at a local copy instead: make repro DATA=/path/to/emnist-idx-dir (or set data.source)"
+
+
+def download(url: str, dest: Path, timeout: float = 30, offline_hint: str = DATA_HINT) -> None:
     """Download url to dest through dest.part, resuming a previous partial download with a Range request."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -69,14 +87,10 @@ def download(url: str, dest: Path, timeout: float = 30) -> None:
     except HTTPError as err:
         if err.code == 416 and start:  # the partial file is not a prefix we can extend: start again
             part.unlink()
-            return download(url, dest, timeout)
+            return download(url, dest, timeout, offline_hint)
         raise DataError(f"{url}: download failed: HTTP {err.code} {err.reason}") from None
     except (URLError, OSError) as err:
-        raise DataError(
-            f"{url}: cannot download ({getattr(err, 'reason', err)}). Offline? Point the "
-            "pipeline at a local copy instead: make repro DATA=/path/to/emnist-idx-dir "
-            "(or set data.source in params.yaml)"
-        ) from None
+        raise DataError(f"{url}: cannot download ({getattr(err, 'reason', err)}). Offline? {offline_hint}") from None
     with response:
         if start and (response.status != 206 or not _resumes_at(response, start)):
             start = 0  # the server ignored the Range header or sent another range: restart from scratch

@@ -50,9 +50,10 @@ def evaluate_model(
     seed: int,
     model_path: Path,
     prepared_dir: Path,
-    history_csv: Path,
+    final_losses: dict,
     classifier_file: Path,
 ) -> Evaluation:
+    """final_losses: the training's last train_loss, val_loss and epochs (final_losses(history_csv) for a run)."""
     cfg, compute = params.evaluate, params.compute_for(variant)
     device = pick_device(compute.device)
     configure_determinism(compute.threads)  # codec.refine_steps runs backward passes
@@ -70,7 +71,7 @@ def evaluate_model(
     flops = training_flops_per_image(model.spec, objective=training_objective)
     result.update(latent_diagnostics(latents), train_flops_per_image=flops)
     result.update(_semantic_fidelity(classifier_file, recon, labels, device))
-    result.update(_final_losses(history_csv))
+    result.update(final_losses)
     protocol = np.random.default_rng(cfg.protocol_seed).choice(len(x), cfg.protocol_images, replace=False)
     result["seed_protocol"] = {
         "indices": sorted(protocol.tolist()),
@@ -195,7 +196,7 @@ def latent_diagnostics(latents: torch.Tensor, variance_share: float = 0.99) -> d
     }
 
 
-def _final_losses(history_csv: Path) -> dict:
+def final_losses(history_csv: Path) -> dict:
     try:
         last = pd.read_csv(history_csv).iloc[-1]
     except FileNotFoundError:

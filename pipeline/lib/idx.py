@@ -107,8 +107,11 @@ def verify_checksums(directory: Path, expected: dict[str, str]) -> None:
 
 def read_sha256sums(directory: Path) -> dict[str, str]:
     path = directory / "SHA256SUMS"
-    if not path.exists():
-        return {}
+    return parse_sha256sums(path) if path.exists() else {}
+
+
+def parse_sha256sums(path: Path) -> dict[str, str]:
+    """{file name: sha256} from a `sha256sum` listing."""
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:

@@ -44,7 +44,7 @@ FIDELITY_COLUMNS = ["classifier_accuracy", "classifier_accuracy_originals", "psn
 def results_table(metrics: dict[str, dict]) -> pd.DataFrame:
     """One row per run (run name -> its metrics JSON), indexed by run name, with the "run" block's keys as columns."""
     rows = [{**m, **m["run"], "run": name} for name, m in metrics.items()]
-    return pd.DataFrame(rows).set_index("run")
+    return pd.DataFrame(rows, columns=None if rows else ["run", "variant"]).set_index("run")
 
 
 def variant_means(results: pd.DataFrame) -> pd.DataFrame:
@@ -52,21 +52,28 @@ def variant_means(results: pd.DataFrame) -> pd.DataFrame:
     return numeric.groupby(results.variant, sort=False).mean()
 
 
-def study_table(means: pd.DataFrame, n_seeds: int, reference: dict) -> pd.DataFrame:
-    """Ours (full test set, mean over seeds) beside the study's reported numbers and its published weights."""
+def study_table(means: pd.DataFrame, n_seeds: int, reference: dict, study: pd.DataFrame) -> pd.DataFrame:
+    """Ours (full test set, mean over seeds) beside the study's reported numbers and its published weights as the
+    study stage measured them (`study`: their metrics, indexed by variant)."""
     rows = []
     for variant, ours in means.iterrows():
         rows.append(
             {
                 "variant": variant,
                 "source": f"CompressNet ({int(ours.epochs)} ep, {n_seeds} seeds, {int(ours.n_test)} img)",
-                **{c: ours[c] for c in STUDY_COLUMNS},
+                **{c: ours[c] for c in [*STUDY_COLUMNS, "dead_latent_units"]},
             }
         )
         if variant in reference["reported"]:
             rows.append({"variant": variant, "source": "study, reported (10 img)", **reference["reported"][variant]})
+        if variant in study.index:
+            published = study.loc[variant]
             rows.append(
-                {"variant": variant, "source": "study weights, full test", **reference["published_weights"][variant]}
+                {
+                    "variant": variant,
+                    "source": f"study, published weights ({int(published.n_test)} img)",
+                    **{c: published[c] for c in [*STUDY_COLUMNS, "dead_latent_units"]},
+                }
             )
     return pd.DataFrame(rows).set_index(["variant", "source"])
 
@@ -159,6 +166,7 @@ def render_markdown(
     reference: dict,
     figure_names: list[str],
     rd: pd.DataFrame,
+    study: pd.DataFrame,
 ) -> str:
     means = variant_means(results)
     decoder = means[["mse_decoder", "psnr_decoder", "ssim_decoder", "max_abs_diff_decoder"]]
@@ -188,9 +196,15 @@ def render_markdown(
         "",
         _markdown(results[RUN_COLUMNS], index=False),
         "",
+        "## The study's published weights, measured here (stage study: same code, same test images)",
+        "",
+        _markdown(study.reindex(columns=[*RUN_COLUMNS, "psnr_pooled", "classifier_accuracy"]), index=False),
+        "",
+        "Their train and val losses are the study's own log; the study's seed is unknown (-1).",
+        "",
         "## The study's six quantities, ours beside theirs",
         "",
-        _markdown(study_table(means, n_seeds, reference).reset_index(), index=False),
+        _markdown(study_table(means, n_seeds, reference, study).reset_index(), index=False),
         "",
         f"The study trained {reference['epochs']} epochs, one run per model, and measured 10 random unseeded "
         "test images.",

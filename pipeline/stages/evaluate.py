@@ -17,14 +17,20 @@ from pipeline import paths, provenance, tracking
 from pipeline.cli import run_stage
 from pipeline.lib import schema
 from pipeline.lib.config import Params, flatten, run_name
-from pipeline.lib.evaluation import evaluate_model
+from pipeline.lib.evaluation import evaluate_model, final_losses
 from pipeline.lib.io import DataError, write_npy, write_text
 
 
 def evaluate(params: Params, variant: str, seed: int, tracker: tracking.Tracker) -> dict:
     name, model_path = run_name(variant, seed), paths.model_file(run_name(variant, seed))
     evaluation = evaluate_model(
-        params, variant, seed, model_path, paths.prepared_dir(), paths.history_file(name), paths.classifier_file()
+        params,
+        variant,
+        seed,
+        model_path,
+        paths.prepared_dir(),
+        final_losses(paths.history_file(name)),
+        paths.classifier_file(),
     )
     result = evaluation.metrics
     upstream = {"prepare": "prepare", "train": provenance.stage_name("train", variant, seed)}

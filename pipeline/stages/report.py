@@ -25,6 +25,7 @@ from pipeline.lib.io import DataError, write_text
 
 def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.DataFrame]:
     results = report_text.results_table({run_name(v, s): _metrics(v, s) for v, s in params.runs()})
+    study = report_text.results_table({model: _study_metrics(model) for model in params.study.models})  # by variant
     summary = stats.aggregate(results, report_text.SEED_COLUMNS)
     tests = stats.pairwise_welch(results, "mse")
     specs = {name: dataclasses.asdict(spec) for name, spec in params.variants.items()}
@@ -43,7 +44,8 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
         results, summary, means, rd, histories, originals, samples, paths.figures_dir()
     )
     report = paths.reports_dir() / "report.md"
-    text = report_text.render_markdown(results, summary, tests, specs, reference, [p.name for p in figure_paths], rd)
+    names = [p.name for p in figure_paths]
+    text = report_text.render_markdown(results, summary, tests, specs, reference, names, rd, study)
     write_text(report, text)
     return report, figure_paths, results, summary
 
@@ -53,6 +55,13 @@ def _metrics(variant: str, seed: int) -> dict:
     if not path.exists():
         stage = provenance.stage_name("evaluate", variant, seed)
         raise DataError(f"{path}: missing; run the evaluate stage first (dvc repro {stage})")
+    return schema.load(path)
+
+
+def _study_metrics(model: str) -> dict:
+    path = paths.study_metrics_file(model)
+    if not path.exists():
+        raise DataError(f"{path}: missing; run the study stage first (dvc repro study@{model})")
     return schema.load(path)
 
 

@@ -27,7 +27,7 @@ import yaml
 from pipeline import paths
 from pipeline.lib import config, prepared, schema
 from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device
-from pipeline.lib.evaluation import evaluate_model
+from pipeline.lib.evaluation import evaluate_model, final_losses
 from pipeline.lib.io import sha256_file, write_text
 from pipeline.lib.tracker import NoOpTracker
 from pipeline.lib.trainer import Trainer
@@ -113,7 +113,7 @@ def run_evaluate(args) -> None:
         args.seed,
         outdir / "models" / f"{name}.pt",
         args.prepared,
-        outdir / "history" / f"{name}.csv",
+        final_losses(outdir / "history" / f"{name}.csv"),
         args.classifier,
     )
     result = evaluation.metrics

@@ -1,0 +1,156 @@
+"""The study stage: the study's published weights, fetched and verified, measured like any run."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import paths
+from pipeline.lib import prepared, schema
+from pipeline.lib.config import parse_params
+from pipeline.lib.dataset import prepare_from_directory
+from pipeline.lib.keras_weights import study_files
+from pipeline.lib.models import load_model
+from pipeline.stages import classifier as classifier_stage
+from pipeline.stages import study as study_stage
+from pipeline.tracking import NoOpTracker
+from tests.conftest import TINY_SPEC
+from tests.fakedata import fake_study_weights, make_emnist_dir
+
+MODEL = "model01"  # a study model's name (pipeline/reference.yaml has its logged losses), a tiny architecture
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict:
+    """Prepared tiny data, the classifier, and the study's files for MODEL in a directory, made once."""
+    root = tmp_path_factory.mktemp("project")
+    raw = {
+        "data": {"source": str(make_emnist_dir(tmp_path_factory.mktemp("emnist") / "emnist"))},
+        "train": {"threads": 1},
+        "classifier": {"epochs": 1, "batch_size": 32},
+        "variants": {MODEL: TINY_SPEC},
+        "study": {"models": [MODEL], **fake_study_weights(tmp_path_factory.mktemp("weights"), MODEL)},
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COMPRESSNET_ROOT", str(root))
+        params = parse_params(raw)
+        prepare_from_directory(params.data, Path(raw["data"]["source"]), paths.prepared_dir())
+        classifier_stage.train_classifier(params, NoOpTracker())
+    return {"root": root, "raw": raw}
+
+
+@pytest.fixture
+def project(base, monkeypatch) -> dict:
+    monkeypatch.setenv("COMPRESSNET_ROOT", str(base["root"]))
+    for output in (paths.study_model_file(MODEL), paths.study_metrics_file(MODEL)):
+        output.unlink(missing_ok=True)
+    return {**base["raw"], "study": dict(base["raw"]["study"])}
+
+
+def run(raw: dict, capsys) -> tuple[int, str]:
+    params_file = paths.root() / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    code = study_stage.main([MODEL, "--params", str(params_file)])
+    return code, capsys.readouterr().err
+
+
+def outputs() -> list[Path]:
+    return [p for p in (paths.study_model_file(MODEL), paths.study_metrics_file(MODEL)) if p.exists()]
+
+
+def test_the_published_weights_are_measured_by_the_evaluate_code(project, mlflow_store):
+    result = study_stage.study(parse_params(project), MODEL, NoOpTracker())
+    written = schema.load(paths.study_metrics_file(MODEL))
+    assert written == result and written["variant"] == MODEL and written["seed"] == -1
+    reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
+    assert written["train_loss"] == reference["reported"][MODEL]["train_loss"] and written["epochs"] == 15
+    model, saved = load_model(paths.study_model_file(MODEL), torch.device("cpu"))
+    assert saved["source_sha256"] == dict(
+        reversed(line.split()) for line in Path(project["study"]["checksums"]).read_text().splitlines()
+    )
+    images = torch.from_numpy(prepared.load_split(paths.prepared_dir(), "test")[0][:, None] / 255.0).float()
+    with torch.no_grad():
+        assert written["mse"] == pytest.approx(float((model(images) - images).square().mean()), rel=1e-5)
+
+
+def test_a_file_that_is_not_the_pinned_one_is_refused_and_nothing_is_written(project, tmp_path, capsys):
+    source = Path(project["study"]["source"])
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for name in study_files(MODEL):
+        (tampered / name).write_bytes((source / name).read_bytes())
+    with (tampered / study_files(MODEL)[1]).open("ab") as f:
+        f.write(b"\0")
+    project["study"]["source"] = str(tampered)
+    code, err = run(project, capsys)
+    assert code == 1 and "sha256 mismatch" in err and study_files(MODEL)[1] in err
+    assert outputs() == []
+
+
+def test_a_file_without_a_pinned_checksum_is_refused(project, tmp_path, capsys):
+    (tmp_path / "SHA256SUMS").write_text(Path(project["study"]["checksums"]).read_text().splitlines()[0] + "\n")
+    project["study"]["checksums"] = str(tmp_path / "SHA256SUMS")
+    code, err = run(project, capsys)
+    assert code == 1 and "no pinned sha256" in err and outputs() == []
+
+
+class Files(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = self.server.files.get(self.path.rsplit("/", 1)[-1])
+        self.server.requests.append(self.path)
+        if body is None:
+            return self.send_error(404)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server(project):
+    source = Path(project["study"]["source"])
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    httpd.files = {name: (source / name).read_bytes() for name in study_files(MODEL)}
+    httpd.requests = []
+    for name in study_files(MODEL):  # no verified copy from an earlier test
+        (paths.study_raw_dir() / name).unlink(missing_ok=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_the_pinned_files_are_downloaded_once_and_verified(project, server, mlflow_store, capsys):
+    project["study"].update(source="github", url=f"http://127.0.0.1:{server.server_address[1]}/commit/models")
+    assert run(project, capsys)[0] == 0
+    assert sorted(server.requests) == sorted(f"/commit/models/{name}" for name in study_files(MODEL))
+    for name in study_files(MODEL):
+        digest = hashlib.sha256((paths.study_raw_dir() / name).read_bytes()).hexdigest()
+        assert digest == hashlib.sha256(server.files[name]).hexdigest()
+    assert run(project, capsys)[0] == 0 and len(server.requests) == 2  # the verified copies are reused
+
+
+def test_a_download_that_is_not_the_pinned_file_is_deleted(project, server, capsys):
+    server.files[study_files(MODEL)[0]] = b"PK not the study's encoder"
+    project["study"].update(source="github", url=f"http://127.0.0.1:{server.server_address[1]}/models")
+    code, err = run(project, capsys)
+    assert code == 1 and "is not the pinned" in err
+    assert not (paths.study_raw_dir() / study_files(MODEL)[0]).exists() and outputs() == []
+
+
+def test_offline_says_how_to_use_a_local_copy(project, capsys):
+    project["study"].update(source="github", url="http://127.0.0.1:9/models")  # nothing listens on port 9
+    for name in study_files(MODEL):
+        (paths.study_raw_dir() / name).unlink(missing_ok=True)
+    code, err = run(project, capsys)
+    assert code == 1 and "study.source" in err and outputs() == []
