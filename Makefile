@@ -1,16 +1,20 @@
 # Set-up: `make install`, then `source .venv/bin/activate` (README). Every target creates .venv on first use.
-# `make repro DATA=<dir>` runs the pipeline against a local copy of EMNIST.
+# `make repro DATA=<dir>` runs the pipeline against a local copy of EMNIST; STUDY=<dir> against a local copy of
+# the study's published .keras files (study.source).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA ?=
+STUDY ?=
 RUN ?=
+SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) \
+	$(if $(strip $(STUDY)),--set-param study.source=$(abspath $(STUDY)))
 # stages call `python`: make it the venv's, also without an activated venv
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install repro test test-all fuzz lint format bench bench-epochs lineage clean-venv
+.PHONY: install install-keras keras-check repro test test-all fuzz lint format bench bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +24,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the optional extra: Keras + TensorFlow (CPU), for the side-by-side check against the study's own model
+install-keras: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,keras]'
+
+# the study's Keras model and the port from the same initial weights on the same batches (docs/faithful-port.md)
+keras-check: install-keras
+	$(BIN)/python -m benchmarks.keras_side_by_side steps --steps 300
+
 repro: $(STAMP)
-ifeq ($(strip $(DATA)),)
+ifeq ($(strip $(SET_PARAMS)),)
 	$(BIN)/dvc repro
 else
-	$(BIN)/dvc exp run --set-param data.source=$(abspath $(DATA))
+	$(BIN)/dvc exp run $(SET_PARAMS)
 endif
 
 # the fast suite: unit and integration tests on tiny generated data (each test file on one worker)
