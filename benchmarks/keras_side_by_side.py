@@ -108,9 +108,9 @@ def keras_metrics(encoder: keras.Model, decoder: keras.Model, test: np.ndarray) 
     return float(np.square(recon - test).mean()), int((latents == 0).all(0).sum())
 
 
-def study_params(variant: str, padding: str):
+def study_params(variant: str, padding: str, epochs: int = 1):
     params = load_params(paths.params_file())
-    train = dataclasses.replace(params.train, **STUDY_TRAIN)
+    train = dataclasses.replace(params.train, **STUDY_TRAIN, epochs=epochs)
     spec = dataclasses.replace(params.variant(variant), train={}, padding=padding)
     return dataclasses.replace(params, train=train, variants={variant: spec})
 
@@ -167,7 +167,7 @@ def _output_name(mode: str, args) -> str:
 
 def epochs(args, data: dict) -> dict:
     """Each framework as a user runs it; test MSE and dead units after every epoch, for every seed."""
-    params, rows = study_params(args.variant, args.padding), []
+    params, rows = study_params(args.variant, args.padding, args.epochs), []
     for seed in args.seeds:
         keras.utils.set_random_seed(seed)
         encoder, decoder, autoencoder = keras_model(params.variant(args.variant))

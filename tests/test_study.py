@@ -7,12 +7,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from pipeline import paths
-from pipeline.lib import prepared, schema
+from pipeline.lib import prepared, report_text, schema
 from pipeline.lib.config import parse_params
 from pipeline.lib.dataset import prepare_from_directory
 from pipeline.lib.keras_weights import study_files
@@ -154,3 +155,21 @@ def test_offline_says_how_to_use_a_local_copy(project, capsys):
         (paths.study_raw_dir() / name).unlink(missing_ok=True)
     code, err = run(project, capsys)
     assert code == 1 and "study.source" in err and outputs() == []
+
+
+def test_the_report_shows_the_measured_study_row_beside_its_variant():
+    reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
+    ours = {"epochs": 2, "n_test": 94, "train_loss": 0.02, "val_loss": 0.021, "mse": 0.02, "ssim": 0.8}
+    means = pd.DataFrame([{**ours, "psnr": 17.0, "psnr_pooled": 17.0, "dead_latent_units": 3}])
+    means.index = [MODEL]
+    measured = {"variant": MODEL, "n_test": 94, "train_loss": 0.00379, "val_loss": 0.00401, "mse": 0.0042}
+    study = pd.DataFrame([{**measured, "ssim": 0.97, "psnr": 25.0, "psnr_pooled": 24.0}])
+    study["dead_latent_units"] = 4
+    table = report_text.study_table(means, 3, reference, study.set_index(pd.Index([MODEL])))
+    row = table.loc[(MODEL, "study, published weights (94 img)")]
+    assert row.mse == 0.0042 and row.dead_latent_units == 4
+    assert (MODEL, "study, reported (10 img)") in table.index
+    assert report_text.study_table(means, 3, reference, study.iloc[:0]).index.get_level_values(1).tolist() == [
+        "CompressNet (2 ep, 3 seeds, 94 img)",
+        "study, reported (10 img)",
+    ]
