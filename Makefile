@@ -7,6 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA ?=
 STUDY ?=
+JOBS ?=
 RUN ?=
 SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) \
 	$(if $(strip $(STUDY)),--set-param study.source=$(abspath $(STUDY)))
@@ -32,8 +33,12 @@ install-keras: $(STAMP)
 keras-check: install-keras
 	$(BIN)/python -m benchmarks.keras_side_by_side steps --steps 300
 
+# JOBS=N: the out-of-date stages N at a time on a local Ray (pipeline.tools.parallel; docs/scale-out.md)
 repro: $(STAMP)
-ifeq ($(strip $(SET_PARAMS)),)
+ifneq ($(strip $(JOBS)),)
+	@test -z "$(strip $(SET_PARAMS))" || { echo "make repro: JOBS= runs params.yaml as it is: set data.source/study.source there instead of DATA=/STUDY=" >&2; exit 2; }
+	$(BIN)/python -m pipeline.tools.parallel --jobs $(JOBS)
+else ifeq ($(strip $(SET_PARAMS)),)
 	$(BIN)/dvc repro
 else
 	$(BIN)/dvc exp run $(SET_PARAMS)

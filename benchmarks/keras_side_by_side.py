@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -167,8 +168,11 @@ def _output_name(mode: str, args) -> str:
 
 def epochs(args, data: dict) -> dict:
     """Each framework as a user runs it; test MSE and dead units after every epoch, for every seed."""
-    params, rows = study_params(args.variant, args.padding, args.epochs), []
+    params, rows = study_params(args.variant, args.padding, args.epochs), _finished_rows(args)
     for seed in args.seeds:
+        if {(r["framework"], r["epoch"]) for r in rows if r["seed"] == seed} >= _pairs(args.epochs):
+            continue  # measured by an earlier run of this command (--resume)
+        rows = [r for r in rows if r["seed"] != seed]
         keras.utils.set_random_seed(seed)
         encoder, decoder, autoencoder = keras_model(params.variant(args.variant))
         trainer = Trainer(params, args.variant, seed, torch.device("cpu"), len(data["train"]))
@@ -185,6 +189,21 @@ def epochs(args, data: dict) -> dict:
             print(rows[-2], rows[-1], sep="\n", flush=True)
             write_outputs("epochs", {"variant": args.variant, "rows": rows}, args)
     return {"variant": args.variant, "rows": rows}
+
+
+def _pairs(epochs: int) -> set[tuple[str, int]]:
+    return {(framework, epoch) for framework in ("keras", "port") for epoch in range(1, epochs + 1)}
+
+
+def _finished_rows(args) -> list[dict]:
+    """With --resume: the rows of the last run of this command whose seeds trained all the epochs asked for."""
+    path = OUT / f"{_output_name('epochs', args)}.json"
+    if not (args.resume and path.exists()):
+        return []
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["epoch"] <= args.epochs]
+    return [
+        r for r in rows if {(q["framework"], q["epoch"]) for q in rows if q["seed"] == r["seed"]} >= _pairs(args.epochs)
+    ]
 
 
 def _epoch_row(framework: str, seed: int, epoch: int, seconds: float, mse: float, dead: int) -> dict:
@@ -249,6 +268,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=None, help="the first N only (a quick trial)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="epochs: keep the seeds a killed run finished")
     parser.add_argument("--padding", choices=["tensorflow", "symmetric"], default="tensorflow", help="the port's")
     parser.add_argument("--pytorch-eps", action="store_true", help="steps: PyTorch's Adam epsilon in the port")
     args = parser.parse_args()

@@ -1,0 +1,171 @@
+"""Run this DVC pipeline's out-of-date stages in parallel on Ray, with dvc.lock written as `dvc repro` writes it.
+
+    python -m pipeline.tools.parallel --jobs 4                 # a local Ray on this machine's cores and GPUs
+    python -m pipeline.tools.parallel --address ray://head:10001 --gpus-per-run 0.25
+
+DVC stays the record: a stage is dispatched once every stage it depends on has finished, only if DVC says it is
+changed (checked then, as `dvc repro` checks it), its command runs as a Ray task in this checkout, and this process
+commits it (`dvc commit`: dvc.lock entry, outputs cached) one at a time. A following `dvc repro` runs nothing.
+The tasks share this checkout's files, so every node must see it (one machine, or a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ray
+from dvc.repo import Repo
+from dvc.utils.serialize import dump_yaml, load_yaml
+from tqdm import tqdm
+
+from pipeline import paths, tracking
+
+GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed; the message names it and ends with its output."""
+
+
+@ray.remote(max_retries=0)
+def run_command(cmd: str, cwd: str, env: dict) -> tuple[int, str]:
+    """A stage's command in its own process group; a cancelled task stops it before returning."""
+    proc = subprocess.Popen(
+        cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = proc.communicate()
+    except BaseException:  # ray.cancel raises KeyboardInterrupt here
+        proc.terminate()
+        proc.wait()
+        raise
+    return proc.returncode, output[-4000:]
+
+
+def dependencies(repo: Repo) -> dict[str, set[str]]:
+    """Stage name -> the names of the stages whose outputs it reads."""
+    graph = repo.index.graph
+    return {stage.name: {upstream.name for upstream in graph.successors(stage)} for stage in graph.nodes}
+
+
+def changed(root: Path, name: str) -> bool:
+    repo = Repo(str(root))  # a fresh index: dvc.lock has the stages committed since
+    with repo.lock:
+        return next(s for s in repo.index.stages if s.name == name).changed()
+
+
+def stage_command(root: Path, name: str) -> str:
+    return next(s for s in Repo(str(root)).index.stages if s.name == name).cmd
+
+
+def resources(name: str, args) -> dict:
+    gpus = args.gpus_per_run if name.split("@")[0] in GPU_STAGES else 0
+    return {"num_cpus": args.cpus_per_run, "num_gpus": gpus}
+
+
+class Executor:
+    def __init__(self, root: Path, args):
+        self.root, self.args = root, args
+        self.upstream = dependencies(Repo(str(root)))
+        self.done: set[str] = set()
+        self.running: dict = {}  # ray ObjectRef -> stage name
+        self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run))
+        self.env = {**os.environ, "DVC_ROOT": str(root), "PATH": f"{Path(sys.executable).parent}{os.pathsep}"}
+        self.env["PATH"] += os.environ.get("PATH", "")
+
+    def ready(self) -> list[str]:
+        started = set(self.running.values())
+        waiting = [n for n in self.upstream if n not in self.done and n not in started]
+        return [n for n in waiting if self.upstream[n] <= self.done]
+
+    def dispatch(self, progress: tqdm) -> None:
+        """Starts ready stages while Ray has room for them (skipping those DVC finds unchanged)."""
+        for name in self.ready():
+            if len(self.running) >= self.slots:
+                return
+            if not changed(self.root, name):
+                self.done.add(name)
+                progress.update()
+                continue
+            task = run_command.options(**resources(name, self.args), name=name)
+            self.running[task.remote(stage_command(self.root, name), str(self.root), self.env)] = name
+
+    def finish(self, ref, progress: tqdm) -> None:
+        name = self.running.pop(ref)
+        code, output = ray.get(ref)
+        if code != 0:
+            raise StageFailed(f"stage {name} failed (exit {code}):\n{output}")
+        Repo(str(self.root)).commit(name, force=True)
+        self.done.add(name)
+        progress.update()
+
+    def run(self) -> None:
+        with tqdm(total=len(self.upstream), desc="stages", unit="stage") as progress:
+            while len(self.done) < len(self.upstream):
+                self.dispatch(progress)
+                left = len(self.upstream) - len(self.done) - len(self.running)
+                progress.set_postfix(running=len(self.running), left=left)
+                if not self.running:
+                    continue
+                finished, _ = ray.wait(list(self.running), num_returns=1)
+                self.finish(finished[0], progress)
+
+    def order_lock(self) -> None:
+        """dvc.lock's stages in dvc.yaml's order, as a sequential `dvc repro` writes them (commits came in the
+        order stages finished)."""
+        lock = self.root / "dvc.lock"
+        data = load_yaml(lock)
+        order = [name for name in self.upstream if name in data["stages"]]
+        dump_yaml(lock, {**data, "stages": {name: data["stages"][name] for name in order}})
+
+    def cancel(self) -> None:
+        for ref in list(self.running):
+            ray.cancel(ref)
+        for ref in list(self.running):
+            try:
+                ray.get(ref)
+            except (ray.exceptions.RayError, KeyboardInterrupt):
+                pass
+        self.running.clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="stages at once on a local Ray")
+    parser.add_argument("--address", help="an existing Ray cluster (default: start one on this machine)")
+    parser.add_argument("--cpus-per-run", type=float, default=1, help="Ray CPUs each stage declares")
+    parser.add_argument("--gpus-per-run", type=float, default=0, help="GPU fraction of each training stage")
+    args = parser.parse_args(argv)
+    root = paths.root()
+    tracking.setup(os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT)  # once, before fan-out
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
+    executor, started = Executor(root, args), time.perf_counter()
+    try:
+        executor.run()
+        executor.order_lock()
+    except StageFailed as err:
+        executor.cancel()
+        print(f"parallel: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        executor.cancel()
+        print(
+            "parallel: interrupted; stages that finished are committed, `make repro` finishes the rest", file=sys.stderr
+        )
+        return 130
+    finally:
+        ray.shutdown()
+    print(f"parallel: {len(executor.done)} stages up to date in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
