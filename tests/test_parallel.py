@@ -15,8 +15,9 @@ from tests.fakedata import make_emnist_dir
 
 pytestmark = pytest.mark.slow
 VARIANTS = {"tinyA": TINY_SPEC, "tinyB": {**TINY_SPEC, "latent_dim": 4}}
-# outputs that record when and under which MLflow run they were made (timings, run ids): compared by content below
-RUN_SPECIFIC = ("models/", "reports/history/", "reports/metrics/", "reports/report.md", "reports/figures")
+# files that record when and under which MLflow run they were made (timings, run ids): their md5 differs between any
+# two runs, sequential or not; their content is compared below
+RUN_SPECIFIC = ("models", "reports/history", "reports/metrics", "reports/report.md", "reports/figures")
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,8 @@ def both(tmp_path_factory) -> dict:
     projects = {}
     parallel = ["python", "-m", "pipeline.tools.parallel", "--jobs", "2"]  # what `make repro JOBS=2` runs
     for kind, cmd in (("sequential", ["dvc", "repro"]), ("parallel", parallel)):
-        root, env = make_project(tmp_path_factory.mktemp(kind), VARIANTS, epochs=1, data_source=str(data), seeds=(0, 1))
-        projects[kind] = {"root": root, "env": env, "output": run(cmd, root, env)}
+        root, env = make_project(tmp_path_factory.mktemp(kind), VARIANTS, epochs=1, data_source=str(data))
+        projects[kind] = {"root": root, "env": env, "output": run(cmd, root, env, timeout=1800)}
     return projects
 
 
@@ -35,8 +36,10 @@ def lock(project: dict) -> dict:
 
 
 def without_run_specific_hashes(entry: dict) -> dict:
-    outs = [o if not o["path"].startswith(RUN_SPECIFIC) else {"path": o["path"]} for o in entry.get("outs", [])]
-    return {**entry, "outs": outs}
+    def strip(files: list[dict]) -> list[dict]:
+        return [f if not f["path"].startswith(RUN_SPECIFIC) else {"path": f["path"]} for f in files]
+
+    return {**entry, "deps": strip(entry.get("deps", [])), "outs": strip(entry.get("outs", []))}
 
 
 def test_the_lock_lists_every_stage_as_a_sequential_repro_does(both):
@@ -48,7 +51,7 @@ def test_the_lock_lists_every_stage_as_a_sequential_repro_does(both):
 
 def test_the_results_equal_the_sequential_ones(both):
     seq, par = both["sequential"]["root"], both["parallel"]["root"]
-    for run_name in ("tinyA-seed0", "tinyA-seed1", "tinyB-seed0", "tinyB-seed1"):
+    for run_name in ("tinyA-seed0", "tinyB-seed0"):
         a, b = (torch.load(root / "models" / f"{run_name}.pt", weights_only=True) for root in (seq, par))
         assert a["state_dict"].keys() == b["state_dict"].keys()
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), run_name
