@@ -51,17 +51,17 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
 
 
 def _metrics(variant: str, seed: int) -> dict:
-    path = paths.metrics_file(run_name(variant, seed))
-    if not path.exists():
-        stage = provenance.stage_name("evaluate", variant, seed)
-        raise DataError(f"{path}: missing; run the evaluate stage first (dvc repro {stage})")
-    return schema.load(path)
+    return _load(paths.metrics_file(run_name(variant, seed)), provenance.stage_name("evaluate", variant, seed))
 
 
 def _study_metrics(model: str) -> dict:
-    path = paths.study_metrics_file(model)
+    return _load(paths.study_metrics_file(model), f"study@{model}")
+
+
+def _load(path: Path, stage: str) -> dict:
+    """A metrics JSON, or an error naming the stage that writes it."""
     if not path.exists():
-        raise DataError(f"{path}: missing; run the study stage first (dvc repro study@{model})")
+        raise DataError(f"{path}: missing; run the {stage.split('@')[0]} stage first (dvc repro {stage})")
     return schema.load(path)
 
 
