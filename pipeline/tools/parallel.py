@@ -53,14 +53,12 @@ def dependencies(repo: Repo) -> dict[str, set[str]]:
     return {stage.name: {upstream.name for upstream in graph.successors(stage)} for stage in graph.nodes}
 
 
-def changed(root: Path, name: str) -> bool:
+def command_if_changed(root: Path, name: str) -> str | None:
+    """The stage's command if DVC finds it changed, else None."""
     repo = Repo(str(root))  # a fresh index: dvc.lock has the stages committed since
+    stage = next(s for s in repo.index.stages if s.name == name)
     with repo.lock:
-        return next(s for s in repo.index.stages if s.name == name).changed()
-
-
-def stage_command(root: Path, name: str) -> str:
-    return next(s for s in Repo(str(root)).index.stages if s.name == name).cmd
+        return stage.cmd if stage.changed() else None
 
 
 def resources(name: str, args) -> dict:
@@ -88,12 +86,13 @@ class Executor:
         for name in self.ready():
             if len(self.running) >= self.slots:
                 return
-            if not changed(self.root, name):
+            cmd = command_if_changed(self.root, name)
+            if cmd is None:
                 self.done.add(name)
                 progress.update()
                 continue
             task = run_command.options(**resources(name, self.args), name=name)
-            self.running[task.remote(stage_command(self.root, name), str(self.root), self.env)] = name
+            self.running[task.remote(cmd, str(self.root), self.env)] = name
 
     def finish(self, ref, progress: tqdm) -> None:
         name = self.running.pop(ref)
