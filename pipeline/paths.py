@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.lib.config import OFFICIAL_SOURCE
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_FILE = Path(__file__).with_name("reference.yaml")  # the study's published numbers, as data
 
@@ -110,6 +108,6 @@ def project_path(value: str) -> Path:
     return path if path.is_absolute() else (root() / path).resolve()
 
 
-def resolve_source(source: str) -> str | Path:
-    """data.source: the official dataset's name, or a local directory as an absolute path (relative: to the root)."""
-    return source if source == OFFICIAL_SOURCE else project_path(source)
+def resolve_source(source: str) -> Path:
+    """data.source as an absolute path (relative: to the root), as DVC reads it for prepare's dependency."""
+    return project_path(source)

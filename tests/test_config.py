@@ -262,7 +262,7 @@ BAD = [
     ("protocol-seed", put("evaluate.protocol_seed", -1), "evaluate.protocol_seed", ">= 0"),
     ("eval-batch", put("evaluate.batch_size", 0), "evaluate.batch_size", ">= 1"),
     ("protocol-images", put("evaluate.protocol_images", 0), "evaluate.protocol_images", ">= 1"),
-    ("source", put("data.source", " "), "data.source", "or a directory"),
+    ("source", put("data.source", " "), "data.source", "a directory or a SHA-256 listing"),
     ("variant-train-lr", put(f"{M1}.train.lr", 0), f"{M1}.train.lr", "(0, 10)"),
     # bad Literal values
     ("optimizer", put("train.optimizer", "sgd"), "train.optimizer", "one of adam, adamw"),
@@ -429,7 +429,7 @@ def test_bad_value_in_a_file_names_the_key(tmp_path):
 
 def test_resolve_source_against_the_project_root(project_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # never against the working directory
-    assert paths.resolve_source(OFFICIAL_SOURCE) == OFFICIAL_SOURCE
+    assert paths.resolve_source(OFFICIAL_SOURCE) == project_root / "pipeline" / "emnist_balanced.sha256"
     assert paths.resolve_source("data/emnist") == project_root / "data" / "emnist"
     assert paths.resolve_source("./data/../raw") == project_root / "raw"
     assert paths.resolve_source(str(tmp_path / "abs")) == tmp_path / "abs"

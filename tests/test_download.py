@@ -173,23 +173,18 @@ def test_corrupt_zip_is_deleted(server, sums, tmp_path, corrupt):
     assert list(tmp_path.iterdir()) == []  # archive deleted, no half-extracted files
 
 
-def test_prepare_stage_end_to_end_from_official_url(server, sums, project_root, monkeypatch):
-    """The prepare stage with data.source emnist-balanced downloads into <root>/data/raw and prepares from there."""
-    fetch = download.fetch_official
-    calls = []
-
-    def fetch_with_fake_sums(url, raw_dir):
-        calls.append((url, raw_dir))
-        return fetch(url, raw_dir, checksums=sums)
-
-    monkeypatch.setattr(stage, "fetch_official", fetch_with_fake_sums)
-    data = {"source": "emnist-balanced", "url": server.url, "val_fraction": 0.2, "seed": 1}
+def test_prepare_stage_end_to_end_from_official_url(server, sums, project_root):
+    """The prepare stage with data.source a SHA-256 listing downloads the files it names from data.url into
+    <root>/data/raw and prepares from there."""
+    listing = project_root / "official.sha256"
+    listing.write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+    data = {"source": "official.sha256", "url": server.url, "val_fraction": 0.2, "seed": 1}
     params = parse_params({"variants": {"m": TINY_SPEC}, "data": data})
     message = stage.prepare(params)
     prepared, raw = project_root / "data" / "prepared", project_root / "data" / "raw"
-    assert calls == [(server.url, raw)] and str(prepared) in message
+    assert str(prepared) in message
     manifest = load_manifest(prepared)
-    assert manifest["source"] == "emnist-balanced"
+    assert manifest["source"] == "official.sha256"
     assert manifest["counts"] == {
         "train": 94 - sum(manifest["per_class"]["val"]),
         "val": sum(manifest["per_class"]["val"]),

@@ -9,8 +9,10 @@ import zipfile
 
 import pytest
 
+from pipeline import paths
 from pipeline.lib import download
-from pipeline.lib.idx import verify_checksums
+from pipeline.lib.config import OFFICIAL_SOURCE
+from pipeline.lib.idx import parse_sha256sums, verify_checksums
 from pipeline.lib.io import DataError
 from tests.test_download import GZ_NAMES, Handler, fake_zip, server, sums  # noqa: F401  (shared fixtures)
 
@@ -98,7 +100,7 @@ def test_an_oversized_member_is_refused(server, sums, tmp_path, monkeypatch):  #
 
 
 def test_the_mapping_file_is_checksummed(server, sums, tmp_path):  # noqa: F811
-    assert download.OFFICIAL_MAPPING in download.OFFICIAL_SHA256
+    assert download.OFFICIAL_MAPPING in parse_sha256sums(paths.REPO_ROOT / OFFICIAL_SOURCE)
     sums[download.OFFICIAL_MAPPING] = "0" * 64
     with pytest.raises(DataError, match=f"{download.OFFICIAL_MAPPING}: sha256 mismatch"):
         download.fetch_official(server.url, tmp_path, checksums=sums)

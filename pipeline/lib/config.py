@@ -17,7 +17,7 @@ import yaml
 
 from pipeline.lib.typed_yaml import ConfigError, UniqueKeyLoader, load_dataclass, require, yaml_error
 
-OFFICIAL_SOURCE = "emnist-balanced"
+OFFICIAL_SOURCE = "pipeline/emnist_balanced.sha256"  # the official files' pinned SHA-256s
 OFFICIAL_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 STUDY_SOURCE = "github"  # the study's published weights from its repository, at a pinned commit
 STUDY_URL = (
@@ -33,14 +33,19 @@ Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "linea
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = OFFICIAL_SOURCE  # "emnist-balanced" or a directory of IDX files
+    source: str = OFFICIAL_SOURCE  # a directory of IDX files, or a SHA-256 listing of the official files to download
     url: str = OFFICIAL_URL
     val_fraction: float = 0.1
     seed: int = 0
 
     def check(self, path: str) -> None:
         require(0.0 < self.val_fraction < 1.0, f"{path}.val_fraction", "a number in (0, 1)", self.val_fraction)
-        require(bool(self.source.strip()), f"{path}.source", f"'{OFFICIAL_SOURCE}' or a directory", self.source)
+        require(
+            bool(self.source.strip()),
+            f"{path}.source",
+            f"a directory or a SHA-256 listing such as {OFFICIAL_SOURCE}",
+            self.source,
+        )
         require(self.seed >= 0, f"{path}.seed", "an integer >= 0", self.seed)
 
 
