@@ -20,7 +20,8 @@ def run_stage(
     options=None,
 ) -> int:
     """Parse the arguments, run `work(params, variant, seed)` (per run) or `work(params, args)`, print its message;
-    expected errors become one line on stderr and exit status 1. `options(parser)` adds a stage's own arguments."""
+    expected errors and OS errors (a full disk) become one line on stderr and exit status 1. `options(parser)` adds
+    a stage's own arguments."""
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}", description=doc.splitlines()[0])
     if per_run:
         parser.add_argument("variant")
@@ -37,7 +38,22 @@ def run_stage(
         else:
             message = work(params, args)
     except (ConfigError, *expected) as err:
-        print(f"{stage}: error: {err}", file=sys.stderr)
+        print(f"{stage}: error: {one_line(err)}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk, a read-only directory: the file and the reason, not a traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{stage}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     print(f"{stage}: {message}")
     return 0
+
+
+def one_line(err: BaseException) -> str:
+    """The error's first line. An error from MLflow's store says what its root cause says (the database driver's
+    message: "database or disk is full"), not the wrapper's SQL and advice."""
+    if not type(err).__module__.startswith("pipeline"):
+        while err.__cause__ is not None:
+            err = err.__cause__
+        err = getattr(err, "orig", None) or err
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

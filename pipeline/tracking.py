@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import sqlalchemy.exc
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
@@ -30,6 +31,10 @@ DEFAULT_EXPERIMENT = "compressnet"
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be used."""
+
+
+# what a stage reports as one line: a store that is down, full or refuses a write (sqlite: "database or disk is full")
+STORE_ERRORS = (TrackingError, mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError)
 
 
 class MlflowRun:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import math
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow.exceptions
 import pytest
+import sqlalchemy.exc
 import yaml
 
 from pipeline import paths, tracking
@@ -471,6 +475,39 @@ def test_train_cli_unknown_variant_is_one_line(tmp_path, no_training, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == "train: error: variants.nope: no such variant; known: up3, up4\n"
     assert no_training == []
+
+
+FULL_DISK = OSError(errno.ENOSPC, "No space left on device", "/x/models/up3-seed0.pt")
+
+
+def full_store() -> Exception:
+    """What MLflow's sqlite store raises on a full disk: its exception, caused by SQLAlchemy's, caused by sqlite's."""
+    driver = sqlite3.OperationalError("database or disk is full")
+    try:
+        try:
+            raise sqlalchemy.exc.OperationalError("(autoflush advice)\nINSERT INTO runs", {}, driver)
+        except sqlalchemy.exc.OperationalError as err:
+            raise mlflow.exceptions.MlflowException(str(err)) from err
+    except mlflow.exceptions.MlflowException as err:
+        return err
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (FULL_DISK, "train: error: /x/models/up3-seed0.pt: No space left on device\n"),
+        (full_store(), "train: error: database or disk is full\n"),
+    ],
+    ids=["disk", "store"],
+)
+def test_train_cli_turns_a_full_disk_or_store_into_one_line(tmp_path, monkeypatch, capsys, error, line):
+    def train(params, variant, seed, tracker):
+        raise error
+
+    monkeypatch.setattr(tracking, "MlflowTracker", tracking.NoOpTracker)
+    monkeypatch.setattr(train_stage, "train", train)
+    assert train_stage.main(["up3", "--seed", "0", "--params", str(write(tmp_path, BASE_YAML))]) == 1
+    assert capsys.readouterr().err == line
 
 
 def test_train_cli_requires_a_seed_and_takes_any(tmp_path, no_training, capsys):

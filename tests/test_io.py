@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,3 +87,31 @@ def test_write_prepared_never_wipes_a_directory_that_is_not_prepared_data(tmp_pa
     with pytest.raises(DataError, match="not a prepared data set"):
         write_prepared(home, {"a": np.zeros(3, np.uint8)}, {"manifest.json": {}})
     assert (home / "thesis.tex").read_text() == "years of work"
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()  # reaped: the pid names no process now
+    return process.pid
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write_and_a_live_ones_stay(tmp_path):
+    """SIGKILL leaves a temporary behind (nothing runs on SIGKILL); the next write of that output sweeps it."""
+    target = tmp_path / "out.json"
+    stale_file = tmp_path / f".out.json.{dead_pid()}.abc.tmp"
+    stale_file.write_text("half")
+    live = tmp_path / f"{io.temporary_prefix(target)}xyz.tmp"  # this process's: a write in flight
+    live.write_text("in flight")
+    other = tmp_path / f".other.json.{dead_pid()}.abc.tmp"  # another output's: not this write's business
+    other.write_text("half")
+    io.write_json(target, {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.json", live.name, other.name])
+
+
+def test_a_killed_prepare_leaves_no_directory_that_the_next_one_keeps(tmp_path):
+    out = tmp_path / "prepared"
+    stale_dir = tmp_path / f".prepared.{dead_pid()}.abc.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "train_images.npy").write_bytes(b"half")
+    write_prepared(out, {"x": np.zeros(3, np.uint8)}, {"manifest.json": {}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,6 +27,7 @@ def atomic_write(path: Path, write) -> None:
     file and directory are fsynced, so after a power loss `path` holds the old bytes or the new ones, never none.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = temporary_sibling(path)
     try:
         write(tmp)
@@ -36,9 +39,33 @@ def atomic_write(path: Path, write) -> None:
     fsync_path(path.parent)
 
 
+def temporary_prefix(path: Path) -> str:
+    """The name every temporary of `path` starts with: the writer's pid in it tells a live one from a stale one."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporaries of `path` left by writers that died (SIGKILL, power loss) before cleaning up; a live
+    writer's stay. A stale file inside a directory output would otherwise become part of what DVC hashes."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def temporary_sibling(path: Path) -> Path:
     """A new empty file beside `path` with a unique name, readable as a normal output would be."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -73,7 +100,9 @@ def write_npy(path: Path, array: np.ndarray) -> None:
 def save_torch(obj: object, path: Path) -> None:
     import torch  # not every caller of this module needs torch
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    buffer = io.BytesIO()  # torch's own file writer turns a full disk into a RuntimeError that names no file
+    torch.save(obj, buffer)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def load_torch(path: Path, missing: str) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.lib.io import DataError, fsync_path, sha256_file
+from pipeline.lib.io import DataError, fsync_path, remove_stale_temporaries, sha256_file, temporary_prefix
 
 SPLITS = ("train", "val", "test")
 
@@ -21,7 +21,8 @@ def write_prepared(out_dir: Path, arrays: dict[str, np.ndarray], extra: dict[str
     if out_dir.exists() and not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
         raise DataError(f"{out_dir}: exists and is not a prepared data set (no manifest.json); not replacing it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    remove_stale_temporaries(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(out_dir), suffix=".tmp", dir=out_dir.parent))
     try:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
@@ -30,7 +31,7 @@ def write_prepared(out_dir: Path, arrays: dict[str, np.ndarray], extra: dict[str
         for file in [*tmp.iterdir(), tmp]:
             fsync_path(file)
         os.chmod(tmp, 0o755)
-        old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+        old = out_dir.with_name(f"{temporary_prefix(out_dir)}old.tmp")
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)

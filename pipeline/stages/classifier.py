@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train_classifier(params, tracking.MlflowTracker())
         return f"test accuracy on the original images {result['test_accuracy']:.4f}; wrote {paths.classifier_file()}"
 
-    return run_stage("classifier", __doc__, work, argv, per_run=False, expected=(DataError, tracking.TrackingError))
+    return run_stage("classifier", __doc__, work, argv, per_run=False, expected=(DataError, *tracking.STORE_ERRORS))
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         __doc__,
         lambda *run: _describe(evaluate(*run, tracking.MlflowTracker())),
         argv,
-        expected=(DataError, tracking.TrackingError),
+        expected=(DataError, *tracking.STORE_ERRORS),
     )
 
 

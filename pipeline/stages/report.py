@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda params, _: _report(params),
         argv,
         per_run=False,
-        expected=(DataError, tracking.TrackingError),
+        expected=(DataError, *tracking.STORE_ERRORS),
     )
 
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     return run_stage(
-        "study", __doc__, work, argv, per_run=False, expected=(DataError, tracking.TrackingError), options=options
+        "study", __doc__, work, argv, per_run=False, expected=(DataError, *tracking.STORE_ERRORS), options=options
     )
 
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         __doc__,
         lambda *run: train(*run, tracking.MlflowTracker()),
         argv,
-        expected=(DataError, tracking.TrackingError, TrainingDiverged),
+        expected=(DataError, *tracking.STORE_ERRORS, TrainingDiverged),
     )
 
 
