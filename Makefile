@@ -15,7 +15,7 @@ SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) 
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install install-keras keras-check repro test test-all fuzz lint format bench bench-epochs lineage clean-venv
+.PHONY: install install-keras keras-check repro tracking-server tracking-server-stop test test-all fuzz lint format bench bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ else ifeq ($(strip $(SET_PARAMS)),)
 else
 	$(BIN)/dvc exp run $(SET_PARAMS)
 endif
+
+# an MLflow tracking server for many writers (PostgreSQL backend, served artifacts, in mlflow-server/; docs/scale-out.md)
+tracking-server: $(STAMP)
+	$(BIN)/python -m pipeline.tools.tracking_server start
+
+tracking-server-stop: $(STAMP)
+	$(BIN)/python -m pipeline.tools.tracking_server stop
 
 # the fast suite: unit and integration tests on tiny generated data (each test file on one worker)
 test: $(STAMP)

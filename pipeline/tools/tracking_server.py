@@ -1,0 +1,217 @@
+"""An MLflow tracking server for many writers: PostgreSQL as its backend store, artifacts served from a local folder.
+
+    python -m pipeline.tools.tracking_server start            # prints the MLFLOW_TRACKING_URI to export
+    python -m pipeline.tools.tracking_server status
+    python -m pipeline.tools.tracking_server stop
+
+Everything lives in one project-local folder (default mlflow-server/, ignored by git): postgres/ (the database
+cluster, its log and socket), artifacts/, mlflow.log, password and state.json. Both servers listen on 127.0.0.1
+only, and PostgreSQL asks for the generated password (scram-sha-256). PostgreSQL refuses to run as root: run as
+root, its commands run as the `postgres` user, who owns postgres/. `stop` keeps the data; `start` reuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pipeline import paths
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15; else initdb/pg_ctl from PATH
+DATABASE, USER = "mlflow", "mlflow"
+
+
+class ServerError(RuntimeError):
+    """The servers cannot be started or stopped; the message says why."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pg_tool(name: str) -> str:
+    found = PG_BIN / name if (PG_BIN / name).exists() else shutil.which(name)
+    if not found:
+        raise ServerError(f"{name} not found: install PostgreSQL's server (Debian: apt install postgresql-15)")
+    return str(found)
+
+
+def as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL's server commands refuse root: as root, run them as the postgres user."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def run(cmd: list[str], what: str, env: dict | None = None) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        raise ServerError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-600:]}")
+
+
+def init_cluster(folder: Path) -> None:
+    """A new PostgreSQL cluster in folder/postgres/data with a generated password for the user mlflow."""
+    pg = folder / "postgres"
+    pg.mkdir(parents=True)
+    password = folder / "password"
+    password.write_text(secrets.token_urlsafe(24))
+    password.chmod(0o600)
+    pwfile = pg / "pwfile"
+    shutil.copy(password, pwfile)
+    if os.geteuid() == 0:
+        shutil.chown(pg, "postgres", "postgres")
+        shutil.chown(pwfile, "postgres", "postgres")
+    try:
+        auth = ["--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+        run(as_postgres([pg_tool("initdb"), "-D", str(pg / "data"), "-U", USER, "-E", "UTF8", *auth]), "initdb")
+    finally:
+        pwfile.unlink()
+
+
+def start_postgres(folder: Path, port: int) -> None:
+    pg = folder / "postgres"
+    options = f"-h 127.0.0.1 -p {port} -k {pg}"
+    cmd = [pg_tool("pg_ctl"), "-D", str(pg / "data"), "-l", str(pg / "postgres.log"), "-w", "-o", options, "start"]
+    run(as_postgres(cmd), f"PostgreSQL (log: {pg / 'postgres.log'})")
+
+
+def ensure_database(folder: Path, port: int) -> None:
+    env = {"PGPASSWORD": (folder / "password").read_text()}
+    probe = [pg_tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-d", "postgres", "-tAc"]
+    query = f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"
+    found = subprocess.run([*probe, query], capture_output=True, text=True, env={**os.environ, **env}).stdout.strip()
+    if found != "1":
+        run([pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, DATABASE], "createdb", env)
+
+
+def start_mlflow(folder: Path, pg_port: int, port: int, workers: int) -> int:
+    # the driver installed (psycopg2-binary), named: for postgresql:// SQLAlchemy 2.1 would pick psycopg 3
+    backend = f"postgresql+psycopg2://{USER}:{(folder / 'password').read_text()}@127.0.0.1:{pg_port}/{DATABASE}"
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend]
+    cmd += ["--serve-artifacts", "--artifacts-destination", str(folder / "artifacts")]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    with open(folder / "mlflow.log", "ab") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process, timeout=180)
+    except ServerError as err:
+        stop_group(process.pid)
+        raise ServerError(f"{err} (log: {folder / 'mlflow.log'})") from None
+    return process.pid
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(f"mlflow server exited with code {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise ServerError(f"mlflow server at {url} did not answer /health within {timeout:.0f} s")
+
+
+def signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def stop_group(pid: int, wait: float = 10.0) -> None:
+    """SIGTERM a process group started with start_new_session, then SIGKILL what is left after `wait` seconds."""
+    signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.2)
+    signal_group(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start(folder: Path, port: int, workers: int) -> dict:
+    state_file = folder / "state.json"
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if alive(state["mlflow_pid"]):
+            return state
+        stop(folder)  # a stale state: what is left of it
+    if not (folder / "postgres" / "data").exists():
+        init_cluster(folder)
+    pg_port = free_port()
+    start_postgres(folder, pg_port)
+    try:
+        ensure_database(folder, pg_port)
+        pid = start_mlflow(folder, pg_port, port, workers)
+    except BaseException:
+        stop_postgres(folder)
+        raise
+    state = {"url": f"http://127.0.0.1:{port}", "mlflow_pid": pid, "postgres_port": pg_port}
+    state_file.write_text(json.dumps(state, indent=2) + "\n")
+    return state
+
+
+def stop_postgres(folder: Path) -> None:
+    data = folder / "postgres" / "data"
+    if (data / "postmaster.pid").exists():
+        run(as_postgres([pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), "stopping PostgreSQL")
+
+
+def stop(folder: Path) -> None:
+    state_file = folder / "state.json"
+    if state_file.exists():
+        stop_group(json.loads(state_file.read_text())["mlflow_pid"])
+        state_file.unlink()
+    stop_postgres(folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--dir", type=Path, default=None, help="the server's folder (default: mlflow-server/)")
+    parser.add_argument("--port", type=int, default=5000, help="the MLflow server's port on 127.0.0.1")
+    parser.add_argument("--workers", type=int, default=4, help="the MLflow server's worker processes")
+    args = parser.parse_args(argv)
+    folder = (args.dir or paths.root() / "mlflow-server").resolve()
+    try:
+        if args.action == "start":
+            state = start(folder, args.port, args.workers)
+            print(f"tracking server: {state['url']} (PostgreSQL on 127.0.0.1:{state['postgres_port']}, {folder})")
+            print(f"export MLFLOW_TRACKING_URI={state['url']}")
+        elif args.action == "stop":
+            stop(folder)
+            print(f"tracking server: stopped ({folder} kept)")
+        else:
+            state_file = folder / "state.json"
+            state = json.loads(state_file.read_text()) if state_file.exists() else None
+            running = state is not None and alive(state["mlflow_pid"])
+            print(f"tracking server: {'running at ' + state['url'] if running else 'not running'} ({folder})")
+            return 0 if running else 3
+    except ServerError as err:
+        print(f"tracking_server: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
