@@ -15,7 +15,7 @@ SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) 
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install install-keras keras-check repro tracking-server tracking-server-stop test test-all fuzz lint format bench bench-epochs lineage clean-venv
+.PHONY: install install-keras keras-check repro tracking-server tracking-server-stop test test-all fuzz lint format bench bench-matrix bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,10 @@ lineage: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_speed
+
+# the tiny matrix: dvc repro against the Ray executor, side by side (reports/benchmarks_matrix.json)
+bench-matrix: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_matrix
 
 # about an hour on 2 CPU cores: full-epoch training runs, the study's recipe against the fast one
 bench-epochs: $(STAMP)

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 import ray
 from dvc.repo import Repo
 from dvc.utils.serialize import dump_yaml, load_yaml
+from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from pipeline import paths, tracking
@@ -32,19 +36,41 @@ class StageFailed(RuntimeError):
     """A stage's command failed; the message names it and ends with its output."""
 
 
-@ray.remote(max_retries=0)
+@ray.remote(max_retries=0)  # a killed stage is retried by the executor, once its MLflow run is marked KILLED
 def run_command(cmd: str, cwd: str, env: dict) -> tuple[int, str]:
-    """A stage's command in its own process group; a cancelled task stops it before returning."""
+    """A stage's command; a cancelled task stops it before returning, and a killed worker takes it along."""
     proc = subprocess.Popen(
-        cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        dies_with_parent(shlex.split(cmd)),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
-        output, _ = proc.communicate()
+        output = wait_interruptibly(proc)
     except BaseException:  # ray.cancel raises KeyboardInterrupt here
         proc.terminate()
         proc.wait()
         raise
     return proc.returncode, output[-4000:]
+
+
+def wait_interruptibly(proc: subprocess.Popen) -> str:
+    """The process's output once it exits. Waits a second at a time: ray.cancel's KeyboardInterrupt reaches a thread
+    only between Python bytecodes, never inside one blocking read."""
+    while True:
+        try:
+            return proc.communicate(timeout=1.0)[0]
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def dies_with_parent(argv: list[str]) -> list[str]:
+    """argv run so that the kernel SIGKILLs it when the Ray worker that started it dies: a stage must never go on
+    writing while its retry runs (util-linux's setpriv; without it, as it is)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv and sys.platform == "linux" else argv
 
 
 def dependencies(repo: Repo) -> dict[str, set[str]]:
@@ -66,11 +92,22 @@ def resources(name: str, args) -> dict:
     return {"num_cpus": args.cpus_per_run, "num_gpus": gpus}
 
 
+def mark_killed(experiment_id: str, name: str) -> int:
+    """The stage's MLflow runs left RUNNING by a process that could not end them (SIGKILL) marked KILLED; how many."""
+    client = MlflowClient()
+    query = f"tags.stage = '{name}' and attributes.status = 'RUNNING'"
+    runs = client.search_runs([experiment_id], filter_string=query)
+    for run in runs:
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
+
+
 class Executor:
-    def __init__(self, root: Path, args):
-        self.root, self.args = root, args
+    def __init__(self, root: Path, args, experiment_id: str):
+        self.root, self.args, self.experiment_id = root, args, experiment_id
         self.upstream = dependencies(Repo(str(root)))
         self.done: set[str] = set()
+        self.retried: set[str] = set()
         self.running: dict = {}  # ray ObjectRef -> stage name
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run))
         self.env = {**os.environ, "DVC_ROOT": str(root), "PATH": f"{Path(sys.executable).parent}{os.pathsep}"}
@@ -96,12 +133,28 @@ class Executor:
 
     def finish(self, ref, progress: tqdm) -> None:
         name = self.running.pop(ref)
-        code, output = ray.get(ref)
+        try:
+            code, output = ray.get(ref)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:  # and the stage with it
+            code, output = -signal.SIGKILL, str(err)
+        if code < 0:  # killed by a signal: the OOM killer, an operator, a lost node
+            self.killed(name, -code, output)
+            return
         if code != 0:
             raise StageFailed(f"stage {name} failed (exit {code}):\n{output}")
         Repo(str(self.root)).commit(name, force=True)
         self.done.add(name)
         progress.update()
+
+    def killed(self, name: str, signum: int, output: str) -> None:
+        """Marks the stage's runs KILLED; it is dispatched again once (its outputs were never renamed into place
+        half-written, and train resumes its checkpoint). Killed twice, the run stops."""
+        marked = mark_killed(self.experiment_id, name)
+        what = f"stage {name} was killed (signal {signum}); {marked} MLflow run(s) marked KILLED"
+        if name in self.retried:
+            raise StageFailed(f"{what}, for the second time:\n{output}")
+        self.retried.add(name)
+        tqdm.write(f"parallel: {what}; retrying it once", file=sys.stderr)
 
     def run(self) -> None:
         with tqdm(total=len(self.upstream), desc="stages", unit="stage") as progress:
@@ -123,6 +176,7 @@ class Executor:
         dump_yaml(lock, {**data, "stages": {name: data["stages"][name] for name in order}})
 
     def cancel(self) -> None:
+        """Stops every running stage (SIGTERM: a stage marks its own run KILLED) and waits for them to exit."""
         for ref in list(self.running):
             ray.cancel(ref)
         for ref in list(self.running):
@@ -130,6 +184,8 @@ class Executor:
                 ray.get(ref)
             except (ray.exceptions.RayError, KeyboardInterrupt):
                 pass
+        for name in self.running.values():
+            mark_killed(self.experiment_id, name)  # what could not mark itself
         self.running.clear()
 
 
@@ -141,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-run", type=float, default=0, help="GPU fraction of each training stage")
     args = parser.parse_args(argv)
     root = paths.root()
-    tracking.setup(os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT)  # once, before fan-out
+    experiment_id = tracking.setup(os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT)  # once
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
-    executor, started = Executor(root, args), time.perf_counter()
+    executor, started = Executor(root, args, experiment_id), time.perf_counter()
     try:
         executor.run()
         executor.order_lock()

@@ -1,0 +1,78 @@
+"""The tiny matrix run sequentially (`dvc repro`) and through the Ray executor (JOBS=N), side by side in one run.
+
+    python -m benchmarks.bench_matrix            # make bench-matrix; ~10 min on 2 CPU cores
+
+Two identical generated projects (tests' tiny data and variants, train.threads 1) are reproduced from scratch, one
+with `dvc repro`, one with `python -m pipeline.tools.parallel --jobs N`; each wall time covers the whole command
+(process start-ups and DVC's commits included). Writes reports/benchmarks_matrix.json. GPU throughput for 1, 2, 4
+and 8 concurrent runs needs a GPU machine and is not measured by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.lib.io import write_json
+from tests.conftest import TINY_SPEC, make_project
+from tests.fakedata import make_emnist_dir
+
+VARIANTS = {f"tiny{i}": {**TINY_SPEC, "latent_dim": 4 + i} for i in range(3)}
+
+
+def timed(cmd: list[str], root: Path, env: dict) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench_matrix: {' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_matrix.json")
+    args = parser.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="bench-matrix-"))
+    data = make_emnist_dir(base / "emnist")
+    seeds = tuple(range(args.seeds))
+    commands = {
+        "sequential": ["dvc", "repro"],
+        "parallel": [sys.executable, "-m", "pipeline.tools.parallel", "--jobs", str(args.jobs)],
+    }
+    seconds = {}
+    try:
+        for kind, cmd in commands.items():
+            root, env = make_project(base / kind, VARIANTS, epochs=1, data_source=str(data), seeds=seeds)
+            seconds[kind] = timed(cmd, root, env)
+            print(f"{kind}: {seconds[kind]:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    result = {
+        "what": "the tiny matrix from scratch: dvc repro against pipeline.tools.parallel, same params, threads 1",
+        "runs": len(VARIANTS) * len(seeds),
+        "stages": 3 + 2 * len(VARIANTS) * len(seeds) + 1,
+        "jobs": args.jobs,
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "sequential_s": round(seconds["sequential"], 1),
+        "parallel_s": round(seconds["parallel"], 1),
+        "speedup": round(seconds["sequential"] / seconds["parallel"], 2),
+    }
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The Ray executor under faults: a Ray worker SIGKILLed in the middle of a training stage (retried once, then the
+run stops naming the stage), and Ctrl-C in the middle of one (every stage stopped). Each leaves dvc.lock with only
+finished stages, no MLflow run RUNNING, and a next run that finishes only what is left.
+
+A hook on PYTHONPATH (sitecustomize) acts inside train@tinyA-0's process when it renames its first checkpoint into
+place: at a known point of the work, never after a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_SPEC, make_project, run
+from tests.fakedata import make_emnist_dir
+
+pytestmark = pytest.mark.slow
+VARIANTS = {"tinyA": TINY_SPEC, "tinyB": {**TINY_SPEC, "latent_dim": 4}}
+TARGET = "train@tinyA-0"
+HOOK = """
+import os, signal, sys
+ARGV = ["-m", "pipeline.stages.train", "tinyA", "--seed", "0"]
+if os.environ.get("FAULT") and sys.orig_argv[-5:] == ARGV:
+    from pathlib import Path
+    _replace, _marker = os.replace, Path(os.environ["FAULT_MARKER"])
+
+    def cmdline(pid):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\\0", b" ").decode()
+
+    def strike():
+        if os.environ["FAULT"] == "kill-worker":
+            worker = os.getppid()
+            assert "ray" in cmdline(worker), cmdline(worker)  # setpriv exec'd: the parent is the Ray worker
+            os.kill(worker, signal.SIGKILL)
+        else:  # ctrl-c: SIGINT to the executor, as a terminal sends it, then wait to be stopped
+            driver = next(p for p in os.listdir("/proc") if p.isdigit() and "pipeline.tools.parallel" in cmdline(p))
+            os.kill(int(driver), signal.SIGINT)
+        signal.pause()  # the executor or the kernel ends this process
+
+    def replace(src, dst, *args, **kwargs):
+        if "checkpoints" in str(dst) and (os.environ.get("FAULT_EVERY_TIME") or not _marker.exists()):
+            _marker.touch()
+            strike()
+        return _replace(src, dst, *args, **kwargs)
+
+    os.replace = replace
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_emnist_dir(tmp_path_factory.mktemp("data") / "emnist")
+
+
+def project(tmp_path: Path, data: Path, fault: str, every_time: bool = False) -> tuple[Path, dict]:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK)
+    root, env = make_project(tmp_path / "project", VARIANTS, epochs=1, data_source=str(data))
+    env = {**env, "PYTHONPATH": str(hook), "FAULT": fault, "FAULT_MARKER": str(tmp_path / "struck")}
+    return root, {**env, "FAULT_EVERY_TIME": "1"} if every_time else env
+
+
+def executor(root: Path, env: dict) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline.tools.parallel", "--jobs", "2"]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+
+
+def mlflow_runs(root: Path, stage: str | None = None) -> list[str]:
+    """The statuses of the MLflow runs of one stage (all stages: None), oldest first."""
+    with sqlite3.connect(root / "mlflow.db") as db:
+        query = "select tags.value, runs.status from runs join tags on tags.run_uuid = runs.run_uuid"
+        rows = db.execute(query + " where tags.key = 'stage' order by runs.start_time").fetchall()
+    return [status for name, status in rows if stage is None or name == stage]
+
+
+def locked(root: Path) -> set[str]:
+    import yaml
+
+    lock = root / "dvc.lock"
+    return set(yaml.safe_load(lock.read_text())["stages"]) if lock.exists() else set()
+
+
+def stage_processes() -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "pipeline.stages." in line and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+            found.append(line)
+    return found
+
+
+def test_a_killed_worker_is_retried_once_and_the_run_resumes(tmp_path, data):
+    root, env = project(tmp_path, data, "kill-worker")
+    result = executor(root, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"stage {TARGET} was killed (signal 9); 1 MLflow run(s) marked KILLED; retrying it once" in result.stderr
+    assert (tmp_path / "struck").exists()
+    # killed before its first checkpoint was in place: the retry starts a run of its own
+    assert mlflow_runs(root, TARGET) == ["KILLED", "FINISHED"]
+    assert mlflow_runs(root).count("FINISHED") == len(mlflow_runs(root)) - 1
+    assert json.loads(run(["dvc", "status", "--json"], root, env)) == {}
+    model = torch.load(root / "models" / "tinyA-seed0.pt", weights_only=True)
+    assert model["state_dict"]  # written whole by the retry
+
+
+def test_a_stage_killed_twice_stops_the_run_and_is_named(tmp_path, data):
+    root, env = project(tmp_path, data, "kill-worker", every_time=True)
+    result = executor(root, env)
+    assert result.returncode == 1
+    assert f"stage {TARGET} was killed (signal 9); 1 MLflow run(s) marked KILLED, for the second time" in result.stderr
+    assert mlflow_runs(root, TARGET) == ["KILLED", "KILLED"]
+    assert TARGET not in locked(root) and "prepare" in locked(root)
+    assert not (root / "models" / "tinyA-seed0.pt").exists()
+    assert stage_processes() == []
+
+
+def test_ctrl_c_stops_every_stage_and_the_next_run_finishes_the_rest(tmp_path, data):
+    root, env = project(tmp_path, data, "ctrl-c")
+    result = executor(root, env)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "interrupted" in result.stderr
+    assert stage_processes() == []
+    assert "RUNNING" not in mlflow_runs(root)
+    assert mlflow_runs(root, TARGET) == ["KILLED"]
+    assert TARGET not in locked(root)
+    status = json.loads(run(["dvc", "status", "--json"], root, env))
+    assert TARGET in status and "prepare" not in status  # what finished stays committed
+
+    again = executor(root, env)  # the marker is there: no fault this time
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(run(["dvc", "status", "--json"], root, env)) == {}
+    assert mlflow_runs(root, TARGET) == ["KILLED", "FINISHED"]
