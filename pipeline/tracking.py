@@ -27,6 +27,7 @@ from pipeline import paths
 from pipeline.lib.tracker import NoOpRun, NoOpTracker, Tracker  # noqa: F401  (the interface, re-exported)
 
 DEFAULT_EXPERIMENT = "compressnet"
+EXECUTOR_ENV = "COMPRESSNET_EXECUTOR_ID"  # set by pipeline.tools.parallel: which executor started a stage's run
 
 
 class TrackingError(RuntimeError):
@@ -226,7 +227,12 @@ def git_state(root: Path | None = None) -> dict[str, str]:
 def run_tags(stage: str) -> dict[str, str]:
     tags = {"stage": stage, "mlflow.source.git.commit": "", **git_state()}
     tags["mlflow.source.git.commit"] = tags["git_commit"]
-    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+    names = (
+        ("DVC_EXP_NAME", "dvc_exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev"),
+        (EXECUTOR_ENV, "executor"),
+    )
+    for env, tag in names:
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags

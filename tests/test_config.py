@@ -40,7 +40,7 @@ from pipeline.stages import train as train_stage
 # A complete, valid params file: two study-like autoencoders (28 -> 14 -> 28), the second by a YAML merge key.
 BASE_YAML = """\
 seeds: [0, 1]
-data: {source: emnist-balanced, val_fraction: 0.2, seed: 7}
+data: {source: pipeline/emnist_balanced.sha256, val_fraction: 0.2, seed: 7}
 train: {epochs: 3, batch_size: 16, lr: 2.0e-3, optimizer: adam, schedule: constant, loss: mse, device: cpu, threads: 1}
 evaluate: {batch_size: 64, protocol_images: 4, protocol_seed: 1, ssim_window: gaussian, grid_images: 4}
 codec: {refine_steps: 2, refine_lr: 0.1}
@@ -267,6 +267,7 @@ BAD = [
     ("eval-batch", put("evaluate.batch_size", 0), "evaluate.batch_size", ">= 1"),
     ("protocol-images", put("evaluate.protocol_images", 0), "evaluate.protocol_images", ">= 1"),
     ("source", put("data.source", " "), "data.source", "a directory or a SHA-256 listing"),
+    ("source-old-name", put("data.source", "emnist-balanced"), "data.source", "named by its files' pinned SHA-256s"),
     ("variant-train-lr", put(f"{M1}.train.lr", 0), f"{M1}.train.lr", "(0, 10)"),
     # bad Literal values
     ("optimizer", put("train.optimizer", "sgd"), "train.optimizer", "one of adam, adamw"),

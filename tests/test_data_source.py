@@ -45,7 +45,8 @@ def test_one_changed_byte_in_a_source_directory_reruns_prepare(tmp_path):
 
 
 def test_the_official_sources_pinned_checksums_are_a_dependency(tmp_path):
-    """The default source is the committed listing of the official files' SHA-256s: a new pin reruns prepare."""
+    """The default source is the committed listing of the official files' SHA-256s, a dependency DVC hashes like
+    any other file (so a new pin reruns prepare, as the directory test above shows for a changed byte)."""
     from dvc.repo import Repo
 
     root, _ = make_project(tmp_path / "project", {"tiny": TINY_SPEC})

@@ -98,19 +98,21 @@ def dead_pid() -> int:
 def test_a_killed_writers_temporaries_are_removed_by_the_next_write_and_a_live_ones_stay(tmp_path):
     """SIGKILL leaves a temporary behind (nothing runs on SIGKILL); the next write of that output sweeps it."""
     target = tmp_path / "out.json"
-    stale_file = tmp_path / f".out.json.{dead_pid()}.abc.tmp"
+    stale_file = tmp_path / f".out.json.{io.HOST}.{dead_pid()}.abc.tmp"
     stale_file.write_text("half")
     live = tmp_path / f"{io.temporary_prefix(target)}xyz.tmp"  # this process's: a write in flight
     live.write_text("in flight")
-    other = tmp_path / f".other.json.{dead_pid()}.abc.tmp"  # another output's: not this write's business
+    other = tmp_path / f".other.json.{io.HOST}.{dead_pid()}.abc.tmp"  # another output's: not this write's business
     other.write_text("half")
+    elsewhere = tmp_path / f".out.json.another-host.{dead_pid()}.abc.tmp"  # a shared checkout: pids of another host
+    elsewhere.write_text("in flight there")
     io.write_json(target, {"a": 1})
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.json", live.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.json", live.name, other.name, elsewhere.name])
 
 
 def test_a_killed_prepare_leaves_no_directory_that_the_next_one_keeps(tmp_path):
     out = tmp_path / "prepared"
-    stale_dir = tmp_path / f".prepared.{dead_pid()}.abc.tmp"
+    stale_dir = tmp_path / f".prepared.{io.HOST}.{dead_pid()}.abc.tmp"
     stale_dir.mkdir()
     (stale_dir / "train_images.npy").write_bytes(b"half")
     write_prepared(out, {"x": np.zeros(3, np.uint8)}, {"manifest.json": {}})

@@ -32,7 +32,16 @@ if os.environ.get("FAULT") and sys.orig_argv[-5:] == ARGV:
     _replace, _marker = os.replace, Path(os.environ["FAULT_MARKER"])
 
     def cmdline(pid):
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\\0", b" ").decode()
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\\0", b" ").decode()
+        except OSError:  # gone meanwhile
+            return ""
+
+    def here(pid):  # this test's project: other tests' executors run beside it
+        try:
+            return os.readlink(f"/proc/{pid}/cwd") == os.getcwd()
+        except OSError:
+            return False
 
     def strike():
         if os.environ["FAULT"] == "kill-worker":
@@ -40,7 +49,8 @@ if os.environ.get("FAULT") and sys.orig_argv[-5:] == ARGV:
             assert "ray" in cmdline(worker), cmdline(worker)  # setpriv exec'd: the parent is the Ray worker
             os.kill(worker, signal.SIGKILL)
         else:  # ctrl-c: SIGINT to the executor, as a terminal sends it, then wait to be stopped
-            driver = next(p for p in os.listdir("/proc") if p.isdigit() and "pipeline.tools.parallel" in cmdline(p))
+            pids = [p for p in os.listdir("/proc") if p.isdigit()]
+            driver = next(p for p in pids if "pipeline.tools.parallel" in cmdline(p) and here(p))
             os.kill(int(driver), signal.SIGINT)
         signal.pause()  # the executor or the kernel ends this process
 
@@ -88,15 +98,17 @@ def locked(root: Path) -> set[str]:
     return set(yaml.safe_load(lock.read_text())["stages"]) if lock.exists() else set()
 
 
-def stage_processes() -> list[str]:
+def stage_processes(root: Path) -> list[str]:
+    """The live stage processes working in this project (other tests' run beside it)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+            live = Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+            if "pipeline.stages." in line and live and os.readlink(f"/proc/{pid}/cwd") == str(root):
+                found.append(line)
+        except OSError:  # gone meanwhile
             continue
-        if "pipeline.stages." in line and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
-            found.append(line)
     return found
 
 
@@ -122,7 +134,7 @@ def test_a_stage_killed_twice_stops_the_run_and_is_named(tmp_path, data):
     assert mlflow_runs(root, TARGET) == ["KILLED", "KILLED"]
     assert TARGET not in locked(root) and "prepare" in locked(root)
     assert not (root / "models" / "tinyA-seed0.pt").exists()
-    assert stage_processes() == []
+    assert stage_processes(root) == []
 
 
 def test_ctrl_c_stops_every_stage_and_the_next_run_finishes_the_rest(tmp_path, data):
@@ -130,7 +142,7 @@ def test_ctrl_c_stops_every_stage_and_the_next_run_finishes_the_rest(tmp_path, d
     result = executor(root, env)
     assert result.returncode == 130, result.stderr[-3000:]
     assert "interrupted" in result.stderr
-    assert stage_processes() == []
+    assert stage_processes(root) == []
     assert "RUNNING" not in mlflow_runs(root)
     assert mlflow_runs(root, TARGET) == ["KILLED"]
     assert TARGET not in locked(root)

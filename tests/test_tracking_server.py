@@ -64,6 +64,14 @@ def test_start_prints_the_uri_to_export(served):
     assert oct((served["folder"] / "password").stat().st_mode & 0o777) == "0o600"
 
 
+def test_the_password_is_in_no_command_line_and_readable_by_its_owner_only(served):
+    password = (served["folder"] / "password").read_text()
+    commands = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert "mlflow server" in commands or "mlflow.server" in commands or "uvicorn" in commands
+    assert password not in commands
+    assert password not in (served["folder"] / "mlflow.log").read_text()
+
+
 def test_the_parallel_matrix_logs_every_stage_into_postgres(served, matrix):
     stages = runs_by_stage(served["url"])
     assert stages == {

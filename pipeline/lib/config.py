@@ -47,6 +47,8 @@ class DataConfig:
             self.source,
         )
         require(self.seed >= 0, f"{path}.seed", "an integer >= 0", self.seed)
+        renamed = f"{OFFICIAL_SOURCE} (the official download, named by its files' pinned SHA-256s since 2026-12)"
+        require(self.source != "emnist-balanced", f"{path}.source", renamed, self.source)
 
 
 @dataclass(frozen=True)

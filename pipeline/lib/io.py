@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -39,18 +40,24 @@ def atomic_write(path: Path, write) -> None:
     fsync_path(path.parent)
 
 
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
 def temporary_prefix(path: Path) -> str:
-    """The name every temporary of `path` starts with: the writer's pid in it tells a live one from a stale one."""
-    return f".{path.name}.{os.getpid()}."
+    """The name every temporary of `path` starts with: the writer's host and pid tell a live one from a stale one
+    (also where several machines share a checkout)."""
+    return f".{path.name}.{HOST}.{os.getpid()}."
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete the temporaries of `path` left by writers that died (SIGKILL, power loss) before cleaning up; a live
-    writer's stay. A stale file inside a directory output would otherwise become part of what DVC hashes."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    """Delete the temporaries of `path` left by writers on this host that died (SIGKILL, power loss) before cleaning
+    up; a live writer's, and other hosts', stay. A stale file inside a directory output would otherwise become part
+    of what DVC hashes."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(HOST)}\.(\d+)\.[A-Za-z0-9_]+\.tmp")
+    for stale in path.parent.iterdir():
+        found = pattern.fullmatch(stale.name)
+        if found and not pid_alive(int(found.group(1))):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
 def pid_alive(pid: int) -> bool:

@@ -19,15 +19,18 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import ray
 from dvc.repo import Repo
 from dvc.utils.serialize import dump_yaml, load_yaml
 from mlflow.tracking import MlflowClient
+from ray.exceptions import NodeDiedError, OutOfMemoryError, WorkerCrashedError
 from tqdm import tqdm
 
 from pipeline import paths, tracking
+from pipeline.cli import one_line
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
 
@@ -51,7 +54,11 @@ def run_command(cmd: str, cwd: str, env: dict) -> tuple[int, str]:
         output = wait_interruptibly(proc)
     except BaseException:  # ray.cancel raises KeyboardInterrupt here
         proc.terminate()
-        proc.wait()
+        try:
+            proc.communicate(timeout=60)  # drained: a stage writing as it stops never blocks on a full pipe
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
         raise
     return proc.returncode, output[-4000:]
 
@@ -92,14 +99,18 @@ def resources(name: str, args) -> dict:
     return {"num_cpus": args.cpus_per_run, "num_gpus": gpus}
 
 
-def mark_killed(experiment_id: str, name: str) -> int:
-    """The stage's MLflow runs left RUNNING by a process that could not end them (SIGKILL) marked KILLED; how many."""
+def mark_killed(experiment_id: str, executor_id: str, name: str) -> str:
+    """This executor's runs of the stage left RUNNING by a process that could not end them (SIGKILL) marked KILLED
+    (another user's live runs of the same stage on a shared server are left alone). Says how many, or why none."""
     client = MlflowClient()
-    query = f"tags.stage = '{name}' and attributes.status = 'RUNNING'"
-    runs = client.search_runs([experiment_id], filter_string=query)
-    for run in runs:
-        client.set_terminated(run.info.run_id, "KILLED")
-    return len(runs)
+    query = f"tags.stage = '{name}' and tags.executor = '{executor_id}' and attributes.status = 'RUNNING'"
+    try:
+        runs = client.search_runs([experiment_id], filter_string=query)
+        for run in runs:
+            client.set_terminated(run.info.run_id, "KILLED")
+    except tracking.STORE_ERRORS as err:  # the store may be the fault: report it, never hide the stage's error
+        return f"its MLflow runs could not be marked KILLED ({one_line(err)})"
+    return f"{len(runs)} MLflow run(s) marked KILLED"
 
 
 class Executor:
@@ -110,7 +121,9 @@ class Executor:
         self.retried: set[str] = set()
         self.running: dict = {}  # ray ObjectRef -> stage name
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run))
+        self.executor_id = uuid.uuid4().hex  # tags this executor's runs (tracking.run_tags)
         self.env = {**os.environ, "DVC_ROOT": str(root), "PATH": f"{Path(sys.executable).parent}{os.pathsep}"}
+        self.env[tracking.EXECUTOR_ENV] = self.executor_id
         self.env["PATH"] += os.environ.get("PATH", "")
 
     def ready(self) -> list[str]:
@@ -135,7 +148,7 @@ class Executor:
         name = self.running.pop(ref)
         try:
             code, output = ray.get(ref)
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:  # and the stage with it
+        except (WorkerCrashedError, NodeDiedError, OutOfMemoryError) as err:  # the worker died, and the stage with it
             code, output = -signal.SIGKILL, str(err)
         if code < 0:  # killed by a signal: the OOM killer, an operator, a lost node
             self.killed(name, -code, output)
@@ -149,8 +162,8 @@ class Executor:
     def killed(self, name: str, signum: int, output: str) -> None:
         """Marks the stage's runs KILLED; it is dispatched again once (its outputs were never renamed into place
         half-written, and train resumes its checkpoint). Killed twice, the run stops."""
-        marked = mark_killed(self.experiment_id, name)
-        what = f"stage {name} was killed (signal {signum}); {marked} MLflow run(s) marked KILLED"
+        marked = mark_killed(self.experiment_id, self.executor_id, name)
+        what = f"stage {name} was killed (signal {signum}); {marked}"
         if name in self.retried:
             raise StageFailed(f"{what}, for the second time:\n{output}")
         self.retried.add(name)
@@ -185,8 +198,12 @@ class Executor:
             except (ray.exceptions.RayError, KeyboardInterrupt):
                 pass
         for name in self.running.values():
-            mark_killed(self.experiment_id, name)  # what could not mark itself
+            mark_killed(self.experiment_id, self.executor_id, name)  # what could not mark itself
         self.running.clear()
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
+    signal.signal(signal.SIGTERM, interrupt)  # ray.init's handler exits at once: SIGTERM must stop stages as Ctrl-C
     executor, started = Executor(root, args, experiment_id), time.perf_counter()
     try:
         executor.run()

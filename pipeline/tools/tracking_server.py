@@ -16,7 +16,9 @@ import argparse
 import contextlib
 import json
 import os
+import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -28,7 +30,9 @@ from pathlib import Path
 
 from pipeline import paths
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15; else initdb/pg_ctl from PATH
+PG_BINS = sorted(
+    Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0
+)
 DATABASE, USER = "mlflow", "mlflow"
 
 
@@ -43,7 +47,8 @@ def free_port() -> int:
 
 
 def pg_tool(name: str) -> str:
-    found = PG_BIN / name if (PG_BIN / name).exists() else shutil.which(name)
+    """Debian's newest /usr/lib/postgresql/<version>/bin, else PATH."""
+    found = next((str(b / name) for b in reversed(PG_BINS) if (b / name).exists()), None) or shutil.which(name)
     if not found:
         raise ServerError(f"{name} not found: install PostgreSQL's server (Debian: apt install postgresql-15)")
     return str(found)
@@ -61,27 +66,44 @@ def run(cmd: list[str], what: str, env: dict | None = None) -> None:
 
 
 def init_cluster(folder: Path) -> None:
-    """A new PostgreSQL cluster in folder/postgres/data with a generated password for the user mlflow."""
+    """A new PostgreSQL cluster in folder/postgres/data with a generated password for the user mlflow (what a failed
+    earlier attempt left there is replaced)."""
+    initdb = pg_tool("initdb")
+    owner = "postgres" if os.geteuid() == 0 else None
+    if owner:
+        try:
+            pwd.getpwnam(owner)
+        except KeyError:
+            raise ServerError(
+                "PostgreSQL refuses to run as root, and there is no user 'postgres' to run it as"
+            ) from None
     pg = folder / "postgres"
+    shutil.rmtree(pg, ignore_errors=True)
     pg.mkdir(parents=True)
-    password = folder / "password"
-    password.write_text(secrets.token_urlsafe(24))
-    password.chmod(0o600)
+    password = secrets.token_urlsafe(24)
+    write_private(folder / "password", password)
     pwfile = pg / "pwfile"
-    shutil.copy(password, pwfile)
-    if os.geteuid() == 0:
-        shutil.chown(pg, "postgres", "postgres")
-        shutil.chown(pwfile, "postgres", "postgres")
+    write_private(pwfile, password)
+    if owner:
+        shutil.chown(pg, owner, owner)
+        shutil.chown(pwfile, owner, owner)
     try:
         auth = ["--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
-        run(as_postgres([pg_tool("initdb"), "-D", str(pg / "data"), "-U", USER, "-E", "UTF8", *auth]), "initdb")
+        run(as_postgres([initdb, "-D", str(pg / "data"), "-U", USER, "-E", "UTF8", *auth]), "initdb")
     finally:
-        pwfile.unlink()
+        pwfile.unlink(missing_ok=True)
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, from its first byte."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
 
 
 def start_postgres(folder: Path, port: int) -> None:
     pg = folder / "postgres"
-    options = f"-h 127.0.0.1 -p {port} -k {pg}"
+    options = f"-h 127.0.0.1 -p {port} -k {shlex.quote(str(pg))}"  # pg_ctl passes these through a shell
     cmd = [pg_tool("pg_ctl"), "-D", str(pg / "data"), "-l", str(pg / "postgres.log"), "-w", "-o", options, "start"]
     run(as_postgres(cmd), f"PostgreSQL (log: {pg / 'postgres.log'})")
 
@@ -96,13 +118,15 @@ def ensure_database(folder: Path, port: int) -> None:
 
 
 def start_mlflow(folder: Path, pg_port: int, port: int, workers: int) -> int:
-    # the driver installed (psycopg2-binary), named: for postgresql:// SQLAlchemy 2.1 would pick psycopg 3
-    backend = f"postgresql+psycopg2://{USER}:{(folder / 'password').read_text()}@127.0.0.1:{pg_port}/{DATABASE}"
+    # the driver installed (psycopg2-binary), named: for postgresql:// SQLAlchemy 2.1 would pick psycopg 3. No
+    # password in it: a command line is readable by every user (ps); libpq reads PGPASSWORD from the environment
+    backend = f"postgresql+psycopg2://{USER}@127.0.0.1:{pg_port}/{DATABASE}"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend]
     cmd += ["--serve-artifacts", "--artifacts-destination", str(folder / "artifacts")]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     with open(folder / "mlflow.log", "ab") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "PGPASSWORD": (folder / "password").read_text()}
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process, timeout=180)
     except ServerError as err:
@@ -146,6 +170,8 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # another user's: not the server this folder started
+        return False
     return True
 
 
@@ -156,7 +182,7 @@ def start(folder: Path, port: int, workers: int) -> dict:
         if alive(state["mlflow_pid"]):
             return state
         stop(folder)  # a stale state: what is left of it
-    if not (folder / "postgres" / "data").exists():
+    if not (folder / "postgres" / "data" / "PG_VERSION").exists():
         init_cluster(folder)
     pg_port = free_port()
     start_postgres(folder, pg_port)
@@ -173,7 +199,8 @@ def start(folder: Path, port: int, workers: int) -> dict:
 
 def stop_postgres(folder: Path) -> None:
     data = folder / "postgres" / "data"
-    if (data / "postmaster.pid").exists():
+    status = subprocess.run(as_postgres([pg_tool("pg_ctl"), "-D", str(data), "status"]), capture_output=True)
+    if (data / "postmaster.pid").exists() and status.returncode == 0:  # not a stale pid file after a crash
         run(as_postgres([pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), "stopping PostgreSQL")
 
 
