@@ -229,7 +229,7 @@ def test_two_variants_trained_at_once_share_the_sqlite_store(project):
     root, env = project
     processes = [start(root, env, None, "train", variant, "--seed", "0") for variant in VARIANTS]
     results = [finish(process) for process in processes]
-    assert [code for code, _, _ in results] == [0, 0], results
+    assert [code for code, _, _ in results] == [0, 0], [err[-1500:] for _, _, err in results]
     runs = runs_by_name(root)
     assert {runs[f"{variant}-seed0"].info.experiment_id for variant in VARIANTS} == {
         client(root).get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
