@@ -106,7 +106,7 @@ class MlflowTracker:
     """The project's MLflow store and experiment (created on first use)."""
 
     def __init__(self):
-        self.experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+        self.experiment = experiment_name()
         self.experiment_id = setup(self.experiment)
         self.client = MlflowClient()
 
@@ -136,6 +136,11 @@ class MlflowTracker:
         except mlflow.exceptions.MlflowException:
             return None
         return run if run is not None and run.info.lifecycle_stage == "active" else None
+
+
+def experiment_name() -> str:
+    """MLflow's own setting, MLFLOW_EXPERIMENT_NAME, else the project's default."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
 def project_root(path: Path | None = None) -> Path:
@@ -242,7 +247,7 @@ def run_tags(stage: str) -> dict[str, str]:
 def tracked_run(**start_run_kwargs):
     """mlflow.start_run that never leaves a run RUNNING: KILLED on Ctrl-C or SIGTERM, FAILED on an error."""
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    previous = signal.signal(signal.SIGTERM, interrupt) if in_main else None
     run = mlflow.start_run(**start_run_kwargs)
     try:
         yield run
@@ -259,5 +264,6 @@ def tracked_run(**start_run_kwargs):
             signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupt(signum, frame):
+def interrupt(signum, frame):
+    """A signal handler that stops the process as Ctrl-C does (SIGTERM: runs end KILLED, stages are cancelled)."""
     raise KeyboardInterrupt(f"stopped by signal {signum}")

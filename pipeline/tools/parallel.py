@@ -202,10 +202,6 @@ class Executor:
         self.running.clear()
 
 
-def interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="stages at once on a local Ray")
@@ -214,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-run", type=float, default=0, help="GPU fraction of each training stage")
     args = parser.parse_args(argv)
     root = paths.root()
-    experiment_id = tracking.setup(os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT)  # once
+    experiment_id = tracking.setup(tracking.experiment_name())  # once, before the fan-out
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
-    signal.signal(signal.SIGTERM, interrupt)  # ray.init's handler exits at once: SIGTERM must stop stages as Ctrl-C
+    signal.signal(signal.SIGTERM, tracking.interrupt)  # replaces ray.init's, which exits without stopping stages
     executor, started = Executor(root, args, experiment_id), time.perf_counter()
     try:
         executor.run()
