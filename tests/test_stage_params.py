@@ -29,15 +29,19 @@ class Recorder:
     def __init__(self):
         self.keys: dict[int, str] = {}
         self.reads: set[str] = set()
+        self.alive: list[object] = []
 
     def register(self, params: config.Params) -> config.Params:
-        self.keys[id(params)] = ""
+        # Objects stay referenced so that no id recorded here can be reused by a later, unrelated object.
+        self.keys, self.alive = {id(params): ""}, [params]
         for field in dataclasses.fields(params):
             value = getattr(params, field.name)
             if dataclasses.is_dataclass(value):
                 self.keys[id(value)] = field.name
+                self.alive.append(value)
             elif isinstance(value, dict):
                 self.keys.update({id(spec): f"{field.name}.{name}" for name, spec in value.items()})
+                self.alive.extend(value.values())
         self.reads.clear()
         return params
 
