@@ -2,27 +2,28 @@
 
     python -m pipeline.tools.parallel --jobs 4                 # a local Ray on this machine's cores and GPUs
     python -m pipeline.tools.parallel --address ray://head:10001 --gpus-per-run 0.25
+    python -m pipeline.tools.parallel --address head:6379 --remote shared   # each node in its own checkout
 
 DVC stays the record: a stage is dispatched once every stage it depends on has finished, only if DVC says it is
 changed (checked then, as `dvc repro` checks it), its command runs as a Ray task in this checkout, and this process
 commits it (`dvc commit`: dvc.lock entry, outputs cached) one at a time. A following `dvc repro` runs nothing.
-The tasks share this checkout's files, so every node must see it (one machine, or a shared filesystem).
+The tasks share this checkout's files, so every node must see it (one machine, or a shared filesystem); with
+--remote each node works in its own checkout instead and the data moves through a DVC remote (ray_tasks.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 import ray
+from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from dvc.utils.serialize import dump_yaml, load_yaml
 from mlflow.tracking import MlflowClient
@@ -31,53 +32,13 @@ from tqdm import tqdm
 
 from pipeline import paths, tracking
 from pipeline.cli import one_line
+from pipeline.tools.ray_tasks import pipeline_files, run_command, run_on_node, uncached_outputs, write_files
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
 
 
 class StageFailed(RuntimeError):
     """A stage's command failed; the message names it and ends with its output."""
-
-
-@ray.remote(max_retries=0)  # a killed stage is retried by the executor, once its MLflow run is marked KILLED
-def run_command(cmd: str, cwd: str, env: dict) -> tuple[int, str]:
-    """A stage's command; a cancelled task stops it before returning, and a killed worker takes it along."""
-    proc = subprocess.Popen(
-        dies_with_parent(shlex.split(cmd)),
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        output = wait_interruptibly(proc)
-    except BaseException:  # ray.cancel raises KeyboardInterrupt here
-        proc.terminate()
-        try:
-            proc.communicate(timeout=60)  # drained: a stage writing as it stops never blocks on a full pipe
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-        raise
-    return proc.returncode, output[-4000:]
-
-
-def wait_interruptibly(proc: subprocess.Popen) -> str:
-    """The process's output once it exits. Waits a second at a time: ray.cancel's KeyboardInterrupt reaches a thread
-    only between Python bytecodes, never inside one blocking read."""
-    while True:
-        try:
-            return proc.communicate(timeout=1.0)[0]
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def dies_with_parent(argv: list[str]) -> list[str]:
-    """argv run so that the kernel SIGKILLs it when the Ray worker that started it dies: a stage must never go on
-    writing while its retry runs (util-linux's setpriv; without it, as it is)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv and sys.platform == "linux" else argv
 
 
 def dependencies(repo: Repo) -> dict[str, set[str]]:
@@ -113,6 +74,31 @@ def mark_killed(experiment_id: str, executor_id: str, name: str) -> str:
     return f"{len(runs)} MLflow run(s) marked KILLED"
 
 
+def adopt(root: Path, name: str, entry: dict, uncached: dict, remote: str) -> None:
+    """A stage a node ran and pushed: its dvc.lock entry and uncached outputs written here, its cached outputs pulled
+    from the remote. DVC must then find it unchanged here too, or that node's checkout is not this one's."""
+    write_files(root, uncached)
+    lock = root / "dvc.lock"
+    data = load_yaml(lock) if lock.exists() else {"schema": "2.0", "stages": {}}
+    data["stages"][name] = entry
+    dump_yaml(lock, data)
+    repo = Repo(str(root))
+    repo.pull(targets=[name], remote=remote, force=True)
+    stage = next(s for s in repo.index.stages if s.name == name)
+    with repo.lock:
+        if stage.changed():
+            raise StageFailed(f"stage {name} ran on a node whose checkout differs from this one: {differences(stage)}")
+
+
+def differences(stage) -> str:
+    """What DVC finds changed in a stage, in one line: `pipeline/stages/report.py modified, changed command`."""
+    found = []
+    for item in next(iter(stage.status().values()), []):
+        changes = item.values() if isinstance(item, dict) else [{item: ""}]
+        found += [f"{path} {what}".strip() for change in changes for path, what in change.items()]
+    return ", ".join(found)
+
+
 class Executor:
     def __init__(self, root: Path, args, experiment_id: str):
         self.root, self.args, self.experiment_id = root, args, experiment_id
@@ -125,6 +111,11 @@ class Executor:
         self.env = {**os.environ, "DVC_ROOT": str(root), "PATH": f"{Path(sys.executable).parent}{os.pathsep}"}
         self.env[tracking.EXECUTOR_ENV] = self.executor_id
         self.env["PATH"] += os.environ.get("PATH", "")
+        self.node_env = {  # what a task on another node takes from here; the rest is that node's own
+            "MLFLOW_TRACKING_URI": tracking.tracking_uri(root),
+            "MLFLOW_EXPERIMENT_NAME": tracking.experiment_name(),
+            tracking.EXECUTOR_ENV: self.executor_id,
+        }
 
     def ready(self) -> list[str]:
         started = set(self.running.values())
@@ -141,13 +132,20 @@ class Executor:
                 self.done.add(name)
                 progress.update()
                 continue
-            task = run_command.options(**resources(name, self.args), name=name)
-            self.running[task.remote(cmd, str(self.root), self.env)] = name
+            self.running[self.submit(name, cmd)] = name
+
+    def submit(self, name: str, cmd: str):
+        options = {**resources(name, self.args), "name": name}
+        if not self.args.remote:
+            return run_command.options(**options).remote(cmd, str(self.root), self.env)
+        inputs = sorted(self.upstream[name])
+        files = {**pipeline_files(self.root), **uncached_outputs(Repo(str(self.root)), inputs)}
+        return run_on_node.options(**options).remote(name, cmd, inputs, files, self.args.remote, self.node_env)
 
     def finish(self, ref, progress: tqdm) -> None:
         name = self.running.pop(ref)
         try:
-            code, output = ray.get(ref)
+            code, output, *returned = ray.get(ref)
         except (WorkerCrashedError, NodeDiedError, OutOfMemoryError) as err:  # the worker died, and the stage with it
             code, output = -signal.SIGKILL, str(err)
         if code < 0:  # killed by a signal: the OOM killer, an operator, a lost node
@@ -155,7 +153,10 @@ class Executor:
             return
         if code != 0:
             raise StageFailed(f"stage {name} failed (exit {code}):\n{output}")
-        Repo(str(self.root)).commit(name, force=True)
+        if self.args.remote:
+            adopt(self.root, name, *returned, self.args.remote)
+        else:
+            Repo(str(self.root)).commit(name, force=True)
         self.done.add(name)
         progress.update()
 
@@ -202,19 +203,38 @@ class Executor:
         self.running.clear()
 
 
+def check_cluster_setup(parser: argparse.ArgumentParser, args, root: Path) -> None:
+    """--remote needs a cluster, a tracking store every node reaches, and this checkout's outputs on the remote."""
+    if not args.address:
+        parser.error("--remote runs stages on the nodes of a Ray cluster: give its --address")
+    if urlparse(tracking.tracking_uri(root)).scheme in ("", "file", "sqlite"):
+        parser.error(
+            "--remote: stages on other machines cannot log into this machine's local MLflow store; start a tracking "
+            "server every node reaches (make tracking-server) and export MLFLOW_TRACKING_URI (docs/scale-out.md)"
+        )
+    try:
+        Repo(str(root)).push(remote=args.remote)  # the outputs of stages already up to date, for the nodes to pull
+    except DvcException as err:
+        parser.error(f"--remote {args.remote}: pushing this checkout's outputs failed: {err}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="stages at once on a local Ray")
     parser.add_argument("--address", help="an existing Ray cluster (default: start one on this machine)")
     parser.add_argument("--cpus-per-run", type=float, default=1, help="Ray CPUs each stage declares")
     parser.add_argument("--gpus-per-run", type=float, default=0, help="GPU fraction of each training stage")
+    parser.add_argument("--remote", help="run each stage in its node's own checkout, data through this DVC remote")
     args = parser.parse_args(argv)
     root = paths.root()
+    os.chdir(root)  # DVC resolves stage names from the current directory
+    if args.remote:
+        check_cluster_setup(parser, args, root)
     experiment_id = tracking.setup(tracking.experiment_name())  # once, before the fan-out
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
+    else:  # "local": a new Ray on this machine even when `ray start` has left a cluster running here
+        ray.init(address="local", num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
     signal.signal(signal.SIGTERM, tracking.interrupt)  # replaces ray.init's, which exits without stopping stages
     executor, started = Executor(root, args, experiment_id), time.perf_counter()
     try:

@@ -1,0 +1,149 @@
+"""The Ray tasks that run a DVC stage's command: in the executor's own checkout (one machine, or a shared
+filesystem), or in the checkout of whichever node the task lands on, its inputs and outputs moved through a DVC
+remote.
+
+A node joins a cluster with the checkout its tasks use: a clone of the same commit, with the DVC remote configured.
+
+    COMPRESSNET_CHECKOUT=/srv/compressnet RAY_AUTH_MODE=token ray start --address HEAD:6379
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import ray
+from dvc.exceptions import DvcException
+from dvc.repo import Repo
+from dvc.utils.serialize import load_yaml
+from filelock import FileLock
+
+from pipeline.lib import io
+
+CHECKOUT_ENV = "COMPRESSNET_CHECKOUT"
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", "dvc.lock")  # what a node's checkout takes from the executor's
+
+
+@ray.remote(max_retries=0)  # a killed stage is retried by the executor, once its MLflow run is marked KILLED
+def run_command(cmd: str, cwd: str, env: dict) -> tuple[int, str]:
+    """A stage's command in the executor's checkout."""
+    return run_process(cmd, Path(cwd), env)
+
+
+@ray.remote(max_retries=0)
+def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, remote: str, env: dict) -> tuple:
+    """The stage run in this node's checkout: the executor's pipeline files (and the uncached outputs of the stages
+    it reads) written there, the cached outputs of those stages pulled from the DVC remote, its command run, the
+    stage committed and pushed. Returns the exit code, the end of the output, and, if it succeeded, the stage's
+    dvc.lock entry and its uncached outputs."""
+    node = platform.node()
+    root = Path(os.environ.get(CHECKOUT_ENV) or "/nonexistent")
+    if not (root / "dvc.yaml").is_file():
+        hint = f"start the Ray node with {CHECKOUT_ENV} set to a checkout of this project (docs/scale-out.md)"
+        return 2, f"node {node}: {CHECKOUT_ENV}={os.environ.get(CHECKOUT_ENV)!r} is not a checkout; {hint}", {}
+    try:
+        with checkout_lock(root):
+            write_files(root, files)
+            if inputs:
+                Repo(str(root)).pull(targets=inputs, remote=remote, force=True)
+    except DvcException as err:
+        return 1, f"node {node}: pulling {', '.join(inputs)} from DVC remote {remote!r} failed: {err}", {}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    code, output = run_process(cmd, root, {**os.environ, **env, "DVC_ROOT": str(root), "PATH": path})
+    if code != 0:
+        return code, output, {}
+    try:
+        with checkout_lock(root):
+            repo = Repo(str(root))
+            repo.commit(name, force=True)
+            repo.push(targets=[name], remote=remote)
+            return 0, output, load_yaml(root / "dvc.lock")["stages"][name], uncached_outputs(repo, [name])
+    except DvcException as err:
+        return 1, f"{output}\nnode {node}: committing or pushing to DVC remote {remote!r} failed: {err}", {}
+
+
+@contextlib.contextmanager
+def checkout_lock(root: Path) -> Iterator[None]:
+    """DVC's commands in the node's checkout, one task at a time (DVC's own lock gives up after 3 s); from inside it,
+    as DVC resolves stage names and paths from the current directory."""
+    (root / ".dvc" / "tmp").mkdir(exist_ok=True)
+    with FileLock(root / ".dvc" / "tmp" / "compressnet-node.lock"), contextlib.chdir(root):
+        yield
+
+
+def pipeline_files(root: Path) -> dict[str, bytes | None]:
+    """The executor's dvc.yaml, params.yaml and dvc.lock (None: no such file yet)."""
+    return {name: (root / name).read_bytes() if (root / name).exists() else None for name in PIPELINE_FILES}
+
+
+def uncached_outputs(repo: Repo, names: list[str]) -> dict[str, bytes | dict[str, bytes]]:
+    """The outputs of these stages that DVC does not cache (`cache: false`: small reports kept in git), which a DVC
+    remote therefore never holds: path -> bytes, or for a directory, path -> {file inside it -> bytes}. They travel
+    with the task instead; DVC's check of the md5s in dvc.lock afterwards covers them too."""
+    found: dict[str, bytes | dict[str, bytes]] = {}
+    for stage in (s for s in repo.index.stages if s.name in names):
+        for out in (o for o in stage.outs if not o.use_cache and Path(o.fs_path).exists()):
+            path = Path(out.fs_path)
+            key = str(path.relative_to(repo.root_dir))
+            if path.is_dir():
+                found[key] = {str(f.relative_to(path)): f.read_bytes() for f in path.rglob("*") if f.is_file()}
+            else:
+                found[key] = path.read_bytes()
+    return found
+
+
+def write_files(root: Path, files: dict[str, bytes | dict | None]) -> None:
+    """Writes what pipeline_files or uncached_outputs returned into the checkout at root (a directory is replaced
+    whole; None removes the file)."""
+    for name, content in files.items():
+        path = root / name
+        if isinstance(content, dict):
+            shutil.rmtree(path, ignore_errors=True)
+            for inner, data in content.items():
+                io.atomic_write(path / inner, lambda tmp, data=data: tmp.write_bytes(data))
+        elif content is None:
+            path.unlink(missing_ok=True)
+        else:
+            io.atomic_write(path, lambda tmp, data=content: tmp.write_bytes(data))
+
+
+def run_process(cmd: str, cwd: Path, env: dict) -> tuple[int, str]:
+    """A stage's command: its exit code and the end of its output. A cancelled task stops it before returning, and a
+    killed worker takes it along."""
+    argv = dies_with_parent(shlex.split(cmd))
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = wait_interruptibly(proc)
+    except BaseException:  # ray.cancel raises KeyboardInterrupt here
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)  # drained: a stage writing as it stops never blocks on a full pipe
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    return proc.returncode, output[-4000:]
+
+
+def wait_interruptibly(proc: subprocess.Popen) -> str:
+    """The process's output once it exits. Waits a second at a time: ray.cancel's KeyboardInterrupt reaches a thread
+    only between Python bytecodes, never inside one blocking read."""
+    while True:
+        try:
+            return proc.communicate(timeout=1.0)[0]
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def dies_with_parent(argv: list[str]) -> list[str]:
+    """argv run so that the kernel SIGKILLs it when the Ray worker that started it dies: a stage must never go on
+    writing while its retry runs (util-linux's setpriv; without it, as it is)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv and sys.platform == "linux" else argv
