@@ -27,6 +27,8 @@ from pipeline import paths
 from pipeline.lib.tracker import NoOpRun, NoOpTracker, Tracker  # noqa: F401  (the interface, re-exported)
 
 DEFAULT_EXPERIMENT = "compressnet"
+# MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI overview (traces)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 EXECUTOR_ENV = "COMPRESSNET_EXECUTOR_ID"  # set by pipeline.tools.parallel: which executor started a stage's run
 
 
@@ -199,9 +201,13 @@ def setup(experiment: str) -> str:
     else:
         try:
             location = None if remote else artifact_location()
-            experiment_id = client.create_experiment(experiment, artifact_location=location)
+            tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            experiment_id = client.create_experiment(experiment, artifact_location=location, tags=tags)
         except mlflow.exceptions.MlflowException:  # created concurrently by another stage
-            experiment_id = client.get_experiment_by_name(experiment).experiment_id
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id
+    if found is not None and EXPERIMENT_KIND_TAG not in found.tags:  # made elsewhere, or by an older version
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

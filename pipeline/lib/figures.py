@@ -1,4 +1,8 @@
-"""The report's figures. Each takes the per-run results table (one row per variant and seed) and a path."""
+"""The report's figures. Each takes the per-run results table (one row per variant and seed) and a path.
+
+Read at a glance: bars start at zero, the seeds behind a mean are dots on its bar, and no axis has an offset or a
+scientific multiplier (a one-variant report once showed "1e-10 + 2.940203e-3").
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from pipeline.lib.io import atomic_write  # noqa: E402
 from pipeline.lib.rate_distortion import MOONSHOT  # noqa: E402
@@ -38,7 +44,7 @@ def report_figures(
     paths = {name: out / f"{name}.png" for name in REPORT_FIGURES}
     seed_spread(results, summary, paths["findings_seed_spread"])
     rate_distortion(rd, paths["rate_distortion"])
-    study_comparison(means, paths["study_comparison"])
+    study_comparison(results, paths["study_comparison"])
     loss_curves(histories, paths["loss_curves"])
     reconstructions(originals, samples, paths["reconstructions"])
     per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
@@ -48,9 +54,20 @@ def report_figures(
     return list(paths.values())
 
 
-def _save(fig, out: Path, **kwargs) -> None:
+def _save(fig: Figure, out: Path, **kwargs) -> None:
+    _plain_ticks(fig)
     atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip("."), dpi=110, **kwargs))
     plt.close(fig)
+
+
+def _plain_ticks(fig: Figure) -> None:
+    """Tick labels that read as they are: no offset ("1e-10 + 2.94e-3") and no scientific multiplier on any axis."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, ScalarFormatter):  # log axes have their own formatter, without an offset
+                formatter.set_useOffset(False)
+                formatter.set_scientific(False)
 
 
 def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
@@ -72,24 +89,54 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
             ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, s=18, alpha=0.7)
         ax.set(ylabel=title)
         ax.grid(axis="y", alpha=0.3)
+        _min_span(ax)
     axes[0].legend(loc="best")
     axes[-1].set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
+    axes[-1].set_xlim(-0.5, len(variants) - 0.5)  # one variant's dots stay beside its mean, not at the edges
     fig.suptitle(f"seed-to-seed spread ({int(summary.n.max())} seeds per variant)")
     fig.tight_layout()
     _save(fig, out)
 
 
-def study_comparison(means: pd.DataFrame, out: Path) -> None:
-    """The study's 2x2 figure (means over seeds): losses, MSE, SSIM, PSNR; autoencoder vs encoder->decoder."""
-    fig, axes = plt.subplots(2, 2, figsize=(max(10, 0.8 * len(means)), 7))
-    means[["train_loss", "val_loss"]].plot.bar(ax=axes[0, 0], title="final-epoch loss (MSE)", rot=30)
+def _min_span(ax, fraction: float = 0.01) -> None:
+    """A y range of at least `fraction` of the values' size, so seeds that agree to 1e-9 read as agreeing (a flat
+    row of dots), not as a spread magnified to fill the axis."""
+    low, high = ax.get_ylim()
+    span = fraction * max(abs(low), abs(high))
+    if high - low < span:
+        ax.set_ylim((low + high - span) / 2, (low + high + span) / 2)
+
+
+def study_comparison(runs: pd.DataFrame, out: Path) -> None:
+    """The study's 2x2 figure (means over seeds, each seed a dot): losses, MSE, SSIM, PSNR; autoencoder vs
+    encoder->decoder."""
+    n_variants = runs.variant.nunique()
+    fig, axes = plt.subplots(2, 2, figsize=(max(10, 0.8 * n_variants), 7))
+    _seed_bars(axes[0, 0], runs, {"train_loss": "train_loss", "val_loss": "val_loss"})
+    axes[0, 0].set_title("final-epoch loss (MSE)")
     for ax, metric in zip(axes.flat[1:], ("mse", "ssim", "psnr")):
-        pair = means[[metric, f"{metric}_decoder"]].set_axis(["autoencoder", "encoder→decoder"], axis=1)
-        pair.plot.bar(ax=ax, title=f"test {metric.upper()}", rot=30)
-        low, high = pair.values.min(), pair.values.max()
-        ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+        _seed_bars(ax, runs, {metric: "autoencoder", f"{metric}_decoder": "encoder→decoder"})
+        ax.set_title(f"test {metric.upper()}")
     fig.tight_layout()
     _save(fig, out)
+
+
+def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str]) -> None:
+    """Per variant a bar per column (labelled) at its mean over seeds, from zero, and each seed's value as a dot on
+    its bar, spread evenly across it."""
+    variants = list(dict.fromkeys(runs.variant))
+    by_variant = runs.groupby("variant", sort=False)
+    width = 0.8 / len(columns)
+    seeds = runs.variant.map(runs.variant.value_counts())
+    spread = ((by_variant.cumcount() + 0.5) / seeds - 0.5) * 0.6 * width  # within the middle 60% of the bar
+    for j, (column, label) in enumerate(columns.items()):
+        centres = np.arange(len(variants)) - 0.4 + width * (j + 0.5)
+        ax.bar(centres, by_variant[column].mean().reindex(variants), width, label=label)
+        x = runs.variant.map(dict(zip(variants, centres))) + spread
+        ax.scatter(x, runs[column], s=12, color="black", alpha=0.7, zorder=3, label=None if j else "each seed")
+    ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small")
 
 
 def loss_curves(histories: dict[str, list[pd.DataFrame]], out: Path) -> None:
@@ -126,6 +173,7 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) ->
     table = table.sort_values(best)
     fig, ax = plt.subplots(figsize=(13, 4.5))
     table.plot.bar(ax=ax, width=0.8, rot=0, legend=len(table.columns) <= 12)
+    ax.set_ylim(bottom=0)
     for i in range(min(worst, len(table))):
         ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.08)
     ax.set(

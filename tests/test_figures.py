@@ -1,0 +1,150 @@
+"""The report's figures (pipeline.lib.figures) read at a glance: bars from zero, each seed a dot on its mean's bar,
+no offset or scientific multiplier on any axis. Built from small synthetic results, as the report stage passes them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.container import BarContainer
+
+from pipeline.lib import figures, rate_distortion, report_text, stats
+
+CHARS = list("0aB")
+STUDY_METRICS = ["train_loss", "val_loss", "mse", "mse_decoder", "ssim", "ssim_decoder", "psnr", "psnr_decoder"]
+
+
+def make_results(values: dict[str, list[float]]) -> pd.DataFrame:
+    """One row per (variant, seed): `values` gives each variant's MSE per seed; the other metrics follow from it."""
+    rows = {}
+    for variant, mses in values.items():
+        for seed, mse in enumerate(mses):
+            psnr = 10 * np.log10(1 / mse)
+            rows[f"{variant}-seed{seed}"] = {
+                "variant": variant,
+                "seed": seed,
+                "train_loss": mse * 0.9,
+                "val_loss": mse * 1.01,
+                "mse": mse,
+                "mse_decoder": mse * 1.02,
+                "psnr": psnr,
+                "psnr_decoder": psnr - 0.05,
+                "psnr_pooled": psnr - 0.1,
+                "ssim": 1 - 10 * mse,
+                "ssim_decoder": 1 - 10.2 * mse,
+                "dead_latent_units": float(seed % 2),
+                "effective_latent_dims": 20.0,
+                "latent_dim": 32,
+                "bytes_per_image_uint8": 36.0,
+                "psnr_pooled_uint8": psnr - 0.2,
+                "psnr_uint8": psnr - 0.1,
+                "ssim_uint8": 1 - 11 * mse,
+                "mse_uint8": mse * 1.05,
+                "per_class": [{"char": c, "psnr": psnr + i} for i, c in enumerate(CHARS)],
+            }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def draw_all(monkeypatch, tmp_path, results: pd.DataFrame) -> dict:
+    """Every figure of the report, by name, drawn (so tick labels and offset texts are final)."""
+    drawn = {}
+    save = figures._save
+
+    def keep(fig, out, **kwargs):
+        save(fig, out, **kwargs)
+        drawn[out.stem] = fig  # closed, but it can still be drawn and inspected
+
+    monkeypatch.setattr(figures, "_save", keep)
+    means = report_text.variant_means(results)
+    baseline = {"method": "jpeg", "setting": "quality 5", "bytes_per_image": 130.0, "psnr_pooled": 27.1, "ssim": 0.9}
+    histories = {
+        v: [pd.DataFrame({"epoch": [1, 2], "train_loss": [r.mse * 2, r.mse], "val_loss": [r.mse * 2, r.mse]})]
+        for v, r in means.iterrows()
+    }
+    originals = np.zeros((3, 28, 28), np.uint8)
+    samples = {name: originals for name in results.groupby("variant", sort=False).head(1).index}
+    figures.report_figures(
+        results,
+        stats.aggregate(results, report_text.SEED_COLUMNS),
+        means,
+        rate_distortion.assemble(means, [baseline]),
+        histories,
+        originals,
+        samples,
+        tmp_path,
+    )
+    assert sorted(drawn) == sorted(figures.REPORT_FIGURES)
+    assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in drawn)
+    for fig in drawn.values():
+        fig.canvas.draw()
+    return drawn
+
+
+def bar_axes(fig) -> list:
+    return [ax for ax in fig.axes if any(isinstance(c, BarContainer) for c in ax.containers)]
+
+
+def dots_on(ax, bar) -> np.ndarray:
+    """The y of every seed dot drawn within the bar's width."""
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    inside = (points[:, 0] >= bar.get_x()) & (points[:, 0] <= bar.get_x() + bar.get_width())
+    return points[inside, 1]
+
+
+# one variant whose seeds agree to 1e-12: the case that drew "1e-10 + 2.940203e-3" on the study comparison's axes
+ONE_VARIANT = {"model01": [0.002940203, 0.002940203 + 1e-12]}
+THREE_VARIANTS = {"a": [0.004, 0.0042, 0.0041], "b": [0.003, 0.0031, 0.0029], "c": [0.006, 0.0058, 0.0061]}
+
+
+@pytest.mark.parametrize("values", [ONE_VARIANT, THREE_VARIANTS], ids=["one-variant", "three-variants"])
+def test_no_axis_has_an_offset_or_a_multiplier(monkeypatch, tmp_path, values):
+    for name, fig in draw_all(monkeypatch, tmp_path, make_results(values)).items():
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                assert axis.get_offset_text().get_text() == "", f"{name}: {ax.get_title()!r}"
+
+
+@pytest.mark.parametrize("values", [ONE_VARIANT, THREE_VARIANTS], ids=["one-variant", "three-variants"])
+def test_bars_start_at_zero(monkeypatch, tmp_path, values):
+    drawn = draw_all(monkeypatch, tmp_path, make_results(values))
+    assert len(bar_axes(drawn["study_comparison"])) == 4 and len(bar_axes(drawn["per_class_psnr"])) == 1
+    for fig in drawn.values():
+        for ax in bar_axes(fig):
+            assert ax.get_ylim()[0] == 0
+            assert all(bar.get_height() <= ax.get_ylim()[1] for bar in ax.patches if hasattr(bar, "get_height"))
+
+
+def test_each_seed_is_a_dot_on_its_variants_mean_bar(monkeypatch, tmp_path):
+    results = make_results(THREE_VARIANTS)
+    fig = draw_all(monkeypatch, tmp_path, results)["study_comparison"]
+    variants = list(THREE_VARIANTS)
+    for ax in fig.axes:
+        assert sum(len(c.get_offsets()) for c in ax.collections) == 2 * len(results)  # two bars per variant
+        for container in ax.containers:
+            metric = {
+                "autoencoder": ax.get_title().split()[-1].lower(),
+                "encoder→decoder": ax.get_title().split()[-1].lower() + "_decoder",
+            }.get(container.get_label(), container.get_label())
+            assert metric in STUDY_METRICS
+            for variant, bar in zip(variants, container.patches):
+                seeds = results.loc[results.variant == variant, metric].to_numpy()
+                np.testing.assert_allclose(sorted(dots_on(ax, bar)), sorted(seeds))
+                assert bar.get_height() == pytest.approx(seeds.mean())
+        assert [t.get_text() for t in ax.get_xticklabels()] == variants
+        assert "each seed" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_the_seed_spread_figure_has_a_dot_per_seed(monkeypatch, tmp_path):
+    results = make_results(THREE_VARIANTS)
+    fig = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"]
+    for ax in fig.axes:
+        assert [len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)] == [3, 3, 3]
+
+
+def test_seeds_that_agree_are_not_magnified_into_a_spread(monkeypatch, tmp_path):
+    fig = draw_all(monkeypatch, tmp_path, make_results(ONE_VARIANT))["findings_seed_spread"]
+    psnr, ssim, _ = fig.axes
+    for ax in (psnr, ssim):
+        low, high = ax.get_ylim()
+        assert high - low >= 0.0099 * (low + high) / 2  # about 1% of the value, where the seeds differ by 1e-9
