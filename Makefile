@@ -79,9 +79,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_speed
 
-# the tiny matrix: dvc repro against the Ray executor, side by side (reports/benchmarks_matrix.json)
+# the tiny matrix: dvc repro against the Ray executor, side by side; on a GPU, images/s of 1-8 runs sharing it
+# and of 1-8 seeds batched in one process (reports/benchmarks_matrix.json)
 bench-matrix: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_matrix
+	$(BIN)/python -m benchmarks.bench_share
 
 # about an hour on 2 CPU cores: full-epoch training runs, the study's recipe against the fast one
 bench-epochs: $(STAMP)

@@ -5,7 +5,7 @@
 Two identical generated projects (tests' tiny data and variants, train.threads 1) are reproduced from scratch, one
 with `dvc repro`, one with `python -m pipeline.tools.parallel --jobs N`; each wall time covers the whole command
 (process start-ups and DVC's commits included). Writes reports/benchmarks_matrix.json. GPU throughput for 1, 2, 4
-and 8 concurrent runs needs a GPU machine and is not measured by this script.
+and 8 concurrent runs is benchmarks/bench_share.py's (make bench-matrix runs both).
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         "parallel_s": round(seconds["parallel"], 1),
         "speedup": round(seconds["sequential"] / seconds["parallel"], 2),
     }
-    write_json(args.out, result)
+    existing = json.loads(args.out.read_text()) if args.out.exists() else {}
+    kept = {key: existing[key] for key in ("device_sharing",) if key in existing}  # bench_share's GPU figures
+    write_json(args.out, {**result, **kept})
     print(json.dumps(result, indent=2))
     return 0
 

@@ -8,7 +8,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from pipeline.lib.config import Params
+from pipeline.lib.config import Params, TrainConfig
 from pipeline.lib.device import resolve_precision
 from pipeline.lib.losses import OBJECTIVES
 from pipeline.lib.models import build_model
@@ -44,6 +44,20 @@ class KerasAdamW(KerasEpsilon, torch.optim.AdamW):
     pass
 
 
+def make_optimizer(cfg: TrainConfig, parameters) -> torch.optim.Optimizer:
+    kind = KerasAdamW if cfg.optimizer == "adamw" else KerasAdam
+    return kind(parameters, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
 class Trainer:
     """One variant's training loop; state (model, optimizer, scheduler, history) is checkpointable."""
 
@@ -57,21 +71,13 @@ class Trainer:
         self.model = build_model(params.variant(variant)).to(device)
         if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = self._optimizer()
-        self.scheduler = self._scheduler(math.ceil(self.images_per_epoch / self.cfg.batch_size))
+        self.optimizer = make_optimizer(self.cfg, self.model.parameters())
+        self.scheduler = make_scheduler(self.cfg, self.optimizer, self.steps_per_epoch)
         self.history: list[dict] = []
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        kind = KerasAdamW if self.cfg.optimizer == "adamw" else KerasAdam
-        return kind(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
-
-    def _scheduler(self, steps_per_epoch: int):
-        total = self.cfg.epochs * steps_per_epoch
-        if self.cfg.schedule == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, self.cfg.lr, total_steps=total)
-        if self.cfg.schedule == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
-        return None
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.images_per_epoch / self.cfg.batch_size)
 
     def state(self) -> dict:
         """Everything the next epoch depends on, the global RNG included (the rate variants' training noise)."""
@@ -116,7 +122,7 @@ class Trainer:
         total, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
         batches = tqdm(
             self.batches(train_x, epoch),
-            total=math.ceil(self.images_per_epoch / self.cfg.batch_size),
+            total=self.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
             unit="batch",
             leave=False,
