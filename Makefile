@@ -15,7 +15,7 @@ SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) 
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install install-keras keras-check repro tracking-server tracking-server-stop test test-all fuzz lint format bench bench-matrix bench-epochs lineage clean-venv
+.PHONY: install install-keras keras-check repro repro-quick tracking-server tracking-server-stop test test-all fuzz lint format bench bench-matrix bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,7 @@ keras-check: install-keras
 
 # JOBS=N: the out-of-date stages N at a time on a local Ray (pipeline.tools.parallel; docs/scale-out.md)
 repro: $(STAMP)
+	$(BIN)/python -m pipeline.tools.plan
 ifneq ($(strip $(JOBS)),)
 	@test -z "$(strip $(SET_PARAMS))" || { echo "make repro: JOBS= runs params.yaml as it is: set data.source/study.source there instead of DATA=/STUDY=" >&2; exit 2; }
 	$(BIN)/python -m pipeline.tools.parallel --jobs $(JOBS)
@@ -43,6 +44,10 @@ else ifeq ($(strip $(SET_PARAMS)),)
 else
 	$(BIN)/dvc exp run $(SET_PARAMS)
 endif
+
+# the quick profile (pipeline/quick.yaml) as one DVC experiment: the whole pipeline in minutes; DATA= as for repro
+repro-quick: $(STAMP)
+	$(BIN)/python -m pipeline.tools.plan --profile pipeline/quick.yaml --run $(SET_PARAMS)
 
 # an MLflow tracking server for many writers (PostgreSQL backend, served artifacts, in mlflow-server/; docs/scale-out.md)
 tracking-server: $(STAMP)

@@ -57,7 +57,10 @@ TARGET = yaml.safe_load(paths.REFERENCE_FILE.read_text())["published_weights"]["
 def train_row(params, variant: str, recipe: str, epochs: int, seed: int, tensors: dict) -> dict:
     train = dataclasses.replace(params.train, **RECIPES[recipe], epochs=epochs, steps_per_epoch=None)
     params = dataclasses.replace(
-        params, train=train, variants={variant: dataclasses.replace(params.variant(variant), train={})}
+        params,
+        train=train,
+        variants={variant: dataclasses.replace(params.variant(variant), train={})},
+        matrix=[variant],
     )
     trainer = Trainer(params, variant, seed, tensors["train"].device, train_images=len(tensors["train"]))
     stop_early = train.schedule == "constant"

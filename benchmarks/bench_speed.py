@@ -60,7 +60,10 @@ def trainer_for(params, variant: str, precision: str, channels_last: bool, steps
         params.train_for(variant), precision=precision, channels_last=channels_last, steps_per_epoch=steps, epochs=2
     )
     params = dataclasses.replace(
-        params, train=train, variants={variant: dataclasses.replace(params.variant(variant), train={})}
+        params,
+        train=train,
+        variants={variant: dataclasses.replace(params.variant(variant), train={})},
+        matrix=[variant],
     )
     return Trainer(params, variant, 0, pick_device(train.device), train_images=n_images)
 

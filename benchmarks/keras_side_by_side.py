@@ -113,7 +113,7 @@ def study_params(variant: str, padding: str, epochs: int = 1):
     params = load_params(paths.params_file())
     train = dataclasses.replace(params.train, **STUDY_TRAIN, epochs=epochs)
     spec = dataclasses.replace(params.variant(variant), train={}, padding=padding)
-    return dataclasses.replace(params, train=train, variants={variant: spec})
+    return dataclasses.replace(params, train=train, variants={variant: spec}, matrix=[variant])
 
 
 def golden(args) -> None:

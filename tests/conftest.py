@@ -72,6 +72,7 @@ def make_project(
     params["seeds"] = list(seeds)
     params["mlflow"]["log_model"] = False
     params["variants"] = variants
+    params["matrix"] = list(variants)
     params["study"]["models"] = []  # the study's weights need its architectures and a download (tests/test_study.py)
     if data_source:
         params["data"]["source"] = data_source

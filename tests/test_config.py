@@ -84,7 +84,8 @@ def test_repo_params_load(monkeypatch):
     assert paths.params_file() == REPO_PARAMS
     params = load_params(paths.params_file())
     assert isinstance(params, Params) and params.variants and params.seeds
-    assert params.runs() == [(variant, seed) for variant in params.variants for seed in params.seeds]
+    assert params.matrix and set(params.matrix) <= set(params.variants)
+    assert params.runs() == [(variant, seed) for variant in params.matrix for seed in params.seeds]
     for name, spec in params.variants.items():
         assert isinstance(spec, VariantSpec) and isinstance(params.train_for(name), TrainConfig)
         assert isinstance(params.compute_for(name), Compute)
@@ -215,7 +216,7 @@ BAD = [
         "top-level-allowed",
         put("extras", 1),
         "extras",
-        "allowed: variants, seeds, data, train, evaluate, codec, classifier, rate_distortion, mlflow",
+        "allowed: variants, seeds, matrix, data, train, evaluate, codec, classifier, rate_distortion, mlflow",
     ),
     ("data", put("data.shuffle", True), "data.shuffle", "unknown key"),
     ("train", put("train.momentum", 0.9), "train.momentum", "unknown key"),
@@ -263,6 +264,9 @@ BAD = [
     ("seeds-negative", put("seeds", [0, -1]), "seeds", ">= 0"),
     ("seeds-not-list", put("seeds", 3), "seeds", "expected a list"),
     ("seeds-str", put("seeds", [0, "1"]), "seeds[1]", "expected int"),
+    ("matrix-unknown", put("matrix", ["up3", "up5"]), "matrix", "names of variants (up3, up4)"),
+    ("matrix-repeated", put("matrix", ["up3", "up3"]), "matrix", "distinct"),
+    ("matrix-empty", put("matrix", []), "matrix", "non-empty list"),
     ("protocol-seed", put("evaluate.protocol_seed", -1), "evaluate.protocol_seed", ">= 0"),
     ("eval-batch", put("evaluate.batch_size", 0), "evaluate.batch_size", ">= 1"),
     ("protocol-images", put("evaluate.protocol_images", 0), "evaluate.protocol_images", ">= 1"),
@@ -568,3 +572,12 @@ def test_negative_rate_weight_is_an_error():
     raw = {"variants": {"m": {**MINIMAL_VARIANT, "rate_weight": -1}}}
     with pytest.raises(ConfigError, match=re.escape("variants.m.rate_weight: expected a number >= 0")):
         parse_params(raw)
+
+
+def test_the_matrix_chooses_which_variants_run_and_in_which_order():
+    raw = valid()
+    assert [v for v, _ in parse_params(raw).runs()] == ["up3", "up3", "up4", "up4"]  # no matrix: every variant
+    raw["matrix"] = ["up4"]
+    params = parse_params(raw)
+    assert params.runs() == [("up4", 0), ("up4", 1)] and params.trained() == ["up4"]
+    assert params.variant("up3").latent_dim  # still defined: selectable without editing the variants

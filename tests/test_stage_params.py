@@ -63,7 +63,7 @@ def reads(tmp_path_factory) -> dict[str, set[str]]:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"]["source"] = str(data_dir)
     raw["train"].update(epochs=1, steps_per_epoch=2, batch_size=32, threads=1)
-    raw.update(seeds=[RUN[1]], variants={RUN[0]: TINY_SPEC})
+    raw.update(seeds=[RUN[1]], variants={RUN[0]: TINY_SPEC}, matrix=[RUN[0]])
     raw["mlflow"]["log_model"] = False
     raw["rate_distortion"].update(jpeg_qualities=[50], webp_qualities=[50], pca_dims=[8])
     raw["classifier"]["epochs"] = 1

@@ -266,7 +266,8 @@ class MlflowConfig:
 @dataclass(frozen=True)
 class Params:
     variants: dict[str, VariantSpec]
-    seeds: list[int] = field(default_factory=lambda: [0])  # every variant is trained once per seed
+    seeds: list[int] = field(default_factory=lambda: [0])  # every variant in the matrix is trained once per seed
+    matrix: list[str] | None = None  # the variants trained (DVC's train@/evaluate@ matrix); None: every variant
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -291,6 +292,12 @@ class Params:
             "a non-empty list of distinct integers >= 0",
             self.seeds,
         )
+        matrix = self.trained()
+        require(
+            len(matrix) > 0 and len(set(matrix)) == len(matrix), "matrix", "a non-empty list of distinct names", matrix
+        )
+        for name in matrix:
+            require(name in self.variants, "matrix", f"names of variants ({', '.join(self.variants)})", name)
         for name in self.study.models:
             require(name in self.variants, "study.models", "names of variants (the study's architectures)", name)
         for name, spec in self.variants.items():  # the rate term is weighed against MSE, not its log
@@ -302,9 +309,13 @@ class Params:
                 loss,
             )
 
+    def trained(self) -> list[str]:
+        """The variants the pipeline trains, in the matrix's order."""
+        return list(self.variants) if self.matrix is None else list(self.matrix)
+
     def runs(self) -> list[tuple[str, int]]:
         """Every (variant, seed) pair the pipeline trains, in params order."""
-        return [(variant, seed) for variant in self.variants for seed in self.seeds]
+        return [(variant, seed) for variant in self.trained() for seed in self.seeds]
 
     def variant(self, name: str) -> VariantSpec:
         if name not in self.variants:

@@ -28,7 +28,7 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
     study = report_text.results_table({model: _study_metrics(model) for model in params.study.models})  # by variant
     summary = stats.aggregate(results, report_text.SEED_COLUMNS)
     tests = stats.pairwise_welch(results, "mse")
-    specs = {name: dataclasses.asdict(spec) for name, spec in params.variants.items()}
+    specs = {name: dataclasses.asdict(params.variant(name)) for name in params.trained()}
     reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
     means = report_text.variant_means(results)
     rd = rate_distortion.assemble(means, rate_distortion.load_baselines(paths.baselines_file()))

@@ -1,0 +1,63 @@
+"""The plan `make repro` prints before it starts (pipeline.tools.plan), and the quick profile it can run instead."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.lib.config import parse_params
+from pipeline.tools import plan
+from tests.conftest import REPO, TINY_SPEC, make_project, run
+from tests.fakedata import make_emnist_dir
+
+QUICK = yaml.safe_load((REPO / "pipeline" / "quick.yaml").read_text())
+REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_a_profile_sets_dotted_keys_and_leaves_the_rest():
+    raw = plan.with_profile(REPO_PARAMS, {"train.epochs": 7, "seeds": [4]})
+    assert raw["train"]["epochs"] == 7 and raw["seeds"] == [4]
+    assert raw["train"]["batch_size"] == REPO_PARAMS["train"]["batch_size"]
+    assert REPO_PARAMS["train"]["epochs"] != 7 or REPO_PARAMS["seeds"] != [4]  # the original is not modified
+
+
+def test_the_quick_profile_is_valid_params_and_trains_fewer_runs_than_the_default():
+    quick, default = parse_params(plan.with_profile(REPO_PARAMS, QUICK)), parse_params(REPO_PARAMS)
+    assert 0 < len(quick.runs()) < len(default.runs())
+    assert set(quick.trained()) <= set(default.trained())
+
+
+def test_the_plan_names_the_runs_an_estimate_and_the_faster_options(project_root, monkeypatch):
+    params = parse_params({"variants": {"tiny": TINY_SPEC}, "seeds": [0, 1], "train": {"device": "cpu", "threads": 1}})
+    lines = plan.plan_lines(params, {"seeds": [0, 1]})
+    text = "\n".join(lines)
+    assert "2 run(s) of 1 variant(s)" in text
+    assert "images/s measured here" in text and "of training and" in text
+    assert "make repro JOBS=N" in text and "make repro-quick" in text
+
+
+def test_without_a_profile_the_plan_counts_what_dvc_finds_out_of_date(tmp_path):
+    root, env = make_project(tmp_path, {"tiny": TINY_SPEC}, epochs=1, seeds=(0, 1))
+    cmd = [sys.executable, "-m", "pipeline.tools.plan"]
+    result = subprocess.run(cmd, cwd=root, env={**env, "COMPRESSNET_ROOT": str(root)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "plan: 2 run(s) of 1 variant(s)" in result.stdout
+    assert "4 other stage(s)" in result.stdout  # prepare, classifier, baselines, report (no study@: models [])
+
+
+@pytest.mark.slow
+def test_the_quick_profile_runs_the_whole_pipeline_as_one_experiment(tmp_path):
+    data = make_emnist_dir(tmp_path / "emnist")
+    (tmp_path / "p").mkdir()
+    root, env = make_project(tmp_path / "p", REPO_PARAMS["variants"], epochs=1)
+    cmd = [sys.executable, "-m", "pipeline.tools.plan", "--profile", str(REPO / "pipeline" / "quick.yaml"), "--run"]
+    output = run([*cmd, "--set-param", f"data.source={data}"], root, env, timeout=1800)
+    assert "plan: 2 run(s) of 2 variant(s)" in output
+    metrics = sorted(p.name for p in (root / "reports" / "metrics").iterdir())
+    assert metrics == [f"{variant}-seed0.json" for variant in sorted(QUICK["matrix"])]
+    assert (root / "reports" / "report.md").exists()
+    assert yaml.safe_load((root / "params.yaml").read_text())["matrix"] == QUICK["matrix"]
+    assert "Data and pipelines are up to date." in run(["dvc", "repro"], root, env)
