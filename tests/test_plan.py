@@ -36,7 +36,7 @@ def test_the_plan_names_the_runs_an_estimate_and_the_faster_options(project_root
     text = "\n".join(lines)
     assert "2 run(s) of 1 variant(s)" in text
     assert "images/s measured here" in text and "of training and" in text
-    assert "make repro JOBS=N" in text and "make repro-quick" in text
+    assert "make repro JOBS=N" in text and "make repro-quick" not in text  # a profile is already running
 
 
 def test_without_a_profile_the_plan_counts_what_dvc_finds_out_of_date(tmp_path):
@@ -45,6 +45,7 @@ def test_without_a_profile_the_plan_counts_what_dvc_finds_out_of_date(tmp_path):
     result = subprocess.run(cmd, cwd=root, env={**env, "COMPRESSNET_ROOT": str(root)}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "plan: 2 run(s) of 1 variant(s)" in result.stdout
+    assert "make repro-quick" in result.stdout
     assert "4 other stage(s)" in result.stdout  # prepare, classifier, baselines, report (no study@: models [])
 
 

@@ -118,7 +118,7 @@ def plan_lines(params: Params, profile: dict) -> list[str]:
         f"plan: images/s measured here by a {PROBE_STEPS}-step probe: {speeds}",
         f"plan: at least {minutes(train_s)} of training and {minutes(eval_s)} of evaluation, one stage at a time",
         "plan: faster: make repro JOBS=N runs independent stages at once on Ray (docs/scale-out.md)",
-        "plan: a first look: make repro-quick (the quick profile, pipeline/quick.yaml)",
+        *([] if profile else ["plan: a first look: make repro-quick (the quick profile, pipeline/quick.yaml)"]),
     ]
 
 
