@@ -35,7 +35,7 @@ keras-check: install-keras
 
 # JOBS=N: the out-of-date stages N at a time on a local Ray (pipeline.tools.parallel; docs/scale-out.md)
 repro: $(STAMP)
-	$(BIN)/python -m pipeline.tools.plan
+	$(BIN)/python -m pipeline.tools.plan $(SET_PARAMS)
 ifneq ($(strip $(JOBS)),)
 	@test -z "$(strip $(SET_PARAMS))" || { echo "make repro: JOBS= runs params.yaml as it is: set data.source/study.source there instead of DATA=/STUDY=" >&2; exit 2; }
 	$(BIN)/python -m pipeline.tools.parallel --jobs $(JOBS)

@@ -67,7 +67,7 @@ def one_run(args, seeds: list[int], start=None) -> float:
         runner = SeedBatch(params, args.variant, seeds, device, len(data))
     runner.train_epoch(data[: args.warmup * batch], 0)
     if start is not None:
-        start.wait()
+        start.wait(timeout=600)  # a run that failed before it breaks the barrier for the others instead of a hang
     return timed_epoch(runner.train_epoch, data[: args.steps * batch], device)
 
 

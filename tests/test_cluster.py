@@ -140,10 +140,12 @@ def test_a_node_whose_code_differs_stops_the_run_naming_the_stage_and_the_file(c
     original = stage_code.read_text()
     stage_code.write_text(original + "\n# another commit's code\n")
     (head / "reports" / "report.md").unlink()  # report is out of date, and runs on the node
+    before = lock(head)["report"]
     try:
         result = subprocess.run(cluster["cmd"], cwd=head, env=env, capture_output=True, text=True)
     finally:
         stage_code.write_text(original)
     assert result.returncode == 1
-    assert "stage report ran on a node whose checkout differs" in result.stderr
+    assert "stage report ran on a node whose checkout differs from here" in result.stderr
     assert "pipeline/stages/report.py modified" in result.stderr
+    assert lock(head)["report"] == before and not (head / "reports" / "report.md").exists()  # put back as it was

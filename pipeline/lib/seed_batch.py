@@ -18,17 +18,18 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from pipeline.lib.config import Params
+from pipeline.lib.device import resolve_precision
 from pipeline.lib.trainer import Trainer, make_optimizer, make_scheduler
 
 
-def unsupported(params: Params, variant: str) -> str | None:
-    """Why this variant's seeds cannot be batched, or None."""
+def unsupported(params: Params, variant: str, device: torch.device) -> str | None:
+    """Why this variant's seeds cannot be batched on this device, or None."""
     spec, cfg = params.variant(variant), params.train_for(variant)
     reasons = {
         "batch norm": spec.norm == "batch",
         "a rate term": spec.rate_weight > 0,
         f"loss {cfg.loss}": cfg.loss != "mse",
-        "bf16": cfg.precision == "bf16",
+        f"precision {cfg.precision} (bf16 on {device.type} here)": resolve_precision(cfg.precision, device) == "bf16",
     }
     found = [reason for reason, present in reasons.items() if present]
     return f"{variant}: seeds cannot be batched with {', '.join(found)}" if found else None
@@ -38,7 +39,7 @@ class SeedBatch:
     """Trains the seeds of one variant in lockstep; `trainers` hold each seed's model once `unstack` ran."""
 
     def __init__(self, params: Params, variant: str, seeds: list[int], device: torch.device, train_images: int):
-        if why := unsupported(params, variant):
+        if why := unsupported(params, variant, device):
             raise ValueError(why)
         self.trainers = [Trainer(params, variant, seed, device, train_images) for seed in seeds]
         self.cfg = self.trainers[0].cfg

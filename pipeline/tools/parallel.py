@@ -27,7 +27,7 @@ from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from dvc.utils.serialize import dump_yaml, load_yaml
 from mlflow.tracking import MlflowClient
-from ray.exceptions import NodeDiedError, OutOfMemoryError, WorkerCrashedError
+from ray.exceptions import NodeDiedError, OutOfMemoryError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
 
 from pipeline import paths, tracking
@@ -76,18 +76,36 @@ def mark_killed(experiment_id: str, executor_id: str, name: str) -> str:
 
 def adopt(root: Path, name: str, entry: dict, uncached: dict, remote: str) -> None:
     """A stage a node ran and pushed: its dvc.lock entry and uncached outputs written here, its cached outputs pulled
-    from the remote. DVC must then find it unchanged here too, or that node's checkout is not this one's."""
+    from the remote. DVC must then find it unchanged here too, or that node's checkout is not this one's: then the
+    stage's previous entry and outputs are put back, so that this checkout stays as it was."""
+    repo = Repo(str(root))
+    before_files = {**{path: None for path in uncached}, **uncached_outputs(repo, [name])}
+    before_entry = set_lock_entry(root, name, entry)
     write_files(root, uncached)
+    try:
+        repo.pull(targets=[name], remote=remote, force=True)
+        fresh = Repo(str(root))  # an index that reads the entry just written
+        stage = next(s for s in fresh.index.stages if s.name == name)
+        with fresh.lock:
+            if stage.changed():
+                raise StageFailed(f"stage {name} ran on a node whose checkout differs from here: {differences(stage)}")
+    except (StageFailed, DvcException):
+        set_lock_entry(root, name, before_entry)
+        write_files(root, before_files)
+        if before_entry:
+            Repo(str(root)).checkout(targets=[name], force=True)
+        raise
+
+
+def set_lock_entry(root: Path, name: str, entry: dict | None) -> dict | None:
+    """Writes (or with None removes) a stage's dvc.lock entry; returns the one it replaced."""
     lock = root / "dvc.lock"
     data = load_yaml(lock) if lock.exists() else {"schema": "2.0", "stages": {}}
-    data["stages"][name] = entry
+    before = data["stages"].pop(name, None)
+    if entry is not None:
+        data["stages"][name] = entry
     dump_yaml(lock, data)
-    repo = Repo(str(root))
-    repo.pull(targets=[name], remote=remote, force=True)
-    stage = next(s for s in repo.index.stages if s.name == name)
-    with repo.lock:
-        if stage.changed():
-            raise StageFailed(f"stage {name} ran on a node whose checkout differs from this one: {differences(stage)}")
+    return before
 
 
 def differences(stage) -> str:
@@ -148,15 +166,20 @@ class Executor:
             code, output, *returned = ray.get(ref)
         except (WorkerCrashedError, NodeDiedError, OutOfMemoryError) as err:  # the worker died, and the stage with it
             code, output = -signal.SIGKILL, str(err)
+        except RayTaskError as err:  # the task itself raised (a full disk on a node, ...)
+            raise StageFailed(f"stage {name}: its Ray task failed: {one_line(err)}") from err
         if code < 0:  # killed by a signal: the OOM killer, an operator, a lost node
             self.killed(name, -code, output)
             return
         if code != 0:
             raise StageFailed(f"stage {name} failed (exit {code}):\n{output}")
-        if self.args.remote:
-            adopt(self.root, name, *returned, self.args.remote)
-        else:
-            Repo(str(self.root)).commit(name, force=True)
+        try:
+            if self.args.remote:
+                adopt(self.root, name, *returned, self.args.remote)
+            else:
+                Repo(str(self.root)).commit(name, force=True)
+        except DvcException as err:
+            raise StageFailed(f"stage {name} ran, but DVC could not record it here: {err}") from err
         self.done.add(name)
         progress.update()
 

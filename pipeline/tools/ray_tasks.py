@@ -33,8 +33,9 @@ PIPELINE_FILES = ("dvc.yaml", "params.yaml", "dvc.lock")  # what a node's checko
 
 @ray.remote(max_retries=0)  # a killed stage is retried by the executor, once its MLflow run is marked KILLED
 def run_command(cmd: str, cwd: str, env: dict) -> tuple[int, str]:
-    """A stage's command in the executor's checkout."""
-    return run_process(cmd, Path(cwd), env)
+    """A stage's command in the executor's checkout, on the GPUs Ray gave this task (its CUDA_VISIBLE_DEVICES)."""
+    gpus = {key: os.environ[key] for key in ("CUDA_VISIBLE_DEVICES",) if key in os.environ}
+    return run_process(cmd, Path(cwd), {**env, **gpus})
 
 
 @ray.remote(max_retries=0)
