@@ -15,6 +15,7 @@ from tests.fakedata import make_emnist_dir
 
 pytestmark = pytest.mark.slow
 VARIANTS = {"tinyA": TINY_SPEC, "tinyB": {**TINY_SPEC, "latent_dim": 4}}
+STALE = "reports/figures/from-an-earlier-run.png"
 # files that record when and under which MLflow run they were made (timings, run ids): their md5 differs between any
 # two runs, sequential or not; their content is compared below
 RUN_SPECIFIC = ("models", "reports/history", "reports/metrics", "reports/report.md", "reports/figures")
@@ -27,6 +28,8 @@ def both(tmp_path_factory) -> dict:
     parallel = ["python", "-m", "pipeline.tools.parallel", "--jobs", "2"]  # what `make repro JOBS=2` runs
     for kind, cmd in (("sequential", ["dvc", "repro"]), ("parallel", parallel)):
         root, env = make_project(tmp_path_factory.mktemp(kind), VARIANTS, epochs=1, data_source=str(data))
+        (root / STALE).parent.mkdir(parents=True, exist_ok=True)
+        (root / STALE).write_bytes(b"a figure of an earlier run")  # dvc repro removes outputs before a stage runs
         projects[kind] = {"root": root, "env": env, "output": run(cmd, root, env, timeout=1800)}
     return projects
 
@@ -75,6 +78,11 @@ def test_every_stage_logged_its_mlflow_runs_as_sequentially(both):
 
     assert runs(both["parallel"]) == runs(both["sequential"])
     assert {status for _, status in runs(both["parallel"])} == {"FINISHED"}
+
+
+def test_a_file_left_in_an_output_directory_is_removed_as_dvc_repro_removes_it(both):
+    assert not (both["sequential"]["root"] / STALE).exists()
+    assert not (both["parallel"]["root"] / STALE).exists()
 
 
 def test_afterwards_dvc_has_nothing_to_do(both):

@@ -47,12 +47,17 @@ def dependencies(repo: Repo) -> dict[str, set[str]]:
     return {stage.name: {upstream.name for upstream in graph.successors(stage)} for stage in graph.nodes}
 
 
-def command_if_changed(root: Path, name: str) -> str | None:
-    """The stage's command if DVC finds it changed, else None."""
+def command_if_changed(root: Path, name: str, clear_outputs: bool) -> str | None:
+    """The stage's command if DVC finds it changed, else None. With clear_outputs its outputs are removed first, as
+    `dvc repro` removes them (a file left in an output directory would otherwise be committed with it)."""
     repo = Repo(str(root))  # a fresh index: dvc.lock has the stages committed since
     stage = next(s for s in repo.index.stages if s.name == name)
     with repo.lock:
-        return stage.cmd if stage.changed() else None
+        if not stage.changed():
+            return None
+        if clear_outputs:
+            stage.remove_outs(ignore_remove=False, force=False)
+        return stage.cmd
 
 
 def resources(name: str, args) -> dict:
@@ -145,7 +150,7 @@ class Executor:
         for name in self.ready():
             if len(self.running) >= self.slots:
                 return
-            cmd = command_if_changed(self.root, name)
+            cmd = command_if_changed(self.root, name, clear_outputs=not self.args.remote)
             if cmd is None:
                 self.done.add(name)
                 progress.update()
@@ -167,7 +172,8 @@ class Executor:
         except (WorkerCrashedError, NodeDiedError, OutOfMemoryError) as err:  # the worker died, and the stage with it
             code, output = -signal.SIGKILL, str(err)
         except RayTaskError as err:  # the task itself raised (a full disk on a node, ...)
-            raise StageFailed(f"stage {name}: its Ray task failed: {one_line(err)}") from err
+            cause = err.cause if isinstance(err.cause, BaseException) else err
+            raise StageFailed(f"stage {name}: its Ray task failed: {type(cause).__name__}: {cause}") from err
         if code < 0:  # killed by a signal: the OOM killer, an operator, a lost node
             self.killed(name, -code, output)
             return

@@ -52,8 +52,11 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, remote: str
     try:
         with checkout_lock(root):
             write_files(root, files)
+            repo = Repo(str(root))
             if inputs:
-                Repo(str(root)).pull(targets=inputs, remote=remote, force=True)
+                repo.pull(targets=inputs, remote=remote, force=True)
+            with repo.lock:
+                next(s for s in repo.index.stages if s.name == name).remove_outs(ignore_remove=False)  # as dvc repro
     except DvcException as err:
         return 1, f"node {node}: pulling {', '.join(inputs)} from DVC remote {remote!r} failed: {err}", {}
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
