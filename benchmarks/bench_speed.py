@@ -1,11 +1,11 @@
 """Training and evaluation speed against what this machine can do, measured side by side in one run.
 
-Run from the repo root after `dvc repro prepare` (or `make repro`):  python -m benchmarks.bench_speed
-(`make bench` runs it). It measures the fp32 matmul peak, counts each variant's training FLOPs per
-image (torch's FLOP counter), times the real training step (pipeline.lib.training.Trainer) per variant for each
-precision x memory layout, the share of each step spent fetching batches, and evaluation images/s, then
-prints utilisation = achieved FLOP/s / measured peak. Writes reports/benchmarks.json and
-reports/benchmarks.md and logs both to MLflow as a `benchmark` run.
+Run from the repo root:  python -m benchmarks.bench_speed  (`make bench` runs it), on the prepared splits after
+`dvc repro prepare`, or on random images of the same shape in a fresh clone. It measures the fp32 matmul peak,
+counts each variant's training FLOPs per image (torch's FLOP counter), times the real training step
+(pipeline.lib.training.Trainer) per variant for each precision x memory layout, the share of each step spent
+fetching batches, and evaluation images/s, then prints utilisation = achieved FLOP/s / measured peak. Writes
+reports/benchmarks.json and reports/benchmarks.md and logs both to MLflow as a `benchmark` run.
 """
 
 from __future__ import annotations
@@ -100,8 +100,7 @@ def run(variants: list[str], options: list[str], steps: int, eval_images: int) -
         f"fp32 matmul peak: {peak:.1f} GFLOP/s on {hardware} ({torch.get_num_threads()} CPU threads, "
         f"native bf16: {native_bf16(device)})"
     )
-    train_x = as_batch_tensor(prepared.load_split(paths.prepared_dir(), "train")[0], device)
-    test_x = as_batch_tensor(prepared.load_split(paths.prepared_dir(), "test")[0][:eval_images], device)
+    train_x, test_x, data = timing_images(device, steps * params.train.batch_size, eval_images)
     rows = []
     for variant in variants:
         flops = training_flops_per_image(params.variant(variant))
@@ -140,8 +139,22 @@ def run(variants: list[str], options: list[str], steps: int, eval_images: int) -
         "threads": torch.get_num_threads(),
         "matmul_peak_gflops": peak,
         "train_steps_timed": steps,
+        "data": data,
         "rows": rows,
     }
+
+
+def timing_images(device: torch.device, train_images: int, eval_images: int):
+    """The prepared train and test images if `prepare` has run, else random ones of the same shape (a step costs
+    the same whatever the pixels): a fresh clone can measure its speed before downloading EMNIST."""
+    if (paths.prepared_dir() / "manifest.json").exists():
+        train = as_batch_tensor(prepared.load_split(paths.prepared_dir(), "train")[0], device)
+        test = as_batch_tensor(prepared.load_split(paths.prepared_dir(), "test")[0][:eval_images], device)
+        return train, test, "the prepared train and test splits"
+    print(f"bench_speed: {paths.prepared_dir()} has no prepared data; timing on random images of the same shape")
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(n, 1, 28, 28, generator=generator).to(device) for n in (train_images, eval_images)]
+    return *images, "random images (no prepared data)"
 
 
 def _hardware(device: torch.device) -> str:
@@ -166,7 +179,9 @@ def write_outputs(result: dict) -> None:
         f"# Speed benchmark\n\nfp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s on "
         f"{result['threads']} threads of {result['hardware']} ({result['device']}, native bf16: "
         f"{result['native_bf16']}); {result['train_steps_timed']} training steps "
-        "timed per row after a warm-up.\n\n" + table.to_markdown(index=False, floatfmt=".3g") + "\n"
+        f"timed per row after a warm-up, on {result['data']}.\n\n"
+        + table.to_markdown(index=False, floatfmt=".3g")
+        + "\n"
     )
     write_json(OUT_JSON, result)
     write_text(OUT_MD, markdown)
@@ -188,10 +203,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps timed per variant and option")
     parser.add_argument("--eval-images", type=int, default=18_800)
     args = parser.parse_args()
-    if not (paths.prepared_dir() / "manifest.json").exists():
-        raise SystemExit(
-            f"{paths.prepared_dir()}: no prepared data; run `make repro DATA=...` or `dvc repro prepare` first"
-        )
     write_outputs(run(args.variants, args.options, args.steps, args.eval_images))
 
 
