@@ -33,6 +33,7 @@ from pipeline.lib.device import configure_determinism, pick_device
 from pipeline.lib.evaluation import reconstruct_and_measure
 from pipeline.lib.io import DataError
 from pipeline.lib.trainer import Trainer
+from pipeline.provenance import stage_name
 
 BALANCED = {"train": 112_800, "test": 18_800}  # EMNIST-Balanced's split sizes, before prepare carves val from train
 PROBE_STEPS, PROBE_IMAGES = 3, 1024
@@ -60,8 +61,8 @@ def out_of_date(root: Path, params: Params, overrides: dict) -> tuple[list, list
     to_run = set(changed)
     for stage in (s for s in graph.nodes if s.addressing in changed):
         to_run |= {downstream.addressing for downstream in nx.ancestors(graph, stage)}  # edges point upstream
-    trains = [(v, s) for v, s in params.runs() if f"train@{v}-{s}" in to_run]
-    evaluations = [(v, s) for v, s in params.runs() if f"evaluate@{v}-{s}" in to_run]
+    trains = [(v, s) for v, s in params.runs() if stage_name("train", v, s) in to_run]
+    evaluations = [(v, s) for v, s in params.runs() if stage_name("evaluate", v, s) in to_run]
     others = [n for n in to_run if not n.startswith(("train@", "evaluate@"))]
     return trains, evaluations, f"{len(others)} other stage(s)"
 
@@ -100,19 +101,19 @@ def estimate(params: Params, trains: list, evaluations: list) -> tuple[float, fl
     """Seconds of training and of evaluation for these runs, and the probed images/s per variant."""
     device = pick_device(params.train.device)
     configure_determinism(params.train.threads)
-    sizes, probes, rates, train_s, eval_s = split_sizes(params), {}, {}, 0.0, 0.0
+    sizes, probes, by_variant = split_sizes(params), {}, {}
     for variant in dict.fromkeys(v for v, _ in [*trains, *evaluations]):
         key = architecture(params, variant)
         if key not in probes:
             probes[key] = seconds_per_image(params, variant, device)
-        rates[variant] = 1 / probes[key][0]
+        by_variant[variant] = probes[key]  # (training, evaluation) seconds per image
+    train_s = 0.0
     for variant, _ in trains:
         cfg = params.train_for(variant)
         per_epoch = min(sizes["train"], (cfg.steps_per_epoch or sizes["train"]) * cfg.batch_size)
-        train_s += cfg.epochs * per_epoch / rates[variant]
-    for variant, _ in evaluations:
-        eval_s += sizes["test"] * probes[architecture(params, variant)][1]
-    return train_s, eval_s, rates
+        train_s += cfg.epochs * per_epoch * by_variant[variant][0]
+    eval_s = sum(sizes["test"] * by_variant[variant][1] for variant, _ in evaluations)
+    return train_s, eval_s, {variant: 1 / seconds[0] for variant, seconds in by_variant.items()}
 
 
 def minutes(seconds: float) -> str:
