@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 import yaml
 
+from benchmarks.bench_speed import timed
 from pipeline import paths
 from pipeline.lib.config import Params, parse_params
 from pipeline.lib.device import configure_determinism, pick_device
@@ -32,19 +32,6 @@ from pipeline.lib.trainer import Trainer
 
 def images(batch: int, steps: int, device: torch.device) -> torch.Tensor:
     return torch.rand(batch * steps, 1, 28, 28, device=device)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_epoch(train_epoch, data: torch.Tensor, device: torch.device) -> float:
-    synchronize(device)
-    started = time.perf_counter()
-    train_epoch(data, 1)
-    synchronize(device)
-    return time.perf_counter() - started
 
 
 def bench_params(args) -> Params:
@@ -68,7 +55,7 @@ def one_run(args, seeds: list[int], start=None) -> float:
     runner.train_epoch(data[: args.warmup * batch], 0)
     if start is not None:
         start.wait(timeout=600)  # a run that failed before it breaks the barrier for the others instead of a hang
-    return timed_epoch(runner.train_epoch, data[: args.steps * batch], device)
+    return timed(lambda: runner.train_epoch(data[: args.steps * batch], 1))
 
 
 def worker(args, start, results, index: int) -> None:

@@ -42,11 +42,11 @@ def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10
     """Best-of-n fp32 matrix multiply rate on the device, the ceiling a conv net can hope for there."""
     a, b = torch.rand(size, size, device=device), torch.rand(size, size, device=device)
     torch.mm(a, b)  # warm-up
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    best = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
     started = time.perf_counter()
     fn()
     if torch.cuda.is_available():
@@ -73,8 +73,8 @@ def training_rate(params, variant: str, option: str, train_x: torch.Tensor, step
     precision, channels_last = OPTIONS[option]
     trainer = trainer_for(params, variant, precision, channels_last, steps, len(train_x))
     trainer.train_epoch(train_x, epoch=0)  # warm-up: allocator, oneDNN kernels
-    seconds = _timed(lambda: trainer.train_epoch(train_x, epoch=1))
-    fetch = _timed(lambda: _fetch_only(trainer, train_x, epoch=1))
+    seconds = timed(lambda: trainer.train_epoch(train_x, epoch=1))
+    fetch = timed(lambda: _fetch_only(trainer, train_x, epoch=1))
     return {"images_per_s": trainer.images_per_epoch / seconds, "data_fraction": fetch / seconds}
 
 
@@ -88,7 +88,7 @@ def evaluation_rate(params, variant: str, test_x: torch.Tensor) -> float:
     """images/s of evaluate's main work: autoencoder and encoder->decoder passes plus per-image metrics."""
     model = trainer_for(params, variant, "fp32", True, 1, len(test_x)).model.eval()
     x = test_x.contiguous(memory_format=torch.channels_last)
-    return len(x) / _timed(lambda: reconstruct_and_measure(model, x, params.evaluate))
+    return len(x) / timed(lambda: reconstruct_and_measure(model, x, params.evaluate))
 
 
 def run(variants: list[str], options: list[str], steps: int, eval_images: int) -> dict:
