@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from pipeline import paths, tracking
 from pipeline.cli import one_line
-from pipeline.tools.ray_tasks import pipeline_files, run_command, run_on_node, uncached_outputs, write_files
+from pipeline.tools.ray_tasks import pipeline_files, run_command, run_on_node, stage_of, uncached_outputs, write_files
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
 
@@ -51,7 +51,7 @@ def command_if_changed(root: Path, name: str, clear_outputs: bool) -> str | None
     """The stage's command if DVC finds it changed, else None. With clear_outputs its outputs are removed first, as
     `dvc repro` removes them (a file left in an output directory would otherwise be committed with it)."""
     repo = Repo(str(root))  # a fresh index: dvc.lock has the stages committed since
-    stage = next(s for s in repo.index.stages if s.name == name)
+    stage = stage_of(repo, name)
     with repo.lock:
         if not stage.changed():
             return None
@@ -90,7 +90,7 @@ def adopt(root: Path, name: str, entry: dict, uncached: dict, remote: str) -> No
     try:
         repo.pull(targets=[name], remote=remote, force=True)
         fresh = Repo(str(root))  # an index that reads the entry just written
-        stage = next(s for s in fresh.index.stages if s.name == name)
+        stage = stage_of(fresh, name)
         with fresh.lock:
             if stage.changed():
                 raise StageFailed(f"stage {name} ran on a node whose checkout differs from here: {differences(stage)}")

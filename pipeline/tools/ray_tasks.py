@@ -56,7 +56,7 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, remote: str
             if inputs:
                 repo.pull(targets=inputs, remote=remote, force=True)
             with repo.lock:
-                next(s for s in repo.index.stages if s.name == name).remove_outs(ignore_remove=False)  # as dvc repro
+                stage_of(repo, name).remove_outs(ignore_remove=False)  # as dvc repro
     except DvcException as err:
         return 1, f"node {node}: pulling {', '.join(inputs)} from DVC remote {remote!r} failed: {err}", {}
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -71,6 +71,11 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, remote: str
             return 0, output, load_yaml(root / "dvc.lock")["stages"][name], uncached_outputs(repo, [name])
     except DvcException as err:
         return 1, f"{output}\nnode {node}: committing or pushing to DVC remote {remote!r} failed: {err}", {}
+
+
+def stage_of(repo: Repo, name: str):
+    """The stage of that name (matrix stages included: train@model01-0) in the repo's index."""
+    return next(s for s in repo.index.stages if s.name == name)
 
 
 @contextlib.contextmanager
