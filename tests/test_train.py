@@ -11,6 +11,8 @@ import hashlib
 import itertools
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -619,3 +621,14 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
     assert resolve_precision("auto", CPU) == expected
     assert resolve_precision("fp32", CPU) == "fp32"  # an explicit choice is kept
     assert resolve_precision("bf16", CPU) == "bf16"
+
+
+def test_determinism_is_on_without_importing_the_compiler():
+    """configure_determinism turns torch's deterministic algorithms on; in a fresh stage process it does so without
+    importing inductor (seconds of every stage's start-up, for a compiler the stages never use)."""
+    code = (
+        "import sys, torch; from pipeline.lib.device import configure_determinism; configure_determinism(1); "
+        "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor.config' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "False"]

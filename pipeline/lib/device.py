@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import torch
@@ -32,7 +33,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def configure_determinism(threads: int) -> None:
     """Same seed, same thread count (0: all cores), same machine -> bit-identical weights (docs/reproducibility.md)."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    torch.use_deterministic_algorithms(True)
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True)  # sets inductor's flag as well
+    else:  # the public call first imports inductor's config, about 1.5 s of every stage; nothing here compiles
+        torch._C._set_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
