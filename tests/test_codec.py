@@ -108,6 +108,23 @@ def test_uint8_round_trip_is_bit_exact_and_calibrated_on_train(trained, tmp_path
     assert stream.stat().st_size == codec.HEADER.size + 8 * dim + 4 + len(images) * dim + 4
 
 
+def test_the_train_stage_stores_the_grid_and_compress_uses_it(trained, tmp_path, monkeypatch):
+    """The model file carries its train-split grid, so compress and evaluate do not encode the train split again;
+    a file without one (a best-epoch file) still gets the same grid, computed."""
+    model, saved = load_model(model_path("plain"), torch.device("cpu"))
+    computed = codec.train_calibration(model, np.load(paths.prepared_dir() / "train_images.npy"))
+    without = {k: v for k, v in saved.items() if k != "uint8_calibration"}
+    for contents in (saved, without):
+        grid = codec.saved_calibration(model, contents, paths.prepared_dir())
+        assert all(np.array_equal(a, b) for a, b in zip(grid, computed))
+
+    def no_train_split(*_):
+        raise AssertionError("the train split was encoded again")
+
+    monkeypatch.setattr(codec, "train_calibration", no_train_split)
+    round_trip(trained, "plain", tmp_path)
+
+
 def test_uint8_range_stream_decodes_to_the_uint8_streams_latents_in_fewer_bytes(trained):
     model, model_file = model_of(trained, "plain"), model_path("plain")
     latents = torch.randn(2000, model.spec.latent_dim, generator=torch.Generator().manual_seed(0))

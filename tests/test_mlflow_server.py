@@ -75,7 +75,7 @@ def test_artifacts_go_through_the_server(project):
     runs = _runs(client)
     for name in ("tiny1-seed0", "tiny2-seed0"):
         listed = {a.path for a in client.list_artifacts(runs[name].info.run_id)}
-        assert {"loss_curve.png", "reconstructions.png", "metrics.json"} <= listed
+        assert {"history.json", "reconstructions.png", "metrics.json"} <= listed
     assert "report.md" in {a.path for a in client.list_artifacts(runs["report"].info.run_id)}
     local = Path(client.download_artifacts(runs["report"].info.run_id, "report.md"))
     assert "## Findings" in local.read_text()

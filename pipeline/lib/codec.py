@@ -27,6 +27,7 @@ import constriction
 import numpy as np
 import torch
 
+from pipeline.lib import prepared
 from pipeline.lib.config import IMAGE_SIZE
 from pipeline.lib.device import as_batch_tensor
 from pipeline.lib.io import sha256_file
@@ -73,6 +74,17 @@ def decode_images(model, latents: torch.Tensor) -> np.ndarray:
 def train_calibration(model, train_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The uint8 grid of a model: its latents' range over the train split's images (evaluate and compress agree)."""
     return calibrate_uint8(encode_latents(model, train_images))
+
+
+def saved_calibration(model, saved: dict, prepared_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 grid the train stage stored in the model file (saved: its contents), so that evaluate and compress
+    do not encode the train split again; for a file without one (a best-epoch file, an older model) it is computed
+    from the prepared train split."""
+    stored = saved.get("uint8_calibration")
+    if stored is None:
+        return train_calibration(model, prepared.load_split(prepared_dir, "train")[0])
+    lo, hi = stored.numpy()
+    return lo, hi
 
 
 def _require_prior(model) -> None:

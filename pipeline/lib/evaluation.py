@@ -66,7 +66,8 @@ def evaluate_model(
     result = {**metrics.summarize_per_image(per_image), **summary(x, recon_decoder, cfg, "_decoder")}
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
-    compression, refine_seconds = _compression(model, model_path, latents, images, x, prepared_dir, params)
+    calibration = codec.saved_calibration(model, saved, prepared_dir)
+    compression, refine_seconds = _compression(model, model_path, latents, images, x, calibration, params)
     result.update(compression)
     flops = training_flops_per_image(model.spec, objective=training_objective)
     result.update(latent_diagnostics(latents), train_flops_per_image=flops)
@@ -106,13 +107,12 @@ def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig):
     return recon, latents, recon_decoder, metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
 
 
-def _compression(model, model_path: Path, latents, images, x, prepared_dir: Path, params: Params) -> tuple[dict, float]:
+def _compression(model, model_path: Path, latents, images, x, calibration, params: Params) -> tuple[dict, float]:
     """Real streams of the test images, made as `codec compress` makes them: bytes per image with headers and side
     information, the quality decoded from them, and the seconds spent refining. uint8 and uint8_range for every
-    variant (grid calibrated on the train split), from latents refined when codec.refine_steps > 0 (their float
-    quality is then *_refined); the entropy-coded stream for variants with a learned prior."""
+    variant (calibration: their grid, from the train split), from latents refined when codec.refine_steps > 0 (their
+    float quality is then *_refined); the entropy-coded stream for variants with a learned prior."""
     cfg, latents = params.evaluate, latents.float().cpu()
-    calibration = codec.train_calibration(model, prepared.load_split(prepared_dir, "train")[0])
     started = time.perf_counter()
     coded = refine.refine_latents(model, images, latents, params.codec, calibration)
     refine_seconds, steps = time.perf_counter() - started, refine.applied_refine_steps(model, params.codec)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import paths
-from pipeline.lib import codec, prepared
+from pipeline.lib import codec
 from pipeline.lib.codec import CodecError
 from pipeline.lib.config import IMAGE_SIZE, ConfigError, Params, load_params, run_name
 from pipeline.lib.device import configure_determinism, pick_device
@@ -71,12 +71,12 @@ def write_images(images: np.ndarray, out_dir: Path) -> None:
 
 
 def compress(params: Params, variant: str, seed: int, source: Path, out: Path, mode: str | None) -> int:
-    model_file, model = _model(params, variant, seed)
+    model_file, model, saved = _model(params, variant, seed)
     mode = mode or ("entropy" if model.prior is not None else "uint8")
     images = read_images(source)
     latents, calibration = codec.encode_latents(model, images), None
     if mode != "entropy":
-        calibration = codec.train_calibration(model, prepared.load_split(paths.prepared_dir(), "train")[0])
+        calibration = codec.saved_calibration(model, saved, paths.prepared_dir())
         latents = refine_latents(model, images, latents, params.codec, calibration)
     stream = codec.pack(model, model_file, latents, mode, calibration)
     atomic_write(out, lambda tmp: tmp.write_bytes(stream))
@@ -84,7 +84,7 @@ def compress(params: Params, variant: str, seed: int, source: Path, out: Path, m
 
 
 def decompress(params: Params, variant: str, seed: int, source: Path, out_dir: Path) -> int:
-    model_file, model = _model(params, variant, seed)
+    model_file, model, _ = _model(params, variant, seed)
     _, latents = codec.unpack(model, model_file, source.read_bytes())
     images = codec.decode_images(model, latents)
     write_images(images, out_dir)
@@ -94,8 +94,8 @@ def decompress(params: Params, variant: str, seed: int, source: Path, out_dir: P
 def _model(params: Params, variant: str, seed: int):
     model_file, compute = paths.model_file(run_name(variant, seed)), params.compute_for(variant)
     configure_determinism(compute.threads)  # refinement runs backward passes
-    model, _ = load_model(model_file, pick_device(compute.device))
-    return model_file, model
+    model, saved = load_model(model_file, pick_device(compute.device))
+    return model_file, model, saved
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,125 @@
+"""Each stage's wall time split into its own work and the overhead around it, for two code versions side by side.
+
+    python -m benchmarks.bench_overhead                 # this working tree only
+    python -m benchmarks.bench_overhead --before REV    # a git revision too, in the same run (interleaved)
+
+On the tests' tiny generated data (470 train images) with a study-sized variant and the default params otherwise
+(MLflow logging and model registration on), every stage runs as DVC runs it: a fresh `python -m
+pipeline.stages.<stage>` process. Work is what a stage records it spent computing (train: its epochs and
+validation; evaluate: its measurements); on data this small it is a fraction of a second, so the rest of the wall
+time is overhead: interpreter and imports, the tracking store, logging, files. Writes reports/benchmarks_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from pipeline import paths
+from pipeline.lib.io import write_json
+from tests.conftest import REPO, make_project
+from tests.fakedata import make_emnist_dir
+
+STAGES = ("prepare", "classifier", "baselines", "train", "evaluate", "report")
+PER_RUN = {"train", "evaluate"}
+
+
+def checkout(rev: str, root: Path) -> None:
+    """The tracked files of a git revision, as a fresh clone of it would have them."""
+    archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+
+
+def project(base: Path, rev: str | None, variant: str, data: Path) -> tuple[Path, dict]:
+    """A generated project at `rev` (None: this working tree) training `variant` for a few batches, seed 0."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    root, env = make_project(base, params["variants"], epochs=1, data_source=str(data))
+    if rev:
+        for path in root.iterdir():
+            if path.name != ".git":
+                subprocess.run(["rm", "-rf", str(path)], check=True)
+        checkout(rev, root)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["source"] = str(data)
+    params["matrix"], params["seeds"] = [variant], [0]
+    params["train"].update(epochs=1, steps_per_epoch=4)
+    params["classifier"]["epochs"] = 1
+    params["study"]["models"] = []
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root, env
+
+
+def stage_command(stage: str, variant: str) -> list[str]:
+    return [sys.executable, "-m", f"pipeline.stages.{stage}", *([variant, "--seed", "0"] if stage in PER_RUN else [])]
+
+
+def run_stage(root: Path, env: dict, stage: str, variant: str) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(stage_command(stage, variant), cwd=root, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench_overhead: {stage} failed in {root}:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def recorded_work(root: Path, stage: str, variant: str) -> float:
+    """The seconds a stage records it spent computing; 0 for stages that record none (tiny on this data)."""
+    run = f"{variant}-seed0"
+    if stage == "train":
+        history = pd.read_csv(root / "reports" / "history" / f"{run}.csv")
+        return float(history.seconds.sum() + history.get("val_seconds", pd.Series([0.0])).sum())
+    if stage == "evaluate":
+        metrics = json.loads((root / "reports" / "metrics" / f"{run}.json").read_text())["run"]
+        return float(metrics.get("work_seconds", metrics["eval_seconds"] + metrics["refine_seconds"]))
+    return 0.0
+
+
+def import_floor(env: dict) -> float:
+    """A bare interpreter importing torch: the part of any stage's overhead no code change removes."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], env=env, check=True)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", metavar="REV", help="a git revision to measure beside this working tree")
+    parser.add_argument("--variant", default="model01")
+    parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_overhead.json")
+    args = parser.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    data = make_emnist_dir(base / "emnist")
+    versions = {"after": None, **({"before": args.before} if args.before else {})}
+    projects = {name: project(base / name, rev, args.variant, data) for name, rev in versions.items()}
+    rows = []
+    for stage in STAGES:  # the versions interleaved stage by stage, so both see the same machine load
+        for name, (root, env) in projects.items():
+            wall = run_stage(root, env, stage, args.variant)
+            work = recorded_work(root, stage, args.variant)
+            rows.append({"version": name, "stage": stage, "wall_s": wall, "work_s": work, "overhead_s": wall - work})
+            print(f"{name:6} {stage:10} wall {wall:6.1f} s  work {work:5.1f} s  overhead {wall - work:6.1f} s")
+    table = pd.DataFrame(rows).round(2)
+    result = {
+        "what": "per-stage wall time = work the stage records + overhead, tiny data, study-sized variant",
+        "variant": args.variant,
+        "before": args.before,
+        "import_torch_s": round(import_floor(projects["after"][1]), 2),
+        "stages": table.to_dict(orient="records"),
+    }
+    write_json(args.out, result)
+    print(table.pivot(index="stage", columns="version", values="overhead_s").loc[list(STAGES)].to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
