@@ -11,6 +11,7 @@ reports/benchmarks.json and reports/benchmarks.md and logs both to MLflow as a `
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import platform
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import paths, tracking
 from pipeline.lib import prepared
@@ -84,11 +86,43 @@ def _fetch_only(trainer: Trainer, train_x: torch.Tensor, epoch: int) -> None:
         pass
 
 
-def evaluation_rate(params, variant: str, test_x: torch.Tensor) -> float:
-    """images/s of evaluate's main work: autoencoder and encoder->decoder passes plus per-image metrics."""
+def evaluation_rows(params, variant: str, test_x: torch.Tensor, peak: float) -> list[dict]:
+    """evaluate's main work (autoencoder and encoder->decoder passes plus per-image metrics) at evaluate.batch_size
+    and at the 2048 it used before, side by side, with the share of the fp32 peak its passes reach."""
     model = trainer_for(params, variant, "fp32", True, 1, len(test_x)).model.eval()
     x = test_x.contiguous(memory_format=torch.channels_last)
-    return len(x) / timed(lambda: reconstruct_and_measure(model, x, params.evaluate))
+    flops = sum(inference_flops_per_image(model, part) for part in ("forward", "encode", "decode"))
+    rows = []
+    for batch in dict.fromkeys((params.evaluate.batch_size, 2048)):
+        cfg = dataclasses.replace(params.evaluate, batch_size=batch)
+        rate = len(x) / timed(lambda cfg=cfg: reconstruct_and_measure(model, x, cfg))
+        rows.append(
+            {
+                "variant": variant,
+                "option": f"evaluate fp32 channels_last, batch {batch}",
+                "images_per_s": rate,
+                "eval_mflop_per_image": flops / 1e6,
+                "gflops_per_s": rate * flops / 1e9,
+                "utilisation": rate * flops / 1e9 / peak,
+                "seconds_for_18800_at_peak": 18_800 * flops / 1e9 / peak,
+            }
+        )
+        print(
+            f"{variant:16s} evaluate, batch {batch}: {rate:.0f} img/s ({len(x) / rate:.1f} s for {len(x)} test "
+            f"images, {rows[-1]['utilisation']:.1%} of peak; at 100% the 18,800: "
+            f"{rows[-1]['seconds_for_18800_at_peak']:.1f} s)"
+        )
+    return rows
+
+
+def inference_flops_per_image(model, part: str) -> int:
+    """FLOPs of one image through model.<part> (forward, encode or decode), by torch's FLOP counter."""
+    x = torch.rand(1, 1, 28, 28)
+    model = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format)
+    inputs = model.encode(x) if part == "decode" else x
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        getattr(model, part)(inputs)
+    return counter.get_total_flops()
 
 
 def run(variants: list[str], options: list[str], steps: int, eval_images: int) -> dict:
@@ -121,17 +155,7 @@ def run(variants: list[str], options: list[str], steps: int, eval_images: int) -
                 f"{variant:16s} {option:20s} {rate['images_per_s']:7.0f} img/s  {gflops:6.1f} GFLOP/s  "
                 f"{gflops / peak:6.1%} of peak  data {rate['data_fraction']:5.1%}"
             )
-        rows.append(
-            {
-                "variant": variant,
-                "option": "evaluate fp32 channels_last",
-                "images_per_s": evaluation_rate(params, variant, test_x),
-            }
-        )
-        print(
-            f"{variant:16s} evaluate: {rows[-1]['images_per_s']:.0f} img/s "
-            f"({len(test_x) / rows[-1]['images_per_s']:.1f} s for {len(test_x)} test images)"
-        )
+        rows.extend(evaluation_rows(params, variant, test_x, peak))
     return {
         "device": str(device),
         "hardware": hardware,

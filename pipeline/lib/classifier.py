@@ -21,7 +21,7 @@ def build_classifier(n_classes: int) -> nn.Module:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: np.ndarray, batch_size: int = 2048) -> float:
+def accuracy(model: nn.Module, images: torch.Tensor, labels: np.ndarray, batch_size: int = 256) -> float:
     """Share of images (float, N x 1 x 28 x 28 in [0, 1]) whose predicted class is the label."""
     model.eval()
     predictions = torch.cat(

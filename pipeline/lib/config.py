@@ -172,7 +172,7 @@ class VariantSpec:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    batch_size: int = 2048
+    batch_size: int = 256
     protocol_images: int = 10  # the study's protocol: a few random test images ...
     protocol_seed: int = 0  # ... drawn with a fixed seed this time
     ssim_window: Literal["uniform", "gaussian"] = "uniform"

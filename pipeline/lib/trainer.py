@@ -148,7 +148,7 @@ class Trainer:
         return {"train_loss": train_loss, "train_objective": objective}
 
     @torch.no_grad()
-    def val_loss(self, val_x: torch.Tensor, batch_size: int = 2048) -> float:
+    def val_loss(self, val_x: torch.Tensor, batch_size: int = 256) -> float:
         self.model.eval()
         total = 0.0
         for start in range(0, len(val_x), batch_size):
