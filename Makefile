@@ -83,6 +83,7 @@ lineage: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_speed
+	$(BIN)/python -m benchmarks.bench_overhead
 
 # the tiny matrix: dvc repro against the Ray executor, side by side; on a GPU, images/s of 1-8 runs sharing it
 # and of 1-8 seeds batched in one process (reports/benchmarks_matrix.json)
