@@ -11,7 +11,6 @@ reports/benchmarks.json and reports/benchmarks.md and logs both to MLflow as a `
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import platform
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import paths, tracking
 from pipeline.lib import prepared
@@ -28,7 +26,7 @@ from pipeline.lib.config import load_params
 from pipeline.lib.device import as_batch_tensor, configure_determinism, native_bf16, pick_device
 from pipeline.lib.evaluation import reconstruct_and_measure
 from pipeline.lib.io import write_json, write_text
-from pipeline.lib.models import training_flops_per_image
+from pipeline.lib.models import inference_flops_per_image, training_flops_per_image
 from pipeline.lib.trainer import Trainer
 
 OPTIONS = {
@@ -91,7 +89,7 @@ def evaluation_rows(params, variant: str, test_x: torch.Tensor, peak: float) -> 
     and at the 2048 it used before, side by side, with the share of the fp32 peak its passes reach."""
     model = trainer_for(params, variant, "fp32", True, 1, len(test_x)).model.eval()
     x = test_x.contiguous(memory_format=torch.channels_last)
-    flops = sum(inference_flops_per_image(model, part) for part in ("forward", "encode", "decode"))
+    flops = sum(inference_flops_per_image(params.variant(variant), part) for part in ("forward", "encode", "decode"))
     rows = []
     for batch in dict.fromkeys((params.evaluate.batch_size, 2048)):
         cfg = dataclasses.replace(params.evaluate, batch_size=batch)
@@ -113,16 +111,6 @@ def evaluation_rows(params, variant: str, test_x: torch.Tensor, peak: float) -> 
             f"{rows[-1]['seconds_for_18800_at_peak']:.1f} s)"
         )
     return rows
-
-
-def inference_flops_per_image(model, part: str) -> int:
-    """FLOPs of one image through model.<part> (forward, encode or decode), by torch's FLOP counter."""
-    x = torch.rand(1, 1, 28, 28)
-    model = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format)
-    inputs = model.encode(x) if part == "decode" else x
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        getattr(model, part)(inputs)
-    return counter.get_total_flops()
 
 
 def run(variants: list[str], options: list[str], steps: int, eval_images: int) -> dict:

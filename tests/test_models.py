@@ -12,7 +12,13 @@ from torch import nn
 from pipeline import paths
 from pipeline.lib.config import VariantSpec, load_params, parse_params
 from pipeline.lib.losses import log_mse_ssim
-from pipeline.lib.models import Autoencoder, build_model, count_parameters, training_flops_per_image
+from pipeline.lib.models import (
+    Autoencoder,
+    build_model,
+    count_parameters,
+    inference_flops_per_image,
+    training_flops_per_image,
+)
 
 # ORIGINAL_STUDY.md: the position (1-based) of the one stride-2 transposed conv in each decoder
 STRIDE2_AT = {"model01": 3, "model02": 4, "model03": 2, "model04": 1}
@@ -244,6 +250,13 @@ def test_training_flops_per_image(params):
     flops = {name: training_flops_per_image(params.variant(name), batch=2) for name in ("model01", "model04")}
     assert abs(flops["model01"] - 332e6) / 332e6 < 0.01  # ORIGINAL_STUDY.md: ~333 MFLOP per training step
     assert flops["model04"] > flops["model01"]  # upsampling earlier runs three 64-filter layers at 28x28
+
+
+def test_inference_flops_are_the_encoders_plus_the_decoders_and_a_third_of_training(params):
+    spec = params.variant("model01")
+    forward, encode, decode = (inference_flops_per_image(spec, part) for part in ("forward", "encode", "decode"))
+    assert forward == encode + decode
+    assert forward * 3 == pytest.approx(training_flops_per_image(spec, batch=2), rel=0.01)  # backward: 2x forward
 
 
 def test_the_flop_budget_in_reference_yaml_is_model01s_counted_flops(params):

@@ -238,3 +238,14 @@ def training_flops_per_image(spec: VariantSpec, batch: int = 8, objective=nn.fun
         with FlopCounterMode(display=False) as counter:
             objective(model(x), x).backward()
     return counter.get_total_flops() // batch
+
+
+def inference_flops_per_image(spec: VariantSpec, part: str = "forward") -> int:
+    """FLOPs of one image through the model's `part` (forward, encode or decode), counted as above."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        model = build_model(dataclasses.replace(spec, init="torch_default")).eval()
+        x = torch.rand(1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        inputs = model.encode(x) if part == "decode" else x
+        with FlopCounterMode(display=False) as counter:
+            getattr(model, part)(inputs)
+    return counter.get_total_flops()
