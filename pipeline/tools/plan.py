@@ -5,8 +5,9 @@
     python -m pipeline.tools.plan --profile pipeline/quick.yaml --run [-S data.source=DIR]   # and run it
 
 The estimate comes from a probe: a few training steps of each architecture to be trained, and the test split's
-reconstruction and metrics on a slice, timed here and scaled. Streams, refinement and process start-ups are not in
-it, so it is a floor. A profile is a YAML mapping of params keys (dotted) to values, applied as one DVC experiment.
+reconstruction and metrics on a slice, timed here and scaled. Streams, refinement, the train stage's encoder pass
+for the uint8 grid and process start-ups are not in it, so it is a floor. A profile is a YAML mapping of params
+keys (dotted) to values, applied as one DVC experiment.
 """
 
 from __future__ import annotations
