@@ -136,7 +136,10 @@ class SameConv2d(nn.Conv2d):
         super().__init__(channels, filters, kernel_size, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(nn.functional.pad(x, _same_padding(x, self.kernel_size[0], self.stride[0])))
+        left, right, top, bottom = _same_padding(x, self.kernel_size[0], self.stride[0])
+        if (left, top) == (right, bottom):  # symmetric: the convolution pads by itself, without a padded copy
+            return nn.functional.conv2d(x, self.weight, self.bias, self.stride, (top, left))
+        return super().forward(nn.functional.pad(x, (left, right, top, bottom)))
 
 
 def _same_padding(x: torch.Tensor, kernel: int, stride: int) -> tuple[int, int, int, int]:
@@ -158,8 +161,10 @@ class SameConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stride, kernel = self.stride[0], self.kernel_size[0]
-        full = nn.functional.conv_transpose2d(x, self.weight, None, stride)
         start = max(kernel - stride, 0) // 2
+        if kernel - stride == 2 * start:  # as many dropped after as before: PyTorch's padding, without the full copy
+            return nn.functional.conv_transpose2d(x, self.weight, self.bias, stride, start)
+        full = nn.functional.conv_transpose2d(x, self.weight, None, stride)
         height, width = x.shape[-2] * stride, x.shape[-1] * stride
         out = full[..., start : start + height, start : start + width]
         if out.shape[-2:] != (height, width):
