@@ -188,20 +188,21 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class CodecConfig:
     """Encoder-side search, used by evaluate and `codec compress` alike (never by training): each image's latent
-    starts at the encoder's output and takes refine_steps Adam steps (rate refine_lr) on its own log MSE through
-    the fixed decoder. 0 = the encoder's single pass."""
+    starts at the encoder's output and moves on its own log MSE through the fixed decoder, inside the uint8 grid.
+    refine_method lbfgs: at most refine_steps L-BFGS steps, an image stopping once a step moves no latent dimension
+    by refine_tol grid cells; adam: refine_steps Adam steps at rate refine_lr. refine_steps 0 = the encoder's single
+    pass."""
 
     refine_steps: int = 0
+    refine_method: Literal["lbfgs", "adam"] = "lbfgs"
+    refine_tol: float = 0.25
     refine_lr: float = 0.5
 
     def check(self, path: str) -> None:
         require(self.refine_steps >= 0, f"{path}.refine_steps", "an integer >= 0", self.refine_steps)
-        require(
-            0 < self.refine_lr < 10 and math.isfinite(self.refine_lr),
-            f"{path}.refine_lr",
-            "a number in (0, 10)",
-            self.refine_lr,
-        )
+        for key in ("refine_tol", "refine_lr"):
+            value = getattr(self, key)
+            require(0 < value < 10 and math.isfinite(value), f"{path}.{key}", "a number in (0, 10)", value)
 
 
 @dataclass(frozen=True)

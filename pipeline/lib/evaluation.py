@@ -127,6 +127,8 @@ def _compression(model, model_path: Path, latents, images, x, calibration, param
     if steps:
         result.update(
             summary(x, batched(model.decode, coded.to(x.device), cfg.batch_size), cfg, "_refined"),
+            refine_method=params.codec.refine_method,
+            refine_tol=params.codec.refine_tol,
             refine_lr=params.codec.refine_lr,
         )
     if model.prior is not None:

@@ -8,11 +8,14 @@ from pipeline.lib import ssim
 from pipeline.lib.io import DataError
 
 
+def log_mse_per_image(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log(per-image MSE + 1e-5), shape (N,): the floor (50 dB) stops near-perfect images from dominating."""
+    return torch.log(torch.nn.functional.mse_loss(recon, x, reduction="none").flatten(1).mean(1) + 1e-5)
+
+
 def log_mse(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean over images of log(per-image MSE + 1e-5): minimising it maximises the mean per-image PSNR; the floor
-    (50 dB) stops near-perfect images from dominating the gradient."""
-    per_image = torch.nn.functional.mse_loss(recon, x, reduction="none").flatten(1).mean(1)
-    return torch.log(per_image + 1e-5).mean()
+    """Mean over images of log(per-image MSE + 1e-5): minimising it maximises the mean per-image PSNR."""
+    return log_mse_per_image(recon, x).mean()
 
 
 def log_mse_ssim(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

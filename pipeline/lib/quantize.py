@@ -19,14 +19,15 @@ def calibrate_uint8(latents: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def uint8_codes(latents: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    scale = _uint8_scale(lo, hi)
+    scale = uint8_scale(lo, hi)
     return torch.clamp(torch.round((latents - torch.from_numpy(lo)) / scale), 0, 255).to(torch.uint8).numpy()
 
 
 def dequantize_uint8(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(codes).float() * _uint8_scale(lo, hi) + torch.from_numpy(lo)
+    return torch.from_numpy(codes).float() * uint8_scale(lo, hi) + torch.from_numpy(lo)
 
 
-def _uint8_scale(lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
+def uint8_scale(lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
+    """The width of one grid cell per dimension (1 for a constant dimension)."""
     lo, hi = torch.from_numpy(lo), torch.from_numpy(hi)
     return torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))

@@ -39,6 +39,8 @@ OPTIONAL = {
     "bytes_per_image_uint8_range": NUMBER, "compression_ratio_uint8_range": NUMBER,
     # with codec.refine_steps > 0
     **_quality("_refined"), "refine_lr": NUMBER,
+    # with codec.refine_steps > 0, since codec.refine_method (before it, every refinement was Adam)
+    "refine_method": str, "refine_tol": NUMBER,
     # entropy-coded variants (rate_weight > 0)
     "bytes_per_image_entropy": NUMBER, "compression_ratio_entropy": NUMBER, "prior_bits_per_image": NUMBER,
     "bytes_per_image_entropy_standalone": NUMBER,

@@ -65,6 +65,8 @@ def _log(run, params: Params, result: dict, originals: np.ndarray, samples: np.n
             "evaluated": "true",
             "evaluate.ssim_window": result["ssim_window"],
             "codec.refine_steps": result["refine_steps"],
+            "codec.refine_method": params.codec.refine_method,
+            "codec.refine_tol": params.codec.refine_tol,
             "codec.refine_lr": params.codec.refine_lr,
             "evaluate.model_sha256": result["run"]["model_sha256"],
             **flatten({"evaluate": {"dvc": result["run"]["dvc"]}}),

@@ -1,0 +1,146 @@
+"""Encode-time latent refinement: milliseconds per image and the quality it reaches, two versions side by side.
+
+    python -m benchmarks.bench_refine --before REV   # REV's refinement (its Adam, 100 steps) against this tree's
+    python -m benchmarks.bench_refine                # this tree's Adam (100 steps) against its L-BFGS
+
+Each version refines the same test images with the same trained model (default models/model01_bn-seed0.pt and
+data/prepared: run `dvc repro train@model01_bn-0` first, or pass --model and --prepared) in its own fresh process on
+the CPU, the versions interleaved --repeats times so that both see the same machine load; the fastest repeat counts.
+The images are the first --per-class test images of every class. Quality is measured here, one way for both: the
+refined latents through the uint8 stream's grid, decoded, as evaluate scores them (pooled PSNR, the issue's
+measure, and mean per-image PSNR). Writes reports/benchmarks_refine.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_overhead import checkout
+from pipeline import paths
+from pipeline.lib import codec, metrics, models, prepared, quantize
+from pipeline.lib.config import run_name
+from pipeline.lib.io import sha256_file, write_json
+from tests.conftest import REPO
+
+# run in each version's own tree; only calls whose signatures both versions share
+REFINE_ONCE = """
+import json, sys, time
+from pathlib import Path
+import numpy as np, torch
+from pipeline.lib import codec, models, prepared, refine
+from pipeline.lib.config import CodecConfig
+from pipeline.lib.device import configure_determinism
+model_file, prepared_dir, index_file, settings, out = sys.argv[1:]
+configure_determinism(0)
+model, saved = models.load_model(Path(model_file), torch.device("cpu"))
+calibration = codec.saved_calibration(model, saved, Path(prepared_dir))
+images = prepared.load_split(Path(prepared_dir), "test")[0][np.load(index_file)]
+latents = codec.encode_latents(model, images)
+started = time.perf_counter()
+refined = refine.refine_latents(model, images, latents, CodecConfig(**json.loads(settings)), calibration)
+np.savez(out, refined=refined.numpy(), seconds=time.perf_counter() - started)
+"""
+ADAM = {"refine_steps": 100, "refine_lr": 0.5}  # the first method and its documented setting
+
+
+def stratified(labels: np.ndarray, per_class: int) -> np.ndarray:
+    return np.concatenate([np.flatnonzero(labels == label)[:per_class] for label in np.unique(labels)])
+
+
+def refine_once(tree: Path, model: Path, prepared_dir: Path, index_file: Path, settings: dict, out: Path) -> dict:
+    command = [sys.executable, "-c", REFINE_ONCE, str(model), str(prepared_dir), str(index_file), json.dumps(settings)]
+    result = subprocess.run([*command, str(out)], cwd=tree, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench_refine: refinement failed in {tree}:\n{result.stderr[-3000:]}")
+    with np.load(out) as saved:
+        return {"refined": torch.from_numpy(saved["refined"]), "seconds": float(saved["seconds"])}
+
+
+def quality(model, latents: torch.Tensor, x: torch.Tensor, calibration) -> dict:
+    """The latents as the uint8 stream carries them, decoded: pooled and mean per-image PSNR (dB)."""
+    restored = quantize.dequantize_uint8(quantize.uint8_codes(latents, *calibration), *calibration)
+    with torch.no_grad():
+        y = torch.cat([model.decode(part) for part in restored.split(codec.BATCH)])
+    return {
+        "psnr_pooled_uint8": metrics.psnr_pooled(float(metrics.mse_per_image(x, y).mean())),
+        "psnr_uint8": float(metrics.psnr_per_image(x, y).mean()),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", metavar="REV", help="a git revision whose refinement (Adam) is measured too")
+    parser.add_argument("--model", type=Path, default=paths.model_file(run_name("model01_bn", 0)))
+    parser.add_argument("--prepared", type=Path, default=paths.prepared_dir())
+    parser.add_argument("--per-class", type=int, default=12, help="test images per class (default 12)")
+    parser.add_argument("--steps", type=int, default=40, help="this tree's L-BFGS codec.refine_steps (default 40)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_refine.json")
+    args = parser.parse_args(argv)
+    missing = {args.model: "train it first (dvc repro train@model01_bn-0)", args.prepared: "dvc repro prepare"}
+    for path, how in missing.items():
+        if not path.exists():
+            parser.error(f"{path} does not exist: {how}, or pass --model/--prepared")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="bench-refine-"))
+    images, labels = prepared.load_split(args.prepared, "test")
+    index = stratified(labels, args.per_class)
+    np.save(base / "index.npy", index)
+    if args.before:
+        checkout(args.before, base / "before")
+    versions = {
+        "before": (base / "before", ADAM) if args.before else (REPO, {**ADAM, "refine_method": "adam"}),
+        "after": (REPO, {"refine_steps": args.steps, "refine_method": "lbfgs"}),
+    }
+    runs = {name: [] for name in versions}
+    for repeat in range(args.repeats):
+        for name, (tree, settings) in versions.items():
+            run = refine_once(tree, args.model, args.prepared, base / "index.npy", settings, base / f"{name}.npz")
+            runs[name].append(run)
+            print(f"{name:6} repeat {repeat + 1}: {1000 * run['seconds'] / len(index):7.1f} ms per image", flush=True)
+    model, saved = models.load_model(args.model, torch.device("cpu"))
+    calibration = codec.saved_calibration(model, saved, args.prepared)
+    x = torch.from_numpy(images[index]).float().div(255).unsqueeze(1)
+    result = {
+        "what": "encode-time refinement of the same test images, each version in its own process, CPU",
+        "model": str(args.model),
+        "model_sha256": sha256_file(args.model),
+        "images": len(index),
+        "one_pass": quality(model, codec.encode_latents(model, images[index]), x, calibration),
+        **{name: summary(args, versions[name], runs[name], model, x, calibration, len(index)) for name in versions},
+    }
+    result["speedup"] = result["before"]["ms_per_image"] / result["after"]["ms_per_image"]
+    result["psnr_pooled_uint8_change_db"] = result["after"]["psnr_pooled_uint8"] - result["before"]["psnr_pooled_uint8"]
+    write_json(args.out, result)
+    print(json.dumps({key: result[key] for key in ("one_pass", "before", "after")}, indent=1))
+    print(f"after: {result['speedup']:.1f}x faster per image, {result['psnr_pooled_uint8_change_db']:+.3f} dB pooled")
+    return 0
+
+
+def summary(args, version, runs: list[dict], model, x, calibration, n: int) -> dict:
+    tree, settings = version
+    if any(not torch.equal(run["refined"], runs[0]["refined"]) for run in runs):
+        sys.exit(f"bench_refine: {settings} gave different latents in different repeats")
+    return {
+        "code": args.before if tree != REPO else "this working tree",
+        "settings": settings,
+        "ms_per_image": 1000 * min(run["seconds"] for run in runs) / n,
+        "ms_per_image_repeats": [1000 * run["seconds"] / n for run in runs],
+        **quality(model, runs[0]["refined"], x, calibration),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
