@@ -15,7 +15,7 @@ SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) 
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install install-keras keras-check repro repro-quick tracking-server tracking-server-stop test test-all fuzz lint format bench bench-matrix bench-epochs lineage clean-venv
+.PHONY: install install-keras keras-check repro repro-quick tracking-server tracking-server-stop test test-all fuzz lint format bench bench-matrix bench-refine bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,6 +90,11 @@ bench: $(STAMP)
 bench-matrix: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_matrix
 	$(BIN)/python -m benchmarks.bench_share
+
+# encode-time refinement, Adam against L-BFGS on 564 test images (reports/benchmarks_refine.json); needs
+# data/prepared and models/model01_bn-seed0.pt (dvc repro train@model01_bn-0)
+bench-refine: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_refine
 
 # about an hour on 2 CPU cores: full-epoch training runs, the study's recipe against the fast one
 bench-epochs: $(STAMP)

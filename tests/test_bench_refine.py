@@ -1,0 +1,63 @@
+"""benchmarks/bench_refine.py: two refinement versions on the same images, each in its own process, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_refine
+from pipeline import paths, tracking
+from pipeline.lib import prepared
+from pipeline.lib.config import parse_params
+from pipeline.lib.dataset import prepare_from_directory
+from pipeline.stages.train import train
+from tests.conftest import TINY_SPEC
+from tests.fakedata import make_emnist_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def trained_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSNET_ROOT", str(tmp_path / "project"))
+    params = parse_params(
+        {
+            "data": {"source": str(make_emnist_dir(tmp_path / "emnist"))},
+            "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "threads": 1},
+            "mlflow": {"log_model": False},
+            "variants": {"plain": TINY_SPEC},
+        }
+    )
+    prepare_from_directory(params.data, Path(params.data.source), paths.prepared_dir())
+    train(params, "plain", 0, tracking.NoOpTracker())
+    return paths.model_file("plain-seed0")
+
+
+@pytest.mark.parametrize("before", [None, "HEAD"])
+def test_both_versions_refine_the_same_images_and_are_scored_alike(trained_model, tmp_path, before):
+    out = tmp_path / "refine.json"
+    args = ["--model", str(trained_model), "--prepared", str(paths.prepared_dir()), "--per-class", "2"]
+    assert (
+        bench_refine.main(
+            [*args, "--steps", "5", "--repeats", "2", "--out", str(out), *(["--before", before] if before else [])]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    labels = prepared.load_split(paths.prepared_dir(), "test")[1]
+    assert result["images"] == sum(min(2, count) for count in np.unique(labels, return_counts=True)[1])
+    assert result["before"]["settings"]["refine_steps"] == 100 and result["after"]["settings"]["refine_steps"] == 5
+    assert result["before"]["code"] == (before or "this working tree")
+    for version in ("before", "after"):
+        assert len(result[version]["ms_per_image_repeats"]) == 2 and result[version]["ms_per_image"] > 0
+        assert result[version]["psnr_pooled_uint8"] > result["one_pass"]["psnr_pooled_uint8"]  # refining helps
+    assert result["speedup"] == pytest.approx(result["before"]["ms_per_image"] / result["after"]["ms_per_image"])
+
+
+def test_a_missing_model_is_named_with_the_command_that_makes_it(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench_refine.main(["--model", str(tmp_path / "none.pt"), "--prepared", str(tmp_path)])
+    assert "none.pt does not exist: train it first (dvc repro train@model01_bn-0)" in capsys.readouterr().err
