@@ -210,26 +210,27 @@ def test_quality_target_is_answered_again_for_refined_latents():
     assert "in one encoder pass" in one_pass and "not met" in one_pass and "the best is single at 26.60 dB" in one_pass
     assert "with the codec's encode-time latent refinement" in refined
     assert (
-        "met; the best is refined at 28.40 dB, SSIM 0.9870" in refined and "100 refinement steps per image" in refined
+        "met; the best is refined at 28.40 dB, SSIM 0.9870" in refined
+        and "up to 100 refinement steps per image" in refined
     )
 
 
 def test_rd_figure_keeps_refined_points_apart_from_the_encoders():
     settings = [
         "float32, 32 dims",
-        "float32, refined 100 steps, 32 dims",
+        "float32, refined ≤100 steps, 32 dims",
         "uint8, 32 dims",
-        "uint8, refined 100 steps, 32 dims",
-        "uint8 range-coded, refined 100 steps, 32 dims",
+        "uint8, refined ≤100 steps, 32 dims",
+        "uint8 range-coded, refined ≤100 steps, 32 dims",
         "entropy-coded one file per image, 16 dims",
     ]
     table = pd.DataFrame({"method": "m", "setting": settings, "kind": "variant"})
     assert list(figures._variant_points(table)) == [
         ("m", "float32"),
-        ("m", "float32, refined 100 steps"),
+        ("m", "float32, refined ≤100 steps"),
         ("m", "uint8"),
-        ("m", "uint8, refined 100 steps"),
-        ("m", "uint8 range-coded, refined 100 steps"),
+        ("m", "uint8, refined ≤100 steps"),
+        ("m", "uint8 range-coded, refined ≤100 steps"),
         ("m", "entropy-coded one file per image"),
     ]
 

@@ -338,9 +338,9 @@ def test_refined_latents_are_scored_as_codec_compress_stores_them(workspace):
     )
     settings = {row["setting"] for row in rate_distortion.model_rows(means)}
     assert {
-        "float32, refined 3 steps, 8 dims",
-        "uint8, refined 3 steps, 8 dims",
-        "uint8 range-coded, refined 3 steps, 8 dims",
+        "float32, refined ≤3 steps, 8 dims",
+        "uint8, refined ≤3 steps, 8 dims",
+        "uint8 range-coded, refined ≤3 steps, 8 dims",
         "uint8, 4 dims",
     } <= settings
     one_pass, refined = rate_distortion.quality_target_findings(means, budget_flops=plain["train_flops_per_image"])

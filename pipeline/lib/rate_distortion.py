@@ -38,7 +38,7 @@ def model_rows(means: pd.DataFrame) -> list[dict]:
             "classifier_accuracy": m.get("classifier_accuracy"),
         }
         coded = pd.notna(m.get("bytes_per_image_entropy"))
-        refined = f", refined {int(m.refine_steps)} steps" if m.get("refine_steps", 0) > 0 else ""
+        refined = f", refined ≤{int(m.refine_steps)} steps" if m.get("refine_steps", 0) > 0 else ""
         if not coded:
             rows.append({"method": variant, "setting": f"float32, {dim} dims", "bytes_per_image": 4.0 * dim, **main})
         if refined:
@@ -160,7 +160,7 @@ def _quality_target_finding(means: pd.DataFrame, budget_flops: int, suffix: str)
     verdict = (
         "met" if met else f"not met ({max(t['psnr'] - psnr, 0):.2f} dB, {max(t['ssim'] - ssim, 0):.4f} SSIM short)"
     )
-    steps = f", {int(best.refine_steps)} refinement steps per image" if suffix else ""
+    steps = f", up to {int(best.refine_steps)} refinement steps per image" if suffix else ""
     return (
         f"{head}: {verdict}; the best is {best.name} at {psnr:.2f} dB, SSIM {ssim:.4f}, "
         f"{best.train_flops_per_image / 1e6:.0f} MFLOP per training image{steps}."
