@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -200,12 +201,18 @@ def write_outputs(result: dict) -> None:
     print(markdown)
     tracking.MlflowTracker()  # the project's store and experiment
     with tracking.tracked_run(run_name="benchmark", tags=tracking.run_tags("benchmark")):
-        mlflow.log_metric("matmul_peak_gflops", result["matmul_peak_gflops"])
-        for row in result["rows"]:
-            key = f"{row['variant']}.{row['option'].replace(' ', '_')}"
-            mlflow.log_metrics({f"{key}.{k}": v for k, v in row.items() if isinstance(v, float)})
+        mlflow.log_metrics(mlflow_metrics(result))
         mlflow.log_artifact(str(OUT_JSON))
         mlflow.log_artifact(str(OUT_MD))
+
+
+def mlflow_metrics(result: dict) -> dict[str, float]:
+    """The result's numbers under names MLflow accepts ("evaluate fp32 channels_last, batch 256" has a comma)."""
+    metrics = {"matmul_peak_gflops": result["matmul_peak_gflops"]}
+    for row in result["rows"]:
+        key = re.sub(r"[^0-9A-Za-z_.-]+", "_", f"{row['variant']}.{row['option']}")
+        metrics.update({f"{key}.{k}": v for k, v in row.items() if isinstance(v, float)})
+    return metrics
 
 
 def main() -> None:
