@@ -25,8 +25,8 @@ import torch
 
 from benchmarks.bench_overhead import checkout
 from pipeline import paths
-from pipeline.lib import codec, metrics, models, prepared, quantize
-from pipeline.lib.config import run_name
+from pipeline.lib import codec, evaluation, models, prepared, quantize
+from pipeline.lib.config import load_params, run_name
 from pipeline.lib.io import sha256_file, write_json
 from tests.conftest import REPO
 
@@ -64,15 +64,12 @@ def refine_once(tree: Path, model: Path, prepared_dir: Path, index_file: Path, s
         return {"refined": torch.from_numpy(saved["refined"]), "seconds": float(saved["seconds"])}
 
 
-def quality(model, latents: torch.Tensor, x: torch.Tensor, calibration) -> dict:
-    """The latents as the uint8 stream carries them, decoded: pooled and mean per-image PSNR (dB)."""
+def quality(model, latents: torch.Tensor, x: torch.Tensor, calibration, cfg) -> dict:
+    """The latents as the uint8 stream carries them, decoded and scored by evaluate's own summary (cfg: the
+    evaluate params): psnr_pooled_uint8 (the issue's measure), psnr_uint8 (mean per image), ssim_uint8, ..."""
     restored = quantize.dequantize_uint8(quantize.uint8_codes(latents, *calibration), *calibration)
     with torch.no_grad():
-        y = torch.cat([model.decode(part) for part in restored.split(codec.BATCH)])
-    return {
-        "psnr_pooled_uint8": metrics.psnr_pooled(float(metrics.mse_per_image(x, y).mean())),
-        "psnr_uint8": float(metrics.psnr_per_image(x, y).mean()),
-    }
+        return evaluation.summary(x, evaluation.batched(model.decode, restored, cfg.batch_size), cfg, "_uint8")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,13 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     model, saved = models.load_model(args.model, torch.device("cpu"))
     calibration = codec.saved_calibration(model, saved, args.prepared)
     x = torch.from_numpy(images[index]).float().div(255).unsqueeze(1)
+    cfg = load_params(paths.params_file()).evaluate
+
+    def score(latents: torch.Tensor) -> dict:
+        return quality(model, latents, x, calibration, cfg)
+
     result = {
         "what": "encode-time refinement of the same test images, each version in its own process, CPU",
         "model": str(args.model),
         "model_sha256": sha256_file(args.model),
         "images": len(index),
-        "one_pass": quality(model, codec.encode_latents(model, images[index]), x, calibration),
-        **{name: summary(args, versions[name], runs[name], model, x, calibration, len(index)) for name in versions},
+        "one_pass": score(codec.encode_latents(model, images[index])),
+        **{name: summary(args, versions[name], runs[name], score, len(index)) for name in versions},
     }
     result["speedup"] = result["before"]["ms_per_image"] / result["after"]["ms_per_image"]
     result["psnr_pooled_uint8_change_db"] = result["after"]["psnr_pooled_uint8"] - result["before"]["psnr_pooled_uint8"]
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summary(args, version, runs: list[dict], model, x, calibration, n: int) -> dict:
+def summary(args, version, runs: list[dict], score, n: int) -> dict:
     tree, settings = version
     if any(not torch.equal(run["refined"], runs[0]["refined"]) for run in runs):
         sys.exit(f"bench_refine: {settings} gave different latents in different repeats")
@@ -138,7 +140,7 @@ def summary(args, version, runs: list[dict], model, x, calibration, n: int) -> d
         "settings": settings,
         "ms_per_image": 1000 * min(run["seconds"] for run in runs) / n,
         "ms_per_image_repeats": [1000 * run["seconds"] / n for run in runs],
-        **quality(model, runs[0]["refined"], x, calibration),
+        **score(runs[0]["refined"]),
     }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from benchmarks import bench_refine
 from pipeline import paths, tracking
@@ -23,14 +24,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def trained_model(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESSNET_ROOT", str(tmp_path / "project"))
-    params = parse_params(
-        {
-            "data": {"source": str(make_emnist_dir(tmp_path / "emnist"))},
-            "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "threads": 1},
-            "mlflow": {"log_model": False},
-            "variants": {"plain": TINY_SPEC},
-        }
-    )
+    raw = {
+        "data": {"source": str(make_emnist_dir(tmp_path / "emnist"))},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "threads": 1},
+        "mlflow": {"log_model": False},
+        "variants": {"plain": TINY_SPEC},
+    }
+    params = parse_params(raw)
+    (tmp_path / "project").mkdir()
+    paths.params_file().write_text(yaml.safe_dump(raw))  # the benchmark scores with the project's evaluate params
     prepare_from_directory(params.data, Path(params.data.source), paths.prepared_dir())
     train(params, "plain", 0, tracking.NoOpTracker())
     return paths.model_file("plain-seed0")
