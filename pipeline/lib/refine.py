@@ -53,7 +53,7 @@ def refine_latents(model, images: np.ndarray, latents: torch.Tensor, cfg, calibr
         for i in range(0, len(images), REFINE_BATCH):
             x = as_batch_tensor(images[i : i + REFINE_BATCH], device).contiguous(memory_format=torch.channels_last)
             z = latents[i : i + REFINE_BATCH].to(device).float().clamp(*box)
-            refined.append(search(decoder, x, z, box, cell, cfg).float().cpu())
+            refined.append(search(decoder, x, z, box, cell, cfg).cpu())
             bar.update(len(x))
     return torch.cat(refined)
 
@@ -116,6 +116,7 @@ def _lbfgs(decoder, x, z, box, cell, cfg) -> torch.Tensor:
     once a step would move no dimension by cfg.refine_tol cells. Each step is one decoder pass forward and back, and
     only the images still searching take it."""
     lo, top = box[0], (box[1] - box[0]) / cell
+    bottom = torch.zeros_like(top)
 
     def measure(u, rows):
         loss, grad = _loss_and_grad(decoder, x[rows], lo + u * cell)
@@ -130,9 +131,7 @@ def _lbfgs(decoder, x, z, box, cell, cfg) -> torch.Tensor:
         rows = searching.nonzero().squeeze(1)
         if len(rows) == 0:
             break
-        trial = torch.clamp(
-            u[rows] + length[rows, None] * history.direction(rows, grad[rows]), torch.zeros_like(top), top
-        )
+        trial = torch.clamp(u[rows] + length[rows, None] * history.direction(rows, grad[rows]), bottom, top)
         trial_loss, trial_grad = measure(trial, rows)
         step = trial - u[rows]
         taken = trial_loss <= loss[rows] + ARMIJO * (grad[rows] * step).sum(1)
@@ -173,4 +172,4 @@ class _Curvature:
             beta = rho[:, i] * (y[:, i] * r).sum(1)
             r += s[:, i] * (alpha[:, i] - beta)[:, None]
         steepest = FIRST_STEP_CELLS * grad / grad.abs().amax(1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
-        return -torch.where(self.rho[rows, -1:] > 0, r, steepest)
+        return -torch.where(rho[:, -1:] > 0, r, steepest)
