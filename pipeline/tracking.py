@@ -80,7 +80,13 @@ class MlflowRun:
     def log_dataset(self, images, labels, name: str, source: str, digest: str, context: str) -> None:
         """A sample of a data set as the run's input (the active run: only inside MlflowTracker.run)."""
         dataset = mlflow.data.from_numpy(images, targets=labels, name=name, source=source, digest=digest)
-        mlflow.log_input(dataset, context=context)
+        try:
+            mlflow.log_input(dataset, context=context)
+        except mlflow.exceptions.MlflowException:
+            # MLflow looks the data set up, then inserts it: two stages logging the same one at once (parallel
+            # runs) can both miss it, and the later insert fails on the store's unique key. Logging an input is
+            # idempotent, so the second try finds the row the other stage wrote; any other error fails again.
+            mlflow.log_input(dataset, context=context)
 
     def log_model(self, model, registered_name: str, tags: dict[str, str]) -> None:
         """Log the model to the run and register it as a new version of `registered_name`, tagged with its lineage

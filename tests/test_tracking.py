@@ -1,9 +1,14 @@
-"""pipeline.tracking.setup: the experiment it creates or finds is marked as one of training runs."""
+"""pipeline.tracking: the experiment setup marks, and a data set logged by two runs at once."""
 
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 import pytest
+import sqlalchemy
+import sqlalchemy.orm
+from mlflow.entities import DatasetInput
+from mlflow.store.tracking.dbmodels.models import SqlDataset
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
@@ -36,3 +41,30 @@ def test_setup_marks_the_experiment_as_custom_model_development(client):
     chosen = client.create_experiment("chosen", tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"})
     tracking.setup("chosen")
     assert client.get_experiment(chosen).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"  # a user's choice
+
+
+def test_a_data_set_logged_by_a_concurrent_run_in_between_is_linked_not_lost(client):
+    """Parallel train stages log the same data set: MLflow looks it up, then inserts it, so a rival can insert it
+    in between. The rival's insert is made to happen exactly there (before the first flush that writes it)."""
+    tracker = tracking.MlflowTracker()
+    rival_run = client.create_run(tracker.experiment_id).info.run_id
+    images, labels = np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.int64)
+    dataset = mlflow.data.from_numpy(images, targets=labels, name="prepared", source="/data", digest="d1")
+    rival_inserted = []
+
+    def rival_inserts_first(session, flush_context, instances):
+        if not rival_inserted and any(isinstance(row, SqlDataset) for row in session.new):
+            rival_inserted.append(True)
+            client.log_inputs(rival_run, [DatasetInput(dataset._to_mlflow_entity())])
+
+    sqlalchemy.event.listen(sqlalchemy.orm.Session, "before_flush", rival_inserts_first)
+    try:
+        with tracker.run("train", tags={}) as run:
+            run.log_dataset(images, labels, name="prepared", source="/data", digest="d1", context="training")
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.orm.Session, "before_flush", rival_inserts_first)
+
+    assert rival_inserted
+    for run_id in (run.run_id, rival_run):
+        (logged,) = client.get_run(run_id).inputs.dataset_inputs
+        assert (logged.dataset.name, logged.dataset.digest) == ("prepared", "d1")
