@@ -6,15 +6,19 @@ outside DVC (no DVC_ROOT, or no dvc.lock yet) it records "unknown".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 UNKNOWN = "unknown"
+WRITE_WAIT_S = 600  # a writer holding the guard longer than this is stuck: the reader fails, naming the guard
 
 
 class _LockLoader(yaml.SafeLoader):
@@ -38,10 +42,25 @@ def dvc_root() -> Path | None:
 
 
 def read_lock(root: Path | None) -> dict[str, dict]:
-    """Stage name -> its dvc.lock entry; {} without a root or a dvc.lock."""
+    """Stage name -> its dvc.lock entry; {} without a root or a dvc.lock. Read under lock_guard."""
     if root is None or not (root / "dvc.lock").is_file():
         return {}
-    return (yaml.load((root / "dvc.lock").read_text(), Loader=_LockLoader) or {}).get("stages") or {}
+    with lock_guard(root):
+        text = (root / "dvc.lock").read_text()
+    return (yaml.load(text, Loader=_LockLoader) or {}).get("stages") or {}
+
+
+@contextlib.contextmanager
+def lock_guard(root: Path) -> Iterator[None]:
+    """Held while dvc.lock is read, and while the parallel executor has DVC write it: DVC rewrites the file in place
+    (truncate, then write), so a stage starting while another is committed could read half of it. Outside a DVC
+    project (no .dvc/) nothing writes it concurrently. Raises filelock.Timeout after WRITE_WAIT_S."""
+    if not (root / ".dvc").is_dir():
+        yield
+        return
+    (root / ".dvc" / "tmp").mkdir(exist_ok=True)
+    with FileLock(root / ".dvc" / "tmp" / "compressnet-dvc-lock.lock", timeout=WRITE_WAIT_S):
+        yield
 
 
 def entry_digest(lock: dict[str, dict], stage: str) -> str:

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from ray.exceptions import NodeDiedError, OutOfMemoryError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
 
-from pipeline import paths, tracking
+from pipeline import paths, provenance, tracking
 from pipeline.cli import one_line
 from pipeline.tools.ray_tasks import pipeline_files, run_command, run_on_node, stage_of, uncached_outputs, write_files
 
@@ -105,11 +105,12 @@ def adopt(root: Path, name: str, entry: dict, uncached: dict, remote: str) -> No
 def set_lock_entry(root: Path, name: str, entry: dict | None) -> dict | None:
     """Writes (or with None removes) a stage's dvc.lock entry; returns the one it replaced."""
     lock = root / "dvc.lock"
-    data = load_yaml(lock) if lock.exists() else {"schema": "2.0", "stages": {}}
-    before = data["stages"].pop(name, None)
-    if entry is not None:
-        data["stages"][name] = entry
-    dump_yaml(lock, data)
+    with provenance.lock_guard(root):
+        data = load_yaml(lock) if lock.exists() else {"schema": "2.0", "stages": {}}
+        before = data["stages"].pop(name, None)
+        if entry is not None:
+            data["stages"][name] = entry
+        dump_yaml(lock, data)
     return before
 
 
@@ -183,7 +184,8 @@ class Executor:
             if self.args.remote:
                 adopt(self.root, name, *returned, self.args.remote)
             else:
-                Repo(str(self.root)).commit(name, force=True)
+                with provenance.lock_guard(self.root):
+                    Repo(str(self.root)).commit(name, force=True)
         except DvcException as err:
             raise StageFailed(f"stage {name} ran, but DVC could not record it here: {err}") from err
         self.done.add(name)
@@ -214,9 +216,10 @@ class Executor:
         """dvc.lock's stages in dvc.yaml's order, as a sequential `dvc repro` writes them (commits came in the
         order stages finished)."""
         lock = self.root / "dvc.lock"
-        data = load_yaml(lock)
-        order = [name for name in self.upstream if name in data["stages"]]
-        dump_yaml(lock, {**data, "stages": {name: data["stages"][name] for name in order}})
+        with provenance.lock_guard(self.root):
+            data = load_yaml(lock)
+            order = [name for name in self.upstream if name in data["stages"]]
+            dump_yaml(lock, {**data, "stages": {name: data["stages"][name] for name in order}})
 
     def cancel(self) -> None:
         """Stops every running stage (SIGTERM: a stage marks its own run KILLED) and waits for them to exit."""

@@ -25,6 +25,7 @@ from dvc.repo import Repo
 from dvc.utils.serialize import load_yaml
 from filelock import FileLock
 
+from pipeline import provenance
 from pipeline.lib import io
 
 CHECKOUT_ENV = "COMPRESSNET_CHECKOUT"
@@ -66,9 +67,11 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, remote: str
     try:
         with checkout_lock(root):
             repo = Repo(str(root))
-            repo.commit(name, force=True)
+            with provenance.lock_guard(root):  # another task's stage may be reading this checkout's dvc.lock
+                repo.commit(name, force=True)
+                entry = load_yaml(root / "dvc.lock")["stages"][name]
             repo.push(targets=[name], remote=remote)
-            return 0, output, load_yaml(root / "dvc.lock")["stages"][name], uncached_outputs(repo, [name])
+            return 0, output, entry, uncached_outputs(repo, [name])
     except DvcException as err:
         return 1, f"{output}\nnode {node}: committing or pushing to DVC remote {remote!r} failed: {err}", {}
 

@@ -1,0 +1,41 @@
+"""dvc.lock is read and written under one guard: DVC rewrites it in place, so under the parallel executor a stage
+starting while another stage is committed could otherwise read half of it."""
+
+from __future__ import annotations
+
+import filelock
+import pytest
+
+from pipeline import provenance
+from pipeline.tools import parallel
+
+LOCK = "schema: '2.0'\nstages:\n  prepare:\n    cmd: python -m pipeline.stages.prepare\n"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "dvc.lock").write_text(LOCK)
+    monkeypatch.setattr(provenance, "WRITE_WAIT_S", 0)  # a held guard fails at once instead of waiting
+    return tmp_path
+
+
+def test_a_stage_does_not_read_dvc_lock_while_the_executor_writes_it(project):
+    with provenance.lock_guard(project), pytest.raises(filelock.Timeout):
+        provenance.read_lock(project)
+    assert provenance.read_lock(project) == {"prepare": {"cmd": "python -m pipeline.stages.prepare"}}
+
+
+def test_the_executor_does_not_write_dvc_lock_while_a_stage_reads_it(project):
+    with provenance.lock_guard(project), pytest.raises(filelock.Timeout):
+        parallel.set_lock_entry(project, "train@tiny-0", {"cmd": "python -m pipeline.stages.train tiny --seed 0"})
+    assert (project / "dvc.lock").read_text() == LOCK
+
+    parallel.set_lock_entry(project, "train@tiny-0", {"cmd": "python -m pipeline.stages.train tiny --seed 0"})
+    assert set(provenance.read_lock(project)) == {"prepare", "train@tiny-0"}
+
+
+def test_outside_a_dvc_project_reading_needs_no_guard(tmp_path):
+    (tmp_path / "dvc.lock").write_text(LOCK)
+    assert set(provenance.read_lock(tmp_path)) == {"prepare"}
+    assert not (tmp_path / ".dvc").exists()
