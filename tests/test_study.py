@@ -173,3 +173,32 @@ def test_the_report_shows_the_measured_study_row_beside_its_variant():
         "CompressNet (2 ep, 3 seeds, 94 img)",
         "study, reported (10 img)",
     ]
+
+
+def test_the_report_checks_each_study_model_run_against_its_published_weights():
+    runs = pd.DataFrame(
+        {
+            "variant": [MODEL, MODEL, "model02", "model01_linear"],
+            "seed": [0, 1, 0, 0],
+            "epochs": 15,
+            "mse": [0.0044, 0.0048, 0.0040, 0.0030],
+            "dead_latent_units": [2, 6, 3, 0],
+        }
+    )
+    study = pd.DataFrame({"mse": [0.0040, 0.0110], "dead_latent_units": [4, 18]}, index=[MODEL, "model02"])
+    check = report_text.published_weights_check(runs, study, band=0.15)
+
+    assert check.variant.tolist() == [MODEL, MODEL, "model02"]  # only the study's own models have published weights
+    assert check.ratio.round(3).tolist() == [1.1, 1.2, 0.364]
+    assert check["within_15%"].tolist() == [True, False, True]
+    assert report_text.published_weights_finding(check, band=0.15) == [
+        "- Against the study's published weights: 2 of 3 runs of the study's models reach a test MSE within 15% of "
+        "theirs; outside: model01 seed 1 (1.20×, 6 dead latent units against 4)."
+    ]
+    check = report_text.published_weights_check(runs, study, band=0.25)
+    assert check["within_25%"].all()
+    assert report_text.published_weights_finding(check, band=0.25) == [
+        "- Against the study's published weights: 3 of 3 runs of the study's models reach a test MSE within 25% of "
+        "theirs."
+    ]
+    assert report_text.published_weights_finding(check.iloc[:0], band=0.25) == []  # no study model in the matrix

@@ -78,6 +78,42 @@ def study_table(means: pd.DataFrame, n_seeds: int, reference: dict, study: pd.Da
     return pd.DataFrame(rows).set_index(["variant", "source"])
 
 
+def published_weights_check(results: pd.DataFrame, study: pd.DataFrame, band: float) -> pd.DataFrame:
+    """Each run of a study model beside that model's published weights (as the study stage measured them): its test
+    MSE over theirs, whether it is within `band` above it, and both dead-unit counts (the study's confounder)."""
+    runs = results[results.variant.isin(study.index)]
+    published = study.reindex(index=runs.variant, columns=["mse", "dead_latent_units"])  # none: no study stage ran
+    ratio = runs.mse.to_numpy() / published.mse.to_numpy()
+    return pd.DataFrame(
+        {
+            "variant": runs.variant,
+            "seed": runs.seed,
+            "epochs": runs.epochs,
+            "mse": runs.mse,
+            "mse_published": published.mse.to_numpy(),
+            "ratio": ratio,
+            f"within_{band:.0%}": ratio <= 1 + band,
+            "dead_latent_units": runs.dead_latent_units,
+            "dead_latent_units_published": published.dead_latent_units.to_numpy(),
+        }
+    )
+
+
+def published_weights_finding(check: pd.DataFrame, band: float) -> list[str]:
+    if check.empty:
+        return []
+    outside = check[~check[f"within_{band:.0%}"]]
+    named = ", ".join(
+        f"{r.variant} seed {r.seed} ({r.ratio:.2f}×, {int(r.dead_latent_units)} dead latent units against "
+        f"{int(r.dead_latent_units_published)})"
+        for r in outside.itertuples()
+    )
+    return [
+        f"- Against the study's published weights: {len(check) - len(outside)} of {len(check)} runs of the study's "
+        f"models reach a test MSE within {band:.0%} of theirs" + (f"; outside: {named}." if named else ".")
+    ]
+
+
 def findings(summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict], reference: dict) -> list[str]:
     """Sentences generated from the numbers only: the best variant, significance, and the study's question."""
     best = summary.mse_mean.idxmin()
@@ -169,6 +205,8 @@ def render_markdown(
     study: pd.DataFrame,
 ) -> str:
     means = variant_means(results)
+    band = reference["published_weights_band"]
+    check = published_weights_check(results, study, band)
     decoder = means[["mse_decoder", "psnr_decoder", "ssim_decoder", "max_abs_diff_decoder"]]
     protocol = pd.DataFrame(list(results.seed_protocol), index=results.index)[["mse", "psnr", "psnr_pooled", "ssim"]]
     n_seeds = int(summary.n.min())
@@ -178,6 +216,7 @@ def render_markdown(
         "## Findings",
         "",
         *findings(summary, tests, specs, reference),
+        *published_weights_finding(check, band),
         rate_distortion.moonshot_finding(rd),
         *rate_distortion.quality_target_findings(means, reference["train_flops_per_image"]["model01"]),
         "",
@@ -201,6 +240,13 @@ def render_markdown(
         _markdown(study.reindex(columns=[*RUN_COLUMNS, "psnr_pooled", "classifier_accuracy"]), index=False),
         "",
         "Their train and val losses are the study's own log; the study's seed is unknown (-1).",
+        "",
+        "## Each run of a study model against its published weights",
+        "",
+        _markdown(check, index=False),
+        "",
+        f"ratio: the run's test MSE over the published weights'; within_{band:.0%}: at most {band:.0%} above it. "
+        "Dead latent units are ReLU units that output 0 for every test image, the study's confounder.",
         "",
         "## The study's six quantities, ours beside theirs",
         "",
