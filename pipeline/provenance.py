@@ -1,4 +1,5 @@
-"""dvc.lock, read-only: the hashes DVC recorded for the pipeline's stages. Never runs dvc, never imports it.
+"""dvc.lock, read (under a file lock in .dvc/tmp): the hashes DVC recorded for the pipeline's stages. Never runs dvc,
+never imports it.
 
 A stage records what DVC has already locked when it runs (its upstream stages' entries and outputs); run
 outside DVC (no DVC_ROOT, or no dvc.lock yet) it records "unknown".
@@ -18,7 +19,7 @@ import yaml
 from filelock import FileLock
 
 UNKNOWN = "unknown"
-WRITE_WAIT_S = 600  # a writer holding the guard longer than this is stuck: the reader fails, naming the guard
+WRITE_WAIT_S = -1  # how long lock_guard waits: -1, as long as a commit takes (filelock: no timeout)
 
 
 class _LockLoader(yaml.SafeLoader):
@@ -54,7 +55,7 @@ def read_lock(root: Path | None) -> dict[str, dict]:
 def lock_guard(root: Path) -> Iterator[None]:
     """Held while dvc.lock is read, and while the parallel executor has DVC write it: DVC rewrites the file in place
     (truncate, then write), so a stage starting while another is committed could read half of it. Outside a DVC
-    project (no .dvc/) nothing writes it concurrently. Raises filelock.Timeout after WRITE_WAIT_S."""
+    project (no .dvc/) nothing writes it concurrently."""
     if not (root / ".dvc").is_dir():
         yield
         return

@@ -3,6 +3,8 @@ starting while another stage is committed could otherwise read half of it."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import filelock
 import pytest
 
@@ -39,3 +41,10 @@ def test_outside_a_dvc_project_reading_needs_no_guard(tmp_path):
     (tmp_path / "dvc.lock").write_text(LOCK)
     assert set(provenance.read_lock(tmp_path)) == {"prepare"}
     assert not (tmp_path / ".dvc").exists()
+
+
+def test_the_executor_does_not_reorder_dvc_lock_while_a_stage_reads_it(project):
+    executor = SimpleNamespace(root=project, upstream={"prepare": set()})  # what order_lock reads of an Executor
+    with provenance.lock_guard(project), pytest.raises(filelock.Timeout):
+        parallel.Executor.order_lock(executor)
+    assert (project / "dvc.lock").read_text() == LOCK
