@@ -190,15 +190,15 @@ def test_the_report_checks_each_study_model_run_against_its_published_weights():
 
     assert check.variant.tolist() == [MODEL, MODEL, "model02"]  # only the study's own models have published weights
     assert check.ratio.round(3).tolist() == [1.1, 1.2, 0.364]
-    assert check["within_15%"].tolist() == [True, False, True]
+    assert check["at_most_15%_above"].tolist() == [True, False, True]
     assert report_text.published_weights_finding(check, band=0.15) == [
-        "- Against the study's published weights: 2 of 3 runs of the study's models reach a test MSE within 15% of "
-        "theirs; outside: model01 seed 1 (1.20×, 6 dead latent units against 4)."
+        "- Against the study's published weights: 2 of 3 runs of the study's models reach a test MSE at most 15% "
+        "above theirs; above that: model01 seed 1 (1.20×, 6 dead latent units against 4)."
     ]
     check = report_text.published_weights_check(runs, study, band=0.25)
-    assert check["within_25%"].all()
+    assert check["at_most_25%_above"].all()
     assert report_text.published_weights_finding(check, band=0.25) == [
-        "- Against the study's published weights: 3 of 3 runs of the study's models reach a test MSE within 25% of "
-        "theirs."
+        "- Against the study's published weights: 3 of 3 runs of the study's models reach a test MSE at most 25% "
+        "above theirs."
     ]
     assert report_text.published_weights_finding(check.iloc[:0], band=0.25) == []  # no study model in the matrix
