@@ -42,6 +42,13 @@ def mlflow_store(tmp_path: Path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     (tmp_path / "mlruns").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow.tracking.fluent  # here, not at the top: most tests never touch MLflow
+
+    # the experiment an earlier test in this process made active (set_experiment keeps it in MLflow and exports
+    # MLFLOW_EXPERIMENT_ID) lives in another store: start from none, and leave none behind
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # recorded, so that teardown unsets what this test exports
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
     return uri
 
 

@@ -15,11 +15,8 @@ from pipeline import tracking
 
 
 @pytest.fixture
-def client(mlflow_store, monkeypatch):
+def client(mlflow_store):
     """A client on a throw-away sqlite store; MLflow's global state is reset afterwards."""
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # set_experiment exports it: restored (unset) after the test
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)  # set_experiment's, restored after
     yield MlflowClient(tracking_uri=mlflow_store)
     mlflow.set_tracking_uri(None)
 
