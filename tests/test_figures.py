@@ -46,7 +46,17 @@ def make_results(values: dict[str, list[float]]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def draw_all(monkeypatch, tmp_path, results: pd.DataFrame) -> dict:
+def make_published(values: dict[str, float]) -> pd.DataFrame:
+    """The study stage's table of published weights: a row per model with its variant; given here by MSE."""
+    if not values:
+        return pd.DataFrame(columns=["variant"])
+    return make_results({variant: [mse] for variant, mse in values.items()}).assign(seed=-1)
+
+
+NO_PUBLISHED = make_published({})
+
+
+def draw_all(monkeypatch, tmp_path, results: pd.DataFrame, published: pd.DataFrame = NO_PUBLISHED) -> dict:
     """Every figure of the report, by name, drawn (so tick labels and offset texts are final)."""
     drawn = {}
     save = figures._save
@@ -72,6 +82,7 @@ def draw_all(monkeypatch, tmp_path, results: pd.DataFrame) -> dict:
         histories,
         originals,
         samples,
+        published,
         tmp_path,
     )
     assert sorted(drawn) == sorted(figures.REPORT_FIGURES)
@@ -133,6 +144,20 @@ def test_each_seed_is_a_dot_on_its_variants_mean_bar(monkeypatch, tmp_path):
                 assert bar.get_height() == pytest.approx(seeds.mean())
         assert [t.get_text() for t in ax.get_xticklabels()] == variants
         assert "each seed" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_published_weights_are_a_line_across_their_models_bars(monkeypatch, tmp_path):
+    results = make_results(THREE_VARIANTS)
+    published = make_published({"b": 0.0035})  # a study model; "a" and "c" have no published weights
+    fig = draw_all(monkeypatch, tmp_path, results, published)["study_comparison"]
+    for ax in fig.axes:
+        assert len(ax.containers) == 2 and len(ax.lines) == 2  # one line per bar of "b", none for "a" or "c"
+        for container, line in zip(ax.containers, ax.lines):
+            metric = next(c for c in STUDY_METRICS if results[c].mean() == pytest.approx(container.datavalues.mean()))
+            bar = container.patches[1]
+            np.testing.assert_allclose(line.get_xdata(), [bar.get_x(), bar.get_x() + bar.get_width()])
+            np.testing.assert_allclose(line.get_ydata(), [published.set_index("variant").loc["b", metric]] * 2)
+        assert "published weights" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_the_seed_spread_figure_has_a_dot_per_seed(monkeypatch, tmp_path):

@@ -38,13 +38,15 @@ def report_figures(
     histories: dict[str, list[pd.DataFrame]],
     originals: np.ndarray,
     samples: dict[str, np.ndarray],
+    published: pd.DataFrame,
     out: Path,
 ) -> list[Path]:
-    """Every figure of the report into `out`; histories per variant, samples (reconstructions) per run."""
+    """Every figure of the report into `out`; histories per variant, samples (reconstructions) per run, published:
+    the study's published weights as the study stage measured them (a row per model, with its `variant`)."""
     paths = {name: out / f"{name}.png" for name in REPORT_FIGURES}
     seed_spread(results, summary, paths["findings_seed_spread"])
     rate_distortion(rd, paths["rate_distortion"])
-    study_comparison(results, paths["study_comparison"])
+    study_comparison(results, published.set_index("variant"), paths["study_comparison"])
     loss_curves(histories, paths["loss_curves"])
     reconstructions(originals, samples, paths["reconstructions"])
     per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
@@ -107,23 +109,23 @@ def _min_span(ax, fraction: float = 0.01) -> None:
         ax.set_ylim((low + high - span) / 2, (low + high + span) / 2)
 
 
-def study_comparison(runs: pd.DataFrame, out: Path) -> None:
+def study_comparison(runs: pd.DataFrame, published: pd.DataFrame, out: Path) -> None:
     """The study's 2x2 figure (means over seeds, each seed a dot): losses, MSE, SSIM, PSNR; autoencoder vs
-    encoder->decoder."""
+    encoder->decoder; the study's published weights (indexed by variant) as a line across their model's bars."""
     n_variants = runs.variant.nunique()
     fig, axes = plt.subplots(2, 2, figsize=(max(10, 0.8 * n_variants), 7))
-    _seed_bars(axes[0, 0], runs, {"train_loss": "train_loss", "val_loss": "val_loss"})
+    _seed_bars(axes[0, 0], runs, {"train_loss": "train_loss", "val_loss": "val_loss"}, published)
     axes[0, 0].set_title("final-epoch loss (MSE)")
     for ax, metric in zip(axes.flat[1:], ("mse", "ssim", "psnr")):
-        _seed_bars(ax, runs, {metric: "autoencoder", f"{metric}_decoder": "encoder→decoder"})
+        _seed_bars(ax, runs, {metric: "autoencoder", f"{metric}_decoder": "encoder→decoder"}, published)
         ax.set_title(f"test {metric.upper()}")
     fig.tight_layout()
     _save(fig, out)
 
 
-def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str]) -> None:
+def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.DataFrame) -> None:
     """Per variant a bar per column (labelled) at its mean over seeds, from zero, and each seed's value as a dot on
-    its bar, spread evenly across it."""
+    its bar, spread evenly across it; a published value of the variant (`published`: by variant) as a line across."""
     variants = list(dict.fromkeys(runs.variant))
     by_variant = runs.groupby("variant", sort=False)
     width = 0.8 / len(columns)
@@ -134,9 +136,19 @@ def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str]) -> None:
         ax.bar(centres, by_variant[column].mean().reindex(variants), width, label=label)
         x = runs.variant.map(dict(zip(variants, centres))) + spread
         ax.scatter(x, runs[column], s=12, color="black", alpha=0.7, zorder=3, label=None if j else "each seed")
+        values = published.get(column, pd.Series(dtype=float)).dropna()
+        _published_lines(ax, dict(zip(variants, centres)), values, width, label=None if j else "published weights")
     ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize="small")
+
+
+def _published_lines(ax, centres: dict[str, float], values: pd.Series, width: float, label: str | None) -> None:
+    """A red line across the bar of each variant that has a published value; `label` on the first only."""
+    for variant in [v for v in values.index if v in centres]:
+        x = centres[variant]
+        ax.plot([x - width / 2, x + width / 2], [values[variant]] * 2, color="red", lw=2, zorder=4, label=label)
+        label = None
 
 
 def loss_curves(histories: dict[str, list[pd.DataFrame]], out: Path) -> None:
