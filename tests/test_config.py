@@ -24,7 +24,6 @@ import yaml
 
 from pipeline import paths, tracking
 from pipeline.lib.config import (
-    OFFICIAL_SOURCE,
     Compute,
     ConfigError,
     Params,
@@ -34,6 +33,7 @@ from pipeline.lib.config import (
     load_params,
     parse_params,
 )
+from pipeline.lib.config_sections import OFFICIAL_SOURCE
 from pipeline.lib.typed_yaml import UniqueKeyLoader
 from pipeline.stages import train as train_stage
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.lib.config import OFFICIAL_SOURCE
+from pipeline.lib.config_sections import OFFICIAL_SOURCE
 from pipeline.lib.idx import read_idx
 from tests.conftest import TINY_SPEC, make_project, run
 from tests.fakedata import make_emnist_dir, write_idx, write_sha256sums

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import paths
 from pipeline.lib import download
-from pipeline.lib.config import OFFICIAL_SOURCE
+from pipeline.lib.config_sections import OFFICIAL_SOURCE
 from pipeline.lib.idx import parse_sha256sums, verify_checksums
 from pipeline.lib.io import DataError
 from tests.test_download import GZ_NAMES, Handler, fake_zip, server, sums  # noqa: F401  (shared fixtures)

@@ -18,7 +18,8 @@ import yaml
 from pipeline import paths, provenance, tracking
 from pipeline.cli import run_stage
 from pipeline.lib import schema
-from pipeline.lib.config import STUDY_SOURCE, Params
+from pipeline.lib.config import Params
+from pipeline.lib.config_sections import STUDY_SOURCE
 from pipeline.lib.download import fetch_verified
 from pipeline.lib.evaluation import evaluate_model
 from pipeline.lib.idx import parse_sha256sums, verify_checksums
