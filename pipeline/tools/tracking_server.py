@@ -28,6 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from pipeline import paths
 
 PG_BINS = sorted(
@@ -175,11 +177,26 @@ def alive(pid: int) -> bool:
     return True
 
 
+def process_started(pid: int) -> float | None:
+    """When the process with this pid started (seconds since the epoch), or None if there is none."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def still_running(state: dict) -> bool:
+    """The MLflow server a state names still runs: its pid is alive and that process started when the server did.
+    After a reboot or a crash the pid may be another process's, which must never be taken for it, nor signalled."""
+    started = process_started(state["mlflow_pid"])
+    return started is not None and alive(state["mlflow_pid"]) and started == state.get("mlflow_started")
+
+
 def start(folder: Path, port: int, workers: int) -> dict:
     state_file = folder / "state.json"
     if state_file.exists():
         state = json.loads(state_file.read_text())
-        if alive(state["mlflow_pid"]):
+        if still_running(state):
             return state
         stop(folder)  # a stale state: what is left of it
     if not (folder / "postgres" / "data" / "PG_VERSION").exists():
@@ -192,7 +209,8 @@ def start(folder: Path, port: int, workers: int) -> dict:
     except BaseException:
         stop_postgres(folder)
         raise
-    state = {"url": f"http://127.0.0.1:{port}", "mlflow_pid": pid, "postgres_port": pg_port}
+    state = {"url": f"http://127.0.0.1:{port}", "mlflow_pid": pid, "mlflow_started": process_started(pid)}
+    state["postgres_port"] = pg_port
     state_file.write_text(json.dumps(state, indent=2) + "\n")
     return state
 
@@ -205,11 +223,18 @@ def stop_postgres(folder: Path) -> None:
 
 
 def stop(folder: Path) -> None:
+    stop_mlflow(folder)
+    stop_postgres(folder)
+
+
+def stop_mlflow(folder: Path) -> None:
+    """Stops the MLflow server that state.json names, if that process still runs, and forgets it."""
     state_file = folder / "state.json"
     if state_file.exists():
-        stop_group(json.loads(state_file.read_text())["mlflow_pid"])
+        state = json.loads(state_file.read_text())
+        if still_running(state):
+            stop_group(state["mlflow_pid"])
         state_file.unlink()
-    stop_postgres(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             state_file = folder / "state.json"
             state = json.loads(state_file.read_text()) if state_file.exists() else None
-            running = state is not None and alive(state["mlflow_pid"])
+            running = state is not None and still_running(state)
             print(f"tracking server: {'running at ' + state['url'] if running else 'not running'} ({folder})")
             return 0 if running else 3
     except ServerError as err:
