@@ -134,18 +134,19 @@ def test_a_sqlite_store_is_refused_for_a_cluster(tmp_path):
     assert os.path.exists(root / "dvc.yaml") and not (root / "mlflow.db").exists()
 
 
-def test_a_node_whose_code_differs_stops_the_run_naming_the_stage_and_the_file(cluster):
+def test_a_node_whose_code_differs_refuses_the_stage_before_running_it(cluster):
     head, node, env = cluster["head"], cluster["node"], cluster["env"]
     stage_code = node / "pipeline" / "stages" / "report.py"
     original = stage_code.read_text()
     stage_code.write_text(original + "\n# another commit's code\n")
-    (head / "reports" / "report.md").unlink()  # report is out of date, and runs on the node
-    before = lock(head)["report"]
+    (head / "reports" / "report.md").unlink()  # report is out of date, and would run on the node
+    before, node_report = lock(head)["report"], (node / "reports" / "report.md").read_bytes()
     try:
         result = subprocess.run(cluster["cmd"], cwd=head, env=env, capture_output=True, text=True)
     finally:
         stage_code.write_text(original)
     assert result.returncode == 1
-    assert "stage report ran on a node whose checkout differs from here" in result.stderr
-    assert "pipeline/stages/report.py modified" in result.stderr
-    assert lock(head)["report"] == before and not (head / "reports" / "report.md").exists()  # put back as it was
+    assert "stage report failed (exit 2)" in result.stderr
+    assert "its checkout differs from the executor's in pipeline/stages/report.py;" in result.stderr
+    assert lock(head)["report"] == before and not (head / "reports" / "report.md").exists()  # as it was
+    assert (node / "reports" / "report.md").read_bytes() == node_report  # the node never ran it

@@ -32,7 +32,15 @@ from tqdm import tqdm
 
 from pipeline import paths, provenance, tracking
 from pipeline.cli import one_line
-from pipeline.tools.ray_tasks import pipeline_files, run_command, run_on_node, stage_of, uncached_outputs, write_files
+from pipeline.tools.ray_tasks import (
+    pipeline_files,
+    run_command,
+    run_on_node,
+    source_digests,
+    stage_of,
+    uncached_outputs,
+    write_files,
+)
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
 
@@ -162,9 +170,10 @@ class Executor:
         options = {**resources(name, self.args), "name": name}
         if not self.args.remote:
             return run_command.options(**options).remote(cmd, str(self.root), self.env)
-        inputs = sorted(self.upstream[name])
-        files = {**pipeline_files(self.root), **uncached_outputs(Repo(str(self.root)), inputs)}
-        return run_on_node.options(**options).remote(name, cmd, inputs, files, self.args.remote, self.node_env)
+        inputs, repo = sorted(self.upstream[name]), Repo(str(self.root))
+        files = {**pipeline_files(self.root), **uncached_outputs(repo, inputs)}
+        sources = source_digests(repo, name)
+        return run_on_node.options(**options).remote(name, cmd, inputs, files, sources, self.args.remote, self.node_env)
 
     def finish(self, ref, progress: tqdm) -> None:
         name = self.running.pop(ref)

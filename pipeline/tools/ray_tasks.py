@@ -40,11 +40,12 @@ def run_command(cmd: str, cwd: str, env: dict) -> tuple[int, str]:
 
 
 @ray.remote(max_retries=0)
-def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, remote: str, env: dict) -> tuple:
+def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, sources: dict, remote: str, env: dict) -> tuple:
     """The stage run in this node's checkout: the executor's pipeline files (and the uncached outputs of the stages
-    it reads) written there, the cached outputs of those stages pulled from the DVC remote, its command run, the
-    stage committed and pushed. Returns the exit code, the end of the output, and, if it succeeded, the stage's
-    dvc.lock entry and its uncached outputs."""
+    it reads) written there, its source files checked against the executor's (`sources`: source_digests there), the
+    cached outputs of those stages pulled from the DVC remote, its command run, the stage committed and pushed.
+    Returns the exit code, the end of the output, and, if it succeeded, the stage's dvc.lock entry and its uncached
+    outputs."""
     node = platform.node()
     root = Path(os.environ.get(CHECKOUT_ENV) or "/nonexistent")
     if not (root / "dvc.yaml").is_file():
@@ -54,6 +55,11 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, remote: str
         with checkout_lock(root):
             write_files(root, files)
             repo = Repo(str(root))
+            here = source_digests(repo, name)
+            differing = sorted(path for path, digest in sources.items() if here.get(path) != digest)
+            if differing:
+                hint = "check out the executor's commit there (docs/scale-out.md)"
+                return 2, f"node {node}: its checkout differs from the executor's in {', '.join(differing)}; {hint}", {}
             if inputs:
                 repo.pull(targets=inputs, remote=remote, force=True)
             with repo.lock:
@@ -79,6 +85,14 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, remote: str
 def stage_of(repo: Repo, name: str):
     """The stage of that name (matrix stages included: train@model01-0) in the repo's index."""
     return next(s for s in repo.index.stages if s.name == name)
+
+
+def source_digests(repo: Repo, name: str) -> dict[str, str]:
+    """The SHA-256 of each file the stage depends on that no stage writes (its code, pinned checksums, params.yaml),
+    by path in the checkout: what a node must share with the executor before it runs the stage."""
+    written = {out.fs_path for stage in repo.index.stages for out in stage.outs}
+    files = [Path(dep.fs_path) for dep in stage_of(repo, name).deps if dep.fs_path not in written]
+    return {str(path.relative_to(repo.root_dir)): io.sha256_file(path) for path in files if path.is_file()}
 
 
 @contextlib.contextmanager
