@@ -32,7 +32,6 @@ def test_a_state_is_running_only_while_its_pid_is_the_process_it_started():
     me, started = os.getpid(), tracking_server.process_started(os.getpid())
     assert tracking_server.still_running({"mlflow_pid": me, "mlflow_started": started})
     assert not tracking_server.still_running({"mlflow_pid": me, "mlflow_started": started - 60})
-    assert not tracking_server.still_running({"mlflow_pid": me})  # a state without a start time proves nothing
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert not tracking_server.still_running({"mlflow_pid": int(finished.stdout), "mlflow_started": started})
 
@@ -48,6 +47,16 @@ def test_status_says_not_running_when_the_pid_is_another_process(tmp_path, stran
     write_state(tmp_path, stranger, tracking_server.process_started(stranger) - 3600)
     assert tracking_server.main(["status", "--dir", str(tmp_path)]) == 3
     assert "not running" in capsys.readouterr().out
+
+
+def test_a_state_from_before_start_times_knows_the_server_by_its_command(stranger):
+    assert not tracking_server.still_running({"mlflow_pid": stranger})  # a pid, and not an mlflow command
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "mlflow", "server"])
+    try:
+        assert tracking_server.still_running({"mlflow_pid": server.pid})
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_stop_stops_the_server_its_state_names(tmp_path, stranger):
