@@ -32,15 +32,7 @@ from tqdm import tqdm
 
 from pipeline import paths, provenance, tracking
 from pipeline.cli import one_line
-from pipeline.tools.ray_tasks import (
-    pipeline_files,
-    run_command,
-    run_on_node,
-    source_digests,
-    stage_of,
-    uncached_outputs,
-    write_files,
-)
+from pipeline.tools import ray_tasks
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
 
@@ -59,7 +51,7 @@ def command_if_changed(root: Path, name: str, clear_outputs: bool) -> str | None
     """The stage's command if DVC finds it changed, else None. With clear_outputs its outputs are removed first, as
     `dvc repro` removes them (a file left in an output directory would otherwise be committed with it)."""
     repo = Repo(str(root))  # a fresh index: dvc.lock has the stages committed since
-    stage = stage_of(repo, name)
+    stage = ray_tasks.stage_of(repo, name)
     with repo.lock:
         if not stage.changed():
             return None
@@ -92,19 +84,19 @@ def adopt(root: Path, name: str, entry: dict, uncached: dict, remote: str) -> No
     from the remote. DVC must then find it unchanged here too, or that node's checkout is not this one's: then the
     stage's previous entry and outputs are put back, so that this checkout stays as it was."""
     repo = Repo(str(root))
-    before_files = {**{path: None for path in uncached}, **uncached_outputs(repo, [name])}
+    before_files = {**{path: None for path in uncached}, **ray_tasks.uncached_outputs(repo, [name])}
     before_entry = set_lock_entry(root, name, entry)
-    write_files(root, uncached)
+    ray_tasks.write_files(root, uncached)
     try:
         repo.pull(targets=[name], remote=remote, force=True)
         fresh = Repo(str(root))  # an index that reads the entry just written
-        stage = stage_of(fresh, name)
+        stage = ray_tasks.stage_of(fresh, name)
         with fresh.lock:
             if stage.changed():
                 raise StageFailed(f"stage {name} ran on a node whose checkout differs from here: {differences(stage)}")
     except (StageFailed, DvcException):
         set_lock_entry(root, name, before_entry)
-        write_files(root, before_files)
+        ray_tasks.write_files(root, before_files)
         if before_entry:
             Repo(str(root)).checkout(targets=[name], force=True)
         raise
@@ -169,11 +161,13 @@ class Executor:
     def submit(self, name: str, cmd: str):
         options = {**resources(name, self.args), "name": name}
         if not self.args.remote:
-            return run_command.options(**options).remote(cmd, str(self.root), self.env)
+            return ray_tasks.run_command.options(**options).remote(cmd, str(self.root), self.env)
         inputs, repo = sorted(self.upstream[name]), Repo(str(self.root))
-        files = {**pipeline_files(self.root), **uncached_outputs(repo, inputs)}
-        sources = source_digests(repo, name)
-        return run_on_node.options(**options).remote(name, cmd, inputs, files, sources, self.args.remote, self.node_env)
+        files = {**ray_tasks.pipeline_files(self.root), **ray_tasks.uncached_outputs(repo, inputs)}
+        sources = ray_tasks.source_digests(repo, name)
+        return ray_tasks.run_on_node.options(**options).remote(
+            name, cmd, inputs, files, sources, self.args.remote, self.node_env
+        )
 
     def finish(self, ref, progress: tqdm) -> None:
         name = self.running.pop(ref)

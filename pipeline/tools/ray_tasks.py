@@ -88,11 +88,12 @@ def stage_of(repo: Repo, name: str):
 
 
 def source_digests(repo: Repo, name: str) -> dict[str, str]:
-    """The SHA-256 of each file the stage depends on that no stage writes (its code, pinned checksums, params.yaml),
-    by path in the checkout: what a node must share with the executor before it runs the stage."""
+    """The SHA-256 of each file the stage depends on that no stage writes (its code and pinned checksums; also
+    params.yaml, which the task has already written from the executor's), by path relative to the checkout: what a
+    node must share with the executor before it runs the stage. Directories (a data source) are not compared here."""
     written = {out.fs_path for stage in repo.index.stages for out in stage.outs}
     files = [Path(dep.fs_path) for dep in stage_of(repo, name).deps if dep.fs_path not in written]
-    return {str(path.relative_to(repo.root_dir)): io.sha256_file(path) for path in files if path.is_file()}
+    return {os.path.relpath(path, repo.root_dir): io.sha256_file(path) for path in files if path.is_file()}
 
 
 @contextlib.contextmanager
