@@ -134,10 +134,11 @@ def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.Da
     for j, (column, label) in enumerate(columns.items()):
         centres = np.arange(len(variants)) - 0.4 + width * (j + 0.5)
         ax.bar(centres, by_variant[column].mean().reindex(variants), width, label=label)
-        x = runs.variant.map(dict(zip(variants, centres))) + spread
+        centre_of = dict(zip(variants, centres))
+        x = runs.variant.map(centre_of) + spread
         ax.scatter(x, runs[column], s=12, color="black", alpha=0.7, zorder=3, label=None if j else "each seed")
         values = published.get(column, pd.Series(dtype=float)).dropna()
-        _published_lines(ax, dict(zip(variants, centres)), values, width, label=None if j else "published weights")
+        _published_lines(ax, centre_of, values, width, label=None if j else "published weights")
     ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize="small")
