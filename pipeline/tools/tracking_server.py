@@ -189,15 +189,15 @@ def still_running(state: dict) -> bool:
     """The MLflow server a state names still runs: its pid is alive and that process started when the server did
     (within a second: psutil derives the time from the boot time, which moves a little as the clock is adjusted).
     After a reboot or a crash the pid may be another process's, which must never be taken for it, nor signalled."""
-    pid = state["mlflow_pid"]
-    started = process_started(pid)
-    if started is None or not alive(pid):
+    if not alive(state["mlflow_pid"]):
         return False
-    if "mlflow_started" not in state:  # written before start times were recorded: know the server by its command
-        with contextlib.suppress(psutil.Error):
-            return "mlflow" in " ".join(psutil.Process(pid).cmdline())
+    try:
+        process = psutil.Process(state["mlflow_pid"])
+        if "mlflow_started" not in state:  # written before start times were recorded: know the server by its command
+            return "mlflow" in " ".join(process.cmdline())
+        return abs(process.create_time() - state["mlflow_started"]) < 1.0
+    except psutil.Error:
         return False
-    return abs(started - state["mlflow_started"]) < 1.0
 
 
 def start(folder: Path, port: int, workers: int) -> dict:
@@ -217,8 +217,12 @@ def start(folder: Path, port: int, workers: int) -> dict:
     except BaseException:
         stop_postgres(folder)
         raise
-    state = {"url": f"http://127.0.0.1:{port}", "mlflow_pid": pid, "mlflow_started": process_started(pid)}
-    state["postgres_port"] = pg_port
+    state = {
+        "url": f"http://127.0.0.1:{port}",
+        "mlflow_pid": pid,
+        "mlflow_started": process_started(pid),
+        "postgres_port": pg_port,
+    }
     state_file.write_text(json.dumps(state, indent=2) + "\n")
     return state
 
