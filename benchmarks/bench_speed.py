@@ -73,8 +73,8 @@ def training_rate(params, variant: str, option: str, train_x: torch.Tensor, step
     """images/s of the real training loop after a warm-up, and the share of time spent fetching batches."""
     precision, channels_last = OPTIONS[option]
     trainer = trainer_for(params, variant, precision, channels_last, steps, len(train_x))
-    trainer.train_epoch(train_x, epoch=0)  # warm-up: allocator, oneDNN kernels
-    seconds = timed(lambda: trainer.train_epoch(train_x, epoch=1))
+    trainer.train_epoch(train_x, epoch=0, progress=False)  # warm-up: allocator, oneDNN kernels
+    seconds = timed(lambda: trainer.train_epoch(train_x, epoch=1, progress=False))
     fetch = timed(lambda: _fetch_only(trainer, train_x, epoch=1))
     return {"images_per_s": trainer.images_per_epoch / seconds, "data_fraction": fetch / seconds}
 

@@ -114,10 +114,10 @@ class Trainer:
         for start in range(0, len(order), self.cfg.batch_size):
             yield self._prepare(train_x[order[start : start + self.cfg.batch_size].to(self.device)])
 
-    def train_epoch(self, train_x: torch.Tensor, epoch: int) -> dict[str, float]:
+    def train_epoch(self, train_x: torch.Tensor, epoch: int, progress: bool = True) -> dict[str, float]:
         """One shuffled pass (or its first steps_per_epoch batches). Returns the mean training MSE as train_loss,
         whatever the objective (log_mse, a rate term), so it is in val_loss's unit for every variant, and the mean
-        of the objective itself as train_objective."""
+        of the objective itself as train_objective. progress=False: no bar (a probe's or benchmark's timed steps)."""
         self.model.train()
         total, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
         batches = tqdm(
@@ -127,6 +127,7 @@ class Trainer:
             unit="batch",
             leave=False,
             mininterval=1.0,
+            disable=not progress,
         )
         for i, x in enumerate(batches):
             with self._autocast():
@@ -157,6 +158,7 @@ class Trainer:
         return total / val_x.numel()
 
     def fit(self, train_x: torch.Tensor, val_x: torch.Tensor, on_epoch) -> None:
+        spent = []  # this process's epochs, training and validation: the estimate of the time left
         for epoch in range(len(self.history), self.cfg.epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
@@ -164,6 +166,7 @@ class Trainer:
             train_loss = losses["train_loss"]
             seconds = time.perf_counter() - started
             val_loss = self.val_loss(val_x)
+            spent.append(time.perf_counter() - started)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise TrainingDiverged(
                     f"epoch {epoch + 1}: loss is {train_loss} (train) / {val_loss} (val); "
@@ -178,8 +181,10 @@ class Trainer:
                 "images_per_s": self.images_per_epoch / seconds,
             }
             self.history.append(row)
+            left = (self.cfg.epochs - epoch - 1) * sum(spent) / len(spent)
             tqdm.write(
                 f"epoch {epoch + 1}/{self.cfg.epochs}: train {train_loss:.5f} val {val_loss:.5f} "
                 f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)"
+                + (f", {tqdm.format_interval(left)} left" if left else "")
             )
             on_epoch(row)

@@ -66,10 +66,10 @@ def seconds_per_epoch(params: config.Params, variant: str, prepared_dir: Path, s
     trainer = Trainer(params, variant, 0, device, train_images=len(x))
     full_steps, batch = math.ceil(trainer.images_per_epoch / trainer.cfg.batch_size), trainer.cfg.batch_size
     trainer.scheduler, trainer.images_per_epoch = None, 20 * batch
-    trainer.train_epoch(x, 0)
+    trainer.train_epoch(x, 0, progress=False)
     trainer.images_per_epoch = steps * batch
     started = time.perf_counter()
-    trainer.train_epoch(x, 1)  # returns floats: the device has finished
+    trainer.train_epoch(x, 1, progress=False)  # returns floats: the device has finished
     return (time.perf_counter() - started) / steps * full_steps
 
 

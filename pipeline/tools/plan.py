@@ -82,9 +82,9 @@ def seconds_per_image(params: Params, variant: str, device: torch.device) -> tup
     images = torch.rand(batch * (PROBE_STEPS + 1), 1, 28, 28, device=device)
     trainer = Trainer(params, variant, 0, device, len(images))
     trainer.scheduler, trainer.images_per_epoch = None, batch * PROBE_STEPS
-    trainer.train_epoch(images[:batch], 0)  # warm-up: first calls allocate and pick kernels
+    trainer.train_epoch(images[:batch], 0, progress=False)  # warm-up: first calls allocate and pick kernels
     started = time.perf_counter()
-    trainer.train_epoch(images[batch:], 1)
+    trainer.train_epoch(images[batch:], 1, progress=False)
     training = (time.perf_counter() - started) / (batch * PROBE_STEPS)
     probe = images[:PROBE_IMAGES]
     reconstruct_and_measure(trainer.model, probe[:64], params.evaluate)  # warm-up
