@@ -48,3 +48,30 @@ def test_the_executor_does_not_reorder_dvc_lock_while_a_stage_reads_it(project):
     with provenance.lock_guard(project), pytest.raises(filelock.Timeout):
         parallel.Executor.order_lock(executor)
     assert (project / "dvc.lock").read_text() == LOCK
+
+
+def test_the_executor_commits_a_finished_stage_only_under_the_guard(project, monkeypatch):
+    committed = []
+
+    class RecordingRepo:  # stands in for dvc.repo.Repo: records the commit and whether the guard was held then
+        def __init__(self, root):
+            assert root == str(project)
+
+        def commit(self, name, force):
+            with pytest.raises(filelock.Timeout):
+                provenance.read_lock(project)
+            committed.append(name)
+
+    monkeypatch.setattr(parallel, "Repo", RecordingRepo)
+    monkeypatch.setattr(parallel.ray, "get", lambda ref: (0, "the stage's output"))
+    executor = SimpleNamespace(root=project, args=SimpleNamespace(remote=None), done=set())  # what finish reads
+    progress = SimpleNamespace(update=lambda: None)
+
+    executor.running = {"ref": "train@tiny-0"}
+    with provenance.lock_guard(project), pytest.raises(filelock.Timeout):
+        parallel.Executor.finish(executor, "ref", progress)
+    assert committed == [] and executor.done == set()
+
+    executor.running = {"ref": "train@tiny-0"}
+    parallel.Executor.finish(executor, "ref", progress)
+    assert committed == ["train@tiny-0"] and executor.done == {"train@tiny-0"}
