@@ -15,10 +15,7 @@ CPU = torch.device("cpu")
 
 def tiny_trainer(epochs: int, images: torch.Tensor) -> Trainer:
     params = parse_params(
-        {
-            "variants": {"tiny": TINY_SPEC},
-            "train": {"epochs": epochs, "batch_size": 32, "device": "cpu", "threads": 1},
-        }
+        {"variants": {"tiny": TINY_SPEC}, "train": {"epochs": epochs, "batch_size": 32, "device": "cpu", "threads": 1}}
     )
     return Trainer(params, "tiny", 0, CPU, train_images=len(images))
 
