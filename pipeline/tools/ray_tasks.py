@@ -87,13 +87,13 @@ def stage_of(repo: Repo, name: str):
     return next(s for s in repo.index.stages if s.name == name)
 
 
-def source_digests(repo: Repo, name: str) -> dict[str, str]:
-    """The SHA-256 of each file the stage depends on that no stage writes (its code and pinned checksums; also
-    params.yaml, which the task has already written from the executor's), by path relative to the checkout: what a
-    node must share with the executor before it runs the stage. Directories (a data source) are not compared here."""
+def source_digests(repo: Repo, name: str) -> dict:
+    """DVC's hash of each file or directory the stage depends on that no stage writes (its code, pinned checksums, a
+    data directory; its params, which the task has already written from the executor's), by the path dvc.yaml gives
+    it: what a node must share with the executor before it runs the stage."""
     written = {out.fs_path for stage in repo.index.stages for out in stage.outs}
-    files = [Path(dep.fs_path) for dep in stage_of(repo, name).deps if dep.fs_path not in written]
-    return {os.path.relpath(path, repo.root_dir): io.sha256_file(path) for path in files if path.is_file()}
+    deps = [dep for dep in stage_of(repo, name).deps if dep.fs_path not in written and dep.exists]
+    return {dep.def_path: dep.get_hash().value for dep in deps}
 
 
 @contextlib.contextmanager
