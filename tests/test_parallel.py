@@ -96,6 +96,13 @@ def test_progress_and_summary_are_shown(both):
     assert "stages up to date" in both["parallel"]["output"]
 
 
+def test_each_stage_writes_its_output_to_a_log_named_when_it_starts(both):
+    project = both["parallel"]
+    assert "parallel: train@tinyA-0 started; its output: logs/train@tinyA-0.log (here)" in project["output"]
+    assert "epoch 1/1: train " in (project["root"] / "logs" / "train@tinyA-0.log").read_text()
+    assert sorted(p.stem for p in (project["root"] / "logs").iterdir()) == sorted(lock(project))
+
+
 def test_a_failing_stage_stops_the_run_and_is_named(tmp_path):
     (tmp_path / "broken").mkdir()
     root, env = make_project(tmp_path / "broken", VARIANTS, epochs=1, data_source=str(tmp_path / "no-such-dir"))

@@ -160,8 +160,10 @@ class Executor:
 
     def submit(self, name: str, cmd: str):
         options = {**resources(name, self.args), "name": name}
+        where = "the node's checkout" if self.args.remote else "here"
+        tqdm.write(f"parallel: {name} started; its output: {ray_tasks.LOG_DIR}/{name}.log ({where})")
         if not self.args.remote:
-            return ray_tasks.run_command.options(**options).remote(cmd, str(self.root), self.env)
+            return ray_tasks.run_command.options(**options).remote(name, cmd, str(self.root), self.env)
         inputs, repo = sorted(self.upstream[name]), Repo(str(self.root))
         files = {**ray_tasks.pipeline_files(self.root), **ray_tasks.uncached_outputs(repo, inputs)}
         sources = ray_tasks.source_digests(repo, name)

@@ -30,13 +30,15 @@ from pipeline.lib import io
 
 CHECKOUT_ENV = "COMPRESSNET_CHECKOUT"
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", "dvc.lock")  # what a node's checkout takes from the executor's
+LOG_DIR = "logs"  # each stage's output, as it runs, in the checkout that runs it
+OUTPUT_TAIL = 4000  # bytes of a stage's output that come back with its result
 
 
 @ray.remote(max_retries=0)  # a killed stage is retried by the executor, once its MLflow run is marked KILLED
-def run_command(cmd: str, cwd: str, env: dict) -> tuple[int, str]:
+def run_command(name: str, cmd: str, cwd: str, env: dict) -> tuple[int, str]:
     """A stage's command in the executor's checkout, on the GPUs Ray gave this task (its CUDA_VISIBLE_DEVICES)."""
     gpus = {key: os.environ[key] for key in ("CUDA_VISIBLE_DEVICES",) if key in os.environ}
-    return run_process(cmd, Path(cwd), {**env, **gpus})
+    return run_process(cmd, Path(cwd), {**env, **gpus}, stage_log(Path(cwd), name))
 
 
 @ray.remote(max_retries=0)
@@ -67,7 +69,9 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, sources: di
     except DvcException as err:
         return 1, f"node {node}: pulling {', '.join(inputs)} from DVC remote {remote!r} failed: {err}", {}
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    code, output = run_process(cmd, root, {**os.environ, **env, "DVC_ROOT": str(root), "PATH": path})
+    code, output = run_process(
+        cmd, root, {**os.environ, **env, "DVC_ROOT": str(root), "PATH": path}, stage_log(root, name)
+    )
     if code != 0:
         return code, output, {}
     try:
@@ -141,30 +145,39 @@ def write_files(root: Path, files: dict[str, bytes | dict | None]) -> None:
             io.atomic_write(path, lambda tmp, data=content: tmp.write_bytes(data))
 
 
-def run_process(cmd: str, cwd: Path, env: dict) -> tuple[int, str]:
-    """A stage's command: its exit code and the end of its output. A cancelled task stops it before returning, and a
-    killed worker takes it along."""
-    argv = dies_with_parent(shlex.split(cmd))
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output = wait_interruptibly(proc)
-    except BaseException:  # ray.cancel raises KeyboardInterrupt here
-        proc.terminate()
+def stage_log(root: Path, name: str) -> Path:
+    """Where a stage's output goes as it runs (the task returns only its end): logs/<stage>.log in the checkout."""
+    return root / LOG_DIR / f"{name}.log"
+
+
+def run_process(cmd: str, cwd: Path, env: dict, log: Path) -> tuple[int, str]:
+    """A stage's command, its output written to `log` as it runs: its exit code and the end of that output. A
+    cancelled task stops it before returning, and a killed worker takes it along."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen(dies_with_parent(shlex.split(cmd)), cwd=cwd, env=env, stdout=out, stderr=out)
         try:
-            proc.communicate(timeout=60)  # drained: a stage writing as it stops never blocks on a full pipe
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-        raise
-    return proc.returncode, output[-4000:]
+            wait_interruptibly(proc)
+        except BaseException:  # ray.cancel raises KeyboardInterrupt here
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+    with log.open("rb") as written:
+        written.seek(max(0, log.stat().st_size - OUTPUT_TAIL))
+        return proc.returncode, written.read().decode(errors="replace")
 
 
-def wait_interruptibly(proc: subprocess.Popen) -> str:
-    """The process's output once it exits. Waits a second at a time: ray.cancel's KeyboardInterrupt reaches a thread
-    only between Python bytecodes, never inside one blocking read."""
+def wait_interruptibly(proc: subprocess.Popen) -> None:
+    """Waits a second at a time: ray.cancel's KeyboardInterrupt reaches a thread only between Python bytecodes, never
+    inside one blocking wait."""
     while True:
         try:
-            return proc.communicate(timeout=1.0)[0]
+            proc.wait(timeout=1.0)
+            return
         except subprocess.TimeoutExpired:
             continue
 
