@@ -13,6 +13,7 @@ N x steps x batch / the slowest run's time. Adds "device_sharing" to reports/ben
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -49,13 +50,15 @@ def one_run(args, seeds: list[int], start=None) -> float:
     batch = params.train_for(args.variant).batch_size
     data = images(batch, max(args.steps, args.warmup), device)
     if len(seeds) == 1:
-        runner = Trainer(params, args.variant, seeds[0], device, len(data))
+        epoch = functools.partial(
+            Trainer(params, args.variant, seeds[0], device, len(data)).train_epoch, progress=False
+        )
     else:
-        runner = SeedBatch(params, args.variant, seeds, device, len(data))
-    runner.train_epoch(data[: args.warmup * batch], 0)
+        epoch = SeedBatch(params, args.variant, seeds, device, len(data)).train_epoch
+    epoch(data[: args.warmup * batch], 0)
     if start is not None:
         start.wait(timeout=600)  # a run that failed before it breaks the barrier for the others instead of a hang
-    return timed(lambda: runner.train_epoch(data[: args.steps * batch], 1))
+    return timed(lambda: epoch(data[: args.steps * batch], 1))
 
 
 def worker(args, start, results, index: int) -> None:

@@ -100,6 +100,7 @@ def test_every_stage_ran_on_the_node_and_came_back_through_the_remote(cluster):
     for name, entry in lock(head).items():
         if name != "prepare":
             assert ran_on_node[name] == entry, name
+            assert (node / "logs" / f"{name}.log").is_file() and not (head / "logs" / f"{name}.log").exists()
     for run_name in ("tinyA-seed0", "tinyB-seed0"):
         model = Path("models") / f"{run_name}.pt"
         assert (head / model).read_bytes() == (node / model).read_bytes()

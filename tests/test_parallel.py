@@ -98,7 +98,7 @@ def test_progress_and_summary_are_shown(both):
 
 def test_each_stage_writes_its_output_to_a_log_named_when_it_starts(both):
     project = both["parallel"]
-    assert "parallel: train@tinyA-0 started; its output: logs/train@tinyA-0.log (here)" in project["output"]
+    assert "parallel: train@tinyA-0 dispatched; its output: logs/train@tinyA-0.log (here)" in project["output"]
     assert "epoch 1/1: train " in (project["root"] / "logs" / "train@tinyA-0.log").read_text()
     assert sorted(p.stem for p in (project["root"] / "logs").iterdir()) == sorted(lock(project))
 

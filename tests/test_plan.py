@@ -47,12 +47,13 @@ def test_the_quick_profile_is_valid_params_and_trains_fewer_runs_than_the_defaul
     assert set(quick.trained()) <= set(default.trained())
 
 
-def test_the_plan_names_the_runs_an_estimate_and_the_faster_options(project_root):
+def test_the_plan_names_the_runs_an_estimate_and_the_faster_options(project_root, capsys):
     params = parse_params({"variants": {"tiny": TINY_SPEC}, "seeds": [0, 1], "train": {"device": "cpu", "threads": 1}})
     text = "\n".join(plan.plan_lines(params, {"seeds": [0, 1]}, profile=True))
     assert "2 run(s) to train, 2 to evaluate" in text
     assert "images/s measured here" in text and "of training and" in text
     assert "make repro JOBS=N" in text and "make repro-quick" not in text  # a profile is already running
+    assert "epoch 1/" not in capsys.readouterr().err  # the probe's steps show no training bar
 
 
 def test_a_schedule_shorter_than_the_probe_still_gets_an_estimate(project_root):

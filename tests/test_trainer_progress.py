@@ -30,7 +30,7 @@ def test_every_epoch_but_the_last_says_the_time_left(capsys):
     assert lines[2].endswith("img/s)"), lines
 
 
-def test_a_probe_prints_no_progress_bar(capsys):
+def test_progress_false_prints_no_bar(capsys):
     images = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     trainer = tiny_trainer(1, images)
     trainer.train_epoch(images, 0, progress=False)

@@ -160,13 +160,14 @@ class Executor:
 
     def submit(self, name: str, cmd: str):
         options = {**resources(name, self.args), "name": name}
-        where = "the node's checkout" if self.args.remote else "here"
-        tqdm.write(f"parallel: {name} started; its output: {ray_tasks.LOG_DIR}/{name}.log ({where})")
+        where = f"${ray_tasks.CHECKOUT_ENV} on its node" if self.args.remote else "here"
+        tqdm.write(f"parallel: {name} dispatched; its output: {ray_tasks.stage_log(Path(), name)} ({where})")
         if not self.args.remote:
             return ray_tasks.run_command.options(**options).remote(name, cmd, str(self.root), self.env)
-        inputs, repo = sorted(self.upstream[name]), Repo(str(self.root))
-        files = {**ray_tasks.pipeline_files(self.root), **ray_tasks.uncached_outputs(repo, inputs)}
-        sources = ray_tasks.source_digests(repo, name)
+        inputs = sorted(self.upstream[name])
+        with Repo(str(self.root)) as repo:
+            files = {**ray_tasks.pipeline_files(self.root), **ray_tasks.uncached_outputs(repo, inputs)}
+            sources = ray_tasks.source_digests(repo, name)
         return ray_tasks.run_on_node.options(**options).remote(
             name, cmd, inputs, files, sources, self.args.remote, self.node_env
         )

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import ray
+from dvc.dependency.param import ParamsDependency
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from dvc.utils.serialize import load_yaml
@@ -73,7 +74,7 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, sources: di
         cmd, root, {**os.environ, **env, "DVC_ROOT": str(root), "PATH": path}, stage_log(root, name)
     )
     if code != 0:
-        return code, output, {}
+        return code, f"{output}\nnode {node}: all of it in {stage_log(root, name)}", {}
     try:
         with checkout_lock(root):
             repo = Repo(str(root))
@@ -91,13 +92,13 @@ def stage_of(repo: Repo, name: str):
     return next(s for s in repo.index.stages if s.name == name)
 
 
-def source_digests(repo: Repo, name: str) -> dict:
+def source_digests(repo: Repo, name: str) -> dict[str, str]:
     """DVC's hash of each file or directory the stage depends on that no stage writes (its code, pinned checksums, a
-    data directory; its params, which the task has already written from the executor's), by the path dvc.yaml gives
-    it: what a node must share with the executor before it runs the stage."""
+    data directory), by the path dvc.yaml gives it: what a node must share with the executor before it runs the
+    stage. Its params are left out: the task has just written the executor's params.yaml."""
     written = {out.fs_path for stage in repo.index.stages for out in stage.outs}
     deps = [dep for dep in stage_of(repo, name).deps if dep.fs_path not in written and dep.exists]
-    return {dep.def_path: dep.get_hash().value for dep in deps}
+    return {dep.def_path: dep.get_hash().value for dep in deps if not isinstance(dep, ParamsDependency)}
 
 
 @contextlib.contextmanager
@@ -151,9 +152,12 @@ def stage_log(root: Path, name: str) -> Path:
 
 
 def run_process(cmd: str, cwd: Path, env: dict, log: Path) -> tuple[int, str]:
-    """A stage's command, its output written to `log` as it runs: its exit code and the end of that output. A
-    cancelled task stops it before returning, and a killed worker takes it along."""
+    """A stage's command, its output written to `log` as it runs (the previous run's kept as <stage>.log.1): its exit
+    code and the end of that output. A cancelled task stops it before returning, and a killed worker takes it along."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    if log.exists():
+        log.replace(log.with_name(f"{log.name}.1"))
+    env = {**env, "PYTHONUNBUFFERED": "1"}  # a file, unlike a terminal, gets Python's print()s only when it exits
     with log.open("w") as out:
         proc = subprocess.Popen(dies_with_parent(shlex.split(cmd)), cwd=cwd, env=env, stdout=out, stderr=out)
         try:
@@ -168,7 +172,8 @@ def run_process(cmd: str, cwd: Path, env: dict, log: Path) -> tuple[int, str]:
             raise
     with log.open("rb") as written:
         written.seek(max(0, log.stat().st_size - OUTPUT_TAIL))
-        return proc.returncode, written.read().decode(errors="replace")
+        tail = written.read().lstrip(bytes(range(0x80, 0xC0)))  # not from the middle of a UTF-8 character
+    return proc.returncode, tail.decode(errors="replace")
 
 
 def wait_interruptibly(proc: subprocess.Popen) -> None:
