@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from pipeline import paths
+from pipeline.lib.device import processor_name
 from pipeline.lib.io import write_json
 from tests.conftest import TINY_SPEC, make_project
 from tests.fakedata import make_emnist_dir
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "stages": 3 + 2 * len(VARIANTS) * len(seeds) + 1,
         "jobs": args.jobs,
         "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": processor_name(torch.device("cpu")),
         "sequential_s": round(seconds["sequential"], 1),
         "parallel_s": round(seconds["parallel"], 1),
         "speedup": round(seconds["sequential"] / seconds["parallel"], 2),

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import re
 import time
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -24,7 +22,7 @@ import torch
 from pipeline import paths, tracking
 from pipeline.lib import prepared
 from pipeline.lib.config import load_params
-from pipeline.lib.device import as_batch_tensor, configure_determinism, native_bf16, pick_device
+from pipeline.lib.device import as_batch_tensor, configure_determinism, native_bf16, pick_device, processor_name
 from pipeline.lib.evaluation import reconstruct_and_measure
 from pipeline.lib.io import write_json, write_text
 from pipeline.lib.models import inference_flops_per_image, training_flops_per_image
@@ -118,7 +116,7 @@ def run(variants: list[str], options: list[str], steps: int, eval_images: int) -
     params = load_params(paths.params_file())
     configure_determinism(params.train.threads)
     device = pick_device(params.train.device)
-    peak, hardware = matmul_peak_gflops(device), _hardware(device)
+    peak, hardware = matmul_peak_gflops(device), processor_name(device)
     print(
         f"fp32 matmul peak: {peak:.1f} GFLOP/s on {hardware} ({torch.get_num_threads()} CPU threads, "
         f"native bf16: {native_bf16(device)})"
@@ -168,22 +166,6 @@ def timing_images(device: torch.device, train_images: int, eval_images: int):
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(n, 1, 28, 28, generator=generator).to(device) for n in (train_images, eval_images)]
     return *images, "random images (no prepared data)"
-
-
-def _hardware(device: torch.device) -> str:
-    """The processor the numbers belong to: they differ several-fold between machines of the same size."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    names = (
-        [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        if Path("/proc/cpuinfo").exists()
-        else []
-    )
-    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 def write_outputs(result: dict) -> None:

@@ -28,7 +28,7 @@ from pipeline import paths, tracking
 from pipeline.lib import prepared as prepared_data
 from pipeline.lib.config import DataConfig, parse_params, run_name
 from pipeline.lib.dataset import prepare_from_directory
-from pipeline.lib.device import as_batch_tensor, resolve_precision
+from pipeline.lib.device import as_batch_tensor, processor_name, resolve_precision
 from pipeline.lib.io import DataError
 from pipeline.lib.losses import OBJECTIVES, log_mse, log_mse_ssim, objective
 from pipeline.lib.models import build_model
@@ -415,6 +415,7 @@ def test_model_files_and_history(baseline, prepared):
     assert saved["data_manifest_sha256"] == hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest()
     assert saved["mlflow_run_id"] == baseline["run"].info.run_id
     assert saved["precision_used"] in ("fp32", "bf16")
+    assert saved["processor"] == processor_name(torch.device("cpu")) and saved["threads_used"] >= 1
     # outside DVC the stage records its provenance as unknown (dvc.lock is read only under DVC_ROOT)
     assert saved["dvc"] == {"prepared_md5": "unknown", "prepare_lock_sha256": "unknown"}
     model = build_model(saved["spec"])
@@ -455,6 +456,8 @@ def test_mlflow_run_params_metrics_tags(baseline):
     assert tags["git_dirty"] in ("true", "false") and tags["git_commit"]
     assert tags["data.manifest_sha256"] == baseline["saved"]["data_manifest_sha256"]
     assert tags["train.precision_used"] == baseline["saved"]["precision_used"]
+    assert tags["train.processor"] == baseline["saved"]["processor"]  # whose timings the epochs' seconds are
+    assert tags["train.threads_used"] == str(baseline["saved"]["threads_used"])
     assert tags["train.dvc.prepare_lock_sha256"] == "unknown"
     assert tags["model_sha256"] == hashlib.sha256(baseline["final"].read_bytes()).hexdigest()
     assert "dvc_exp_name" not in tags

@@ -20,7 +20,7 @@ import torch
 
 from pipeline.lib import codec, prepared
 from pipeline.lib.config import Params, flatten, run_name
-from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device
+from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device, processor_name
 from pipeline.lib.io import DataError, atomic_write, load_torch, md5_file, save_torch, sha256_file
 from pipeline.lib.trainer import Trainer
 
@@ -90,7 +90,12 @@ def train_run(
     if run_id and not tracker.resumable(run_id):
         print(f"train: MLflow run {run_id} of the checkpoint is not in this store/experiment; logging to a new run")
         run_id = None
-    tags = {**tags, "train.precision_used": trainer.precision}
+    hardware = {
+        "precision_used": trainer.precision,
+        "processor": processor_name(device),
+        "threads_used": torch.get_num_threads(),
+    }
+    tags = {**tags, **{f"train.{key}": value for key, value in hardware.items()}}
     with tracker.run(name, tags, resume_id=run_id) as run:
         if not run_id:
             _log_inputs(run, params, variant, seed, manifest_sha, train_images, train_labels, prepared_dir)
@@ -115,7 +120,7 @@ def train_run(
             "mlflow_run_id": run.run_id,
             "epochs": len(trainer.history),
             **meta,
-            "precision_used": trainer.precision,
+            **hardware,
         }
         # the codec's uint8 grid, once, instead of an encoder pass over the train split in every evaluate/compress
         calibration = torch.from_numpy(np.stack(codec.train_calibration(trainer.model.eval(), train_images)))
