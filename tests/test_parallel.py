@@ -93,7 +93,14 @@ def test_afterwards_dvc_has_nothing_to_do(both):
 
 
 def test_progress_and_summary_are_shown(both):
-    assert "stages up to date" in both["parallel"]["output"]
+    assert f"parallel: {len(lock(both['parallel']))} stages up to date in " in both["parallel"]["output"]
+    assert f", {len(lock(both['parallel']))} of them run now" in both["parallel"]["output"]
+
+
+def test_a_second_run_runs_nothing_and_says_so(both):
+    project = both["parallel"]
+    output = run(["python", "-m", "pipeline.tools.parallel", "--jobs", "2"], project["root"], project["env"])
+    assert ", 0 of them run now" in output and "dispatched" not in output
 
 
 def test_each_stage_writes_its_output_to_a_log_named_when_it_starts(both):

@@ -129,6 +129,7 @@ class Executor:
         self.upstream = dependencies(Repo(str(root)))
         self.done: set[str] = set()
         self.retried: set[str] = set()
+        self.ran = 0  # the rest were up to date
         self.running: dict = {}  # ray ObjectRef -> stage name
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run))
         self.executor_id = uuid.uuid4().hex  # tags this executor's runs (tracking.run_tags)
@@ -152,9 +153,9 @@ class Executor:
             if len(self.running) >= self.slots:
                 return
             cmd = command_if_changed(self.root, name, clear_outputs=not self.args.remote)
-            if cmd is None:
+            if cmd is None:  # not counted by the bar, whose rate and time left are the stages that run
                 self.done.add(name)
-                progress.update()
+                progress.total -= 1
                 continue
             self.running[self.submit(name, cmd)] = name
 
@@ -195,6 +196,7 @@ class Executor:
         except DvcException as err:
             raise StageFailed(f"stage {name} ran, but DVC could not record it here: {err}") from err
         self.done.add(name)
+        self.ran += 1
         progress.update()
 
     def killed(self, name: str, signum: int, output: str) -> None:
@@ -290,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         ray.shutdown()
-    print(f"parallel: {len(executor.done)} stages up to date in {time.perf_counter() - started:.0f} s")
+    seconds = time.perf_counter() - started
+    print(f"parallel: {len(executor.done)} stages up to date in {seconds:.0f} s, {executor.ran} of them run now")
     return 0
 
 
