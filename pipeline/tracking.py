@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import urllib.request
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -79,7 +80,11 @@ class MlflowRun:
 
     def log_dataset(self, images, labels, name: str, source: str, digest: str, context: str) -> None:
         """A sample of a data set as the run's input (the active run: only inside MlflowTracker.run)."""
-        dataset = mlflow.data.from_numpy(images, targets=labels, name=name, source=source, digest=digest)
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice (schemes "" and "file"), so every local path warns that it
+            # "can be interpreted in multiple ways", each of them LocalArtifactDatasetSource
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_numpy(images, targets=labels, name=name, source=source, digest=digest)
         try:
             mlflow.log_input(dataset, context=context)
         except mlflow.exceptions.MlflowException:

@@ -1,6 +1,9 @@
-"""pipeline.tracking: the experiment setup marks, and a data set logged by two runs at once."""
+"""pipeline.tracking: the experiment setup marks, and data sets logged as a run's input."""
 
 from __future__ import annotations
+
+import json
+import warnings
 
 import mlflow
 import numpy as np
@@ -39,6 +42,16 @@ def test_setup_marks_the_experiment_as_custom_model_development(client):
     chosen = client.create_experiment("chosen", tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"})
     tracking.setup("chosen")
     assert client.get_experiment(chosen).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"  # a user's choice
+
+
+def test_a_local_data_set_logs_without_mlflow_warning_that_its_source_is_ambiguous(client, tmp_path):
+    images, labels = np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.int64)
+    with warnings.catch_warnings(record=True) as caught, tracking.MlflowTracker().run("train", tags={}) as run:
+        warnings.simplefilter("always")
+        run.log_dataset(images, labels, name="prepared", source=str(tmp_path), digest="d1", context="training")
+    assert not [w for w in caught if "interpreted in multiple ways" in str(w.message)]
+    (logged,) = client.get_run(run.run_id).inputs.dataset_inputs
+    assert json.loads(logged.dataset.source) == {"uri": str(tmp_path)}
 
 
 def test_a_data_set_logged_by_a_concurrent_run_in_between_is_linked_not_lost(client):
