@@ -64,14 +64,14 @@ def test_the_executor_commits_a_finished_stage_only_under_the_guard(project, mon
 
     monkeypatch.setattr(parallel, "Repo", RecordingRepo)
     monkeypatch.setattr(parallel.ray, "get", lambda ref: (0, "the stage's output"))
-    executor = SimpleNamespace(root=project, args=SimpleNamespace(remote=None), done=set())  # what finish reads
+    executor = SimpleNamespace(root=project, args=SimpleNamespace(remote=None), done=set(), ran=0)  # what finish reads
     progress = SimpleNamespace(update=lambda: None)
 
     executor.running = {"ref": "train@tiny-0"}
     with provenance.lock_guard(project), pytest.raises(filelock.Timeout):
         parallel.Executor.finish(executor, "ref", progress)
-    assert committed == [] and executor.done == set()
+    assert committed == [] and executor.done == set() and executor.ran == 0
 
     executor.running = {"ref": "train@tiny-0"}
     parallel.Executor.finish(executor, "ref", progress)
-    assert committed == ["train@tiny-0"] and executor.done == {"train@tiny-0"}
+    assert committed == ["train@tiny-0"] and executor.done == {"train@tiny-0"} and executor.ran == 1

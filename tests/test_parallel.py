@@ -118,4 +118,5 @@ def test_a_failing_stage_stops_the_run_and_is_named(tmp_path):
     )
     assert result.returncode == 1
     assert "stage prepare failed" in result.stderr and "no-such-dir" in result.stderr
+    assert f"all of it in {root / 'logs' / 'prepare.log'}" in result.stderr
     assert not (root / "dvc.lock").exists()  # nothing committed

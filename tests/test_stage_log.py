@@ -31,6 +31,6 @@ def test_the_previous_run_s_log_is_kept_beside_it(tmp_path):
 
 def test_the_returned_end_of_a_long_output_starts_on_a_character(tmp_path):
     (tmp_path / "child.py").write_text(f"print('é' * {ray_tasks.OUTPUT_TAIL})")  # two bytes each
-    log = ray_tasks.stage_log(tmp_path, "report")
-    code, tail = ray_tasks.run_process(f"{sys.executable} child.py", tmp_path, dict(os.environ), log)
+    log, env = ray_tasks.stage_log(tmp_path, "report"), {**os.environ, "PYTHONIOENCODING": "utf-8"}  # any locale
+    code, tail = ray_tasks.run_process(f"{sys.executable} child.py", tmp_path, env, log)
     assert code == 0 and set(tail.rstrip("\n")) == {"é"}

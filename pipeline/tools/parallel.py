@@ -127,9 +127,9 @@ class Executor:
     def __init__(self, root: Path, args, experiment_id: str):
         self.root, self.args, self.experiment_id = root, args, experiment_id
         self.upstream = dependencies(Repo(str(root)))
-        self.done: set[str] = set()
+        self.done: set[str] = set()  # finished or found up to date; `ran` counts those that ran
         self.retried: set[str] = set()
-        self.ran = 0  # the rest were up to date
+        self.ran = 0
         self.running: dict = {}  # ray ObjectRef -> stage name
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run))
         self.executor_id = uuid.uuid4().hex  # tags this executor's runs (tracking.run_tags)
@@ -286,14 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         executor.cancel()
-        print(
-            "parallel: interrupted; stages that finished are committed, `make repro` finishes the rest", file=sys.stderr
-        )
+        print("parallel: interrupted; finished stages are committed, `make repro` runs the rest", file=sys.stderr)
         return 130
     finally:
         ray.shutdown()
-    seconds = time.perf_counter() - started
-    print(f"parallel: {len(executor.done)} stages up to date in {seconds:.0f} s, {executor.ran} of them run now")
+    summary = f"{len(executor.done)} stages up to date in {time.perf_counter() - started:.0f} s"
+    print(f"parallel: {summary}, {executor.ran} of them run now")
     return 0
 
 

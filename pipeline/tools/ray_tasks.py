@@ -39,7 +39,9 @@ OUTPUT_TAIL = 4000  # bytes of a stage's output that come back with its result
 def run_command(name: str, cmd: str, cwd: str, env: dict) -> tuple[int, str]:
     """A stage's command in the executor's checkout, on the GPUs Ray gave this task (its CUDA_VISIBLE_DEVICES)."""
     gpus = {key: os.environ[key] for key in ("CUDA_VISIBLE_DEVICES",) if key in os.environ}
-    return run_process(cmd, Path(cwd), {**env, **gpus}, stage_log(Path(cwd), name))
+    log = stage_log(Path(cwd), name)
+    code, output = run_process(cmd, Path(cwd), {**env, **gpus}, log)
+    return code, output if code == 0 else f"{output}\nall of it in {log}"
 
 
 @ray.remote(max_retries=0)
