@@ -125,7 +125,7 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def run(self, name: str, tags: dict, resume_id: str | None = None):
-        with tracked_run(run_id=resume_id, run_name=name, tags=tags) as run:
+        with tracked_run(run_id=resume_id, run_name=name, tags=_as_strings(tags)) as run:
             yield MlflowRun(self.client, run.info.run_id)
 
     def attach(self, run_id: str | None) -> MlflowRun | None:
@@ -139,7 +139,7 @@ class MlflowTracker:
 
     def new_finished_run(self, name: str, tags: dict) -> MlflowRun:
         """A run of its own for a stage whose training run is not in this store (marked finished at once)."""
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        run = self.client.create_run(self.experiment_id, tags=_as_strings(tags), run_name=name)
         self.client.set_terminated(run.info.run_id, "FINISHED")
         return MlflowRun(self.client, run.info.run_id)
 
@@ -244,6 +244,11 @@ def git_state(root: Path | None = None) -> dict[str, str]:
     commit = git("rev-parse", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def _as_strings(tags: dict) -> dict[str, str]:
+    """MLflow tags are strings: the sqlite store converts other values, a tracking server's REST client raises."""
+    return {key: str(value) for key, value in tags.items()}
 
 
 def run_tags(stage: str) -> dict[str, str]:
