@@ -405,6 +405,7 @@ def test_report_compares_every_variant_and_groups_their_runs_under_a_report_run(
     assert text.startswith("# CompressNet report\n\n## Findings")
     assert f"Best variant by mean test MSE over 1 seed(s): **{best}**" in text
     assert "no difference can be told from seed-to-seed luck" in text
+    assert "No pair can be tested: each variant needs two or more seeds" in text  # not a table of "False"
     assert list(summary.index) == ["tinyA", "tinyB"] and list(summary.n) == [1, 1]
     assert all(f.parent == paths.figures_dir() and f.exists() and f.stat().st_size > 5000 for f in figures)
     assert all(f"![{f.stem}](figures/{f.name})" in text for f in figures)

@@ -77,6 +77,12 @@ def test_no_spread_or_one_seed_is_never_significant():
     assert table.p.isna().all() and not table.significant.any()
 
 
+def test_the_report_marks_untested_pairs_instead_of_calling_them_not_significant():
+    table = stats.pairwise_welch(runs_table({"a": [1.0, 1.1, 0.9], "b": [5.0, 5.2, 4.8], "c": [3.0]}), "mse")
+    rows = report_text.pairwise_markdown(table).splitlines()[2:]
+    assert [row.split("|")[-2].strip() for row in rows] == ["True", "–", "–"]
+
+
 def test_families_group_variants_that_differ_only_in_decoder_strides():
     specs = {name: {**STUDY_SPEC, "decoder_strides": s, "description": name} for name, s in STRIDES.items()}
     specs.update({f"{n}_linear": {**s, "latent_activation": "linear"} for n, s in list(specs.items())})

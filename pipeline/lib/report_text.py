@@ -231,7 +231,7 @@ def render_markdown(
         "",
         "## Pairwise differences in test MSE (Welch's t-test, Benjamini-Hochberg adjusted)",
         "",
-        _markdown(tests, index=False),
+        pairwise_markdown(tests),
         "",
         "## Every run",
         "",
@@ -296,3 +296,9 @@ def render_markdown(
 def _markdown(table: pd.DataFrame, index: bool = True) -> str:
     blanked = table.astype(object).where(table.notna(), None)  # tabulate shows None as missingval
     return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–")
+
+
+def pairwise_markdown(tests: pd.DataFrame) -> str:
+    if tests.p.isna().all():
+        return "No pair can be tested: each variant needs two or more seeds with a spread (`seeds:` in params.yaml)."
+    return _markdown(tests.assign(significant=tests.significant.where(tests.p.notna())), index=False)  # untested: –
