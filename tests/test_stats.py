@@ -81,6 +81,8 @@ def test_the_report_marks_untested_pairs_instead_of_calling_them_not_significant
     table = stats.pairwise_welch(runs_table({"a": [1.0, 1.1, 0.9], "b": [5.0, 5.2, 4.8], "c": [3.0]}), "mse")
     rows = report_text.pairwise_markdown(table).splitlines()[2:]
     assert [row.split("|")[-2].strip() for row in rows] == ["True", "–", "–"]
+    one_variant = stats.pairwise_welch(runs_table({"a": [1.0, 1.1]}), "mse")
+    assert report_text.pairwise_markdown(one_variant) == "One variant: no pair to compare."
 
 
 def test_families_group_variants_that_differ_only_in_decoder_strides():

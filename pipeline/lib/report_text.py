@@ -299,6 +299,8 @@ def _markdown(table: pd.DataFrame, index: bool = True) -> str:
 
 
 def pairwise_markdown(tests: pd.DataFrame) -> str:
+    if tests.empty:
+        return "One variant: no pair to compare."
     if tests.p.isna().all():
         return "No pair can be tested: each variant needs two or more seeds with a spread (`seeds:` in params.yaml)."
     return _markdown(tests.assign(significant=tests.significant.where(tests.p.notna())), index=False)  # untested: –
