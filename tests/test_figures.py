@@ -76,7 +76,7 @@ def draw_all(monkeypatch, tmp_path, results: pd.DataFrame, published: pd.DataFra
     samples = {name: originals for name in results.groupby("variant", sort=False).head(1).index}
     figures.report_figures(
         results,
-        stats.aggregate(results, report_text.SEED_COLUMNS),
+        stats.aggregate(results, report_text.SEED_COLUMNS, report_text.SEED_FLOORS),
         means,
         rate_distortion.assemble(means, [baseline]),
         histories,
@@ -165,6 +165,16 @@ def test_the_seed_spread_figure_has_a_dot_per_seed(monkeypatch, tmp_path):
     fig = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"]
     for ax in fig.axes:
         assert [len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)] == [3, 3, 3]
+
+
+def test_the_interval_of_a_count_stops_at_zero(monkeypatch, tmp_path):
+    results = make_results(THREE_VARIANTS)  # dead units 0, 1, 0: a t-interval of the mean from -1.1 to 1.8
+    *_, dead = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"].axes
+    (errorbar,) = dead.containers
+    lows = [segment[:, 1].min() for segment in errorbar.lines[2][0].get_segments()]
+    assert lows == pytest.approx([0.0] * len(THREE_VARIANTS))
+    highs = [segment[:, 1].max() for segment in errorbar.lines[2][0].get_segments()]
+    assert highs == pytest.approx([1 / 3 + 4.30265 * np.sqrt(1 / 3) / np.sqrt(3)] * len(THREE_VARIANTS), rel=1e-5)
 
 
 def test_seeds_that_agree_are_not_magnified_into_a_spread(monkeypatch, tmp_path):

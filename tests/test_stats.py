@@ -42,6 +42,13 @@ def test_aggregate_mean_std_and_t_interval():
     assert list(summary.index) == ["a", "b"]  # params order, not sorted
 
 
+def test_a_floor_raises_only_the_low_end_of_an_interval():
+    runs = runs_table({"a": [0.0, 1.0, 0.0]}, "dead")
+    free, floored = (stats.aggregate(runs, ["dead"], floors).loc["a"] for floors in (None, {"dead": 0.0}))
+    assert free.dead_ci_low < 0 and floored.dead_ci_low == 0.0
+    assert floored.dead_ci_high == free.dead_ci_high and floored.dead_mean == free.dead_mean
+
+
 def test_welch_matches_the_textbook_formula():
     x, y = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0]
     table = stats.pairwise_welch(runs_table({"x": x, "y": y}), "mse")

@@ -84,8 +84,11 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
     for ax, (column, title) in zip(axes, panels):
         positions = np.arange(len(variants))
         mean = summary[f"{column}_mean"].to_numpy()
-        half = (summary[f"{column}_ci_high"] - summary[f"{column}_mean"]).fillna(0).to_numpy()
-        ax.errorbar(positions, mean, yerr=half, fmt="_", markersize=18, capsize=6, color="black", label="mean, 95% CI")
+        below = (summary[f"{column}_mean"] - summary[f"{column}_ci_low"]).fillna(0).to_numpy()
+        above = (summary[f"{column}_ci_high"] - summary[f"{column}_mean"]).fillna(0).to_numpy()
+        ax.errorbar(
+            positions, mean, yerr=[below, above], fmt="_", markersize=18, capsize=6, color="black", label="mean, 95% CI"
+        )
         for i, variant in enumerate(variants):
             values = runs.loc[runs.variant == variant, column]
             ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, s=18, alpha=0.7)

@@ -11,6 +11,7 @@ from pipeline.lib import rate_distortion, stats
 
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
+SEED_FLOORS = {"mse": 0.0, "dead_latent_units": 0.0, "effective_latent_dims": 0.0, "val_loss": 0.0}
 RUN_COLUMNS = [
     "variant",
     "seed",

@@ -15,13 +15,16 @@ from scipy import stats
 ALPHA = 0.05
 
 
-def aggregate(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per variant and column: n, mean, std (ddof=1), and the 95% t-interval of the mean."""
+def aggregate(runs: pd.DataFrame, columns: list[str], floors: dict[str, float] | None = None) -> pd.DataFrame:
+    """Per variant and column: n, mean, std (ddof=1), and the 95% t-interval of the mean, its low end raised to the
+    column's floor where it has one (a count's interval from three seeds can reach below zero)."""
+    floors = floors or {}
     rows = []
     for variant, group in runs.groupby("variant", sort=False):
         row = {"variant": variant, "n": len(group)}
         for column in columns:
             mean, std, (low, high) = _mean_interval(group[column].to_numpy(dtype=float))
+            low = max(low, floors.get(column, -np.inf))
             row.update(
                 {f"{column}_mean": mean, f"{column}_std": std, f"{column}_ci_low": low, f"{column}_ci_high": high}
             )
