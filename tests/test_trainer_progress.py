@@ -23,17 +23,18 @@ def tiny_trainer(epochs: int, images: torch.Tensor) -> Trainer:
 
 
 def test_every_epoch_but_the_last_says_the_time_left(capsys, monkeypatch):
-    # fit reads the clock at an epoch's start, after training, after validation: epochs of 10 s then 40 s in all
-    clock = iter([0, 8, 10, 100, 130, 140, 200, 205, 210])
+    # fit reads the clock at an epoch's start, after training, after validation: epochs of 10, 40, 10 and 10 s
+    clock = iter([0, 8, 10, 100, 130, 140, 200, 205, 210, 300, 305, 310])
     monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     images = torch.rand(96, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    trainer = tiny_trainer(3, images)
+    trainer = tiny_trainer(4, images)
     trainer.fit(images, images[:32], on_epoch=lambda row: None)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
-    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
-    assert re.search(r"\(8\.0 s, \d+ img/s\), 00:20 left$", lines[0]), lines  # 2 epochs of 10 s
-    assert re.search(r"\(30\.0 s, \d+ img/s\), 00:25 left$", lines[1]), lines  # 1 epoch of the mean, 25 s
-    assert lines[2].endswith("img/s)"), lines
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/4", "epoch 2/4", "epoch 3/4", "epoch 4/4"]
+    assert re.search(r"\(8\.0 s, \d+ img/s\), 00:30 left$", lines[0]), lines  # 3 epochs of 10 s
+    assert re.search(r"\(30\.0 s, \d+ img/s\), 00:50 left$", lines[1]), lines  # 2 epochs of the median, 25 s
+    assert re.search(r"\(5\.0 s, \d+ img/s\), 00:10 left$", lines[2]), lines  # the slow one is not averaged in
+    assert lines[3].endswith("img/s)"), lines
 
 
 def test_progress_false_prints_no_bar(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -158,7 +159,7 @@ class Trainer:
         return total / val_x.numel()
 
     def fit(self, train_x: torch.Tensor, val_x: torch.Tensor, on_epoch) -> None:
-        spent = []  # this process's epochs, training and validation: the estimate of the time left
+        spent = []  # this process's epochs, training and validation: their median, the estimate of the time left
         for epoch in range(len(self.history), self.cfg.epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
@@ -181,7 +182,7 @@ class Trainer:
                 "images_per_s": self.images_per_epoch / seconds,
             }
             self.history.append(row)
-            left = (self.cfg.epochs - epoch - 1) * sum(spent) / len(spent)
+            left = (self.cfg.epochs - epoch - 1) * statistics.median(spent)  # one slowed epoch barely moves it
             tqdm.write(
                 f"epoch {epoch + 1}/{self.cfg.epochs}: train {train_loss:.5f} val {val_loss:.5f} "
                 f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)"
