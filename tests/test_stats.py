@@ -47,6 +47,8 @@ def test_a_floor_raises_only_the_low_end_of_an_interval():
     free, floored = (stats.aggregate(runs, ["dead"], floors).loc["a"] for floors in (None, {"dead": 0.0}))
     assert free.dead_ci_low < 0 and floored.dead_ci_low == 0.0
     assert floored.dead_ci_high == free.dead_ci_high and floored.dead_mean == free.dead_mean
+    one_seed = stats.aggregate(runs_table({"a": [0.0]}, "dead"), ["dead"], {"dead": 0.0}).loc["a"]
+    assert math.isnan(one_seed.dead_ci_low)  # no interval, not one that starts at the floor
 
 
 def test_welch_matches_the_textbook_formula():

@@ -24,7 +24,8 @@ def aggregate(runs: pd.DataFrame, columns: list[str], floors: dict[str, float] |
         row = {"variant": variant, "n": len(group)}
         for column in columns:
             mean, std, (low, high) = _mean_interval(group[column].to_numpy(dtype=float))
-            low = max(low, floors.get(column, -np.inf))
+            if low < floors.get(column, -np.inf):  # False for a single seed's NaN, which stays NaN
+                low = floors[column]
             row.update(
                 {f"{column}_mean": mean, f"{column}_std": std, f"{column}_ci_low": low, f"{column}_ci_high": high}
             )
