@@ -56,7 +56,9 @@ def make_published(values: dict[str, float]) -> pd.DataFrame:
 NO_PUBLISHED = make_published({})
 
 
-def draw_all(monkeypatch, tmp_path, results: pd.DataFrame, published: pd.DataFrame = NO_PUBLISHED) -> dict:
+def draw_all(
+    monkeypatch, tmp_path, results: pd.DataFrame, published: pd.DataFrame = NO_PUBLISHED, keras_log: dict | None = None
+) -> dict:
     """Every figure of the report, by name, drawn (so tick labels and offset texts are final)."""
     drawn = {}
     save = figures._save
@@ -83,6 +85,7 @@ def draw_all(monkeypatch, tmp_path, results: pd.DataFrame, published: pd.DataFra
         originals,
         samples,
         published,
+        keras_log or {},
         tmp_path,
     )
     assert sorted(drawn) == sorted(figures.REPORT_FIGURES)
@@ -183,3 +186,24 @@ def test_seeds_that_agree_are_not_magnified_into_a_spread(monkeypatch, tmp_path)
     for ax in (psnr, ssim):
         low, high = ax.get_ylim()
         assert high - low >= 0.0099 * (low + high) / 2  # about 1% of the value, where the seeds differ by 1e-9
+
+
+def test_the_studys_keras_log_is_drawn_beside_its_models_curves_in_its_colour(monkeypatch, tmp_path):
+    logged = {"train_loss": {1: 0.02, 5: 0.005, 14: 0.004}, "val_loss": {1: 0.008, 5: 0.006, 14: 0.005}}
+    fig = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS), keras_log={"b": logged})["loss_curves"]
+    for ax, column in zip(fig.axes, ("train_loss", "val_loss")):
+        ours = {line.get_label(): line for line in ax.lines if line.get_marker() == "o"}
+        (study,) = [line for line in ax.lines if line.get_marker() == "x" and len(line.get_xdata())]
+        assert sorted(ours) == ["a", "b", "c"]
+        assert study.get_color() == ours["b"].get_color()
+        np.testing.assert_allclose(study.get_xdata(), [1, 5, 14])
+        np.testing.assert_allclose(study.get_ydata(), list(logged[column].values()))
+        assert "the study's Keras log, same colour" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_without_a_study_model_no_keras_log_is_drawn(monkeypatch, tmp_path):
+    logged = {"train_loss": {1: 0.02}, "val_loss": {1: 0.008}}
+    fig = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS), keras_log={"model01": logged})["loss_curves"]
+    for ax in fig.axes:
+        assert [line.get_marker() for line in ax.lines] == ["o", "o", "o"]
+        assert len(ax.get_legend().get_texts()) == 3

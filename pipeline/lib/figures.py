@@ -39,15 +39,17 @@ def report_figures(
     originals: np.ndarray,
     samples: dict[str, np.ndarray],
     published: pd.DataFrame,
+    keras_log: dict[str, dict[str, dict[int, float]]],
     out: Path,
 ) -> list[Path]:
     """Every figure of the report into `out`; histories per variant, samples (reconstructions) per run, published:
-    the study's published weights as the study stage measured them (a row per model, with its `variant`)."""
+    the study's published weights as the study stage measured them (a row per model, with its `variant`);
+    keras_log: the study's own losses per model, {"train_loss": {epoch: loss}, "val_loss": ...}."""
     paths = {name: out / f"{name}.png" for name in REPORT_FIGURES}
     seed_spread(results, summary, paths["findings_seed_spread"])
     rate_distortion(rd, paths["rate_distortion"])
     study_comparison(results, published.set_index("variant"), paths["study_comparison"])
-    loss_curves(histories, paths["loss_curves"])
+    loss_curves(histories, keras_log, paths["loss_curves"])
     reconstructions(originals, samples, paths["reconstructions"])
     per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
     per_class_psnr(
@@ -155,8 +157,9 @@ def _published_lines(ax, centres: dict[str, float], values: pd.Series, width: fl
         label = None
 
 
-def loss_curves(histories: dict[str, list[pd.DataFrame]], out: Path) -> None:
-    """Per variant: the mean over seeds of each epoch's loss, shaded between the seeds' min and max."""
+def loss_curves(histories: dict[str, list[pd.DataFrame]], keras_log: dict, out: Path) -> None:
+    """Per variant: the mean over seeds of each epoch's loss, shaded between the seeds' min and max; beside a study
+    model, the study's own Keras log as crosses on a dashed line of the same colour."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for variant, frames in histories.items():
         stacked = pd.concat(frames).groupby("epoch")
@@ -164,9 +167,16 @@ def loss_curves(histories: dict[str, list[pd.DataFrame]], out: Path) -> None:
             mean = stacked[column].mean()
             (line,) = ax.plot(mean.index, mean, "o-", label=variant)
             ax.fill_between(mean.index, stacked[column].min(), stacked[column].max(), color=line.get_color(), alpha=0.2)
+            if variant in keras_log:
+                logged = pd.Series(keras_log[variant][column]).sort_index()
+                ax.plot(logged.index, logged, "x--", color=line.get_color())
     for ax, title in zip(axes, ("train loss", "val loss")):
         ax.set(title=f"{title} (mean over seeds, min–max shaded)", xlabel="epoch", yscale="log")
+        if histories.keys() & keras_log.keys():
+            ax.plot([], [], "x--", color="grey", label="the study's Keras log, same colour")
         ax.legend(fontsize="small")
+    if histories.keys() & keras_log.keys():
+        axes[1].annotate("the study's val set is its test set", (0.02, 0.02), xycoords="axes fraction", fontsize=7)
     fig.tight_layout()
     _save(fig, out)
 
