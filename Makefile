@@ -15,7 +15,7 @@ SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) 
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install install-keras keras-check repro repro-quick tracking-server tracking-server-stop test test-all fuzz lint format bench bench-matrix bench-refine bench-epochs lineage clean-venv
+.PHONY: install install-keras keras-check repro repro-quick repro-study-recipe tracking-server tracking-server-stop test test-all fuzz lint format bench bench-matrix bench-refine bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ endif
 # the quick profile (pipeline/quick.yaml) as one DVC experiment: the whole pipeline in minutes; DATA= as for repro
 repro-quick: $(STAMP)
 	$(BIN)/python -m pipeline.tools.plan --profile pipeline/quick.yaml --run $(SET_PARAMS)
+
+# the study's own recipe (pipeline/study_recipe.yaml: Adam 1e-3 constant, fp32) on its four models; DATA= as for repro
+repro-study-recipe: $(STAMP)
+	$(BIN)/python -m pipeline.tools.plan --profile pipeline/study_recipe.yaml --run $(SET_PARAMS)
 
 # an MLflow tracking server for many writers (PostgreSQL backend, served artifacts, in mlflow-server/; docs/scale-out.md)
 tracking-server: $(STAMP)

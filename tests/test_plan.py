@@ -47,6 +47,22 @@ def test_the_quick_profile_is_valid_params_and_trains_fewer_runs_than_the_defaul
     assert set(quick.trained()) <= set(default.trained())
 
 
+def test_the_study_recipe_profile_trains_the_studys_models_with_another_recipe_at_the_same_budget():
+    profile = yaml.safe_load((REPO / "pipeline" / "study_recipe.yaml").read_text())
+    recipe, default = parse_params(plan.with_profile(REPO_PARAMS, profile)), parse_params(REPO_PARAMS)
+    study_models = yaml.safe_load((REPO / "pipeline" / "reference.yaml").read_text())["upsampling_layer"]
+    assert sorted(recipe.trained()) == sorted(study_models)
+    changed = {key.removeprefix("train.") for key in profile if key.startswith("train.")}
+    for model in study_models:
+        ours, theirs = recipe.train_for(model), default.train_for(model)
+        assert changed and all(getattr(ours, key) == profile[f"train.{key}"] for key in changed)
+        assert (ours.epochs, ours.steps_per_epoch, ours.batch_size) == (
+            theirs.epochs,
+            theirs.steps_per_epoch,
+            theirs.batch_size,
+        )
+
+
 def test_the_plan_names_the_runs_an_estimate_and_the_faster_options(project_root, capsys):
     params = parse_params({"variants": {"tiny": TINY_SPEC}, "seeds": [0, 1], "train": {"device": "cpu", "threads": 1}})
     text = "\n".join(plan.plan_lines(params, {"seeds": [0, 1]}, profile=True))
