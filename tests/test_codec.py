@@ -19,7 +19,7 @@ from pipeline.lib import codec, quantize, refine
 from pipeline.lib.config import CodecConfig, parse_params
 from pipeline.lib.dataset import prepare_from_directory
 from pipeline.lib.losses import log_mse
-from pipeline.lib.models import load_model
+from pipeline.lib.models import MISSING_MODEL, load_model
 from pipeline.stages.train import train
 from pipeline.tools import codec as codec_tool
 from tests.conftest import TINY_SPEC
@@ -327,8 +327,8 @@ def test_cli_round_trips_and_reports_errors_in_one_line(trained, tmp_path, capsy
     assert np.array_equal(np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]), decoded)
     assert codec_tool.main([*cli, "decompress", "coded", str(stream), str(tmp_path / "o3")]) == 1
     assert (
-        capsys.readouterr().err == f"codec: error: {model_path('coded').with_name('coded-seed3.pt')}: missing; "
-        "run the train stage first (dvc repro train)\n"
+        capsys.readouterr().err
+        == f"codec: error: {model_path('coded').with_name('coded-seed3.pt')}: missing; {MISSING_MODEL}\n"
     )
     stream.write_bytes(stream.read_bytes()[:-3])
     assert codec_tool.main([*cli, "decompress", "coded", str(stream), str(tmp_path / "o2"), "--seed", "0"]) == 1

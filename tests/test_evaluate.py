@@ -25,7 +25,7 @@ from pipeline.lib.dataset import prepare_from_directory
 from pipeline.lib.evaluation import evaluate_model, final_losses, latent_diagnostics
 from pipeline.lib.io import DataError
 from pipeline.lib.losses import OBJECTIVES
-from pipeline.lib.models import build_model, load_model, training_flops_per_image
+from pipeline.lib.models import MISSING_MODEL, build_model, load_model, training_flops_per_image
 from pipeline.stages import baselines as baselines_stage
 from pipeline.stages import classifier as classifier_stage
 from pipeline.stages import evaluate as evaluate_stage
@@ -387,10 +387,7 @@ def test_stage_cli_prints_the_result_or_one_error_line(workspace, capsys):
     assert paths.metrics_file("tinyA-seed0").exists()
     model_path().unlink()
     assert evaluate_stage.main(["tinyA", "--seed", "0"]) == 1
-    assert (
-        capsys.readouterr().err
-        == f"evaluate: error: {model_path()}: missing; run the train stage first (dvc repro train)\n"
-    )
+    assert capsys.readouterr().err == f"evaluate: error: {model_path()}: missing; {MISSING_MODEL}\n"
     assert evaluate_stage.main(["nope", "--seed", "0"]) == 1
     assert "evaluate: error: variants.nope: no such variant" in capsys.readouterr().err
 

@@ -90,9 +90,15 @@ class Autoencoder(nn.Module):
         return self.decode(z), (self.prior.bits(z) if self.prior is not None else None)
 
 
+MISSING_MODEL = (
+    "run the train stage first (dvc repro train@<variant>-<seed>; a variant outside matrix: needs "
+    "dvc exp run -S 'matrix=[<variant>]')"
+)
+
+
 def load_model(path: Path, device: torch.device) -> tuple[Autoencoder, dict]:
     """A trained model file -> (model in eval mode on the device, the file's metadata)."""
-    saved = load_torch(path, "run the train stage first (dvc repro train)")
+    saved = load_torch(path, MISSING_MODEL)
     model = build_model(saved["spec"])
     model.load_state_dict(saved["state_dict"])
     # channels_last: faster convolutions on CPU than NCHW
