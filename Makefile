@@ -96,7 +96,7 @@ bench-matrix: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_share
 
 # encode-time refinement, Adam against L-BFGS on 564 test images (reports/benchmarks_refine.json); needs
-# data/prepared and models/model01_bn-seed0.pt (dvc repro train@model01_bn-0)
+# data/prepared and models/model01_bn-seed0.pt (outside the default matrix: dvc exp run -S 'matrix=[model01_bn]')
 bench-refine: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_refine
 
