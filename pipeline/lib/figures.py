@@ -172,13 +172,13 @@ def loss_curves(histories: dict[str, list[pd.DataFrame]], keras_log: dict, out: 
                 ax.plot(logged.index, logged, "x--", color=line.get_color())
     for ax, title in zip(axes, ("train loss", "val loss")):
         ax.set(title=f"{title} (mean over seeds, min–max shaded)", xlabel="epoch", yscale="log")
-        if histories.keys() & keras_log.keys():
-            ax.plot([], [], "x--", color="grey", label="the study's Keras log, same colour")
-        ax.legend(fontsize="small")
     if histories.keys() & keras_log.keys():
-        axes[1].annotate("the study's val set is its test set", (0.02, 0.02), xycoords="axes fraction", fontsize=7)
+        axes[0].plot(
+            [], [], "x--", color="grey", label="the study's Keras log,\nsame colour (its val set\nis its test set)"
+        )
     fig.tight_layout()
-    _save(fig, out)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    _save(fig, out, bbox_inches="tight")
 
 
 def reconstructions(originals: np.ndarray, rows: dict[str, np.ndarray], out: Path) -> None:
