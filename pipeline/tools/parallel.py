@@ -33,6 +33,7 @@ from tqdm import tqdm
 from pipeline import paths, provenance, tracking
 from pipeline.cli import one_line
 from pipeline.tools import ray_tasks
+from pipeline.tools.stage_clock import StageClock, describe
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
 
@@ -131,6 +132,7 @@ class Executor:
         self.retried: set[str] = set()
         self.ran = 0
         self.running: dict = {}  # ray ObjectRef -> stage name
+        self.clock = StageClock()
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run))
         self.executor_id = uuid.uuid4().hex  # tags this executor's runs (tracking.run_tags)
         self.env = {**os.environ, "DVC_ROOT": str(root), "PATH": f"{Path(sys.executable).parent}{os.pathsep}"}
@@ -142,10 +144,12 @@ class Executor:
             tracking.EXECUTOR_ENV: self.executor_id,
         }
 
-    def ready(self) -> list[str]:
+    def waiting(self) -> list[str]:
         started = set(self.running.values())
-        waiting = [n for n in self.upstream if n not in self.done and n not in started]
-        return [n for n in waiting if self.upstream[n] <= self.done]
+        return [n for n in self.upstream if n not in self.done and n not in started]
+
+    def ready(self) -> list[str]:
+        return [n for n in self.waiting() if self.upstream[n] <= self.done]
 
     def dispatch(self, progress: tqdm) -> None:
         """Starts ready stages while Ray has room for them (skipping those DVC finds unchanged)."""
@@ -161,6 +165,7 @@ class Executor:
 
     def submit(self, name: str, cmd: str):
         options = {**resources(name, self.args), "name": name}
+        self.clock.start(name)
         where = f"${ray_tasks.CHECKOUT_ENV} on its node" if self.args.remote else "here"
         tqdm.write(f"parallel: {name} dispatched; its output: {ray_tasks.stage_log(Path(), name)} ({where})")
         if not self.args.remote:
@@ -196,6 +201,7 @@ class Executor:
         except DvcException as err:
             raise StageFailed(f"stage {name} ran, but DVC could not record it here: {err}") from err
         self.done.add(name)
+        self.clock.finish(name)
         self.ran += 1
         progress.update()
 
@@ -203,6 +209,7 @@ class Executor:
         """Marks the stage's runs KILLED; it is dispatched again once (its outputs were never renamed into place
         half-written, and train resumes its checkpoint). Killed twice, the run stops."""
         marked = mark_killed(self.experiment_id, self.executor_id, name)
+        self.clock.forget(name)
         what = f"stage {name} was killed (signal {signum}); {marked}"
         if name in self.retried:
             raise StageFailed(f"{what}, for the second time:\n{output}")
@@ -210,11 +217,13 @@ class Executor:
         tqdm.write(f"parallel: {what}; retrying it once", file=sys.stderr)
 
     def run(self) -> None:
-        with tqdm(total=len(self.upstream), desc="stages", unit="stage") as progress:
+        bar = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"  # tqdm's rate and ETA: see stage_clock.py
+        with tqdm(total=len(self.upstream), desc="stages", bar_format=bar) as progress:
             while len(self.done) < len(self.upstream):
                 self.dispatch(progress)
-                left = len(self.upstream) - len(self.done) - len(self.running)
-                progress.set_postfix(running=len(self.running), left=left)
+                waiting = self.waiting()
+                left = describe(self.clock.seconds_left(waiting, self.slots))
+                progress.set_postfix_str(f"running={len(self.running)}, waiting={len(waiting)}, {left}")
                 if not self.running:
                     continue
                 finished, _ = ray.wait(list(self.running), num_returns=1)
