@@ -4,11 +4,11 @@
     python -m benchmarks.bench_refine                # this tree's Adam (100 steps) against its L-BFGS
 
 Each version refines the same test images with the same trained model (default models/model01_bn-seed0.pt and
-data/prepared: run `dvc repro train@model01_bn-0` first, or pass --model and --prepared) in its own fresh process on
-the CPU, the versions interleaved --repeats times so that both see the same machine load; the fastest repeat counts.
-The images are the first --per-class test images of every class. Quality is measured here, one way for both: the
-refined latents through the uint8 stream's grid, decoded, as evaluate scores them (pooled PSNR, the issue's
-measure, and mean per-image PSNR). Writes reports/benchmarks_refine.json.
+data/prepared: train it first with `dvc exp run -S 'matrix=[model01_bn]'`, or pass --model and --prepared) in its
+own fresh process on the CPU, the versions interleaved --repeats times so that both see the same machine load; the
+fastest repeat counts. The images are the first --per-class test images of every class. Quality is measured here,
+one way for both: the refined latents through the uint8 stream's grid, decoded, as evaluate scores them (pooled
+PSNR, the issue's measure, and mean per-image PSNR). Writes reports/benchmarks_refine.json.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_refine.json")
     args = parser.parse_args(argv)
-    missing = {args.model: "train it first (dvc repro train@model01_bn-0)", args.prepared: "dvc repro prepare"}
+    missing = {args.model: "train it first (dvc exp run -S 'matrix=[model01_bn]')", args.prepared: "dvc repro prepare"}
     for path, how in missing.items():
         if not path.exists():
             parser.error(f"{path} does not exist: {how}, or pass --model/--prepared")
