@@ -62,4 +62,4 @@ def test_both_versions_refine_the_same_images_and_are_scored_alike(trained_model
 def test_a_missing_model_is_named_with_the_command_that_makes_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench_refine.main(["--model", str(tmp_path / "none.pt"), "--prepared", str(tmp_path)])
-    assert "none.pt does not exist: train it first (dvc repro train@model01_bn-0)" in capsys.readouterr().err
+    assert "none.pt does not exist: train it first (dvc exp run -S 'matrix=[model01_bn]')" in capsys.readouterr().err

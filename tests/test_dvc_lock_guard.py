@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import provenance
 from pipeline.tools import parallel
+from pipeline.tools.stage_clock import StageClock
 
 LOCK = "schema: '2.0'\nstages:\n  prepare:\n    cmd: python -m pipeline.stages.prepare\n"
 
@@ -65,6 +66,8 @@ def test_the_executor_commits_a_finished_stage_only_under_the_guard(project, mon
     monkeypatch.setattr(parallel, "Repo", RecordingRepo)
     monkeypatch.setattr(parallel.ray, "get", lambda ref: (0, "the stage's output"))
     executor = SimpleNamespace(root=project, args=SimpleNamespace(remote=None), done=set(), ran=0)  # what finish reads
+    executor.clock = StageClock()
+    executor.clock.start("train@tiny-0")
     progress = SimpleNamespace(update=lambda: None)
 
     executor.running = {"ref": "train@tiny-0"}

@@ -19,6 +19,7 @@ def test_stages_found_up_to_date_leave_the_bar_and_a_changed_one_is_dispatched(m
     executor = SimpleNamespace(root=Path("."), args=SimpleNamespace(remote=None), upstream=UPSTREAM, done=set())
     executor.running, executor.slots, submitted = {}, 1, []
     executor.ready = lambda: parallel.Executor.ready(executor)
+    executor.waiting = lambda: parallel.Executor.waiting(executor)
     executor.submit = lambda name, cmd: submitted.append((name, cmd)) or f"ref of {name}"
 
     with tqdm(total=len(UPSTREAM), file=io.StringIO()) as bar:
