@@ -22,7 +22,7 @@ import yaml
 from pipeline import paths, tracking
 from pipeline.lib import prepared
 from pipeline.lib.config import load_params
-from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device
+from pipeline.lib.device import as_batch_tensor, configure_compute, pick_device
 from pipeline.lib.io import write_json, write_text
 from pipeline.lib.trainer import Trainer
 
@@ -166,7 +166,7 @@ def main() -> None:
             f"{paths.prepared_dir()}: no prepared data; run `make repro DATA=...` or `dvc repro prepare` first"
         )
     params = load_params(paths.params_file())
-    configure_determinism(params.train.threads)
+    configure_compute(params.train.threads)
     device = pick_device(params.train.device)
     tensors = {
         split: as_batch_tensor(prepared.load_split(paths.prepared_dir(), split)[0], device) for split in prepared.SPLITS

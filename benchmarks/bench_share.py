@@ -25,7 +25,7 @@ import yaml
 from benchmarks.bench_speed import timed
 from pipeline import paths
 from pipeline.lib.config import Params, parse_params
-from pipeline.lib.device import configure_determinism, pick_device
+from pipeline.lib.device import configure_compute, pick_device
 from pipeline.lib.io import write_json
 from pipeline.lib.seed_batch import SeedBatch
 from pipeline.lib.trainer import Trainer
@@ -46,7 +46,7 @@ def one_run(args, seeds: list[int], start=None) -> float:
     """Seconds for --steps steps of these seeds (one Trainer, or a SeedBatch of several), after --warmup steps."""
     params = bench_params(args)
     device = pick_device(args.device)
-    configure_determinism(args.threads)
+    configure_compute(args.threads)
     batch = params.train_for(args.variant).batch_size
     data = images(batch, max(args.steps, args.warmup), device)
     if len(seeds) == 1:

@@ -29,7 +29,7 @@ import torch  # before TensorFlow: importing torch after it crashes the process
 from pipeline import paths
 from pipeline.lib import idx
 from pipeline.lib.config import load_params
-from pipeline.lib.device import configure_determinism
+from pipeline.lib.device import configure_compute
 from pipeline.lib.io import write_json, write_text
 from pipeline.lib.keras_weights import copy_keras_weights, name_key, read_keras_weights, study_files
 from pipeline.lib.trainer import Trainer
@@ -273,7 +273,7 @@ def main() -> None:
     parser.add_argument("--pytorch-eps", action="store_true", help="steps: PyTorch's Adam epsilon in the port")
     args = parser.parse_args()
     args.command = "python -m benchmarks.keras_side_by_side " + " ".join(sys.argv[1:])
-    configure_determinism(args.threads)
+    configure_compute(args.threads)
     if args.mode == "golden":
         return golden(args)
     data = load_data(args.data)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.lib.config import parse_params
-from pipeline.lib.device import configure_determinism
+from pipeline.lib.device import configure_compute
 from pipeline.lib.seed_batch import SeedBatch, unsupported
 from pipeline.lib.trainer import Trainer
 from tests.conftest import TINY_SPEC
@@ -28,7 +28,7 @@ def images() -> torch.Tensor:
 
 
 def test_each_seed_gets_exactly_its_own_gradient(images):
-    configure_determinism(1)
+    configure_compute(1)
     params = make_params()
     separate = [Trainer(params, "tiny", seed, CPU, len(images)) for seed in SEEDS]
     batch = SeedBatch(params, "tiny", SEEDS, CPU, len(images))
@@ -46,7 +46,7 @@ def test_batched_seeds_train_like_a_trainer_per_seed(images, schedule):
     """Same losses, and weights that differ by what rounding grows into over training: Adam divides each gradient
     by its running size, so an element whose gradient is near zero can move by up to lr on a rounding difference,
     and training carries that on."""
-    configure_determinism(1)
+    configure_compute(1)
     params = make_params(schedule=schedule)
     separate = [Trainer(params, "tiny", seed, CPU, len(images)) for seed in SEEDS]
     batch = SeedBatch(params, "tiny", SEEDS, CPU, len(images))

@@ -627,10 +627,10 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
 
 
 def test_determinism_is_on_without_importing_the_compiler():
-    """configure_determinism turns torch's deterministic algorithms on; in a fresh stage process it does so without
+    """configure_compute turns torch's deterministic algorithms on; in a fresh stage process it does so without
     importing inductor (seconds of every stage's start-up, for a compiler the stages never use)."""
     code = (
-        "import sys, torch; from pipeline.lib.device import configure_determinism; configure_determinism(1); "
+        "import sys, torch; from pipeline.lib.device import configure_compute; configure_compute(1); "
         "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor.config' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

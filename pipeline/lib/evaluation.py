@@ -17,7 +17,7 @@ import torch
 from pipeline.lib import codec, metrics, prepared, refine
 from pipeline.lib.classifier import accuracy, load_classifier
 from pipeline.lib.config import EvaluateConfig, Params
-from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device
+from pipeline.lib.device import as_batch_tensor, configure_compute, pick_device
 from pipeline.lib.io import DataError, sha256_file
 from pipeline.lib.losses import objective
 from pipeline.lib.models import load_model, training_flops_per_image
@@ -56,7 +56,7 @@ def evaluate_model(
     """final_losses: the training's last train_loss, val_loss and epochs (final_losses(history_csv) for a run)."""
     cfg, compute = params.evaluate, params.compute_for(variant)
     device = pick_device(compute.device)
-    configure_determinism(compute.threads)  # codec.refine_steps runs backward passes
+    configure_compute(compute.threads)  # codec.refine_steps runs backward passes
     model, saved = load_model(model_path, device)
     training_objective = objective(saved["train"].get("loss", "mse"), str(model_path))  # before the slow part
     images, labels = prepared.load_split(prepared_dir, "test")

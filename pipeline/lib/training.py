@@ -20,7 +20,7 @@ import torch
 
 from pipeline.lib import codec, prepared
 from pipeline.lib.config import Params, flatten, run_name
-from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device, processor_name
+from pipeline.lib.device import as_batch_tensor, configure_compute, pick_device, processor_name
 from pipeline.lib.io import DataError, atomic_write, load_torch, md5_file, save_torch, sha256_file
 from pipeline.lib.trainer import Trainer
 
@@ -73,7 +73,7 @@ def train_run(
     """Train (or resume) one variant with one seed; returns the final model file. `meta` joins the model files'
     metadata, `tags` the run's tags; with `registered_name` the model is logged and registered under it."""
     cfg = params.train_for(variant)
-    configure_determinism(cfg.threads)
+    configure_compute(cfg.threads)
     device = pick_device(cfg.device)
     manifest_sha = prepared.manifest_digest(prepared_dir)
     train_images, train_labels = prepared.load_split(prepared_dir, "train")

@@ -16,13 +16,13 @@ from pipeline import paths, tracking
 from pipeline.cli import run_stage
 from pipeline.lib import classifier, prepared
 from pipeline.lib.config import Params, flatten
-from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device
+from pipeline.lib.device import as_batch_tensor, configure_compute, pick_device
 from pipeline.lib.io import DataError, save_torch, write_json
 
 
 def train_classifier(params: Params, tracker: tracking.Tracker) -> dict:
     cfg, data_dir = params.classifier, paths.prepared_dir()
-    configure_determinism(params.train.threads)
+    configure_compute(params.train.threads)
     device = pick_device(params.train.device)
     splits = {split: prepared.load_split(data_dir, split) for split in prepared.SPLITS}
     n_classes = len(prepared.load_mapping(data_dir))

@@ -23,7 +23,7 @@ from pipeline import paths
 from pipeline.lib import codec
 from pipeline.lib.codec import CodecError
 from pipeline.lib.config import IMAGE_SIZE, ConfigError, Params, load_params, run_name
-from pipeline.lib.device import configure_determinism, pick_device
+from pipeline.lib.device import configure_compute, pick_device
 from pipeline.lib.idx import read_idx
 from pipeline.lib.io import DataError, atomic_write
 from pipeline.lib.models import load_model
@@ -93,7 +93,7 @@ def decompress(params: Params, variant: str, seed: int, source: Path, out_dir: P
 
 def _model(params: Params, variant: str, seed: int):
     model_file, compute = paths.model_file(run_name(variant, seed)), params.compute_for(variant)
-    configure_determinism(compute.threads)  # refinement runs backward passes
+    configure_compute(compute.threads)  # refinement runs backward passes
     model, saved = load_model(model_file, pick_device(compute.device))
     return model_file, model, saved
 

@@ -26,7 +26,7 @@ import yaml
 
 from pipeline import paths
 from pipeline.lib import config, prepared, schema
-from pipeline.lib.device import as_batch_tensor, configure_determinism, pick_device
+from pipeline.lib.device import as_batch_tensor, configure_compute, pick_device
 from pipeline.lib.evaluation import evaluate_model, final_losses
 from pipeline.lib.io import sha256_file, write_text
 from pipeline.lib.tracker import NoOpTracker
@@ -60,7 +60,7 @@ def train_params(args, epochs: int) -> config.Params:
 def seconds_per_epoch(params: config.Params, variant: str, prepared_dir: Path, steps: int = 60) -> float:
     """One full epoch's time, extrapolated from `steps` timed steps of Trainer.train_epoch after 20 warm-up ones."""
     cfg = params.train_for(variant)
-    configure_determinism(cfg.threads)  # as train_run runs: same threads and kernels
+    configure_compute(cfg.threads)  # as train_run runs: same threads and kernels
     device = pick_device(cfg.device)
     x = as_batch_tensor(prepared.load_split(prepared_dir, "train")[0], device)
     trainer = Trainer(params, variant, 0, device, train_images=len(x))

@@ -30,7 +30,7 @@ from pipeline import paths
 from pipeline.cli import load_params, one_line
 from pipeline.lib import prepared
 from pipeline.lib.config import Params, parse_params
-from pipeline.lib.device import configure_determinism, pick_device
+from pipeline.lib.device import configure_compute, pick_device
 from pipeline.lib.evaluation import reconstruct_and_measure
 from pipeline.lib.io import DataError
 from pipeline.lib.trainer import Trainer
@@ -101,7 +101,7 @@ def architecture(params: Params, variant: str) -> str:
 def estimate(params: Params, trains: list, evaluations: list) -> tuple[float, float, dict[str, float]]:
     """Seconds of training and of evaluation for these runs, and the probed images/s per variant."""
     device = pick_device(params.train.device)
-    configure_determinism(params.train.threads)
+    configure_compute(params.train.threads)
     sizes, probes, by_variant = split_sizes(params), {}, {}
     for variant in dict.fromkeys(v for v, _ in [*trains, *evaluations]):
         key = architecture(params, variant)
