@@ -1,10 +1,13 @@
-"""benchmarks/bench_speed.py: its rows reach MLflow under names MLflow accepts."""
+"""benchmarks/bench_speed.py: its rows reach MLflow under names MLflow accepts; its ceiling and utilisation."""
 
 from __future__ import annotations
 
 import mlflow
+import torch
 
 from benchmarks import bench_speed
+from pipeline.lib.config import parse_params
+from tests.conftest import TINY_SPEC
 
 
 def test_every_row_is_logged_under_a_name_mlflow_accepts(mlflow_store):
@@ -16,3 +19,39 @@ def test_every_row_is_logged_under_a_name_mlflow_accepts(mlflow_store):
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged == metrics and len(logged) == 5  # the peak, and two numbers per row, none merged
     assert "model01.evaluate_fp32_channels_last_batch_256.images_per_s" in logged
+
+
+def tiny_params():
+    return parse_params({"train": {"batch_size": 4, "threads": 1}, "variants": {"plain": TINY_SPEC}})
+
+
+def test_layers_alone_times_every_conv_and_dense_layer_on_the_activations_it_is_fed(monkeypatch):
+    """The ceiling: each conv and dense layer once, on what the model feeds it, the first without an input
+    gradient (a forward hook that returned something would have replaced the model's activations on the way)."""
+    timed_layers = []
+
+    def one_second(layer, x, input_grad, repeats):
+        timed_layers.append((type(layer).__name__, tuple(x.shape), input_grad))
+        return 1.0
+
+    monkeypatch.setattr(bench_speed, "_best_forward_backward", one_second)
+    rate = bench_speed.layers_alone_rate(tiny_params(), "plain", torch.device("cpu"))
+    # TINY_SPEC: 2 convs (28 -> 14 -> 7), the dense latent and back, 2 transposed convs to 8 and 4 channels, 1 last
+    names = [name for name, _, _ in timed_layers]
+    assert names == ["SameConv2d", "SameConv2d", "Linear", "Linear"] + ["SameConvTranspose2d"] * 3
+    assert [shape for _, shape, _ in timed_layers] == [
+        (4, 1, 28, 28), (4, 4, 14, 14), (4, 8 * 7 * 7), (4, 8), (4, 8, 7, 7), (4, 8, 14, 14), (4, 4, 28, 28)
+    ]  # fmt: skip
+    assert [grad for _, _, grad in timed_layers] == [False] + [True] * 6
+    assert rate == {"images_per_s": 4 / 7}
+
+
+def test_utilisation_is_against_the_run_s_best_peak_sample():
+    training = {"variant": "m", "option": "fp32 NCHW", "gflops_per_s": 60.0}
+    evaluation = {"variant": "m", "option": "evaluate", "gflops_per_s": 30.0, "eval_mflop_per_image": 200.0}
+    assert bench_speed.with_utilisation(training, 120.0) == {**training, "utilisation": 0.5}
+    assert bench_speed.with_utilisation(evaluation, 120.0) == {
+        **evaluation,
+        "utilisation": 0.25,
+        "seconds_for_18800_at_peak": 18_800 * 200e6 / 120e9,
+    }
