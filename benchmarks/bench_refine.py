@@ -35,11 +35,10 @@ REFINE_ONCE = """
 import json, sys, time
 from pathlib import Path
 import numpy as np, torch
-from pipeline.lib import codec, models, prepared, refine
+from pipeline.lib import codec, device, models, prepared, refine
 from pipeline.lib.config import CodecConfig
-from pipeline.lib.device import configure_compute
 model_file, prepared_dir, index_file, settings, out = sys.argv[1:]
-configure_compute(0)
+(getattr(device, "configure_compute", None) or device.configure_determinism)(0)  # its name before bbfa4cc
 model, saved = models.load_model(Path(model_file), torch.device("cpu"))
 calibration = codec.saved_calibration(model, saved, Path(prepared_dir))
 images = prepared.load_split(Path(prepared_dir), "test")[0][np.load(index_file)]
