@@ -4,7 +4,8 @@ Run from the repo root:  python -m benchmarks.bench_speed  (`make bench` runs it
 `dvc repro prepare`, or on random images of the same shape in a fresh clone. It measures the fp32 matmul peak,
 counts each variant's training FLOPs per image (torch's FLOP counter), times the real training step
 (pipeline.lib.training.Trainer) per variant for each precision x memory layout, under torch.compile, and with the C
-library's default allocator (first, before the pipeline's own setting), the share of each step spent fetching
+library's default allocator (first, before the pipeline's own setting; glibc adapts its default to what was freed
+before, the first peak sample and any earlier variant's rows included), the share of each step spent fetching
 batches, the page faults per step, and evaluation images/s; then the ceiling a step could reach: each conv and dense
 layer timed alone, forward and backward. Prints utilisation = achieved FLOP/s / measured peak. Writes
 reports/benchmarks.json and reports/benchmarks.md and logs both to MLflow as a `benchmark` run.
@@ -88,6 +89,7 @@ def training_rate(params, variant: str, option: str, train_x: torch.Tensor, step
     precision, channels_last, compiled = OPTIONS[option if option != DEFAULT_ALLOCATOR else "fp32 channels_last"]
     trainer = trainer_for(params, variant, precision, channels_last, steps, len(train_x))
     if compiled:
+        torch.use_deterministic_algorithms(True)  # inductor's own flag too, as the stages' settings mean it
         trainer.model.forward_with_rate = torch.compile(trainer.model.forward_with_rate)
     trainer.train_epoch(train_x, epoch=0, progress=False)  # warm-up: allocator, oneDNN kernels, compilation
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -105,7 +107,7 @@ def layers_alone_rate(params, variant: str, device: torch.device, repeats: int =
     """The images/s a step could reach if it were nothing but its conv and dense layers, each timed alone, forward
     and backward (the first without an input gradient, as in training), best of `repeats`, on one batch's real
     activations: the convolution library's speed for these shapes, the ceiling the whole step is measured against."""
-    batch = params.train.batch_size
+    batch = params.train_for(variant).batch_size
     model = trainer_for(params, variant, "fp32", True, 1, batch).model
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
     inputs = {}
@@ -117,7 +119,8 @@ def layers_alone_rate(params, variant: str, device: torch.device, repeats: int =
     model(torch.rand(batch, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last))
     for hook in hooks:
         hook.remove()
-    seconds = sum(_best_forward_backward(layer, inputs[layer], i > 0, repeats) for i, layer in enumerate(layers))
+    # inputs holds the layers in the order the forward pass called them: the first is the one fed the images
+    seconds = sum(_best_forward_backward(layer, x, i > 0, repeats) for i, (layer, x) in enumerate(inputs.items()))
     return {"images_per_s": batch / seconds}
 
 

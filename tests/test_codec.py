@@ -207,7 +207,7 @@ def test_an_image_that_stops_hands_its_slot_to_the_next_so_passes_stay_full(trai
     in_pairs = refine_with(trained, "plain", images)[-1]
     tail = len(passes) - passes.index(1) if 1 in passes else 0
     assert passes == [2] * (len(passes) - tail) + [1] * tail and tail <= 4  # 4 steps: at most 4 passes alone
-    assert sum(passes) > 7  # every image had its first pass and at least one step
+    assert sum(passes) >= 2 * 7  # every image had its first pass and at least one step
     torch.testing.assert_close(in_pairs, together, rtol=1e-4, atol=1e-4)
 
 

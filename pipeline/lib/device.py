@@ -45,7 +45,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def configure_compute(threads: int, keep_memory: bool = True) -> None:
     """Same seed, same thread count (0: all cores), same machine -> bit-identical weights (docs/reproducibility.md);
-    and freed tensor memory kept for reuse (keep_freed_memory), which changes speed only. keep_memory=False: the
+    and freed tensor memory kept for reuse (keep_freed_memory), which changes speed and resident memory, not results.
+    keep_memory=False: the
     C library's own allocation policy, for a benchmark's side-by-side row; it cannot be restored once changed."""
     if keep_memory:
         keep_freed_memory()
@@ -66,7 +67,7 @@ def keep_freed_memory() -> None:
     """Keep freed blocks of up to 32 MiB in the heap instead of handing them back to the OS. With glibc's defaults
     the activations of every training step (a 128-image batch of a 64-channel 28x28 map is 25.7 MB) are unmapped when
     freed and page-faulted back on the next step, a cost measured in reports/results/README.md (Training speed).
-    Results are unchanged. A no-op where the C library is not glibc."""
+    Results are unchanged; the process keeps its peak resident memory. A no-op where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD)

@@ -124,13 +124,10 @@ def _lbfgs(decoder, images, latents, box, cell, cfg, bar) -> torch.Tensor:
     refined, first = latents.clone(), 0
     while True:
         new = slots.free()[: len(images) - first]
-        slots.fill(
-            new,
-            _load(images, first, len(new), lo.device),
-            (latents[first : first + len(new)].to(lo.device).clamp(*box) - lo) / cell,
-            first,
-        )
-        first += len(new)
+        if len(new):
+            starts = (latents[first : first + len(new)].to(lo.device).clamp(*box) - lo) / cell
+            slots.fill(new, _load(images, first, len(new), lo.device), starts, first)
+            first += len(new)
         rows = slots.searching(new)
         if len(new) + len(rows) == 0:
             return refined
