@@ -1,6 +1,7 @@
 """Encode-time latent refinement: milliseconds per image and the quality it reaches, two versions side by side.
 
     python -m benchmarks.bench_refine --before REV   # REV's refinement (its Adam, 100 steps) against this tree's
+    python -m benchmarks.bench_refine --before REV --before-method lbfgs   # REV's L-BFGS against this tree's
     python -m benchmarks.bench_refine                # this tree's Adam (100 steps) against its L-BFGS
 
 Each version refines the same test images with the same trained model (default models/model01_bn-seed0.pt and
@@ -74,6 +75,12 @@ def quality(model, latents: torch.Tensor, x: torch.Tensor, calibration, cfg) -> 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", metavar="REV", help="a git revision whose refinement (Adam) is measured too")
+    parser.add_argument(
+        "--before-method",
+        choices=["adam", "lbfgs"],
+        default="adam",
+        help="what REV runs: its Adam (100 steps, the default) or its L-BFGS with this tree's --steps",
+    )
     parser.add_argument("--model", type=Path, default=paths.model_file(run_name("model01_bn", 0)))
     parser.add_argument("--prepared", type=Path, default=paths.prepared_dir())
     parser.add_argument("--per-class", type=int, default=12, help="test images per class (default 12)")
@@ -96,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     np.save(base / "index.npy", index)
     if args.before:
         checkout(args.before, base / "before")
+    lbfgs = {"refine_steps": args.steps, "refine_method": "lbfgs"}
+    before = lbfgs if args.before_method == "lbfgs" else ADAM
     versions = {
-        "before": (base / "before", ADAM) if args.before else (REPO, {**ADAM, "refine_method": "adam"}),
-        "after": (REPO, {"refine_steps": args.steps, "refine_method": "lbfgs"}),
+        "before": (base / "before", before) if args.before else (REPO, {**ADAM, "refine_method": "adam"}),
+        "after": (REPO, lbfgs),
     }
     runs = {name: [] for name in versions}
     for repeat in range(args.repeats):

@@ -59,6 +59,19 @@ def test_both_versions_refine_the_same_images_and_are_scored_alike(trained_model
     assert result["speedup"] == pytest.approx(result["before"]["ms_per_image"] / result["after"]["ms_per_image"])
 
 
+def test_a_revision_s_lbfgs_runs_with_this_tree_s_settings(trained_model, tmp_path):
+    out = tmp_path / "refine.json"
+    args = ["--model", str(trained_model), "--prepared", str(paths.prepared_dir()), "--per-class", "1", "--steps", "3"]
+    assert (
+        bench_refine.main([*args, "--repeats", "1", "--out", str(out), "--before", "HEAD", "--before-method", "lbfgs"])
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["before"]["settings"] == result["after"]["settings"] == {"refine_steps": 3, "refine_method": "lbfgs"}
+    assert result["before"]["code"] == "HEAD"
+    assert result["before"]["psnr_pooled_uint8"] > result["one_pass"]["psnr_pooled_uint8"]  # HEAD's L-BFGS ran
+
+
 def test_a_missing_model_is_named_with_the_command_that_makes_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench_refine.main(["--model", str(tmp_path / "none.pt"), "--prepared", str(tmp_path)])
