@@ -196,21 +196,6 @@ def test_each_images_refined_latent_depends_on_that_image_alone(trained, method)
     torch.testing.assert_close(*beside, rtol=1e-6, atol=1e-6)
 
 
-def test_an_image_that_stops_hands_its_slot_to_the_next_so_passes_stay_full(trained, monkeypatch):
-    """L-BFGS with room for 2 images and more images than that: every decoder pass is full until the last image has
-    started, and each image's latent is its own (the same as refined with the batch to itself, to rounding)."""
-    images = trained["images"][:7]
-    together = refine_with(trained, "plain", images)[-1]
-    monkeypatch.setattr(refine, "REFINE_BATCH", 2)
-    passes, measure = [], refine._loss_and_grad
-    monkeypatch.setattr(refine, "_loss_and_grad", lambda decoder, x, z: passes.append(len(x)) or measure(decoder, x, z))
-    in_pairs = refine_with(trained, "plain", images)[-1]
-    tail = len(passes) - passes.index(1) if 1 in passes else 0
-    assert passes == [2] * (len(passes) - tail) + [1] * tail and tail <= 4  # 4 steps: at most 4 passes alone
-    assert sum(passes) >= 2 * 7  # every image had its first pass and at least one step
-    torch.testing.assert_close(in_pairs, together, rtol=1e-4, atol=1e-4)
-
-
 def test_a_refined_uint8_stream_decodes_bit_exactly_to_its_refined_latents(trained, tmp_path, monkeypatch):
     model, _, (lo, hi), refined = refine_with(trained, "plain", trained["images"])
     expected = codec.decode_images(model, quantize.dequantize_uint8(quantize.uint8_codes(refined, lo, hi), lo, hi))

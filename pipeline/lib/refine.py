@@ -43,12 +43,19 @@ def refine_latents(model, images: np.ndarray, latents: torch.Tensor, cfg, calibr
     if model.training:  # batch norm would mix the images of a batch and move its running statistics
         raise ValueError("refine_latents needs a model in eval mode (load_model gives one)")
     device = next(model.parameters()).device
+    decoder = inference_decoder(model)
     box = tuple(torch.from_numpy(bound).to(device) for bound in calibration)
     cell = uint8_scale(*calibration).to(device)
     search = _lbfgs if cfg.refine_method == "lbfgs" else _adam
+    refined = []
     bar = tqdm(total=len(images), desc=f"refine latents ({cfg.refine_method})", unit="image", mininterval=1.0)
     with torch.enable_grad(), bar:
-        return search(inference_decoder(model), images, latents.float().cpu(), box, cell, cfg, bar)
+        for i in range(0, len(images), REFINE_BATCH):
+            x = as_batch_tensor(images[i : i + REFINE_BATCH], device).contiguous(memory_format=torch.channels_last)
+            z = latents[i : i + REFINE_BATCH].to(device).float().clamp(*box)
+            refined.append(search(decoder, x, z, box, cell, cfg).cpu())
+            bar.update(len(x))
+    return torch.cat(refined)
 
 
 def inference_decoder(model) -> nn.Module:
@@ -91,96 +98,49 @@ def _loss_and_grad(decoder, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Ten
     return loss.detach(), grad
 
 
-def _load(images: np.ndarray, first: int, count: int, device) -> torch.Tensor:
-    return as_batch_tensor(images[first : first + count], device).contiguous(memory_format=torch.channels_last)
+def _adam(decoder, x, z, box, cell, cfg) -> torch.Tensor:
+    """cfg.refine_steps Adam steps at rate cfg.refine_lr, every image in the batch together."""
+    z = z.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=cfg.refine_lr)
+    for _ in range(cfg.refine_steps):
+        z.grad = _loss_and_grad(decoder, x, z)[1]
+        optimizer.step()
+        with torch.no_grad():
+            z.clamp_(*box)
+    return z.detach()
 
 
-def _adam(decoder, images, latents, box, cell, cfg, bar) -> torch.Tensor:
-    """cfg.refine_steps Adam steps at rate cfg.refine_lr, REFINE_BATCH images at a time."""
-    refined = []
-    for first in range(0, len(images), REFINE_BATCH):
-        x = _load(images, first, REFINE_BATCH, box[0].device)
-        z = latents[first : first + REFINE_BATCH].to(x.device).clamp(*box).requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=cfg.refine_lr)
-        for _ in range(cfg.refine_steps):
-            z.grad = _loss_and_grad(decoder, x, z)[1]
-            optimizer.step()
-            with torch.no_grad():
-                z.clamp_(*box)
-        refined.append(z.detach().cpu())
-        bar.update(len(x))
-    return torch.cat(refined)
-
-
-def _lbfgs(decoder, images, latents, box, cell, cfg, bar) -> torch.Tensor:
+def _lbfgs(decoder, x, z, box, cell, cfg) -> torch.Tensor:
     """At most cfg.refine_steps L-BFGS steps per image, in grid-cell units (so the tolerance and the first step are
     in the stream's own resolution). A step that fails the Armijo test is retried at half the length; an image stops
-    once a step would move no dimension by cfg.refine_tol cells. Each step is one decoder pass forward and back.
-    REFINE_BATCH images search at a time, and an image that stops hands its slot to the next one, whose first pass
-    joins the others' steps: every pass is a full batch until the images run out (a batch that waited for its
-    slowest image ran ever smaller passes, which cost more per image)."""
+    once a step would move no dimension by cfg.refine_tol cells. Each step is one decoder pass forward and back, and
+    only the images still searching take it."""
     lo, top = box[0], (box[1] - box[0]) / cell
-    slots = _Slots(min(REFINE_BATCH, len(images)), images.shape[1:], latents.shape[1], lo.device)
-    refined, first = latents.clone(), 0
-    while True:
-        new = slots.free()[: len(images) - first]
-        if len(new):
-            starts = (latents[first : first + len(new)].to(lo.device).clamp(*box) - lo) / cell
-            slots.fill(new, _load(images, first, len(new), lo.device), starts, first)
-            first += len(new)
-        rows = slots.searching(new)
-        if len(new) + len(rows) == 0:
-            return refined
-        direction = slots.history.direction(rows, slots.grad[rows])
-        trial = torch.clamp(slots.u[rows] + slots.length[rows, None] * direction, torch.zeros_like(top), top)
-        measured = torch.cat([new, rows])
-        loss, grad = _loss_and_grad(decoder, slots.x[measured], lo + torch.cat([slots.u[new], trial]) * cell)
-        slots.loss[new], slots.grad[new] = loss[: len(new)], grad[: len(new)] * cell
-        done = slots.step(rows, trial, loss[len(new) :], grad[len(new) :] * cell, cfg)
-        refined[slots.owner[done].cpu()] = (lo + slots.u[done] * cell).clamp(*box).cpu()  # without float overshoot
-        slots.owner[done] = -1
-        bar.update(len(done))
+    bottom = torch.zeros_like(top)
 
+    def measure(u, rows):
+        loss, grad = _loss_and_grad(decoder, x[rows], lo + u * cell)
+        return loss, grad * cell
 
-class _Slots:
-    """The L-BFGS state of the images being refined, one slot each, in grid-cell units; owner: the image's index,
-    -1 for a free slot."""
-
-    def __init__(self, n: int, image_shape: tuple, dim: int, device):
-        self.owner = torch.full((n,), -1, dtype=torch.long, device=device)
-        self.x = torch.zeros(n, 1, *image_shape, device=device)
-        self.u, self.grad = torch.zeros(n, dim, device=device), torch.zeros(n, dim, device=device)
-        self.loss, self.length = torch.zeros(n, device=device), torch.ones(n, device=device)
-        self.trials = torch.zeros(n, dtype=torch.long, device=device)
-        self.history = _Curvature(n, dim, device)
-
-    def free(self) -> torch.Tensor:
-        return (self.owner < 0).nonzero().squeeze(1)
-
-    def searching(self, new: torch.Tensor) -> torch.Tensor:
-        """The slots with an image that has had its first pass."""
-        occupied = self.owner >= 0
-        occupied[new] = False
-        return occupied.nonzero().squeeze(1)
-
-    def fill(self, rows: torch.Tensor, x: torch.Tensor, u: torch.Tensor, first: int) -> None:
-        self.x[rows], self.u[rows] = x, u
-        self.owner[rows] = torch.arange(first, first + len(rows), device=rows.device)
-        self.length[rows], self.trials[rows] = 1.0, 0
-        self.history.clear(rows)
-
-    def step(self, rows, trial, trial_loss, trial_grad, cfg) -> torch.Tensor:
-        """Each searching image's trial: taken if it passes the Armijo test, else the next one is half as long.
-        Returns the slots whose images stop: a step moving no dimension by cfg.refine_tol cells, or the last."""
-        step = trial - self.u[rows]
-        taken = trial_loss <= self.loss[rows] + ARMIJO * (self.grad[rows] * step).sum(1)
+    u = (z - lo) / cell
+    loss, grad = measure(u, slice(None))
+    history = _Curvature(*u.shape, u.device)
+    length = torch.ones(len(u), device=u.device)
+    searching = torch.ones(len(u), dtype=torch.bool, device=u.device)
+    for _ in range(cfg.refine_steps):
+        rows = searching.nonzero().squeeze(1)
+        if len(rows) == 0:
+            break
+        trial = torch.clamp(u[rows] + length[rows, None] * history.direction(rows, grad[rows]), bottom, top)
+        trial_loss, trial_grad = measure(trial, rows)
+        step = trial - u[rows]
+        taken = trial_loss <= loss[rows] + ARMIJO * (grad[rows] * step).sum(1)
         moved = rows[taken]
-        self.history.add(moved, step[taken], trial_grad[taken] - self.grad[moved])
-        self.u[moved], self.loss[moved], self.grad[moved] = trial[taken], trial_loss[taken], trial_grad[taken]
-        self.length[moved] = 1.0
-        self.length[rows[~taken]] /= 2
-        self.trials[rows] += 1
-        return rows[(step.abs().amax(1) < cfg.refine_tol) | (self.trials[rows] >= cfg.refine_steps)]
+        history.add(moved, step[taken], trial_grad[taken] - grad[moved])
+        u[moved], loss[moved], grad[moved], length[moved] = trial[taken], trial_loss[taken], trial_grad[taken], 1.0
+        length[rows[~taken]] /= 2
+        searching[rows[step.abs().amax(1) < cfg.refine_tol]] = False
+    return (lo + u * cell).clamp(*box)  # grid units -> latents, without float overshoot past the box
 
 
 class _Curvature:
@@ -190,9 +150,6 @@ class _Curvature:
         self.s = torch.zeros(n, HISTORY, dim, device=device)
         self.y = torch.zeros(n, HISTORY, dim, device=device)
         self.rho = torch.zeros(n, HISTORY, device=device)
-
-    def clear(self, rows: torch.Tensor) -> None:
-        self.s[rows], self.y[rows], self.rho[rows] = 0.0, 0.0, 0.0
 
     def add(self, rows: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> None:
         sy = (s * y).sum(1)
