@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pipeline import paths, provenance, tracking
 from pipeline.cli import one_line
 from pipeline.tools import ray_tasks
-from pipeline.tools.stage_clock import StageClock, describe
+from pipeline.tools.stage_clock import StageClock, describe, kind
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
 
@@ -62,7 +62,7 @@ def command_if_changed(root: Path, name: str, clear_outputs: bool) -> str | None
 
 
 def resources(name: str, args) -> dict:
-    gpus = args.gpus_per_run if name.split("@")[0] in GPU_STAGES else 0
+    gpus = args.gpus_per_run if kind(name) in GPU_STAGES else 0
     return {"num_cpus": args.cpus_per_run, "num_gpus": gpus}
 
 
