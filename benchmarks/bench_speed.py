@@ -172,8 +172,10 @@ def run(variants: list[str], options: list[str], steps: int, eval_images: int) -
     print(f"{hardware}, {torch.get_num_threads()} CPU threads, native bf16: {native_bf16(device)}")
     train_x, test_x, data = timing_images(device, steps * params.train.batch_size, eval_images)
 
+    flops = {variant: training_flops_per_image(params.variant(variant)) for variant in variants}
+
     def measure(variant: str, option: str) -> dict:  # with a peak sample after each row: the machine's best moment
-        measured = row(params, variant, option, train_x, steps)
+        measured = row(params, variant, option, train_x, steps, flops[variant])
         peaks.append(matmul_peak_gflops(device))
         return measured
 
@@ -207,8 +209,7 @@ def with_utilisation(measured: dict, peak: float) -> dict:
     return {**measured, **shares}
 
 
-def row(params, variant: str, option: str, train_x: torch.Tensor, steps: int) -> dict:
-    flops = training_flops_per_image(params.variant(variant))
+def row(params, variant: str, option: str, train_x: torch.Tensor, steps: int, flops: int) -> dict:
     if option == LAYERS_ALONE:
         rate = layers_alone_rate(params, variant, train_x.device)
     else:
