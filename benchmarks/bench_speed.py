@@ -1,14 +1,15 @@
 """Training and evaluation speed against what this machine can do, measured side by side in one run.
 
 Run from the repo root:  python -m benchmarks.bench_speed  (`make bench` runs it), on the prepared splits after
-`dvc repro prepare`, or on random images of the same shape in a fresh clone. It measures the fp32 matmul peak,
-counts each variant's training FLOPs per image (torch's FLOP counter), times the real training step
-(pipeline.lib.training.Trainer) per variant for each precision x memory layout, under torch.compile, and with the C
-library's default allocator (first, before the pipeline's own setting; glibc adapts its default to what was freed
-before, the first peak sample and any earlier variant's rows included), the share of each step spent fetching
-batches, the page faults per step, and evaluation images/s; then the ceiling a step could reach: each conv and dense
-layer timed alone, forward and backward. Prints utilisation = achieved FLOP/s / measured peak. Writes
-reports/benchmarks.json and reports/benchmarks.md and logs both to MLflow as a `benchmark` run.
+`dvc repro prepare`, or on random images of the same shape in a fresh clone. It measures the fp32 matmul peak, counts
+each variant's training FLOPs per image (torch's FLOP counter), times the real training step
+(pipeline.lib.training.Trainer) per variant for each precision x memory layout, under torch.compile (a row with its
+error where inductor cannot compile: it needs a C++ compiler), and with the C library's default allocator (first,
+before the pipeline's own setting; glibc adapts its default to what was freed before, the first peak sample and any
+earlier variant's rows included), the share of each step spent fetching batches, the page faults per step, and
+evaluation images/s; then the ceiling a step could reach: each conv and dense layer timed alone, forward and backward.
+Prints utilisation = achieved FLOP/s / measured peak. Writes reports/benchmarks.json and reports/benchmarks.md and
+logs both to MLflow as a `benchmark` run.
 """
 
 from __future__ import annotations
@@ -203,6 +204,8 @@ def run(variants: list[str], options: list[str], steps: int, eval_images: int) -
 
 def with_utilisation(measured: dict, peak: float) -> dict:
     """The row's share of the run's peak; for evaluation, also the seconds its FLOPs take at that peak."""
+    if "gflops_per_s" not in measured:  # a compiled row that failed: nothing was measured
+        return measured
     shares = {"utilisation": measured["gflops_per_s"] / peak}
     if "eval_mflop_per_image" in measured:
         shares["seconds_for_18800_at_peak"] = 18_800 * measured["eval_mflop_per_image"] / 1e3 / peak
@@ -210,10 +213,17 @@ def with_utilisation(measured: dict, peak: float) -> dict:
 
 
 def row(params, variant: str, option: str, train_x: torch.Tensor, steps: int, flops: int) -> dict:
-    if option == LAYERS_ALONE:
-        rate = layers_alone_rate(params, variant, train_x.device)
-    else:
-        rate = training_rate(params, variant, option, train_x, steps)
+    try:
+        if option == LAYERS_ALONE:
+            rate = layers_alone_rate(params, variant, train_x.device)
+        else:
+            rate = training_rate(params, variant, option, train_x, steps)
+    except Exception as error:  # inductor needs a C++ compiler and Python's headers, which a machine may lack
+        if not OPTIONS.get(option, ("", False, False))[2]:  # only a compiled row fails alone; the others still run
+            raise
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        print(f"{variant:16s} {option:52s} failed: {reason}")
+        return {"variant": variant, "option": option, "error": reason}
     gflops = rate["images_per_s"] * flops / 1e9
     print(
         f"{variant:16s} {option:52s} {rate['images_per_s']:7.0f} img/s  {gflops:6.1f} GFLOP/s"

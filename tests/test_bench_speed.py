@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlflow
+import pytest
 import torch
 
 from benchmarks import bench_speed
@@ -55,3 +56,19 @@ def test_utilisation_is_against_the_run_s_best_peak_sample():
         "utilisation": 0.25,
         "seconds_for_18800_at_peak": 18_800 * 200e6 / 120e9,
     }
+
+
+def test_a_row_that_fails_to_compile_is_reported_and_the_others_still_fail_loudly(monkeypatch):
+    def no_compiler(params, variant, option, train_x, steps):
+        raise RuntimeError("InductorError: no C++ compiler found\nlong traceback")
+
+    monkeypatch.setattr(bench_speed, "training_rate", no_compiler)
+    compiled = bench_speed.row(None, "m", "fp32 channels_last, torch.compile", torch.zeros(1), 1, 1)
+    assert compiled == {
+        "variant": "m",
+        "option": "fp32 channels_last, torch.compile",
+        "error": "RuntimeError: InductorError: no C++ compiler found",
+    }
+    assert bench_speed.with_utilisation(compiled, 120.0) == compiled
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        bench_speed.row(None, "m", "fp32 channels_last", torch.zeros(1), 1, 1)
