@@ -52,6 +52,7 @@ def test_both_versions_refine_the_same_images_and_are_scored_alike(trained_model
     labels = prepared.load_split(paths.prepared_dir(), "test")[1]
     assert result["images"] == sum(min(2, count) for count in np.unique(labels, return_counts=True)[1])
     assert result["before"]["settings"]["refine_steps"] == 100 and result["after"]["settings"]["refine_steps"] == 5
+    assert result["before"]["settings"]["refine_method"] == "adam"  # whatever the revision's default method
     assert result["before"]["code"] == (before or "this working tree")
     for version in ("before", "after"):
         assert len(result[version]["ms_per_image_repeats"]) == 2 and result[version]["ms_per_image"] > 0
@@ -59,7 +60,7 @@ def test_both_versions_refine_the_same_images_and_are_scored_alike(trained_model
     assert result["speedup"] == pytest.approx(result["before"]["ms_per_image"] / result["after"]["ms_per_image"])
 
 
-def test_a_revision_s_lbfgs_runs_with_this_tree_s_settings(trained_model, tmp_path):
+def test_a_revision_s_lbfgs_runs_with_this_tree_s_step_count(trained_model, tmp_path):
     out = tmp_path / "refine.json"
     args = ["--model", str(trained_model), "--prepared", str(paths.prepared_dir()), "--per-class", "1", "--steps", "3"]
     assert (
@@ -70,6 +71,7 @@ def test_a_revision_s_lbfgs_runs_with_this_tree_s_settings(trained_model, tmp_pa
     assert result["before"]["settings"] == result["after"]["settings"] == {"refine_steps": 3, "refine_method": "lbfgs"}
     assert result["before"]["code"] == "HEAD"
     assert result["before"]["psnr_pooled_uint8"] > result["one_pass"]["psnr_pooled_uint8"]  # HEAD's L-BFGS ran
+    assert result["before"]["psnr_pooled_uint8"] == result["after"]["psnr_pooled_uint8"]  # the same search, not Adam
 
 
 def test_a_missing_model_is_named_with_the_command_that_makes_it(tmp_path, capsys):
