@@ -1,4 +1,5 @@
-"""pipeline.lib.device.keep_freed_memory: a training step stops page-faulting its activations back in."""
+"""pipeline.lib.device.keep_freed_memory: a training step stops page-faulting its activations back in; every stage's
+configure_compute asks for it, a benchmark's default-allocator row does not."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from pipeline.lib import device
 from tests.conftest import REPO
 
 # minor page faults per training step of a small conv net whose activations (12.8 MB each) exceed glibc's
@@ -41,3 +44,12 @@ def test_kept_memory_is_not_faulted_back_in_on_every_step():
     default, kept = step_faults("default"), step_faults("keep")
     assert default > 2_000  # each step maps its activations afresh: ~3,100 pages per 12.8 MB map
     assert kept < default / 5
+
+
+@pytest.mark.parametrize("keep_memory, calls", [(True, 1), (False, 0)])
+def test_configure_compute_keeps_freed_memory_unless_told_not_to(monkeypatch, keep_memory, calls):
+    kept = []
+    monkeypatch.setattr(device, "keep_freed_memory", lambda: kept.append(True))
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # this test process keeps its threads
+    device.configure_compute(1, keep_memory=keep_memory)
+    assert len(kept) == calls

@@ -46,8 +46,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def configure_compute(threads: int, keep_memory: bool = True) -> None:
     """Same seed, same thread count (0: all cores), same machine -> bit-identical weights (docs/reproducibility.md);
     and freed tensor memory kept for reuse (keep_freed_memory), which changes speed and resident memory, not results.
-    keep_memory=False: the C library's own allocation policy, for a benchmark's side-by-side row; it cannot be
-    restored once changed."""
+    keep_memory=False leaves the allocator as it is (the C library's own policy unless this process changed it: a
+    change cannot be undone), for a benchmark's side-by-side row."""
     if keep_memory:
         keep_freed_memory()
     torch.set_num_threads(threads or os.cpu_count() or 1)
