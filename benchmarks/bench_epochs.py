@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -50,7 +51,6 @@ PLAN = [
     ("model01", "onecycle-bf16", 4),
     ("model01", "study", 6),
 ]
-OUT_JSON, OUT_MD = paths.reports_dir() / "epochs_to_quality.json", paths.reports_dir() / "epochs_to_quality.md"
 TARGET = yaml.safe_load(paths.REFERENCE_FILE.read_text())["published_weights"]["model01"]["mse"]
 
 
@@ -140,9 +140,15 @@ def write_outputs(result: dict) -> None:
         )
         + "\n"
     )
-    write_json(OUT_JSON, result)
-    write_text(OUT_MD, markdown)
+    out_json, out_md = output_files()
+    write_json(out_json, result)
+    write_text(out_md, markdown)
     print(markdown)
+
+
+def output_files() -> tuple[Path, Path]:
+    """The JSON and markdown outputs, under the project root of the moment (COMPRESSNET_ROOT, as tests set it)."""
+    return paths.reports_dir() / "epochs_to_quality.json", paths.reports_dir() / "epochs_to_quality.md"
 
 
 def log_to_mlflow(result: dict) -> None:
@@ -152,8 +158,8 @@ def log_to_mlflow(result: dict) -> None:
             key = f"{row['variant']}.{row['recipe']}"
             for epoch, mse in enumerate(row["val_mse_per_epoch"], start=1):
                 mlflow.log_metric(f"{key}.val_mse", mse, step=epoch)
-        mlflow.log_artifact(str(OUT_JSON))
-        mlflow.log_artifact(str(OUT_MD))
+        for output in output_files():
+            mlflow.log_artifact(str(output))
 
 
 def main() -> None:

@@ -1,15 +1,12 @@
 """Training and evaluation speed against what this machine can do, measured side by side in one run.
 
-Run from the repo root:  python -m benchmarks.bench_speed  (`make bench` runs it), on the prepared splits after
-`dvc repro prepare`, or on random images of the same shape in a fresh clone. It measures the fp32 matmul peak, counts
-each variant's training FLOPs per image (torch's FLOP counter), times the real training step
-(pipeline.lib.training.Trainer) per variant for each precision x memory layout, under torch.compile (a row with its
-error where inductor cannot compile: it needs a C++ compiler), and with the C library's default allocator (first,
-before the pipeline's own setting; glibc adapts its default to what was freed before, the first peak sample and any
-earlier variant's rows included), the share of each step spent fetching batches, the page faults per step, and
-evaluation images/s; then the ceiling a step could reach: each conv and dense layer timed alone, forward and backward.
-Prints utilisation = achieved FLOP/s / measured peak. Writes reports/benchmarks.json and reports/benchmarks.md and
-logs both to MLflow as a `benchmark` run.
+Run from the repo root:  python -m benchmarks.bench_speed  (`make bench`), on the prepared splits after `dvc repro
+prepare`, else on random images of the same shape (a step costs the same whatever the pixels). Per variant: training
+FLOPs per image (torch's FLOP counter); the real training step's images/s for each option (precision x memory layout,
+torch.compile, the C library's default allocator), with the share spent fetching batches and the page faults per
+step; the ceiling, each conv and dense layer timed alone; evaluation's images/s at several batch sizes. Utilisation
+is achieved FLOP/s over the best of matmul-peak samples spread over the run. Writes reports/benchmarks.json and .md
+and logs both to MLflow as a `benchmark` run.
 """
 
 from __future__ import annotations
@@ -23,6 +20,8 @@ import time
 import mlflow
 import pandas as pd
 import torch
+import torch._dynamo
+from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
 
 from pipeline import paths, tracking
 from pipeline.lib import prepared
@@ -48,9 +47,12 @@ OPTIONS = {
     "bf16 NCHW": ("bf16", False, False),
     "bf16 channels_last": ("bf16", True, False),
 }
+# measured first, before the pipeline's own setting (glibc adapts its default to what the process freed before)
 DEFAULT_ALLOCATOR = "fp32 channels_last, C library's default allocator"
 LAYERS_ALONE = "fp32 channels_last, conv and dense layers alone"
-OUT_JSON, OUT_MD = paths.reports_dir() / "benchmarks.json", paths.reports_dir() / "benchmarks.md"
+EVAL_BATCHES = (128, 256, 2048)  # evaluate's batch sizes measured beside params.yaml's: 2048 is the one it used first
+# what torch.compile raises where inductor cannot build its C++ kernels (a backward compiled on first use: unwrapped)
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, CppCompileError, InvalidCxxCompiler)
 
 
 def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
@@ -93,15 +95,20 @@ def training_rate(params, variant: str, option: str, train_x: torch.Tensor, step
         torch.use_deterministic_algorithms(True)  # inductor's own flag too, as the stages' settings mean it
         trainer.model.forward_with_rate = torch.compile(trainer.model.forward_with_rate)
     trainer.train_epoch(train_x, epoch=0, progress=False)  # warm-up: allocator, oneDNN kernels, compilation
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    faults = minor_faults()
     seconds = timed(lambda: trainer.train_epoch(train_x, epoch=1, progress=False))
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    faults = minor_faults() - faults
     fetch = timed(lambda: _fetch_only(trainer, train_x, epoch=1))
     return {
         "images_per_s": trainer.images_per_epoch / seconds,
         "data_fraction": fetch / seconds,
         "page_faults_per_step": faults / trainer.steps_per_epoch,
     }
+
+
+def minor_faults() -> int:
+    """The process's minor page faults so far, counted by the kernel: free of the machine's load."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def layers_alone_rate(params, variant: str, device: torch.device, repeats: int = 10) -> dict:
@@ -142,14 +149,16 @@ def _fetch_only(trainer: Trainer, train_x: torch.Tensor, epoch: int) -> None:
 
 def evaluation_rows(params, variant: str, test_x: torch.Tensor) -> list[dict]:
     """evaluate's main work (autoencoder and encoder->decoder passes plus per-image metrics) at evaluate.batch_size
-    and at the 2048 it used before, side by side."""
+    and at EVAL_BATCHES, side by side, with the page faults per image (a batch's maps over 32 MiB are not kept)."""
     model = trainer_for(params, variant, "fp32", True, 1, len(test_x)).model.eval()
     x = test_x.contiguous(memory_format=torch.channels_last)
     flops = sum(inference_flops_per_image(params.variant(variant), part) for part in ("forward", "encode", "decode"))
     rows = []
-    for batch in dict.fromkeys((params.evaluate.batch_size, 2048)):
+    for batch in dict.fromkeys((params.evaluate.batch_size, *EVAL_BATCHES)):
         cfg = dataclasses.replace(params.evaluate, batch_size=batch)
+        faults = minor_faults()
         rate = len(x) / timed(lambda cfg=cfg: reconstruct_and_measure(model, x, cfg))
+        faults = minor_faults() - faults
         rows.append(
             {
                 "variant": variant,
@@ -157,10 +166,12 @@ def evaluation_rows(params, variant: str, test_x: torch.Tensor) -> list[dict]:
                 "images_per_s": rate,
                 "eval_mflop_per_image": flops / 1e6,
                 "gflops_per_s": rate * flops / 1e9,
+                "page_faults_per_image": faults / len(x),
             }
         )
         print(
             f"{variant:16s} evaluate, batch {batch}: {rate:.0f} img/s ({len(x) / rate:.1f} s for {len(x)} test images)"
+            f"  {faults / len(x):6.1f} faults/image"
         )
     return rows
 
@@ -213,17 +224,21 @@ def with_utilisation(measured: dict, peak: float) -> dict:
 
 
 def row(params, variant: str, option: str, train_x: torch.Tensor, steps: int, flops: int) -> dict:
+    compiled = OPTIONS.get(option, ("", False, False))[2]
     try:
         if option == LAYERS_ALONE:
             rate = layers_alone_rate(params, variant, train_x.device)
         else:
             rate = training_rate(params, variant, option, train_x, steps)
-    except Exception as error:  # inductor needs a C++ compiler and Python's headers, which a machine may lack
-        if not OPTIONS.get(option, ("", False, False))[2]:  # only a compiled row fails alone; the others still run
+    except COMPILE_ERRORS as error:  # a machine without a C++ compiler still measures every other row
+        if not compiled:
             raise
         reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
         print(f"{variant:16s} {option:52s} failed: {reason}")
         return {"variant": variant, "option": option, "error": reason}
+    finally:
+        if compiled:
+            torch._dynamo.reset()  # the compiled code and its guards are not carried into the next rows
     gflops = rate["images_per_s"] * flops / 1e9
     print(
         f"{variant:16s} {option:52s} {rate['images_per_s']:7.0f} img/s  {gflops:6.1f} GFLOP/s"
@@ -261,14 +276,15 @@ def write_outputs(result: dict) -> None:
         + table.to_markdown(index=False, floatfmt=".3g")
         + "\n"
     )
-    write_json(OUT_JSON, result)
-    write_text(OUT_MD, markdown)
+    out_json, out_md = paths.reports_dir() / "benchmarks.json", paths.reports_dir() / "benchmarks.md"
+    write_json(out_json, result)
+    write_text(out_md, markdown)
     print(markdown)
     tracking.MlflowTracker()  # the project's store and experiment
     with tracking.tracked_run(run_name="benchmark", tags=tracking.run_tags("benchmark")):
         mlflow.log_metrics(mlflow_metrics(result))
-        mlflow.log_artifact(str(OUT_JSON))
-        mlflow.log_artifact(str(OUT_MD))
+        mlflow.log_artifact(str(out_json))
+        mlflow.log_artifact(str(out_md))
 
 
 def mlflow_metrics(result: dict) -> dict[str, float]:
