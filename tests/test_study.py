@@ -202,3 +202,14 @@ def test_the_report_checks_each_study_model_run_against_its_published_weights():
         "above theirs."
     ]
     assert report_text.published_weights_finding(check.iloc[:0], band=0.25) == []  # no study model in the matrix
+
+
+def test_a_report_without_study_weights_says_so_instead_of_showing_empty_tables():
+    runs = pd.DataFrame({"variant": [MODEL], "seed": [0], "epochs": 1, "mse": [0.01], "dead_latent_units": [3]})
+    none = pd.DataFrame(columns=["mse", "dead_latent_units"])
+    lines = report_text.study_sections(none, report_text.published_weights_check(runs, none, 0.15), 0.15)
+    assert "Not measured in this experiment (`study.models` is empty), so no run is compared with them." in lines
+    assert not any(line.startswith("|") for line in lines)
+    study = pd.DataFrame({"mse": [0.0110], "dead_latent_units": [18]}, index=["model02"])
+    lines = report_text.study_sections(study, report_text.published_weights_check(runs, study, 0.15), 0.15)
+    assert "No variant of the matrix is a study model whose published weights were measured." in lines

@@ -238,19 +238,7 @@ def render_markdown(
         "",
         _markdown(results[RUN_COLUMNS], index=False),
         "",
-        "## The study's published weights, measured here (stage study: same code, same test images)",
-        "",
-        _markdown(study.reindex(columns=[*RUN_COLUMNS, "psnr_pooled", "classifier_accuracy"]), index=False),
-        "",
-        "Their train and val losses are the study's own log; the study's seed is unknown (-1).",
-        "",
-        "## Each run of a study model against its published weights",
-        "",
-        _markdown(check, index=False),
-        "",
-        f"ratio: the run's test MSE over the published weights'; at_most_{band:.0%}_above: ratio ≤ {1 + band:.2f}. "
-        "Dead latent units are ReLU units that output 0 for every test image, the study's confounder.",
-        "",
+        *study_sections(study, check, band),
         "## The study's six quantities, ours beside theirs",
         "",
         _markdown(study_table(means, n_seeds, reference, study).reset_index(), index=False),
@@ -292,6 +280,37 @@ def render_markdown(
         "",
     ]
     return "\n".join(parts)
+
+
+def study_sections(study: pd.DataFrame, check: pd.DataFrame, band: float) -> list[str]:
+    """The published weights as the study stage measured them, and each run of a study model against them; a
+    sentence where there is nothing to show, instead of a table of headers (the quick profile measures no weights)."""
+    if study.empty:
+        return [
+            "## The study's published weights",
+            "",
+            "Not measured in this experiment (`study.models` is empty), so no run is compared with them.",
+            "",
+        ]
+    against = (
+        f"{_markdown(check, index=False)}\n\nratio: the run's test MSE over the published weights'; "
+        f"at_most_{band:.0%}_above: ratio ≤ {1 + band:.2f}. Dead latent units are ReLU units that output 0 for "
+        "every test image, the study's confounder."
+        if not check.empty
+        else "No variant of the matrix is a study model whose published weights were measured."
+    )
+    return [
+        "## The study's published weights, measured here (stage study: same code, same test images)",
+        "",
+        _markdown(study.reindex(columns=[*RUN_COLUMNS, "psnr_pooled", "classifier_accuracy"]), index=False),
+        "",
+        "Their train and val losses are the study's own log; the study's seed is unknown (-1).",
+        "",
+        "## Each run of a study model against its published weights",
+        "",
+        against,
+        "",
+    ]
 
 
 def _markdown(table: pd.DataFrame, index: bool = True) -> str:
