@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
+from benchmarks import bench_baselines
 from pipeline import paths
 from pipeline.lib import baselines, figures, prepared, rate_distortion
 from pipeline.lib.config import parse_params
@@ -41,6 +42,7 @@ def written(tmp_path_factory) -> dict:
             "digest": prepared.manifest_digest(paths.prepared_dir()),
             "params": params,
             "n_test": len(prepared.load_split(paths.prepared_dir(), "test")[0]),
+            "prepared": paths.prepared_dir(),
         }
 
 
@@ -69,6 +71,14 @@ def test_the_stage_records_the_test_set_it_measured(written):
     assert written["json"]["n_test"] == written["n_test"] == 94
     assert written["json"]["ssim_window"] == written["params"].evaluate.ssim_window
     assert written["json"]["data_manifest_sha256"] == written["digest"]
+
+
+def test_the_codecs_in_processes_give_the_rows_they_give_one_at_a_time(written, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench_baselines.main(["--prepared", str(written["prepared"]), "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["same_rows"] and result["test_images"] == written["n_test"]
+    assert all(len(seconds) == 1 for seconds in result["seconds"].values()) and "speed-up" in capsys.readouterr().out
 
 
 def test_the_stage_without_prepared_data_is_one_error_line(project_root, capsys):

@@ -7,8 +7,12 @@ headers included), and gzip (level 9) of the whole test set as one raw uint8 arr
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -51,6 +55,28 @@ def pillow_codec(images: np.ndarray, fmt: str, **options) -> tuple[float, np.nda
     return float(np.mean(sizes)), np.stack(decoded)
 
 
+def _codec_pool(workers: int):
+    """Processes, not threads: Pillow's per-image Python calls hold the GIL, so threads barely overlap. They fork
+    from this process and run only Pillow and numpy. None for 0 workers: the codecs run here."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers else nullcontext()
+
+
+@contextmanager
+def _torch_threads(count: int):
+    """Torch's threads here leave the cores the codec processes use: its waiting threads spin and slow them
+    (reports/results/README.md has the measurement)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _coded(images: np.ndarray, job: tuple) -> tuple[float, np.ndarray]:
+    return pillow_codec(images, job[2], **job[3])
+
+
 def pca_rows(train: np.ndarray, test: np.ndarray, dims: list[int], window: str) -> list[dict]:
     train_x, test_x = _flat(train), _flat(test)
     mean = train_x.mean(0)
@@ -77,15 +103,29 @@ def _flat(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images.reshape(len(images), -1)).double().div(255)
 
 
-def compute_baselines(cfg: RateDistortionConfig, window: str, train: np.ndarray, test: np.ndarray) -> list[dict]:
-    """Every baseline's rate-distortion rows: PCA (float32, uint8), JPEG, WebP, PNG, gzip."""
-    rows = pca_rows(train, test, cfg.pca_dims, window)
+def compute_baselines(
+    cfg: RateDistortionConfig,
+    window: str,
+    train: np.ndarray,
+    test: np.ndarray,
+    progress: bool = True,
+    workers: int | None = None,
+) -> list[dict]:
+    """Every baseline's rate-distortion rows: PCA (float32, uint8), JPEG, WebP, PNG, gzip. The codecs run in
+    `workers` processes (default: torch's thread count) while PCA runs here; 0 runs everything here, one after the
+    other. The rows are the same either way."""
     jobs = [("jpeg", f"quality {q}", "JPEG", {"quality": q}) for q in cfg.jpeg_qualities]
     jobs += [("webp", f"quality {q}", "WEBP", {"quality": q, "method": 6}) for q in cfg.webp_qualities]
     jobs += [("png", "lossless, optimize", "PNG", {"optimize": True})]
-    for method, setting, fmt, options in tqdm(jobs, desc="baselines", unit="codec setting"):
-        size, decoded = pillow_codec(test, fmt, **options)
-        rows.append(row(method, setting, size, test, decoded, window))
+    code = functools.partial(_coded, test)
+    threads = torch.get_num_threads()
+    workers = threads if workers is None else workers
+    with _codec_pool(workers) as pool, _torch_threads(max(1, threads - workers)):
+        coded = (pool.map if pool else map)(code, jobs)  # a pool starts at once, a plain map when iterated
+        rows = pca_rows(train, test, cfg.pca_dims, window)
+        bar = tqdm(zip(jobs, coded), total=len(jobs), desc="baselines", unit="codec setting", disable=not progress)
+        for (method, setting, _, _), (size, decoded) in bar:
+            rows.append(row(method, setting, size, test, decoded, window))
     gz = gzip.compress(test.tobytes(), compresslevel=9, mtime=0)
     rows.append(row("gzip", "whole test set, level 9", len(gz) / len(test), test, test, window))
     return rows
