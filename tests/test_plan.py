@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from pipeline.lib.config import parse_params
-from pipeline.tools import plan
+from pipeline.lib.config import Params, parse_params
+from pipeline.tools import plan, plan_probe
 from tests.conftest import REPO, TINY_SPEC, make_project, run
 from tests.fakedata import make_emnist_dir
 
@@ -63,19 +66,39 @@ def test_the_study_recipe_profile_trains_the_studys_models_with_another_recipe_a
         )
 
 
-def test_the_plan_names_the_runs_an_estimate_and_the_faster_options(project_root, capsys):
-    params = parse_params({"variants": {"tiny": TINY_SPEC}, "seeds": [0, 1], "train": {"device": "cpu", "threads": 1}})
-    text = "\n".join(plan.plan_lines(params, {"seeds": [0, 1]}, profile=True))
-    assert "2 run(s) to train, 2 to evaluate" in text
-    assert "images/s measured here" in text and "of training and" in text
-    assert "make repro JOBS=N" in text and "make repro-quick" not in text  # a profile is already running
+def tiny_params(**train) -> Params:
+    return parse_params({"variants": {"tiny": TINY_SPEC}, "train": {"device": "cpu", "threads": 1, **train}})
+
+
+SIZES = {"train": 470, "val": 50, "test": 94}
+
+
+def test_the_estimate_adds_up_every_kind_of_work_and_each_stages_start_up(project_root, capsys):
+    runs = {"train": [("tiny", 0), ("tiny", 1)], "evaluate": [("tiny", 0)]}
+    others = ["prepare", "classifier", "baselines", "report"]
+    est = plan_probe.estimate(tiny_params(), SIZES, runs, others, startup=2.5)
+    assert min(est.train, est.evaluate, est.other) > 0 and est.stages == 7
+    assert est.total == pytest.approx(est.train + est.evaluate + est.other + 7 * 2.5)
+    assert list(est.rates) == ["tiny"] and est.rates["tiny"] > 0
     assert "epoch 1/" not in capsys.readouterr().err  # the probe's steps show no training bar
+    without = plan_probe.estimate(tiny_params(), SIZES, {"train": [], "evaluate": []}, ["prepare", "report"], 2.5)
+    assert without.other == 0 and without.train == 0 and without.stages == 2
 
 
 def test_a_schedule_shorter_than_the_probe_still_gets_an_estimate(project_root):
-    train = {"device": "cpu", "threads": 1, "epochs": 1, "steps_per_epoch": 1, "schedule": "onecycle"}
-    params = parse_params({"variants": {"tiny": TINY_SPEC}, "train": train})
-    assert "of training and" in "\n".join(plan.plan_lines(params, {"seeds": [0]}))
+    params = tiny_params(epochs=1, steps_per_epoch=1, schedule="onecycle")
+    assert plan_probe.estimate(params, SIZES, {"train": [("tiny", 0)], "evaluate": []}, [], 0.0).train > 0
+
+
+def test_the_start_up_is_this_process_age():
+    assert 0 < plan_probe.startup_seconds() < time.time() - psutil.boot_time()
+
+
+def test_current_value_reads_dotted_keys_and_says_when_there_is_none():
+    raw = {"train": {"epochs": 15}}
+    assert plan.current_value(raw, "train.epochs") == 15 and plan.current_value(raw, "train") == {"epochs": 15}
+    assert plan.current_value(raw, "nope.x") is plan.MISSING
+    assert plan.current_value(raw, "train.epochs.x") is plan.MISSING
 
 
 def test_without_a_profile_the_plan_counts_what_dvc_finds_out_of_date(tmp_path):
@@ -85,7 +108,8 @@ def test_without_a_profile_the_plan_counts_what_dvc_finds_out_of_date(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "plan: 2 run(s) to train, 2 to evaluate" in result.stdout
     assert "make repro-quick" in result.stdout
-    assert "4 other stage(s)" in result.stdout  # prepare, classifier, baselines, report (no study@: models [])
+    assert "4 other stage(s): prepare, classifier, baselines, report" in result.stdout  # no study@: models []
+    assert re.search(r"plan: about .* one stage at a time: .* of start-up \(8 × \d+ s\)", result.stdout)
 
 
 @pytest.mark.slow
@@ -101,9 +125,12 @@ def test_the_quick_profile_runs_the_whole_pipeline_as_one_experiment(tmp_path):
     assert (root / "reports" / "report.md").exists()
     assert yaml.safe_load((root / "params.yaml").read_text())["matrix"] == QUICK["matrix"]
     assert "Data and pipelines are up to date." in run(["dvc", "repro"], root, env)
-    assert "no run to train or evaluate" in run([sys.executable, "-m", "pipeline.tools.plan"], root, env)
+    plan_cmd = [sys.executable, "-m", "pipeline.tools.plan"]
+    assert "nothing to run: every stage is up to date" in run(plan_cmd, root, env)
+    jpeg_only = run([*plan_cmd, "-S", "rate_distortion.jpeg_qualities=[10]"], root, env)  # baselines' params only
+    assert "plan: 0 run(s) to train, 0 to evaluate, and 2 other stage(s): baselines, report" in jpeg_only
     other = make_emnist_dir(tmp_path / "other", seed=1)
     params = yaml.safe_load((root / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump({**params, "data": {**params["data"], "source": str(other)}}))
-    replanned = run([sys.executable, "-m", "pipeline.tools.plan"], root, env)  # only prepare's input changed
+    replanned = run(plan_cmd, root, env)  # only prepare's input changed
     assert "plan: 2 run(s) to train, 2 to evaluate" in replanned  # and everything downstream of it follows

@@ -1,43 +1,40 @@
 """What `make repro` is about to do, and about how long it takes on this machine: printed before it starts.
 
     python -m pipeline.tools.plan                                   # the out-of-date stages of params.yaml
-    python -m pipeline.tools.plan --profile pipeline/quick.yaml     # the quick profile's runs, as `make repro-quick`
+    python -m pipeline.tools.plan --profile pipeline/quick.yaml     # the quick profile's stages, as `make repro-quick`
     python -m pipeline.tools.plan --profile pipeline/quick.yaml --run [-S data.source=DIR]   # and run it
 
-The estimate comes from a probe: a few training steps of each architecture to be trained, and the test split's
-reconstruction and metrics on a slice, timed here and scaled. Streams, refinement, the train stage's encoder pass
-for the uint8 grid and process start-ups are not in it, so it is a floor. A profile is a YAML mapping of params
-keys (dotted) to values, applied as one DVC experiment.
+The stages are those DVC finds out of date, those whose params a profile changes, and everything downstream. The
+estimate adds up short probes of each kind of work and each stage's start-up, timed here and scaled to the splits
+(pipeline.tools.plan_probe). A profile is a YAML mapping of params keys (dotted) to values, applied as one DVC
+experiment.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import networkx as nx
-import torch
 import yaml
+from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
 from pipeline import paths
 from pipeline.cli import load_params, one_line
 from pipeline.lib import prepared
 from pipeline.lib.config import Params, parse_params
-from pipeline.lib.device import configure_compute, pick_device
-from pipeline.lib.evaluation import reconstruct_and_measure
 from pipeline.lib.io import DataError
-from pipeline.lib.trainer import Trainer
 from pipeline.provenance import stage_name
+from pipeline.tools import plan_probe
 
 BALANCED = {"train": 112_800, "test": 18_800}  # EMNIST-Balanced's split sizes, before prepare carves val from train
-PROBE_STEPS, PROBE_IMAGES = 3, 1024
+MATRIX_KINDS = ("train@", "evaluate@", "study@")
+MISSING = object()
 
 
 def with_profile(raw: dict, profile: dict) -> dict:
@@ -52,89 +49,77 @@ def with_profile(raw: dict, profile: dict) -> dict:
     return raw
 
 
-def out_of_date(root: Path, params: Params, overrides: dict) -> tuple[list, list, str]:
-    """The runs DVC would train, those it would evaluate, and what else it would run: every stage DVC finds changed
-    and every stage downstream of one. With overrides (an experiment that changes params) every run is counted."""
-    if overrides:
-        return params.runs(), params.runs(), "the other stages whose params it changes"
+def current_value(raw: dict, key: str):
+    """The value of a dotted key in params.yaml's content; MISSING where it has none."""
+    node = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def reads(stage, keys: set[str]) -> bool:
+    """Whether a DVC stage declares one of these dotted params keys, a section holding one, or a key inside one."""
+    declared = [key for dep in stage.deps if isinstance(dep, ParamsDependency) for key in dep.params]
+    return any(d == k or k.startswith(f"{d}.") or d.startswith(f"{k}.") for d in declared for k in keys)
+
+
+def out_of_date(root: Path, params: Params, changed_keys: set[str]) -> tuple[dict[str, list], list[str]]:
+    """The (variant, seed) runs DVC would "train" and "evaluate", and the other stages it would run: every stage
+    DVC finds changed or whose params a profile changes (changed_keys), every stage downstream of one, and every
+    stage the profile adds. params are the profile's."""
     repo = Repo(str(root))
-    graph, changed = repo.index.graph, set(repo.status())
+    graph = repo.index.graph
+    stages = {stage.addressing: stage for stage in graph.nodes}
+    changed = set(repo.status()) | {name for name, stage in stages.items() if reads(stage, changed_keys)}
     to_run = set(changed)
-    for stage in (s for s in graph.nodes if s.addressing in changed):
+    for stage in (stages[name] for name in changed if name in stages):
         to_run |= {downstream.addressing for downstream in nx.ancestors(graph, stage)}  # edges point upstream
-    trains = [(v, s) for v, s in params.runs() if stage_name("train", v, s) in to_run]
-    evaluations = [(v, s) for v, s in params.runs() if stage_name("evaluate", v, s) in to_run]
-    others = [n for n in to_run if not n.startswith(("train@", "evaluate@"))]
-    return trains, evaluations, f"{len(others)} other stage(s)"
+
+    def will_run(name: str) -> bool:
+        return name in to_run or name not in stages  # a stage the profile adds runs too
+
+    runs = {kind: [run for run in params.runs() if will_run(stage_name(kind, *run))] for kind in ("train", "evaluate")}
+    studies = [name for name in (f"study@{model}" for model in params.study.models) if will_run(name)]
+    others = [name for name in stages if name in to_run and name != "report" and not name.startswith(MATRIX_KINDS)]
+    added = [
+        name for name in [*studies, *(stage_name(k, *r) for k, rs in runs.items() for r in rs)] if name not in stages
+    ]
+    report = "report" in stages and ("report" in to_run or bool(added))  # downstream of every run
+    return runs, [*others, *studies, *(["report"] if report else [])]
 
 
 def split_sizes(params: Params) -> dict[str, int]:
     try:
         return prepared.load_manifest(paths.prepared_dir())["counts"]
     except (DataError, KeyError):  # not prepared yet: the official sizes
-        return {"train": round(BALANCED["train"] * (1 - params.data.val_fraction)), "test": BALANCED["test"]}
-
-
-def seconds_per_image(params: Params, variant: str, device: torch.device) -> tuple[float, float]:
-    """Training and evaluation seconds per image for this variant here, from a short probe on random images (a
-    constant learning rate: the probe's few steps would end a short one-cycle schedule)."""
-    batch = params.train_for(variant).batch_size
-    images = torch.rand(batch * (PROBE_STEPS + 1), 1, 28, 28, device=device)
-    trainer = Trainer(params, variant, 0, device, len(images))
-    trainer.scheduler, trainer.images_per_epoch = None, batch * PROBE_STEPS
-    trainer.train_epoch(images[:batch], 0, progress=False)  # warm-up: first calls allocate and pick kernels
-    started = time.perf_counter()
-    trainer.train_epoch(images[batch:], 1, progress=False)
-    training = (time.perf_counter() - started) / (batch * PROBE_STEPS)
-    probe = images[:PROBE_IMAGES]
-    reconstruct_and_measure(trainer.model, probe[:64], params.evaluate)  # warm-up
-    started = time.perf_counter()
-    reconstruct_and_measure(trainer.model, probe, params.evaluate)
-    return training, (time.perf_counter() - started) / len(probe)
-
-
-def architecture(params: Params, variant: str) -> str:
-    spec = {k: v for k, v in dataclasses.asdict(params.variant(variant)).items() if k != "description"}
-    return yaml.safe_dump({**spec, "train": dataclasses.asdict(params.train_for(variant))}, sort_keys=True)
-
-
-def estimate(params: Params, trains: list, evaluations: list) -> tuple[float, float, dict[str, float]]:
-    """Seconds of training and of evaluation for these runs, and the probed images/s per variant."""
-    device = pick_device(params.train.device)
-    configure_compute(params.train.threads)
-    sizes, probes, by_variant = split_sizes(params), {}, {}
-    for variant in dict.fromkeys(v for v, _ in [*trains, *evaluations]):
-        key = architecture(params, variant)
-        if key not in probes:
-            probes[key] = seconds_per_image(params, variant, device)
-        by_variant[variant] = probes[key]  # (training, evaluation) seconds per image
-    train_s = 0.0
-    for variant, _ in trains:
-        cfg = params.train_for(variant)
-        per_epoch = min(sizes["train"], (cfg.steps_per_epoch or sizes["train"]) * cfg.batch_size)
-        train_s += cfg.epochs * per_epoch * by_variant[variant][0]
-    eval_s = sum(sizes["test"] * by_variant[variant][1] for variant, _ in evaluations)
-    return train_s, eval_s, {variant: 1 / seconds[0] for variant, seconds in by_variant.items()}
+        val = round(BALANCED["train"] * params.data.val_fraction)
+        return {"train": BALANCED["train"] - val, "val": val, "test": BALANCED["test"]}
 
 
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def plan_lines(params: Params, overrides: dict, profile: bool = False) -> list[str]:
-    trains, evaluations, others = out_of_date(paths.root(), params, overrides)
-    if not trains and not evaluations:
-        return [f"plan: no run to train or evaluate; {others} to run"]
-    head = f"plan: {len(trains)} run(s) to train, {len(evaluations)} to evaluate, and {others}"
+def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, startup: float = 0.0) -> list[str]:
+    """startup: seconds a stage's process takes to start (this one's, measured before the plan)."""
+    runs, others = out_of_date(paths.root(), params, changed_keys)
+    if not runs["train"] and not runs["evaluate"] and not others:
+        return ["plan: nothing to run: every stage is up to date"]
+    head = f"plan: {len(runs['train'])} run(s) to train, {len(runs['evaluate'])} to evaluate, and {len(others)} other "
+    head += f"stage(s){': ' + ', '.join(others) if others and len(others) <= 6 else ''}"
     try:
-        train_s, eval_s, rates = estimate(params, trains, evaluations)
+        est = plan_probe.estimate(params, split_sizes(params), runs, others, startup)
     except Exception as err:  # an estimate is advice: its failure must not stop the run
         return [head, f"plan: no time estimate ({one_line(err)})"]
-    speeds = ", ".join(f"{v} {r:.0f}" for v, r in list(rates.items())[:3]) + (", …" if len(rates) > 3 else "")
+    speeds = ", ".join(f"{v} {r:.0f}" for v, r in list(est.rates.items())[:3]) + (", …" if len(est.rates) > 3 else "")
     return [
         head,
-        f"plan: images/s measured here by a {PROBE_STEPS}-step probe: {speeds}",
-        f"plan: at least {minutes(train_s)} of training and {minutes(eval_s)} of evaluation, one stage at a time",
+        *([f"plan: training images/s from a {plan_probe.PROBE_STEPS}-step probe here: {speeds}"] if speeds else []),
+        f"plan: about {minutes(est.total)} one stage at a time: {minutes(est.train)} of training, "
+        f"{minutes(est.evaluate)} of evaluation, {minutes(est.other)} in the other stages and "
+        f"{minutes(est.startup * est.stages)} of start-up ({est.stages} × {est.startup:.0f} s)",
         "plan: faster: make repro JOBS=N runs independent stages at once on Ray (docs/scale-out.md)",
         *([] if profile else ["plan: a first look: make repro-quick (the quick profile, pipeline/quick.yaml)"]),
     ]
@@ -167,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", action="store_true", help="then run the profile as a DVC experiment")
     parser.add_argument("-S", "--set-param", action="append", default=[], help="passed on to `dvc exp run`")
     args = parser.parse_args(argv)
+    startup = plan_probe.startup_seconds()
     profile = yaml.safe_load(args.profile.read_text()) if args.profile else {}
     overrides = {**profile, **parse_sets(args.set_param)}
     raw = yaml.safe_load(paths.params_file().read_text())
     params = parse_params(with_profile(raw, overrides)) if overrides else load_params(paths.params_file())
-    for line in plan_lines(params, overrides, profile=bool(profile)):
+    changed = {key for key, value in overrides.items() if current_value(raw, key) != value}
+    for line in plan_lines(params, changed, profile=bool(profile), startup=startup):
         print(line, flush=True)
     if not args.run:
         return 0
