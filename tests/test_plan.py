@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from pipeline.cli import path_with_this_python
 from pipeline.lib.config import Params, parse_params
 from pipeline.tools import plan, plan_probe
 from tests.conftest import REPO, TINY_SPEC, make_project, run
@@ -134,3 +137,9 @@ def test_the_quick_profile_runs_the_whole_pipeline_as_one_experiment(tmp_path):
     (root / "params.yaml").write_text(yaml.safe_dump({**params, "data": {**params["data"], "source": str(other)}}))
     replanned = run(plan_cmd, root, env)  # only prepare's input changed
     assert "plan: 2 run(s) to train, 2 to evaluate" in replanned  # and everything downstream of it follows
+
+
+def test_a_child_finds_this_environments_dvc_and_python_first_even_when_it_is_not_activated(monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin")
+    first, *rest = path_with_this_python().split(os.pathsep)
+    assert (Path(first) / "dvc").exists() and Path(first) == Path(sys.executable).parent and rest == ["/usr/bin"]

@@ -31,7 +31,7 @@ from ray.exceptions import NodeDiedError, OutOfMemoryError, RayTaskError, Worker
 from tqdm import tqdm
 
 from pipeline import paths, provenance, tracking
-from pipeline.cli import one_line
+from pipeline.cli import one_line, path_with_this_python
 from pipeline.tools import ray_tasks
 from pipeline.tools.stage_clock import StageClock, describe, kind
 
@@ -135,9 +135,8 @@ class Executor:
         self.clock = StageClock()
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run))
         self.executor_id = uuid.uuid4().hex  # tags this executor's runs (tracking.run_tags)
-        self.env = {**os.environ, "DVC_ROOT": str(root), "PATH": f"{Path(sys.executable).parent}{os.pathsep}"}
+        self.env = {**os.environ, "DVC_ROOT": str(root), "PATH": path_with_this_python()}
         self.env[tracking.EXECUTOR_ENV] = self.executor_id
-        self.env["PATH"] += os.environ.get("PATH", "")
         self.node_env = {  # what a task on another node takes from here; the rest is that node's own
             "MLFLOW_TRACKING_URI": tracking.tracking_uri(root),
             "MLFLOW_EXPERIMENT_NAME": tracking.experiment_name(),

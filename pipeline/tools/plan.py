@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
 from pipeline import paths
-from pipeline.cli import load_params, one_line
+from pipeline.cli import load_params, one_line, path_with_this_python
 from pipeline.lib import prepared
 from pipeline.lib.config import Params, parse_params
 from pipeline.lib.io import DataError
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.run:
         return 0
     sets = [*(f"{key}={hydra_value(value)}" for key, value in profile.items()), *args.set_param]
-    code = subprocess.run(["dvc", "exp", "run", *(f"--set-param={s}" for s in sets)], cwd=paths.root()).returncode
+    command = ["dvc", "exp", "run", *(f"--set-param={s}" for s in sets)]
+    code = subprocess.run(command, cwd=paths.root(), env={**os.environ, "PATH": path_with_this_python()}).returncode
     if code == 0:
         print("plan: params.yaml now holds the experiment's values; `git checkout params.yaml` returns to the default")
     return code

@@ -27,6 +27,7 @@ from dvc.utils.serialize import load_yaml
 from filelock import FileLock
 
 from pipeline import provenance
+from pipeline.cli import path_with_this_python
 from pipeline.lib import io
 
 CHECKOUT_ENV = "COMPRESSNET_CHECKOUT"
@@ -71,9 +72,8 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, sources: di
                 stage_of(repo, name).remove_outs(ignore_remove=False)  # as dvc repro
     except DvcException as err:
         return 1, f"node {node}: pulling {', '.join(inputs)} from DVC remote {remote!r} failed: {err}", {}
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     code, output = run_process(
-        cmd, root, {**os.environ, **env, "DVC_ROOT": str(root), "PATH": path}, stage_log(root, name)
+        cmd, root, {**os.environ, **env, "DVC_ROOT": str(root), "PATH": path_with_this_python()}, stage_log(root, name)
     )
     if code != 0:
         return code, f"{output}\nnode {node}: all of it in {stage_log(root, name)}", {}
