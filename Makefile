@@ -15,7 +15,7 @@ SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) 
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install install-keras keras-check repro repro-quick repro-study-recipe tracking-server tracking-server-stop test test-all fuzz lint format bench bench-matrix bench-refine bench-epochs lineage clean-venv
+.PHONY: install install-keras keras-check repro repro-quick repro-study-recipe tracking-server tracking-server-stop test test-all fuzz lint format bench bench-baselines bench-matrix bench-refine bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -94,6 +94,11 @@ bench: $(STAMP)
 bench-matrix: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_matrix
 	$(BIN)/python -m benchmarks.bench_share
+
+# the baselines stage's work with its codecs in worker processes against one process (reports/benchmarks_baselines.json);
+# needs data/prepared (dvc repro prepare)
+bench-baselines: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_baselines
 
 # encode-time refinement, Adam against L-BFGS on 564 test images (reports/benchmarks_refine.json); needs
 # data/prepared and models/model01_bn-seed0.pt (outside the default matrix: dvc exp run -S 'matrix=[model01_bn]')

@@ -24,7 +24,7 @@ from pipeline import paths
 from pipeline.cli import load_params
 from pipeline.lib import prepared
 from pipeline.lib.baselines import compute_baselines
-from pipeline.lib.io import write_json
+from pipeline.lib.io import DataError, write_json
 
 
 def timed_rows(params, train, test, workers: int | None) -> tuple[float, list[dict]]:
@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data_dir = args.prepared or paths.prepared_dir()
     params = load_params(paths.params_file())
-    train, test = prepared.load_split(data_dir, "train")[0], prepared.load_split(data_dir, "test")[0]
+    try:
+        train, test = prepared.load_split(data_dir, "train")[0], prepared.load_split(data_dir, "test")[0]
+    except DataError as err:
+        raise SystemExit(f"bench_baselines: {err}") from None
     versions = {"in this process": 0, f"{torch.get_num_threads()} codec processes": None}
     seconds, rows = {name: [] for name in versions}, {}
     for repeat in range(args.repeats):
