@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 from pipeline import paths
 from pipeline.lib.config import ConfigError, load_params
@@ -59,9 +57,3 @@ def one_line(err: BaseException) -> str:
         err = getattr(err, "orig", None) or err
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-def path_with_this_python() -> str:
-    """PATH with this interpreter's directory first, so that `dvc` and the `python` of DVC's stage commands in a
-    child process are this environment's, activated or not."""
-    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from pipeline.cli import path_with_this_python
 from pipeline.lib.config import Params, parse_params
 from pipeline.tools import plan, plan_probe
+from pipeline.tools.child_path import path_with_this_python
 from tests.conftest import REPO, TINY_SPEC, make_project, run
 from tests.fakedata import make_emnist_dir
 

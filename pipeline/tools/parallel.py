@@ -31,8 +31,9 @@ from ray.exceptions import NodeDiedError, OutOfMemoryError, RayTaskError, Worker
 from tqdm import tqdm
 
 from pipeline import paths, provenance, tracking
-from pipeline.cli import one_line, path_with_this_python
+from pipeline.cli import one_line
 from pipeline.tools import ray_tasks
+from pipeline.tools.child_path import path_with_this_python
 from pipeline.tools.stage_clock import StageClock, describe, kind
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device

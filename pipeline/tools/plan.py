@@ -26,12 +26,13 @@ from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
 from pipeline import paths
-from pipeline.cli import load_params, one_line, path_with_this_python
+from pipeline.cli import load_params, one_line
 from pipeline.lib import prepared
 from pipeline.lib.config import Params, parse_params
 from pipeline.lib.io import DataError
 from pipeline.provenance import stage_name
 from pipeline.tools import plan_probe
+from pipeline.tools.child_path import path_with_this_python
 
 BALANCED = {"train": 112_800, "test": 18_800}  # EMNIST-Balanced's split sizes, before prepare carves val from train
 MATRIX_KINDS = ("train@", "evaluate@", "study@")

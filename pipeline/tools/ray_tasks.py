@@ -27,8 +27,8 @@ from dvc.utils.serialize import load_yaml
 from filelock import FileLock
 
 from pipeline import provenance
-from pipeline.cli import path_with_this_python
 from pipeline.lib import io
+from pipeline.tools.child_path import path_with_this_python
 
 CHECKOUT_ENV = "COMPRESSNET_CHECKOUT"
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", "dvc.lock")  # what a node's checkout takes from the executor's
