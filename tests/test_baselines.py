@@ -3,11 +3,16 @@ rate-distortion assembly (pipeline.lib.rate_distortion) and its figure, on gener
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from matplotlib.colors import to_hex
 
 from benchmarks import bench_baselines
@@ -17,7 +22,7 @@ from pipeline.lib.config import parse_params
 from pipeline.lib.dataset import prepare_from_directory
 from pipeline.lib.io import DataError
 from pipeline.stages.baselines import main, write_baselines
-from tests.conftest import TINY_SPEC
+from tests.conftest import REPO, TINY_SPEC
 from tests.fakedata import make_emnist_dir
 
 RATE_DISTORTION = {"jpeg_qualities": [5, 90], "webp_qualities": [0, 90], "pca_dims": [4, 64, 300]}
@@ -79,6 +84,44 @@ def test_the_codecs_in_processes_give_the_rows_they_give_one_at_a_time(written, 
     result = json.loads(out.read_text())
     assert result["same_rows"] and result["test_images"] == written["n_test"]
     assert all(len(seconds) == 1 for seconds in result["seconds"].values()) and "speed-up" in capsys.readouterr().out
+
+
+def test_an_error_beside_the_codec_workers_cancels_them_and_gives_torch_its_threads_back(monkeypatch):
+    cfg = parse_params({"variants": {"tiny": TINY_SPEC}}).rate_distortion
+    images, before = np.zeros((20, 28, 28), np.uint8), torch.get_num_threads()
+    with pytest.raises(DataError, match="pca_dims: 128 dimensions need"):  # before any worker starts
+        baselines.compute_baselines(cfg, "uniform", images, images, False, workers=2)
+
+    def failing_pca(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(baselines, "pca_rows", failing_pca)
+    with pytest.raises(KeyboardInterrupt):
+        baselines.compute_baselines(dataclasses.replace(cfg, pca_dims=[4]), "uniform", images, images, False, 2)
+    assert torch.get_num_threads() == before
+
+
+HOLDER = """
+import os, numpy as np
+from pipeline.lib import baselines
+with baselines._codec_pool(1, np.zeros((1, 28, 28), np.uint8)) as pool:
+    print(pool.submit(os.getpid).result(), flush=True)
+    os._exit(0)  # as a killed stage: the pool is not shut down
+"""
+ADOPTER = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the orphaned worker becomes this process's child
+worker = int(subprocess.run([sys.executable, "-c", sys.argv[1]], capture_output=True, text=True, check=True).stdout)
+_, status = os.waitpid(worker, 0)
+print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else "exited")
+"""
+
+
+def test_a_codec_worker_dies_with_the_stage_that_started_it():
+    adopter = [sys.executable, "-c", ADOPTER, HOLDER]
+    result = subprocess.run(adopter, capture_output=True, text=True, cwd=REPO, timeout=300)  # a hang, not a time
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(int(signal.SIGKILL))
 
 
 def test_the_stage_without_prepared_data_is_one_error_line(project_root, capsys):

@@ -7,12 +7,16 @@ headers included), and gzip (level 9) of the whole test set as one raw uint8 arr
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gzip
 import io
 import multiprocessing
+import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -55,10 +59,37 @@ def pillow_codec(images: np.ndarray, fmt: str, **options) -> tuple[float, np.nda
     return float(np.mean(sizes)), np.stack(decoded)
 
 
-def _codec_pool(workers: int):
+_WORKER_IMAGES: np.ndarray | None = None  # a codec worker's test images, set as it starts
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@contextmanager
+def _codec_pool(workers: int, images: np.ndarray):
     """Processes, not threads: Pillow's per-image Python calls hold the GIL, so threads barely overlap. They fork
-    from this process and run only Pillow and numpy. None for 0 workers: the codecs run here."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers else nullcontext()
+    from this process and run only Pillow and numpy. None for 0 workers: the codecs run here. On an error here the
+    codec settings not started are cancelled, so the error is not held up behind them."""
+    if not workers:
+        yield None
+        return
+    start = (images, os.getpid())
+    pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), _worker_start, start)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _worker_start(images: np.ndarray, parent: int) -> None:
+    """The images arrive once, by the fork. The worker dies with its parent: it holds its own end of the task pipe
+    and would otherwise wait on it for ever when the stage is killed."""
+    global _WORKER_IMAGES
+    _WORKER_IMAGES = images
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
 
 
 @contextmanager
@@ -73,19 +104,23 @@ def _torch_threads(count: int):
         torch.set_num_threads(before)
 
 
-def _coded(images: np.ndarray, job: tuple) -> tuple[float, np.ndarray]:
-    return pillow_codec(images, job[2], **job[3])
+def _coded(job: tuple, images: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    return pillow_codec(_WORKER_IMAGES if images is None else images, job[2], **job[3])
 
 
-def pca_rows(train: np.ndarray, test: np.ndarray, dims: list[int], window: str) -> list[dict]:
-    train_x, test_x = _flat(train), _flat(test)
-    mean = train_x.mean(0)
-    components = torch.linalg.svd(train_x - mean, full_matrices=False).Vh  # rows: principal directions
-    if max(dims) > len(components):
+def _check_pca_dims(dims: list[int], train: np.ndarray) -> None:
+    if max(dims, default=0) > len(train):  # the config keeps them within the pixels
         raise DataError(
             f"rate_distortion.pca_dims: {max(dims)} dimensions need at least as many train images "
             f"(the train split has {len(train)})"
         )
+
+
+def pca_rows(train: np.ndarray, test: np.ndarray, dims: list[int], window: str) -> list[dict]:
+    _check_pca_dims(dims, train)
+    train_x, test_x = _flat(train), _flat(test)
+    mean = train_x.mean(0)
+    components = torch.linalg.svd(train_x - mean, full_matrices=False).Vh  # rows: principal directions
     rows = []
     for dim in dims:
         basis = components[:dim]
@@ -117,11 +152,12 @@ def compute_baselines(
     jobs = [("jpeg", f"quality {q}", "JPEG", {"quality": q}) for q in cfg.jpeg_qualities]
     jobs += [("webp", f"quality {q}", "WEBP", {"quality": q, "method": 6}) for q in cfg.webp_qualities]
     jobs += [("png", "lossless, optimize", "PNG", {"optimize": True})]
-    code = functools.partial(_coded, test)
+    _check_pca_dims(cfg.pca_dims, train)
     threads = torch.get_num_threads()
-    workers = threads if workers is None else workers
-    with _codec_pool(workers) as pool, _torch_threads(max(1, threads - workers)):
-        coded = (pool.map if pool else map)(code, jobs)  # a pool starts at once, a plain map when iterated
+    workers = min(threads if workers is None else workers, len(jobs))
+    with _codec_pool(workers, test) as pool, _torch_threads(max(1, threads - workers)):
+        # a pool starts every setting at once; a plain map codes each as the loop below reaches it
+        coded = pool.map(_coded, jobs) if pool else map(functools.partial(_coded, images=test), jobs)
         rows = pca_rows(train, test, cfg.pca_dims, window)
         bar = tqdm(zip(jobs, coded), total=len(jobs), desc="baselines", unit="codec setting", disable=not progress)
         for (method, setting, _, _), (size, decoded) in bar:

@@ -38,16 +38,14 @@ def load_classifier(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     return model.to(device).eval(), saved
 
 
-def fit(
-    cfg: ClassifierConfig, train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int, progress: bool = True
-) -> nn.Module:
+def fit(cfg: ClassifierConfig, train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int) -> nn.Module:
     torch.manual_seed(cfg.seed)
     model = build_classifier(n_classes).to(train_x.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     steps = cfg.epochs * -(-len(train_x) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=steps)
     generator = torch.Generator().manual_seed(cfg.seed)
-    with tqdm(total=steps, desc="classifier", unit="batch", mininterval=1.0, disable=not progress) as bar:
+    with tqdm(total=steps, desc="classifier", unit="batch", mininterval=1.0) as bar:
         for _ in range(cfg.epochs):
             model.train()
             for batch in torch.randperm(len(train_x), generator=generator).split(cfg.batch_size):

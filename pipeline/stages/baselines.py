@@ -7,6 +7,7 @@ The report stage puts them on the rate-distortion figure beside the variants.
 from __future__ import annotations
 
 import sys
+from concurrent.futures.process import BrokenProcessPool
 
 from pipeline import paths
 from pipeline.cli import run_stage
@@ -32,7 +33,12 @@ def write_baselines(params: Params) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage(
-        "baselines", __doc__, lambda params, _: write_baselines(params), argv, per_run=False, expected=(DataError,)
+        "baselines",
+        __doc__,
+        lambda params, _: write_baselines(params),
+        argv,
+        per_run=False,
+        expected=(DataError, BrokenProcessPool),  # a codec worker killed (out of memory): one line, not a traceback
     )
 
 
