@@ -1,7 +1,7 @@
 """How long the plan's stages take on this machine: short probes, timed here and scaled to the splits' sizes.
 
-Each kind of work is probed with the library code the stage runs, on random images (Pillow's codecs take within
-~15% of the time on noise that they take on handwriting): training steps, validation and the encoder pass that
+Each kind of work is probed with the library code the stage runs, on random images (Pillow's codecs take about as
+long on noise as on handwriting: reports/results/README.md): training steps, validation and the encoder pass that
 stores the uint8 grid (train); the test split's reconstruction and metrics (evaluate, study); the classifier's steps
 and its accuracy passes (classifier); every codec setting and PCA on a slice of both splits (baselines). A stage's
 start-up is this process's own: Python and the imports of torch and DVC, as a stage imports torch and MLflow.
@@ -10,7 +10,9 @@ Streams, refinement and DVC's hashing of outputs are not probed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import time
 
 import numpy as np
@@ -81,8 +83,10 @@ def classifier_seconds(params: Params, sizes: dict[str, int], device) -> float:
     images = _images(cfg.batch_size * (PROBE_STEPS + 1), device)
     labels = torch.randint(0, CLASSES, (len(images),), generator=torch.Generator().manual_seed(0)).to(device)
     one_epoch, batch = dataclasses.replace(cfg, epochs=1), cfg.batch_size
-    warm = _timed(classifier.fit, one_epoch, images[:batch], labels[:batch], CLASSES, False)  # and set-up
-    step = (_timed(classifier.fit, one_epoch, images, labels, CLASSES, False) - warm) / (batch * PROBE_STEPS)
+    with contextlib.redirect_stderr(io.StringIO()):  # fit's progress bar
+        classifier.fit(one_epoch, images[:batch], labels[:batch], CLASSES)  # warm-up: first calls pick kernels
+        one = _timed(classifier.fit, one_epoch, images[:batch], labels[:batch], CLASSES)  # a step and the set-up
+        step = (_timed(classifier.fit, one_epoch, images, labels, CLASSES) - one) / (batch * PROBE_STEPS)
     model = classifier.build_classifier(CLASSES).to(device)
     forward = _timed(classifier.accuracy, model, images, labels.cpu().numpy()) / len(images)
     return cfg.epochs * sizes["train"] * max(step, 0.0) + sum(sizes.values()) * forward
@@ -90,9 +94,10 @@ def classifier_seconds(params: Params, sizes: dict[str, int], device) -> float:
 
 def baselines_seconds(params: Params, sizes: dict[str, int]) -> float:
     cfg, rng = params.rate_distortion, np.random.default_rng(0)
-    train_n = max(sizes["train"] // BASELINES_SHARE, max(cfg.pca_dims, default=0) + 1)
+    train_n = max(min(sizes["train"], max(sizes["train"] // BASELINES_SHARE, 500)), max(cfg.pca_dims, default=0) + 1)
     train = rng.integers(0, 256, (train_n, 28, 28), dtype=np.uint8)
-    test = rng.integers(0, 256, (max(sizes["test"] // BASELINES_SHARE, 1), 28, 28), dtype=np.uint8)
+    test_n = min(sizes["test"], max(sizes["test"] // BASELINES_SHARE, 500))  # small splits whole: fixed costs
+    test = rng.integers(0, 256, (test_n, 28, 28), dtype=np.uint8)
     seconds = _timed(compute_baselines, cfg, params.evaluate.ssim_window, train, test, False)
     return seconds * sizes["test"] / len(test)
 
