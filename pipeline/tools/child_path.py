@@ -11,4 +11,5 @@ def path_with_this_python() -> str:
     """PATH with this interpreter's directory first, so that `dvc` and the `python` of DVC's stage commands in a
     child process are this environment's, activated or not. (Not in pipeline/cli.py: every stage depends on that
     file in dvc.yaml, so a change there reruns them all.)"""
-    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    rest = [entry for entry in os.environ.get("PATH", "").split(os.pathsep) if entry]  # "" would mean the cwd
+    return os.pathsep.join([str(Path(sys.executable).parent), *rest])
