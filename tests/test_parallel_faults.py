@@ -3,7 +3,9 @@ run stops naming the stage), and Ctrl-C in the middle of one (every stage stoppe
 finished stages, no MLflow run RUNNING, and a next run that finishes only what is left.
 
 A hook on PYTHONPATH (sitecustomize) acts inside train@tinyA-0's process when it renames its first checkpoint into
-place: at a known point of the work, never after a sleep.
+place: at a known point of the work, never after a sleep. With FAULT=ctrl-c-swallowed it also makes the executor drop
+every KeyboardInterrupt its SIGINT handler raises, as code that swallows exceptions does when the signal comes while it
+runs (a __del__ the garbage collector calls); with FAULT=ctrl-c-at-start the executor gets SIGINT as it starts Ray.
 """
 
 from __future__ import annotations
@@ -26,6 +28,31 @@ VARIANTS = {"tinyA": TINY_SPEC, "tinyB": {**TINY_SPEC, "latent_dim": 4}}
 TARGET = "train@tinyA-0"
 HOOK = """
 import os, signal, sys
+if os.environ.get("FAULT") == "ctrl-c-swallowed" and "pipeline.tools.parallel" in sys.orig_argv:
+    _signal = signal.signal
+
+    def swallowing(handler):
+        def swallowed(signum, frame):
+            try:
+                handler(signum, frame)
+            except KeyboardInterrupt:
+                pass
+        return swallowed
+
+    def install(signum, handler):
+        return _signal(signum, swallowing(handler) if signum == signal.SIGINT and callable(handler) else handler)
+
+    signal.signal = install
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if os.environ.get("FAULT") == "ctrl-c-at-start" and "pipeline.tools.parallel" in sys.orig_argv:
+    import ray
+    _init = ray.init
+
+    def init(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return _init(*args, **kwargs)
+
+    ray.init = init
 ARGV = ["-m", "pipeline.stages.train", "tinyA", "--seed", "0"]
 if os.environ.get("FAULT") and sys.orig_argv[-5:] == ARGV:
     from pathlib import Path
@@ -137,8 +164,9 @@ def test_a_stage_killed_twice_stops_the_run_and_is_named(tmp_path, data):
     assert stage_processes(root) == []
 
 
-def test_ctrl_c_stops_every_stage_and_the_next_run_finishes_the_rest(tmp_path, data):
-    root, env = project(tmp_path, data, "ctrl-c")
+@pytest.mark.parametrize("fault", ["ctrl-c", "ctrl-c-swallowed"])
+def test_ctrl_c_stops_every_stage_and_the_next_run_finishes_the_rest(tmp_path, data, fault):
+    root, env = project(tmp_path, data, fault)
     result = executor(root, env)
     assert result.returncode == 130, result.stderr[-3000:]
     assert "interrupted" in result.stderr
@@ -153,3 +181,11 @@ def test_ctrl_c_stops_every_stage_and_the_next_run_finishes_the_rest(tmp_path, d
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(run(["dvc", "status", "--json"], root, env)) == {}
     assert mlflow_runs(root, TARGET) == ["KILLED", "FINISHED"]
+
+
+def test_ctrl_c_as_ray_starts_stops_the_run_before_any_stage(tmp_path, data):
+    root, env = project(tmp_path, data, "ctrl-c-at-start")
+    result = executor(root, env)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "interrupted" in result.stderr and "Traceback" not in result.stderr
+    assert locked(root) == set() and mlflow_runs(root) == []

@@ -35,6 +35,7 @@ from pipeline.cli import one_line
 from pipeline.tools import ray_tasks
 from pipeline.tools.child_path import path_with_this_python
 from pipeline.tools.stage_clock import StageClock, describe, kind
+from pipeline.tools.stop_signal import StopSignal
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
 
@@ -126,8 +127,8 @@ def differences(stage) -> str:
 
 
 class Executor:
-    def __init__(self, root: Path, args, experiment_id: str):
-        self.root, self.args, self.experiment_id = root, args, experiment_id
+    def __init__(self, root: Path, args, experiment_id: str, stop: StopSignal):
+        self.root, self.args, self.experiment_id, self.stop = root, args, experiment_id, stop
         self.upstream = dependencies(Repo(str(root)))
         self.done: set[str] = set()  # finished or found up to date; `ran` counts those that ran
         self.retried: set[str] = set()
@@ -226,8 +227,15 @@ class Executor:
                 progress.set_postfix_str(f"running={len(self.running)}, waiting={len(waiting)}, {left}")
                 if not self.running:
                     continue
-                finished, _ = ray.wait(list(self.running), num_returns=1)
-                self.finish(finished[0], progress)
+                self.finish(self.next_finished(), progress)
+
+    def next_finished(self):
+        """The next stage to finish, waited for a second at a time so that a stop signal is acted on."""
+        while True:
+            finished, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
+            self.stop.check()
+            if finished:
+                return finished[0]
 
     def order_lock(self) -> None:
         """dvc.lock's stages in dvc.yaml's order, as a sequential `dvc repro` writes them (commits came in the
@@ -267,6 +275,13 @@ def check_cluster_setup(parser: argparse.ArgumentParser, args, root: Path) -> No
         parser.error(f"--remote {args.remote}: pushing this checkout's outputs failed: {err}")
 
 
+def start_ray(args) -> None:
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:  # "local": a new Ray on this machine even when `ray start` has left a cluster running here
+        ray.init(address="local", num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="stages at once on a local Ray")
@@ -280,13 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.remote:
         check_cluster_setup(parser, args, root)
     experiment_id = tracking.setup(tracking.experiment_name())  # once, before the fan-out
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:  # "local": a new Ray on this machine even when `ray start` has left a cluster running here
-        ray.init(address="local", num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
-    signal.signal(signal.SIGTERM, tracking.interrupt)  # replaces ray.init's, which exits without stopping stages
-    executor, started = Executor(root, args, experiment_id), time.perf_counter()
+    stop = StopSignal()
+    start_ray(args)
+    stop.install()  # again: ray.init's SIGTERM handler exits without stopping stages
+    executor, started = Executor(root, args, experiment_id, stop), time.perf_counter()
     try:
+        stop.arm()
         executor.run()
         executor.order_lock()
     except StageFailed as err:
