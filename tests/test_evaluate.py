@@ -383,7 +383,10 @@ def test_missing_input_is_a_clear_error(workspace, missing, message):
 
 def test_stage_cli_prints_the_result_or_one_error_line(workspace, capsys):
     assert evaluate_stage.main(["tinyA", "--seed", "0"]) == 0
-    assert capsys.readouterr().out.startswith("evaluate: tinyA-seed0: MSE ")
+    printed = capsys.readouterr()
+    assert printed.out.startswith("evaluate: tinyA-seed0: MSE ")
+    for network_pass in ("autoencoder", "encoder", "decoder", "uint8 stream"):  # a progress bar for each
+        assert f"evaluate: {network_pass}: " in printed.err
     assert paths.metrics_file("tinyA-seed0").exists()
     model_path().unlink()
     assert evaluate_stage.main(["tinyA", "--seed", "0"]) == 1

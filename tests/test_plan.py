@@ -83,7 +83,8 @@ def test_the_estimate_adds_up_every_kind_of_work_and_each_stages_start_up(projec
     assert min(est.train, est.evaluate, est.other) > 0 and est.stages == 7
     assert est.total == pytest.approx(est.train + est.evaluate + est.other + 7 * 2.5)
     assert list(est.rates) == ["tiny"] and est.rates["tiny"] > 0
-    assert "epoch 1/" not in capsys.readouterr().err  # the probe's steps show no training bar
+    bars = capsys.readouterr().err
+    assert "epoch 1/" not in bars and "evaluate: " not in bars  # the probe's timed passes show no progress bar
     without = plan_probe.estimate(tiny_params(), SIZES, {"train": [], "evaluate": []}, ["prepare", "report"], 2.5)
     assert without.other == 0 and without.train == 0 and without.stages == 2
 

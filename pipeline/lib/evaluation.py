@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from pipeline.lib import codec, metrics, prepared, refine
 from pipeline.lib.classifier import accuracy, load_classifier
@@ -27,8 +28,12 @@ IMAGE_BYTES = 28 * 28  # one uint8 image
 
 
 @torch.no_grad()
-def batched(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+def batched(fn, x: torch.Tensor, batch_size: int, bar: str | None = None) -> torch.Tensor:
+    """fn over x, batch by batch; bar: the name of a progress bar over the batches (None: no bar)."""
+    starts = tqdm(
+        range(0, len(x), batch_size), desc=bar, unit="batch", leave=False, mininterval=1.0, disable=bar is None
+    )
+    return torch.cat([fn(x[i : i + batch_size]) for i in starts])
 
 
 def summary(x: torch.Tensor, y: torch.Tensor, cfg: EvaluateConfig, suffix: str = "") -> dict[str, float]:
@@ -62,7 +67,7 @@ def evaluate_model(
     images, labels = prepared.load_split(prepared_dir, "test")
     x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
     started = time.perf_counter()
-    recon, latents, recon_decoder, per_image = reconstruct_and_measure(model, x, cfg)
+    recon, latents, recon_decoder, per_image = reconstruct_and_measure(model, x, cfg, progress=True)
     result = {**metrics.summarize_per_image(per_image), **summary(x, recon_decoder, cfg, "_decoder")}
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
@@ -99,11 +104,13 @@ def evaluate_model(
     return Evaluation(result, per_class, images[samples], to_uint8(recon[samples]), saved.get("mlflow_run_id"))
 
 
-def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig):
-    """The full autoencoder and encoder->decoder run separately on x, and the autoencoder's per-image metrics."""
-    recon = batched(model, x, cfg.batch_size)
-    latents = batched(model.encode, x, codec.BATCH)  # codec compress's batches: the streams start from these latents
-    recon_decoder = batched(model.decode, latents, cfg.batch_size)
+def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig, progress: bool = False):
+    """The full autoencoder and encoder->decoder run separately on x, and the autoencoder's per-image metrics.
+    progress: a bar per pass."""
+    bars = ("evaluate: autoencoder", "evaluate: encoder", "evaluate: decoder") if progress else (None,) * 3
+    recon = batched(model, x, cfg.batch_size, bars[0])
+    latents = batched(model.encode, x, codec.BATCH, bars[1])  # codec compress's batches, which its streams start from
+    recon_decoder = batched(model.decode, latents, cfg.batch_size, bars[2])
     return recon, latents, recon_decoder, metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
 
 
@@ -142,7 +149,7 @@ def _uint8_form(model, model_path: Path, latents, calibration, x, cfg: EvaluateC
     restored = {mode: codec.unpack(model, model_path, stream)[1] for mode, stream in streams.items()}
     if not torch.equal(restored["uint8"], restored["uint8_range"]):
         raise codec.CodecError(f"{model_path}: the uint8_range stream does not decode to the uint8 stream's latents")
-    decoded = batched(model.decode, restored["uint8"].to(x.device), cfg.batch_size)
+    decoded = batched(model.decode, restored["uint8"].to(x.device), cfg.batch_size, "evaluate: uint8 stream")
     sizes = {
         f"{kind}_{mode}": value
         for mode, stream in streams.items()
