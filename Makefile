@@ -15,7 +15,7 @@ SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) 
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: install install-keras keras-check repro repro-quick repro-study-recipe tracking-server tracking-server-stop test test-all fuzz lint format bench bench-baselines bench-matrix bench-refine bench-epochs lineage clean-venv
+.PHONY: help install install-keras keras-check repro repro-quick repro-study-recipe tracking-server tracking-server-stop test test-all fuzz lint format bench bench-baselines bench-matrix bench-refine bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# .venv with the pinned dependencies, this project (editable) and its dev tools
 install: $(STAMP)
 
 # the optional extra: Keras + TensorFlow (CPU), for the side-by-side check against the study's own model
@@ -33,7 +34,8 @@ install-keras: $(STAMP)
 keras-check: install-keras
 	$(BIN)/python -m benchmarks.keras_side_by_side steps --steps 300
 
-# JOBS=N: the out-of-date stages N at a time on a local Ray (pipeline.tools.parallel; docs/scale-out.md)
+# the pipeline: its plan, then every out-of-date stage; DATA=/STUDY= as a DVC experiment with those sources;
+# JOBS=N: N stages at a time on a local Ray (pipeline.tools.parallel; docs/scale-out.md)
 repro: $(STAMP)
 	$(BIN)/python -m pipeline.tools.plan $(SET_PARAMS)
 ifneq ($(strip $(JOBS)),)
@@ -57,6 +59,7 @@ repro-study-recipe: $(STAMP)
 tracking-server: $(STAMP)
 	$(BIN)/python -m pipeline.tools.tracking_server start
 
+# stops that server
 tracking-server-stop: $(STAMP)
 	$(BIN)/python -m pipeline.tools.tracking_server stop
 
@@ -72,10 +75,12 @@ test-all: test
 fuzz: $(STAMP)
 	CNZ_FUZZ_MUTATIONS=20000 $(BIN)/python -m pytest -q tests/test_codec_format.py
 
+# ruff check and ruff format --check
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# ruff's fixes and its formatting, applied
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -84,6 +89,7 @@ format: $(STAMP)
 lineage: $(STAMP)
 	$(BIN)/python -m pipeline.tools.lineage $(RUN)
 
+# metrics against scikit-image, training and evaluation speed, each stage's overhead (reports/benchmarks.json)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_speed
@@ -105,9 +111,14 @@ bench-baselines: $(STAMP)
 bench-refine: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_refine
 
-# about an hour on 2 CPU cores: full-epoch training runs, the study's recipe against the fast one
+# full-epoch training runs, the study's recipe against the fast one (about an hour on 2 CPU cores)
 bench-epochs: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_epochs
 
+# removes .venv
 clean-venv:
 	rm -rf $(VENV)
+
+# this list: each target and what it does
+help:
+	@awk '/^# /{doc = doc (doc ? " " : "") substr($$0, 3); next} /^[a-z][a-z-]*:/{sub(/:.*/, ""); printf "%-21s %s\n", $$0, doc} {doc = ""}' $(firstword $(MAKEFILE_LIST))
