@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline import paths
-from pipeline.lib import report_text, stats
+from pipeline.lib import report_findings, report_text, stats
 
 STUDY_SPEC = {
     "encoder_filters": [32, 64, 64, 64],
@@ -114,7 +114,7 @@ def study_case(mse: dict[str, list[float]], dead: dict[str, float] | None = None
     summary = stats.aggregate(runs, ["mse", "psnr_pooled", "ssim", "dead_latent_units"])
     specs = {name: {**STUDY_SPEC, "decoder_strides": STRIDES[name]} for name in mse}
     reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
-    return report_text.findings(summary, stats.pairwise_welch(runs, "mse"), specs, reference)
+    return report_findings.findings(summary, stats.pairwise_welch(runs, "mse"), specs, reference)
 
 
 def test_findings_state_the_best_variant_and_which_differences_are_real():

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from pipeline import paths
-from pipeline.lib import prepared, report_text, schema
+from pipeline.lib import prepared, report_findings, report_text, schema
 from pipeline.lib.config import parse_params
 from pipeline.lib.dataset import prepare_from_directory
 from pipeline.lib.keras_weights import study_files
@@ -191,17 +191,17 @@ def test_the_report_checks_each_study_model_run_against_its_published_weights():
     assert check.variant.tolist() == [MODEL, MODEL, "model02"]  # only the study's own models have published weights
     assert check.ratio.round(3).tolist() == [1.1, 1.2, 0.364]
     assert check["at_most_15%_above"].tolist() == [True, False, True]
-    assert report_text.published_weights_finding(check, band=0.15) == [
+    assert report_findings.published_weights_finding(check, band=0.15) == [
         "- Against the study's published weights: 2 of 3 runs of the study's models reach a test MSE at most 15% "
         "above theirs; above that: model01 seed 1 (1.20×, 6 dead latent units against 4)."
     ]
     check = report_text.published_weights_check(runs, study, band=0.25)
     assert check["at_most_25%_above"].all()
-    assert report_text.published_weights_finding(check, band=0.25) == [
+    assert report_findings.published_weights_finding(check, band=0.25) == [
         "- Against the study's published weights: 3 of 3 runs of the study's models reach a test MSE at most 25% "
         "above theirs."
     ]
-    assert report_text.published_weights_finding(check.iloc[:0], band=0.25) == []  # no study model in the matrix
+    assert report_findings.published_weights_finding(check.iloc[:0], band=0.25) == []  # no study model in the matrix
 
 
 def test_a_report_without_study_weights_says_so_instead_of_showing_empty_tables():

@@ -1,4 +1,4 @@
-"""The report's text: findings generated from the numbers, and the tables of reports/report.md."""
+"""The report's text: reports/report.md, its tables, and the findings of pipeline.lib.report_findings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.lib import rate_distortion, stats
+from pipeline.lib import rate_distortion
+from pipeline.lib.report_findings import findings, plus_minus, published_weights_finding
 
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
@@ -102,91 +103,13 @@ def published_weights_check(results: pd.DataFrame, study: pd.DataFrame, band: fl
     )
 
 
-def published_weights_finding(check: pd.DataFrame, band: float) -> list[str]:
-    if check.empty:
-        return []
-    outside = check[~check[f"at_most_{band:.0%}_above"]]
-    named = ", ".join(
-        f"{r.variant} seed {r.seed} ({r.ratio:.2f}×, {int(r.dead_latent_units)} dead latent units against "
-        f"{int(r.dead_latent_units_published)})"
-        for r in outside.itertuples()
-    )
-    return [
-        f"- Against the study's published weights: {len(check) - len(outside)} of {len(check)} runs of the study's "
-        f"models reach a test MSE at most {band:.0%} above theirs" + (f"; above that: {named}." if named else ".")
-    ]
-
-
-def findings(summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict], reference: dict) -> list[str]:
-    """Sentences generated from the numbers only: the best variant, significance, and the study's question."""
-    best = summary.mse_mean.idxmin()
-    n = int(summary.n.min())
-    lines = [
-        f"- Best variant by mean test MSE over {n} seed(s): **{best}** "
-        f"(MSE {_pm(summary.loc[best], 'mse', '.5f')}, pooled PSNR {_pm(summary.loc[best], 'psnr_pooled', '.2f')} dB, "
-        f"SSIM {_pm(summary.loc[best], 'ssim', '.4f')})."
-    ]
-    if n < 2:
-        return lines + [
-            "- With one seed per variant no difference can be told from seed-to-seed luck; "
-            "list more `seeds:` in params.yaml."
-        ]
-    involving = tests[(tests.a == best) | (tests.b == best)]
-    others = lambda frame: [b if a == best else a for a, b in zip(frame.a, frame.b)]  # noqa: E731
-    worse, tied = others(involving[involving.significant]), others(involving[~involving.significant])
-    lines.append(
-        f"- Significantly worse than {best} (Welch's t-test on per-seed test MSE, Benjamini-Hochberg "
-        f"adjusted p < {stats.ALPHA}): {', '.join(worse) or 'none'}. "
-        f"Not distinguishable from {best} with {n} seeds: {', '.join(tied) or 'none'}."
-    )
-    for label, members in stats.families(specs).items():
-        lines.append(_family_finding(label, members, summary, tests, specs, reference))
-    dead = summary[summary.dead_latent_units_mean >= 1]
-    if len(dead):
-        lines.append(
-            "- Dead latent units (mean over seeds): "
-            + ", ".join(f"{v} {r.dead_latent_units_mean:.1f}" for v, r in dead.iterrows())
-            + "; every other variant 0."
-        )
-    return lines
-
-
-def _family_finding(
-    label: str, members: list[str], summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict], reference: dict
-) -> str:
-    ordered = summary.loc[members].sort_values("mse_mean").index
-    positions = [stats.upsampling_position(specs[v]) for v in ordered]
-    inside = tests[tests.a.isin(members) & tests.b.isin(members)]
-    study = sorted(reference["upsampling_layer"], key=lambda m: reference["reported"][m]["mse"])
-    study_positions = [reference["upsampling_layer"][m] for m in study]
-    same_order = "the same order as" if positions == study_positions else "a different order from"
-    hits = inside[inside.significant]
-    pairs = f" ({', '.join(f'{a}–{b}' for a, b in zip(hits.a, hits.b))})" if len(hits) else ""
-    verdict = (
-        "the upsampling position makes a difference larger than the seed spread"
-        if inside.significant.any()
-        else "no difference between upsampling positions exceeds the seed spread"
-    )
-    return (
-        f"- Decoder family ({label}): by mean MSE "
-        + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
-        + f", {same_order} the study's (layer {' < '.join(map(str, study_positions))}); "
-        + f"{len(hits)} of {len(inside)} pairs significant{pairs}, so {verdict}."
-    )
-
-
-def _pm(row: pd.Series, column: str, fmt: str) -> str:
-    std = row[f"{column}_std"]
-    return f"{row[f'{column}_mean']:{fmt}}" + ("" if np.isnan(std) else f" ± {std:{fmt}}")
-
-
 def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
     """mean ± std [95% interval] per variant, as text cells."""
     cells = {}
     for column in SEED_COLUMNS:
         fmt = ".5f" if column in ("mse", "val_loss") else ".2f" if column != "ssim" else ".4f"
         cells[column] = [
-            _pm(row, column, fmt)
+            plus_minus(row, column, fmt)
             + (
                 ""
                 if np.isnan(row[f"{column}_ci_low"])

@@ -1,0 +1,87 @@
+"""The report's findings: sentences generated from the numbers only, at the top of reports/report.md."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.lib import stats
+
+
+def findings(summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict], reference: dict) -> list[str]:
+    """Sentences generated from the numbers only: the best variant, significance, and the study's question."""
+    best = summary.mse_mean.idxmin()
+    n = int(summary.n.min())
+    row = summary.loc[best]
+    lines = [
+        f"- Best variant by mean test MSE over {n} seed(s): **{best}** (MSE {plus_minus(row, 'mse', '.5f')}, "
+        f"pooled PSNR {plus_minus(row, 'psnr_pooled', '.2f')} dB, SSIM {plus_minus(row, 'ssim', '.4f')})."
+    ]
+    if n < 2:
+        return lines + [
+            "- With one seed per variant no difference can be told from seed-to-seed luck; "
+            "list more `seeds:` in params.yaml."
+        ]
+    involving = tests[(tests.a == best) | (tests.b == best)]
+    others = lambda frame: [b if a == best else a for a, b in zip(frame.a, frame.b)]  # noqa: E731
+    worse, tied = others(involving[involving.significant]), others(involving[~involving.significant])
+    lines.append(
+        f"- Significantly worse than {best} (Welch's t-test on per-seed test MSE, Benjamini-Hochberg "
+        f"adjusted p < {stats.ALPHA}): {', '.join(worse) or 'none'}. "
+        f"Not distinguishable from {best} with {n} seeds: {', '.join(tied) or 'none'}."
+    )
+    for label, members in stats.families(specs).items():
+        lines.append(_family_finding(label, members, summary, tests, specs, reference))
+    dead = summary[summary.dead_latent_units_mean >= 1]
+    if len(dead):
+        lines.append(
+            "- Dead latent units (mean over seeds): "
+            + ", ".join(f"{v} {r.dead_latent_units_mean:.1f}" for v, r in dead.iterrows())
+            + "; every other variant 0."
+        )
+    return lines
+
+
+def _family_finding(
+    label: str, members: list[str], summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict], reference: dict
+) -> str:
+    ordered = summary.loc[members].sort_values("mse_mean").index
+    positions = [stats.upsampling_position(specs[v]) for v in ordered]
+    inside = tests[tests.a.isin(members) & tests.b.isin(members)]
+    study = sorted(reference["upsampling_layer"], key=lambda m: reference["reported"][m]["mse"])
+    study_positions = [reference["upsampling_layer"][m] for m in study]
+    same_order = "the same order as" if positions == study_positions else "a different order from"
+    hits = inside[inside.significant]
+    pairs = f" ({', '.join(f'{a}–{b}' for a, b in zip(hits.a, hits.b))})" if len(hits) else ""
+    verdict = (
+        "the upsampling position makes a difference larger than the seed spread"
+        if inside.significant.any()
+        else "no difference between upsampling positions exceeds the seed spread"
+    )
+    return (
+        f"- Decoder family ({label}): by mean MSE "
+        + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
+        + f", {same_order} the study's (layer {' < '.join(map(str, study_positions))}); "
+        + f"{len(hits)} of {len(inside)} pairs significant{pairs}, so {verdict}."
+    )
+
+
+def plus_minus(row: pd.Series, column: str, fmt: str) -> str:
+    """A summary row's mean ± std of column; the mean alone where one seed leaves no std."""
+    std = row[f"{column}_std"]
+    return f"{row[f'{column}_mean']:{fmt}}" + ("" if np.isnan(std) else f" ± {std:{fmt}}")
+
+
+def published_weights_finding(check: pd.DataFrame, band: float) -> list[str]:
+    if check.empty:
+        return []
+    outside = check[~check[f"at_most_{band:.0%}_above"]]
+    named = ", ".join(
+        f"{r.variant} seed {r.seed} ({r.ratio:.2f}×, {int(r.dead_latent_units)} dead latent units against "
+        f"{int(r.dead_latent_units_published)})"
+        for r in outside.itertuples()
+    )
+    return [
+        f"- Against the study's published weights: {len(check) - len(outside)} of {len(check)} runs of the study's "
+        f"models reach a test MSE at most {band:.0%} above theirs" + (f"; above that: {named}." if named else ".")
+    ]
