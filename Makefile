@@ -1,4 +1,5 @@
-# Set-up: `make install`, then `source .venv/bin/activate` (README). Every target creates .venv on first use.
+# Set-up: `make install`, then `source .venv/bin/activate` (README). Every target but help and clean-venv creates
+# .venv on first use.
 # `make repro DATA=<dir>` runs the pipeline against a local copy of EMNIST; STUDY=<dir> against a local copy of
 # the study's published .keras files (study.source).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
