@@ -8,6 +8,7 @@ shell set up as README says (`make install` and `source .venv/bin/activate`: the
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 
@@ -74,3 +75,19 @@ def test_fast_command_runs(where, command, tiny_project):
     root, env = tiny_project
     result = subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{where}: `{command}` failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+
+
+KINDS = ("history", "per_class")
+
+
+@pytest.mark.slow
+def test_dvc_plots_show_draws_each_runs_loss_curves_and_per_character_psnr(tiny_project):
+    """`dvc plots show` exits 0 even when a plot fails to load: its JSON names the failures."""
+    root, env = tiny_project
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], root, env))
+    assert "errors" not in shown, shown.get("errors")
+    assert set(shown["data"]) == {"reports/history/model01-seed0.csv", "reports/per_class/model01-seed0.csv"}
+    history, per_class = (shown["data"][f"reports/{kind}/model01-seed0.csv"][0]["content"] for kind in KINDS)
+    assert history["encoding"]["x"]["field"] == "epoch"
+    assert history["encoding"]["strokeDash"]["scale"]["domain"] == ["train_loss", "val_loss"]  # a line for each
+    assert per_class["encoding"]["x"]["field"] == "psnr" and per_class["encoding"]["y"]["field"] == "char"
