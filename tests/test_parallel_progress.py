@@ -1,26 +1,42 @@
-"""The executor's progress bar counts the stages that run: those DVC finds up to date leave its total."""
+"""The executor's dispatch: stages DVC finds up to date leave the progress bar's total; a stop signal comes first."""
 
 from __future__ import annotations
 
 import io
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from tqdm import tqdm
 
 from pipeline.tools import parallel
+from pipeline.tools.stop_signal import Stopped, StopSignal
 
 UPSTREAM = {"prepare": set(), "train@a-0": {"prepare"}, "report": {"train@a-0"}}
 
 
-def test_stages_found_up_to_date_leave_the_bar_and_a_changed_one_is_dispatched(monkeypatch):
-    changed = {"report": "python -m pipeline.stages.report"}
+def dispatching_executor(changed: dict[str, str], stop: StopSignal, monkeypatch) -> tuple[SimpleNamespace, list]:
+    """An executor with just what dispatch uses; DVC finds only the stages in `changed` changed."""
     monkeypatch.setattr(parallel, "command_if_changed", lambda root, name, clear_outputs: changed.get(name))
     executor = SimpleNamespace(root=Path("."), args=SimpleNamespace(remote=None), upstream=UPSTREAM, done=set())
-    executor.running, executor.slots, submitted = {}, 1, []
+    executor.running, executor.slots, executor.stop, submitted = {}, 1, stop, []
     executor.ready = lambda: parallel.Executor.ready(executor)
     executor.waiting = lambda: parallel.Executor.waiting(executor)
     executor.submit = lambda name, cmd: submitted.append((name, cmd)) or f"ref of {name}"
+    return executor, submitted
+
+
+@pytest.fixture
+def stop():
+    signals = StopSignal()
+    yield signals
+    signals.restore()
+
+
+def test_stages_found_up_to_date_leave_the_bar_and_a_changed_one_is_dispatched(monkeypatch, stop):
+    changed = {"report": "python -m pipeline.stages.report"}
+    executor, submitted = dispatching_executor(changed, stop, monkeypatch)
 
     with tqdm(total=len(UPSTREAM), file=io.StringIO()) as bar:
         for _ in UPSTREAM:  # each call dispatches what the previous one made ready
@@ -28,3 +44,11 @@ def test_stages_found_up_to_date_leave_the_bar_and_a_changed_one_is_dispatched(m
         assert (bar.total, bar.n) == (1, 0)  # prepare and train were up to date; report runs, not finished yet
     assert executor.done == {"prepare", "train@a-0"} and submitted == [("report", changed["report"])]
     assert executor.running == {"ref of report": "report"}
+
+
+def test_a_stop_signal_is_acted_on_before_the_next_stage_starts(monkeypatch, stop):
+    executor, submitted = dispatching_executor({"prepare": "python -m pipeline.stages.prepare"}, stop, monkeypatch)
+    stop(signal.SIGTERM, None)  # as the signal calls it
+    with tqdm(total=len(UPSTREAM), file=io.StringIO()) as bar, pytest.raises(Stopped, match="SIGTERM"):
+        parallel.Executor.dispatch(executor, bar)
+    assert submitted == [] and executor.running == {}

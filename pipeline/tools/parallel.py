@@ -35,7 +35,7 @@ from pipeline.cli import one_line
 from pipeline.tools import ray_tasks
 from pipeline.tools.child_path import path_with_this_python
 from pipeline.tools.stage_clock import StageClock, describe, kind
-from pipeline.tools.stop_signal import StopSignal
+from pipeline.tools.stop_signal import Stopped, StopSignal
 
 GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put a model on the device
 
@@ -157,6 +157,7 @@ class Executor:
         for name in self.ready():
             if len(self.running) >= self.slots:
                 return
+            self.stop.check()
             cmd = command_if_changed(self.root, name, clear_outputs=not self.args.remote)
             if cmd is None:  # not counted by the bar, whose rate and time left are the stages that run
                 self.done.add(name)
@@ -221,6 +222,7 @@ class Executor:
         bar = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"  # tqdm's rate and ETA: see stage_clock.py
         with tqdm(total=len(self.upstream), desc="stages", bar_format=bar) as progress:
             while len(self.done) < len(self.upstream):
+                self.stop.check()
                 self.dispatch(progress)
                 waiting = self.waiting()
                 left = describe(self.clock.seconds_left(waiting, self.slots))
@@ -233,9 +235,9 @@ class Executor:
         """The next stage to finish, waited for a second at a time so that a stop signal is acted on."""
         while True:
             finished, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
-            self.stop.check()
-            if finished:
+            if finished:  # committed before a stop is acted on
                 return finished[0]
+            self.stop.check()
 
     def order_lock(self) -> None:
         """dvc.lock's stages in dvc.yaml's order, as a sequential `dvc repro` writes them (commits came in the
@@ -247,14 +249,14 @@ class Executor:
             dump_yaml(lock, {**data, "stages": {name: data["stages"][name] for name in order}})
 
     def cancel(self) -> None:
-        """Stops every running stage (SIGTERM: a stage marks its own run KILLED) and waits for them to exit."""
+        """Stops every running stage (SIGTERM: a stage marks its own run KILLED) and waits for them to exit; a
+        Ctrl-C or SIGTERM meanwhile ends the wait."""
+        signals = len(self.stop.received)
         for ref in list(self.running):
             ray.cancel(ref)
-        for ref in list(self.running):
-            try:
-                ray.get(ref)
-            except (ray.exceptions.RayError, KeyboardInterrupt):
-                pass
+        pending = list(self.running)
+        while pending and len(self.stop.received) == signals:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
         for name in self.running.values():
             mark_killed(self.experiment_id, self.executor_id, name)  # what could not mark itself
         self.running.clear()
@@ -300,19 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()  # again: ray.init's SIGTERM handler exits without stopping stages
     executor, started = Executor(root, args, experiment_id, stop), time.perf_counter()
     try:
-        stop.arm()
         executor.run()
         executor.order_lock()
     except StageFailed as err:
         executor.cancel()
         print(f"parallel: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except Stopped as stopped:
         executor.cancel()
-        print("parallel: interrupted; finished stages are committed, `make repro` runs the rest", file=sys.stderr)
-        return 130
+        print(f"parallel: {stopped}; finished stages are committed, `make repro` runs the rest", file=sys.stderr)
+        return stopped.exit_code
     finally:
         ray.shutdown()
+        stop.restore()
     summary = f"{len(executor.done)} stages up to date in {time.perf_counter() - started:.0f} s"
     print(f"parallel: {summary}, {executor.ran} of them run now")
     return 0

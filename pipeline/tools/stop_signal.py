@@ -4,31 +4,38 @@ from __future__ import annotations
 
 import signal
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum  # as a shell reports a process ended by that signal
+
 
 class StopSignal:
-    """SIGINT's and SIGTERM's handler. Until armed it only notes the signal: Ray crashes (SIGSEGV) when Ctrl-C comes
-    inside ray.init. The executor also checks it while it waits: the code a KeyboardInterrupt lands in may drop it
-    (as a __del__ that the garbage collector runs does), and the run then waited for ever."""
+    """SIGINT's and SIGTERM's handler. It only notes the signal; the executor acts on it at its next check (every
+    second while it waits, before each stage it starts). A KeyboardInterrupt raised wherever the signal lands did
+    harm: inside ray.init Ray crashed (SIGSEGV), inside DVC's commit it could cut dvc.lock short, and code that
+    dropped it (a __del__ the garbage collector runs) left the run waiting for ever."""
 
     def __init__(self) -> None:
-        self.received: int | None = None
-        self.armed = False
+        self.received: list[int] = []
+        self.previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
         self.install()
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in SIGNALS:
             signal.signal(signum, self)
 
-    def __call__(self, signum: int, frame) -> None:
-        self.received = signum
-        if self.armed:
-            raise KeyboardInterrupt(f"stopped by signal {signum}")
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
-    def arm(self) -> None:
-        """From now on a signal raises KeyboardInterrupt; one noted before raises it now."""
-        self.armed = True
-        self.check()
+    def __call__(self, signum: int, frame) -> None:
+        self.received.append(signum)
 
     def check(self) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt(f"stopped by signal {self.received}")
+        """Raises Stopped once a signal has come."""
+        if self.received:
+            raise Stopped(self.received[0])
