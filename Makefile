@@ -16,7 +16,7 @@ SET_PARAMS := $(if $(strip $(DATA)),--set-param data.source=$(abspath $(DATA))) 
 export PATH := $(BIN):$(PATH)
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
-.PHONY: help install install-keras keras-check repro repro-quick repro-study-recipe tracking-server tracking-server-stop test test-all fuzz lint format bench bench-baselines bench-matrix bench-refine bench-epochs lineage clean-venv
+.PHONY: help install install-keras keras-check plan repro repro-quick repro-study-recipe tracking-server tracking-server-stop test test-all fuzz lint format bench bench-baselines bench-matrix bench-refine bench-epochs lineage clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ else ifeq ($(strip $(SET_PARAMS)),)
 else
 	$(BIN)/dvc exp run $(SET_PARAMS)
 endif
+
+# what `make repro` would run and its wall time here, without running anything; DATA=/STUDY= as for repro
+plan: $(STAMP)
+	$(BIN)/python -m pipeline.tools.plan $(SET_PARAMS)
 
 # the quick profile (pipeline/quick.yaml) as one DVC experiment: the whole pipeline in minutes; DATA= as for repro
 repro-quick: $(STAMP)

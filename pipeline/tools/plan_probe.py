@@ -2,10 +2,10 @@
 
 Each kind of work is probed with the library code the stage runs, on random images (Pillow's codecs take about as
 long on noise as on handwriting: reports/results/README.md): training steps, validation and the encoder pass that
-stores the uint8 grid (train); the test split's reconstruction and metrics (evaluate, study); the classifier's steps
-and its accuracy passes (classifier); every codec setting and PCA on a slice of both splits (baselines). A stage's
-start-up is this process's own: Python and the imports of torch and DVC, as a stage imports torch and MLflow.
-Streams, refinement and DVC's hashing of outputs are not probed.
+stores the uint8 grid (train); the test split's passes, metrics and classifier pass (evaluate, study); the
+classifier's steps and its accuracy passes (classifier); every codec setting and PCA on a slice of both splits
+(baselines). A stage's start-up is this process's own: Python and the imports of torch and DVC, as a stage imports
+torch and MLflow. Streams, refinement, logging and DVC's hashing of outputs are not probed.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import psutil
 import torch
 import yaml
 
-from pipeline.lib import classifier, codec
+from pipeline.lib import classifier, codec, metrics
 from pipeline.lib.baselines import compute_baselines
 from pipeline.lib.config import Params
 from pipeline.lib.device import configure_compute, pick_device
-from pipeline.lib.evaluation import reconstruct_and_measure
+from pipeline.lib.evaluation import batched, reconstruct_and_measure
 from pipeline.lib.trainer import Trainer
 
 PROBE_STEPS, PROBE_IMAGES = 3, 1024
@@ -69,13 +69,23 @@ def variant_seconds(params: Params, variant: str, device) -> dict[str, float]:
     step = _timed(trainer.train_epoch, images[batch:], 1, False) / (batch * PROBE_STEPS)
     probe = images[:PROBE_IMAGES]
     uint8 = (probe.squeeze(1) * 255).to(torch.uint8).cpu().numpy()
-    reconstruct_and_measure(trainer.model, probe[:64], params.evaluate)  # warm-up
+    evaluation(trainer.model, probe[:64], params)  # warm-up
     return {
         "step": step,
         "val": _timed(trainer.val_loss, probe) / len(probe),
         "encode": _timed(codec.encode_latents, trainer.model.eval(), uint8) / len(probe),
-        "evaluate": _timed(reconstruct_and_measure, trainer.model, probe, params.evaluate) / len(probe),
+        "evaluate": _timed(evaluation, trainer.model, probe, params) / len(probe),
     }
+
+
+def evaluation(model, x: torch.Tensor, params: Params) -> None:
+    """evaluate's work on x but its streams: the autoencoder's, encoder's and decoder's passes and their metrics,
+    the uint8 stream's decoder pass and metrics, and the classifier on the reconstructions."""
+    cfg = params.evaluate
+    recon, latents, recon_decoder, _ = reconstruct_and_measure(model, x, cfg)
+    metrics.summarize(x, recon_decoder, cfg.ssim_window, cfg.batch_size)
+    metrics.summarize(x, batched(model.decode, latents, cfg.batch_size), cfg.ssim_window, cfg.batch_size)
+    classifier.accuracy(classifier.build_classifier(CLASSES).to(x.device), recon, np.zeros(len(x)))
 
 
 def classifier_seconds(params: Params, sizes: dict[str, int], device) -> float:
