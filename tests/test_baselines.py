@@ -86,6 +86,15 @@ def test_the_codecs_in_processes_give_the_rows_they_give_one_at_a_time(written, 
     assert all(len(seconds) == 1 for seconds in result["seconds"].values()) and "speed-up" in capsys.readouterr().out
 
 
+def test_one_progress_bar_counts_the_pca_settings_then_the_codecs(capsys):
+    cfg = parse_params({"variants": {"tiny": TINY_SPEC}, "rate_distortion": {**RATE_DISTORTION, "pca_dims": [4]}})
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    baselines.compute_baselines(cfg.rate_distortion, "uniform", images, images, workers=2)
+    settings = 1 + 2 + 2 + 1  # PCA's one dimension count, JPEG's and WebP's two qualities, PNG
+    final = capsys.readouterr().err.split("\r")[-1]  # the bar as it closed
+    assert final.startswith("baselines: 100%|") and f" {settings}/{settings} " in final
+
+
 def test_an_error_beside_the_codec_workers_cancels_them_and_gives_torch_its_threads_back(monkeypatch):
     cfg = parse_params({"variants": {"tiny": TINY_SPEC}}).rate_distortion
     images, before = np.zeros((20, 28, 28), np.uint8), torch.get_num_threads()

@@ -116,7 +116,8 @@ def _check_pca_dims(dims: list[int], train: np.ndarray) -> None:
         )
 
 
-def pca_rows(train: np.ndarray, test: np.ndarray, dims: list[int], window: str) -> list[dict]:
+def pca_rows(train: np.ndarray, test: np.ndarray, dims: list[int], window: str, bar: tqdm | None = None) -> list[dict]:
+    """bar: a progress bar to advance by one per dimension count."""
     _check_pca_dims(dims, train)
     train_x, test_x = _flat(train), _flat(test)
     mean = train_x.mean(0)
@@ -131,6 +132,8 @@ def pca_rows(train: np.ndarray, test: np.ndarray, dims: list[int], window: str) 
         for method, size, c in (("pca", 4.0 * dim, coefficients), ("pca-uint8", dim + side, quantised)):
             decoded = quantize.to_uint8((c.double() @ basis + mean).float())
             rows.append(row(method, f"{dim} dims", size, test, decoded, window))
+        if bar is not None:
+            bar.update()
     return rows
 
 
@@ -155,13 +158,15 @@ def compute_baselines(
     _check_pca_dims(cfg.pca_dims, train)
     threads = torch.get_num_threads()
     workers = min(threads if workers is None else workers, len(jobs))
-    with _codec_pool(workers, test) as pool, _torch_threads(max(1, threads - workers)):
+    settings = len(cfg.pca_dims) + len(jobs)  # PCA's first, then the codecs' as they arrive
+    bar = tqdm(total=settings, desc="baselines", unit="setting", mininterval=1.0, disable=not progress)
+    with _codec_pool(workers, test) as pool, _torch_threads(max(1, threads - workers)), bar:
         # a pool starts every setting at once; a plain map codes each as the loop below reaches it
         coded = pool.map(_coded, jobs) if pool else map(functools.partial(_coded, images=test), jobs)
-        rows = pca_rows(train, test, cfg.pca_dims, window)
-        bar = tqdm(zip(jobs, coded), total=len(jobs), desc="baselines", unit="codec setting", disable=not progress)
-        for (method, setting, _, _), (size, decoded) in bar:
+        rows = pca_rows(train, test, cfg.pca_dims, window, bar)
+        for (method, setting, _, _), (size, decoded) in zip(jobs, coded):
             rows.append(row(method, setting, size, test, decoded, window))
+            bar.update()
     gz = gzip.compress(test.tobytes(), compresslevel=9, mtime=0)
     rows.append(row("gzip", "whole test set, level 9", len(gz) / len(test), test, test, window))
     return rows
