@@ -162,7 +162,7 @@ def render_markdown(
         _markdown(results[RUN_COLUMNS], index=False),
         "",
         *study_sections(study, check, band),
-        "## The study's six quantities, ours beside theirs",
+        "## The study's six quantities, and dead latent units, ours beside theirs",
         "",
         _markdown(study_table(means, n_seeds, reference, study).reset_index(), index=False),
         "",
