@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.tools.stage_clock import StageClock, describe
+from pipeline.tools.stage_clock import StageClock, describe, duration
 
 
 class FakeTime:
@@ -67,3 +67,14 @@ def test_the_estimate_reads_in_minutes_or_seconds():
     assert describe(None) == "time left: after one stage of each kind"
     assert describe(3300) == "time left ≈ 55 min"
     assert describe(45) == "time left ≈ 45 s"
+
+
+def test_long_durations_read_in_hours():
+    assert [duration(s) for s in (45, 3300, 7199, 7200, 3.5 * 3600, 47.7 * 3600)] == [
+        "45 s",
+        "55 min",
+        "120 min",
+        "2.0 h",
+        "3.5 h",
+        "48 h",
+    ]

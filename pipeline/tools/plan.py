@@ -33,6 +33,7 @@ from pipeline.lib.io import DataError
 from pipeline.provenance import stage_name
 from pipeline.tools import plan_probe
 from pipeline.tools.child_path import path_with_this_python
+from pipeline.tools.stage_clock import duration
 
 BALANCED = {"train": 112_800, "test": 18_800}  # EMNIST-Balanced's split sizes, before prepare carves val from train
 MATRIX_KINDS = ("train@", "evaluate@", "study@")
@@ -100,10 +101,6 @@ def split_sizes(params: Params) -> dict[str, int]:
         return {"train": BALANCED["train"] - val, "val": val, "test": BALANCED["test"]}
 
 
-def minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
 def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, startup: float = 0.0) -> list[str]:
     """startup: seconds a stage's process takes to start (this one's, measured before the plan)."""
     runs, others = out_of_date(paths.root(), params, changed_keys)
@@ -119,9 +116,9 @@ def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, st
     return [
         head,
         *([f"plan: training images/s from a {plan_probe.PROBE_STEPS}-step probe here: {speeds}"] if speeds else []),
-        f"plan: about {minutes(est.total)} one stage at a time: {minutes(est.train)} of training, "
-        f"{minutes(est.evaluate)} of evaluation, {minutes(est.other)} in the other stages and "
-        f"{minutes(est.startup * est.stages)} of start-up ({est.stages} × {est.startup:.0f} s)",
+        f"plan: about {duration(est.total)} one stage at a time: {duration(est.train)} of training, "
+        f"{duration(est.evaluate)} of evaluation, {duration(est.other)} in the other stages and "
+        f"{duration(est.startup * est.stages)} of start-up ({est.stages} × {est.startup:.0f} s)",
         "plan: faster: make repro JOBS=N runs independent stages at once on Ray (docs/scale-out.md)",
         *([] if profile else ["plan: a first look: make repro-quick (the quick profile, pipeline/quick.yaml)"]),
     ]

@@ -49,6 +49,14 @@ class StageClock:
 
 
 def describe(seconds: float | None) -> str:
-    if seconds is None:
-        return "time left: after one stage of each kind"
-    return f"time left ≈ {seconds / 60:.0f} min" if seconds >= 90 else f"time left ≈ {seconds:.0f} s"
+    return "time left: after one stage of each kind" if seconds is None else f"time left ≈ {duration(seconds)}"
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: 45 s, 55 min, 3.5 h, 48 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 10 else f"{hours:.0f} h"
