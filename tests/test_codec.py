@@ -108,6 +108,12 @@ def test_uint8_round_trip_is_bit_exact_and_calibrated_on_train(trained, tmp_path
     assert stream.stat().st_size == codec.HEADER.size + 8 * dim + 4 + len(images) * dim + 4
 
 
+def test_the_grids_pass_over_the_train_split_shows_a_progress_bar(trained, capsys):
+    # on the real train split this pass takes ~40 s of a CPU train stage, after its last epoch line
+    codec.train_calibration(model_of(trained, "plain"), np.load(paths.prepared_dir() / "train_images.npy"))
+    assert "uint8 grid: encoding the train split" in capsys.readouterr().err
+
+
 def test_the_train_stage_stores_the_grid_and_compress_uses_it(trained, tmp_path, monkeypatch):
     """The model file carries its train-split grid, so compress and evaluate do not encode the train split again;
     a file without one (a best-epoch file) still gets the same grid, computed."""

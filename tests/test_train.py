@@ -482,8 +482,9 @@ def test_mlflow_artifacts_and_dataset_stay_in_tmp(baseline):
 
 
 @pytest.mark.slow  # logging and reloading a torch.export program: seconds
-def test_logged_model_is_registered_per_experiment_and_matches(prepared, root, store):
+def test_logged_model_is_registered_per_experiment_and_matches(prepared, root, store, capsys):
     final = train(make_params(epochs=1, log_model=True))
+    assert f"registering it as {EXPERIMENT}-{VARIANT}" in capsys.readouterr().out  # not seconds of silence
     saved = load(final)
     uri = f"runs:/{saved['mlflow_run_id']}/model"
     assert mlflow.models.get_model_info(uri).signature is not None

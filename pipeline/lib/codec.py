@@ -29,7 +29,7 @@ import torch
 
 from pipeline.lib import prepared
 from pipeline.lib.config import IMAGE_SIZE
-from pipeline.lib.device import as_batch_tensor
+from pipeline.lib.device import as_batch_tensor, batched
 from pipeline.lib.io import sha256_file
 from pipeline.lib.models import SYMBOL_LIMIT
 from pipeline.lib.quantize import calibrate_uint8, dequantize_uint8, to_uint8, uint8_codes
@@ -56,11 +56,12 @@ def model_id(model_file: Path) -> bytes:
 
 
 @torch.no_grad()
-def encode_latents(model, images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, 28, 28) upright images -> the latent the decoder sees at test time (float32, CPU)."""
+def encode_latents(model, images: np.ndarray, bar: str | None = None) -> torch.Tensor:
+    """uint8 (N, 28, 28) upright images -> the latent the decoder sees at test time (float32, CPU); bar: the name
+    of a progress bar over the batches (None: no bar)."""
     device = next(model.parameters()).device
     x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
-    return torch.cat([model.encode(x[i : i + BATCH]).float().cpu() for i in range(0, len(x), BATCH)])
+    return batched(lambda batch: model.encode(batch).float().cpu(), x, BATCH, bar)
 
 
 @torch.no_grad()
@@ -73,7 +74,7 @@ def decode_images(model, latents: torch.Tensor) -> np.ndarray:
 
 def train_calibration(model, train_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The uint8 grid of a model: its latents' range over the train split's images (evaluate and compress agree)."""
-    return calibrate_uint8(encode_latents(model, train_images))
+    return calibrate_uint8(encode_latents(model, train_images, "uint8 grid: encoding the train split"))
 
 
 def saved_calibration(model, saved: dict, prepared_dir: Path) -> tuple[np.ndarray, np.ndarray]:

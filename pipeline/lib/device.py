@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 
 def pick_device(name: str) -> torch.device:
@@ -79,3 +80,12 @@ def keep_freed_memory() -> None:
 def as_batch_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] on the device, all at once."""
     return torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255)
+
+
+@torch.no_grad()
+def batched(fn, x: torch.Tensor, batch_size: int, bar: str | None = None) -> torch.Tensor:
+    """fn over x, batch by batch; bar: the name of a progress bar over the batches (None: no bar)."""
+    starts = tqdm(
+        range(0, len(x), batch_size), desc=bar, unit="batch", leave=False, mininterval=1.0, disable=bar is None
+    )
+    return torch.cat([fn(x[i : i + batch_size]) for i in starts])

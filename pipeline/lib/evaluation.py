@@ -13,27 +13,17 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from pipeline.lib import codec, metrics, prepared, refine
 from pipeline.lib.classifier import accuracy, load_classifier
 from pipeline.lib.config import EvaluateConfig, Params
-from pipeline.lib.device import as_batch_tensor, configure_compute, pick_device
+from pipeline.lib.device import as_batch_tensor, batched, configure_compute, pick_device
 from pipeline.lib.io import DataError, sha256_file
 from pipeline.lib.losses import objective
 from pipeline.lib.models import load_model, training_flops_per_image
 from pipeline.lib.quantize import to_uint8
 
 IMAGE_BYTES = 28 * 28  # one uint8 image
-
-
-@torch.no_grad()
-def batched(fn, x: torch.Tensor, batch_size: int, bar: str | None = None) -> torch.Tensor:
-    """fn over x, batch by batch; bar: the name of a progress bar over the batches (None: no bar)."""
-    starts = tqdm(
-        range(0, len(x), batch_size), desc=bar, unit="batch", leave=False, mininterval=1.0, disable=bar is None
-    )
-    return torch.cat([fn(x[i : i + batch_size]) for i in starts])
 
 
 def summary(x: torch.Tensor, y: torch.Tensor, cfg: EvaluateConfig, suffix: str = "") -> dict[str, float]:

@@ -191,4 +191,5 @@ def _log_outputs(run, trainer: Trainer, final: Path, registered_name: str | None
     files = {"model_sha256": sha256_file(final), "model_md5": md5_file(final)}
     run.set_tags(files)
     if registered_name:
+        print(f"train: logging the model and registering it as {registered_name} (a few seconds)", flush=True)
         run.log_model(trainer.model, registered_name, {**tags, **files})
