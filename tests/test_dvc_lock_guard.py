@@ -9,7 +9,7 @@ import filelock
 import pytest
 
 from pipeline import provenance
-from pipeline.tools import parallel
+from pipeline.tools import lock_entries, parallel
 from pipeline.tools.stage_clock import StageClock
 
 LOCK = "schema: '2.0'\nstages:\n  prepare:\n    cmd: python -m pipeline.stages.prepare\n"
@@ -31,10 +31,10 @@ def test_a_stage_does_not_read_dvc_lock_while_the_executor_writes_it(project):
 
 def test_the_executor_does_not_write_dvc_lock_while_a_stage_reads_it(project):
     with provenance.lock_guard(project), pytest.raises(filelock.Timeout):
-        parallel.set_lock_entry(project, "train@tiny-0", {"cmd": "python -m pipeline.stages.train tiny --seed 0"})
+        lock_entries.set_lock_entry(project, "train@tiny-0", {"cmd": "python -m pipeline.stages.train tiny --seed 0"})
     assert (project / "dvc.lock").read_text() == LOCK
 
-    parallel.set_lock_entry(project, "train@tiny-0", {"cmd": "python -m pipeline.stages.train tiny --seed 0"})
+    lock_entries.set_lock_entry(project, "train@tiny-0", {"cmd": "python -m pipeline.stages.train tiny --seed 0"})
     assert set(provenance.read_lock(project)) == {"prepare", "train@tiny-0"}
 
 

@@ -25,14 +25,13 @@ from urllib.parse import urlparse
 import ray
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
-from dvc.utils.serialize import dump_yaml, load_yaml
 from mlflow.tracking import MlflowClient
 from ray.exceptions import NodeDiedError, OutOfMemoryError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
 
 from pipeline import paths, provenance, tracking
 from pipeline.cli import one_line
-from pipeline.tools import ray_tasks
+from pipeline.tools import lock_entries, ray_tasks
 from pipeline.tools.child_path import path_with_this_python
 from pipeline.tools.stage_clock import StageClock, describe, kind
 from pipeline.tools.stop_signal import Stopped, StopSignal
@@ -80,50 +79,6 @@ def mark_killed(experiment_id: str, executor_id: str, name: str) -> str:
     except tracking.STORE_ERRORS as err:  # the store may be the fault: report it, never hide the stage's error
         return f"its MLflow runs could not be marked KILLED ({one_line(err)})"
     return f"{len(runs)} MLflow run(s) marked KILLED"
-
-
-def adopt(root: Path, name: str, entry: dict, uncached: dict, remote: str) -> None:
-    """A stage a node ran and pushed: its dvc.lock entry and uncached outputs written here, its cached outputs pulled
-    from the remote. DVC must then find it unchanged here too, or that node's checkout is not this one's: then the
-    stage's previous entry and outputs are put back, so that this checkout stays as it was."""
-    repo = Repo(str(root))
-    before_files = {**{path: None for path in uncached}, **ray_tasks.uncached_outputs(repo, [name])}
-    before_entry = set_lock_entry(root, name, entry)
-    ray_tasks.write_files(root, uncached)
-    try:
-        repo.pull(targets=[name], remote=remote, force=True)
-        fresh = Repo(str(root))  # an index that reads the entry just written
-        stage = ray_tasks.stage_of(fresh, name)
-        with fresh.lock:
-            if stage.changed():
-                raise StageFailed(f"stage {name} ran on a node whose checkout differs from here: {differences(stage)}")
-    except (StageFailed, DvcException):
-        set_lock_entry(root, name, before_entry)
-        ray_tasks.write_files(root, before_files)
-        if before_entry:
-            Repo(str(root)).checkout(targets=[name], force=True)
-        raise
-
-
-def set_lock_entry(root: Path, name: str, entry: dict | None) -> dict | None:
-    """Writes (or with None removes) a stage's dvc.lock entry; returns the one it replaced."""
-    lock = root / "dvc.lock"
-    with provenance.lock_guard(root):
-        data = load_yaml(lock) if lock.exists() else {"schema": "2.0", "stages": {}}
-        before = data["stages"].pop(name, None)
-        if entry is not None:
-            data["stages"][name] = entry
-        dump_yaml(lock, data)
-    return before
-
-
-def differences(stage) -> str:
-    """What DVC finds changed in a stage, in one line: `pipeline/stages/report.py modified, changed command`."""
-    found = []
-    for item in next(iter(stage.status().values()), []):
-        changes = item.values() if isinstance(item, dict) else [{item: ""}]
-        found += [f"{path} {what}".strip() for change in changes for path, what in change.items()]
-    return ", ".join(found)
 
 
 class Executor:
@@ -196,11 +151,11 @@ class Executor:
             raise StageFailed(f"stage {name} failed (exit {code}):\n{output}")
         try:
             if self.args.remote:
-                adopt(self.root, name, *returned, self.args.remote)
+                lock_entries.adopt(self.root, name, *returned, self.args.remote)
             else:
                 with provenance.lock_guard(self.root):
                     Repo(str(self.root)).commit(name, force=True)
-        except DvcException as err:
+        except (DvcException, lock_entries.CheckoutDiffers) as err:
             raise StageFailed(f"stage {name} ran, but DVC could not record it here: {err}") from err
         self.done.add(name)
         self.clock.finish(name)
@@ -240,13 +195,8 @@ class Executor:
             self.stop.check()
 
     def order_lock(self) -> None:
-        """dvc.lock's stages in dvc.yaml's order, as a sequential `dvc repro` writes them (commits came in the
-        order stages finished)."""
-        lock = self.root / "dvc.lock"
-        with provenance.lock_guard(self.root):
-            data = load_yaml(lock)
-            order = [name for name in self.upstream if name in data["stages"]]
-            dump_yaml(lock, {**data, "stages": {name: data["stages"][name] for name in order}})
+        """dvc.lock's stages in dvc.yaml's order (commits came in the order stages finished)."""
+        lock_entries.order_lock(self.root, list(self.upstream))
 
     def cancel(self) -> None:
         """Stops every running stage (SIGTERM: a stage marks its own run KILLED) and waits for them to exit; a
