@@ -45,9 +45,8 @@ def test_outside_a_dvc_project_reading_needs_no_guard(tmp_path):
 
 
 def test_the_executor_does_not_reorder_dvc_lock_while_a_stage_reads_it(project):
-    executor = SimpleNamespace(root=project, upstream={"prepare": set()})  # what order_lock reads of an Executor
     with provenance.lock_guard(project), pytest.raises(filelock.Timeout):
-        parallel.Executor.order_lock(executor)
+        lock_entries.order_lock(project, ["prepare"])
     assert (project / "dvc.lock").read_text() == LOCK
 
 

@@ -194,10 +194,6 @@ class Executor:
                 return finished[0]
             self.stop.check()
 
-    def order_lock(self) -> None:
-        """dvc.lock's stages in dvc.yaml's order (commits came in the order stages finished)."""
-        lock_entries.order_lock(self.root, list(self.upstream))
-
     def cancel(self) -> None:
         """Stops every running stage (SIGTERM: a stage marks its own run KILLED) and waits for them to exit; a
         Ctrl-C or SIGTERM meanwhile ends the wait."""
@@ -253,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     executor, started = Executor(root, args, experiment_id, stop), time.perf_counter()
     try:
         executor.run()
-        executor.order_lock()
+        lock_entries.order_lock(root, list(executor.upstream))  # commits came in the order stages finished
     except StageFailed as err:
         executor.cancel()
         print(f"parallel: {err}", file=sys.stderr)
