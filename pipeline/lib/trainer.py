@@ -14,6 +14,12 @@ from pipeline.lib.device import resolve_precision
 from pipeline.lib.losses import OBJECTIVES
 from pipeline.lib.models import build_model
 
+COLLAPSED_RANGE = 1e-3  # no output pixel (in [0, 1]) moves more than this over the val images
+COLLAPSED = (
+    "the model decodes every val image to the same image: training has collapsed, and such a model's gradients are "
+    "near zero, so it may never leave it (reports/results/README.md); try another seed or a lower train.lr"
+)
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
@@ -149,14 +155,21 @@ class Trainer:
         train_loss, objective = (total / seen).tolist()
         return {"train_loss": train_loss, "train_objective": objective}
 
+    def val_loss(self, val_x: torch.Tensor) -> float:
+        return self.validate(val_x)[0]
+
     @torch.no_grad()
-    def val_loss(self, val_x: torch.Tensor, batch_size: int = 256) -> float:
+    def validate(self, val_x: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
+        """The val MSE, and the largest range of any output pixel over the val images: near 0 when the model
+        decodes every image to the same one (collapsed)."""
         self.model.eval()
-        total = 0.0
+        total, low, high = 0.0, torch.tensor(math.inf), torch.tensor(-math.inf)
         for start in range(0, len(val_x), batch_size):
             x = self._prepare(val_x[start : start + batch_size])
-            total += torch.nn.functional.mse_loss(self.model(x), x, reduction="sum").item()
-        return total / val_x.numel()
+            recon = self.model(x)
+            total += torch.nn.functional.mse_loss(recon, x, reduction="sum").item()
+            low, high = torch.minimum(low, recon.amin(0).cpu()), torch.maximum(high, recon.amax(0).cpu())
+        return total / val_x.numel(), (high - low).max().item()
 
     def fit(self, train_x: torch.Tensor, val_x: torch.Tensor, on_epoch) -> None:
         spent = []  # this process's epochs, training and validation: their median, the estimate of the time left
@@ -166,7 +179,7 @@ class Trainer:
             losses = self.train_epoch(train_x, epoch)
             train_loss = losses["train_loss"]
             seconds = time.perf_counter() - started
-            val_loss = self.val_loss(val_x)
+            val_loss, output_range = self.validate(val_x)
             spent.append(time.perf_counter() - started)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise TrainingDiverged(
@@ -188,4 +201,6 @@ class Trainer:
                 f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)"
                 + (f", {tqdm.format_interval(left)} left" if left else "")
             )
+            if len(val_x) > 1 and output_range < COLLAPSED_RANGE:
+                tqdm.write(f"warning: after epoch {epoch + 1}, {COLLAPSED}")
             on_epoch(row)
