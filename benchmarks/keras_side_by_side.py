@@ -11,7 +11,9 @@ Needs the optional extra (pip install -e '.[keras]'). From the repo root:
       each framework as a user runs it (its own initialisation and shuffling): Keras' fit() against the port's
       Trainer with the study's recipe; test MSE and dead latent units after every epoch, Welch's test per epoch
 The study's protocol: all train images (no validation split), the test split as validation, batch 128, Adam 1e-3
-(epsilon 1e-7), MSE. Writes reports/results/keras_vs_port_<mode>.{json,md} after each run.
+(epsilon 1e-7), MSE. Writes reports/results/keras_vs_port_<mode>.{json,md} after each run; another variant, a steps
+seed other than 0 or an ablation adds itself to the name (keras_vs_port_steps_model02_seed3), so runs never overwrite
+each other.
 """
 
 from __future__ import annotations
@@ -162,8 +164,11 @@ def steps(args, data: dict) -> dict:
 
 
 def _output_name(mode: str, args) -> str:
+    """keras_vs_port_<mode>, then what differs from model01 (and seed 0 for steps) with the port as it is."""
+    variant = "" if args.variant == "model01" else f"_{args.variant}"
+    seed = f"_seed{args.seed}" if mode == "steps" and args.seed != 0 else ""
     ablation = ("" if args.padding == "tensorflow" else "_symmetric") + ("_pytorch_eps" if args.pytorch_eps else "")
-    return f"keras_vs_port_{mode}{ablation}"
+    return f"keras_vs_port_{mode}{variant}{seed}{ablation}"
 
 
 def epochs(args, data: dict) -> dict:
