@@ -18,10 +18,12 @@ def run_stage(
     per_run: bool = True,
     expected: tuple[type[Exception], ...] = (),
     options=None,
+    resume: str = "",
 ) -> int:
     """Parse the arguments, run `work(params, variant, seed)` (per run) or `work(params, args)`, print its message;
-    expected errors and OS errors (a full disk) become one line on stderr and exit status 1. `options(parser)` adds
-    a stage's own arguments."""
+    expected errors and OS errors (a full disk) become one line on stderr and exit status 1; Ctrl-C (or SIGTERM,
+    which tracking turns into one) a line, with `resume` (what rerunning keeps), and 130. `options(parser)` adds a
+    stage's own arguments."""
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}", description=doc.splitlines()[0])
     if per_run:
         parser.add_argument("variant")
@@ -40,6 +42,12 @@ def run_stage(
     except (ConfigError, *expected) as err:
         print(f"{stage}: error: {one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        print(
+            f"{stage}: interrupted" + (f" ({err})" if str(err) else "") + (f"; {resume}" if resume else ""),
+            file=sys.stderr,
+        )
+        return 130
     except OSError as err:  # a full disk, a read-only directory: the file and the reason, not a traceback
         where = f"{err.filename}: " if err.filename else ""
         print(f"{stage}: error: {where}{err.strerror or err}", file=sys.stderr)
