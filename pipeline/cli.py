@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from pipeline import paths
 from pipeline.lib.config import ConfigError, load_params
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal other than Ctrl-C's, raised as Ctrl-C is, so that the stage stops the same way."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 def run_stage(
@@ -21,9 +30,9 @@ def run_stage(
     resume: str = "",
 ) -> int:
     """Parse the arguments, run `work(params, variant, seed)` (per run) or `work(params, args)`, print its message;
-    expected errors and OS errors (a full disk) become one line on stderr and exit status 1; Ctrl-C (or SIGTERM,
-    which tracking turns into one) a line, with `resume` (what rerunning keeps), and 130. `options(parser)` adds a
-    stage's own arguments."""
+    expected errors and OS errors (a full disk) become one line on stderr and exit status 1; Ctrl-C, or a SIGTERM
+    that tracking turned into an Interrupted, one line with `resume` (what rerunning keeps) and 128 + the signal's
+    number. `options(parser)` adds a stage's own arguments."""
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}", description=doc.splitlines()[0])
     if per_run:
         parser.add_argument("variant")
@@ -43,11 +52,12 @@ def run_stage(
         print(f"{stage}: error: {one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         print(
-            f"{stage}: interrupted" + (f" ({err})" if str(err) else "") + (f"; {resume}" if resume else ""),
+            f"{stage}: interrupted by {signal.Signals(signum).name}" + (f"; {resume}" if resume else ""),
             file=sys.stderr,
         )
-        return 130
+        return 128 + signum  # as a shell reports a process ended by that signal; the parallel executor reads it so
     except OSError as err:  # a full disk, a read-only directory: the file and the reason, not a traceback
         where = f"{err.filename}: " if err.filename else ""
         print(f"{stage}: error: {where}{err.strerror or err}", file=sys.stderr)

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
 from pipeline import paths
+from pipeline.cli import Interrupted
 from pipeline.lib.tracker import NoOpRun, NoOpTracker, Tracker  # noqa: F401  (the interface, re-exported)
 
 DEFAULT_EXPERIMENT = "compressnet"
@@ -288,4 +289,4 @@ def tracked_run(**start_run_kwargs):
 
 def interrupt(signum, frame):
     """A signal handler that stops the process as Ctrl-C does (SIGTERM: runs end KILLED, stages are cancelled)."""
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
+    raise Interrupted(signum)

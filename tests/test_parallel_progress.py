@@ -52,3 +52,19 @@ def test_a_stop_signal_is_acted_on_before_the_next_stage_starts(monkeypatch, sto
     with tqdm(total=len(UPSTREAM), file=io.StringIO()) as bar, pytest.raises(Stopped, match="SIGTERM"):
         parallel.Executor.dispatch(executor, bar)
     assert submitted == [] and executor.running == {}
+
+
+@pytest.mark.parametrize("code, signum", [(-9, signal.SIGKILL), (143, signal.SIGTERM), (130, signal.SIGINT)])
+def test_a_stage_stopped_by_a_signal_is_retried_as_killed(monkeypatch, code, signum):
+    monkeypatch.setattr(parallel.ray, "get", lambda ref: (code, "train: interrupted"))
+    killed = []
+    executor = SimpleNamespace(running={"ref": "train@a-0"}, killed=lambda *args: killed.append(args))
+    parallel.Executor.finish(executor, "ref", None)
+    assert killed == [("train@a-0", signum, "train: interrupted")]
+
+
+def test_any_other_exit_status_fails_the_run(monkeypatch):
+    monkeypatch.setattr(parallel.ray, "get", lambda ref: (2, "train: error: bad"))
+    executor = SimpleNamespace(running={"ref": "train@a-0"})
+    with pytest.raises(parallel.StageFailed, match=r"failed \(exit 2\)"):
+        parallel.Executor.finish(executor, "ref", None)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda *run: train(*run, tracking.MlflowTracker()),
         argv,
         expected=(DataError, *tracking.STORE_ERRORS, TrainingDiverged),
-        resume="every finished epoch is in checkpoints/: the same command resumes after the last one",
+        resume="its finished epochs are in checkpoints/, and the same command resumes after them",
     )
 
 

@@ -144,6 +144,8 @@ class Executor:
         except RayTaskError as err:  # the task itself raised (a full disk on a node, ...)
             cause = err.cause if isinstance(err.cause, BaseException) else err
             raise StageFailed(f"stage {name}: its Ray task failed: {type(cause).__name__}: {cause}") from err
+        if code - 128 in (signal.SIGINT, signal.SIGTERM):  # a stage these stop exits 128 + their number (cli.py)
+            code = 128 - code
         if code < 0:  # killed by a signal: the OOM killer, an operator, a lost node
             self.killed(name, -code, output)
             return
