@@ -193,6 +193,7 @@ class Trainer:
                 "lr": lr,
                 "seconds": seconds,
                 "images_per_s": self.images_per_epoch / seconds,
+                "val_output_range": output_range,
             }
             self.history.append(row)
             left = (self.cfg.epochs - epoch - 1) * statistics.median(spent)  # one slowed epoch barely moves it
