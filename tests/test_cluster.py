@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def cluster(tmp_path_factory):
     run(["dvc", "repro", "prepare"], head, env)  # its output reaches the node only through the remote
     prepared = yaml.safe_load((head / "dvc.lock").read_text())["stages"]["prepare"]
     ray_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit in 107 bytes
-    env = {**env, "RAY_AUTH_MODE": "token", "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
+    token = secrets.token_hex(32)  # the cluster's own: `ray start` creates none, and ~/.ray may hold none
+    env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
     port, groups = free_port(), []
     try:
         with mlflow_server(f"sqlite:///{base / 'mlflow.db'}", artifacts=base / "artifacts") as url:
