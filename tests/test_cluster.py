@@ -4,6 +4,7 @@ through a DVC remote (a local folder); MLflow is a tracking server both reach.""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.tools import lock_entries
 from pipeline.tools.tracking_server import free_port, stop_group
 from scripts.mlflow_server import mlflow_server
 from tests.conftest import TINY_SPEC, make_project, run
@@ -135,6 +137,21 @@ def test_a_sqlite_store_is_refused_for_a_cluster(tmp_path):
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "tracking server" in result.stderr
     assert os.path.exists(root / "dvc.yaml") and not (root / "mlflow.db").exists()
+
+
+def test_adopting_a_stage_that_differs_here_puts_the_previous_one_back(cluster, monkeypatch):
+    """A node's entry whose code hash is not this checkout's: adopt refuses it and leaves the stage as it was."""
+    head = cluster["head"]
+    monkeypatch.chdir(head)  # as the executor runs: DVC finds a target's dvc.yaml from the working directory
+    before, report = lock(head)["report"], head / "reports" / "report.md"
+    written = report.read_bytes()
+    entry = copy.deepcopy(before)
+    next(dep for dep in entry["deps"] if dep["path"] == "pipeline/stages/report.py")["md5"] = "0" * 32
+    node_files = {"reports/report.md": b"another node's report\n"}
+    with pytest.raises(lock_entries.CheckoutDiffers, match="pipeline/stages/report.py modified"):
+        lock_entries.adopt(head, "report", entry, node_files, "shared")
+    assert lock(head)["report"] == before and report.read_bytes() == written
+    assert json.loads(run(["dvc", "status", "--json"], head, cluster["env"])) == {}
 
 
 def test_a_node_whose_code_differs_refuses_the_stage_before_running_it(cluster):
