@@ -49,9 +49,8 @@ def test_progress_false_prints_no_bar(capsys):
 def test_a_collapsed_model_is_named_after_its_epoch(capsys):
     images = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     healthy, collapsed = tiny_trainer(1, images), tiny_trainer(1, images)
-    last = [m for m in collapsed.model.decoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))][
-        -1
-    ]
+    convolutions = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    last = [m for m in collapsed.model.decoder.modules() if isinstance(m, convolutions)][-1]
     torch.nn.init.constant_(last.bias, -1e4)  # the sigmoid's output is 0 for every image, as in a collapsed run
     healthy.fit(images, images[:32], on_epoch=lambda row: None)
     assert "warning" not in capsys.readouterr().out
