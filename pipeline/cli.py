@@ -10,6 +10,16 @@ from pipeline import paths
 from pipeline.lib.config import ConfigError, load_params
 
 
+def interrupted_by(signum: int) -> str:
+    """How a stage, or the parallel executor, says which signal stopped it."""
+    return f"interrupted by {signal.Signals(signum).name}"
+
+
+def signal_exit_code(signum: int) -> int:
+    """128 + the signal's number, as a shell reports a process ended by that signal; the parallel executor reads it."""
+    return 128 + signum
+
+
 class Interrupted(KeyboardInterrupt):
     """A signal other than Ctrl-C's, raised as Ctrl-C is, so that the stage stops the same way."""
 
@@ -53,11 +63,8 @@ def run_stage(
         return 1
     except KeyboardInterrupt as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
-        print(
-            f"{stage}: interrupted by {signal.Signals(signum).name}" + (f"; {resume}" if resume else ""),
-            file=sys.stderr,
-        )
-        return 128 + signum  # as a shell reports a process ended by that signal; the parallel executor reads it so
+        print(f"{stage}: {interrupted_by(signum)}" + (f"; {resume}" if resume else ""), file=sys.stderr)
+        return signal_exit_code(signum)
     except OSError as err:  # a full disk, a read-only directory: the file and the reason, not a traceback
         where = f"{err.filename}: " if err.filename else ""
         print(f"{stage}: error: {where}{err.strerror or err}", file=sys.stderr)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import signal
 
+from pipeline.cli import interrupted_by, signal_exit_code
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Stopped(Exception):
     def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.exit_code = 128 + signum  # as a shell reports a process ended by that signal
+        super().__init__(interrupted_by(signum))
+        self.exit_code = signal_exit_code(signum)
 
 
 class StopSignal:
