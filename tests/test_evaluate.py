@@ -22,10 +22,10 @@ from pipeline import paths, tracking
 from pipeline.lib import classifier, codec, rate_distortion, report_text, schema
 from pipeline.lib.config import CodecConfig, VariantSpec, parse_params
 from pipeline.lib.dataset import prepare_from_directory
-from pipeline.lib.evaluation import evaluate_model, final_losses, latent_diagnostics
+from pipeline.lib.evaluation import evaluate_model, final_losses, latent_diagnostics, output_spread
 from pipeline.lib.io import DataError
 from pipeline.lib.losses import OBJECTIVES
-from pipeline.lib.models import MISSING_MODEL, build_model, load_model, training_flops_per_image
+from pipeline.lib.models import COLLAPSED_RANGE, MISSING_MODEL, build_model, load_model, training_flops_per_image
 from pipeline.stages import baselines as baselines_stage
 from pipeline.stages import classifier as classifier_stage
 from pipeline.stages import evaluate as evaluate_stage
@@ -107,6 +107,7 @@ def test_metrics_json_has_the_documented_keys(workspace):
     assert written["bytes_per_image_float32"] == 32 and written["compression_ratio_float32"] == 784 / 32
     assert len(written["per_class"]) == 47 and {"char", "mse", "psnr", "ssim"} <= written["per_class"][0].keys()
     assert written["max_abs_diff_decoder"] == 0.0
+    assert written["collapsed"] is (written["output_range"] < COLLAPSED_RANGE)
     assert written["mse_decoder"] == written["mse"]
     assert written["refine_steps"] == 0 and "mse_refined" not in written  # the default: the encoder's single pass
     assert written["seed_protocol"]["indices"] == result["seed_protocol"]["indices"]
@@ -155,6 +156,8 @@ def test_schema_rejects_a_missing_required_key_naming_it(workspace, key):
         ("ssim", None),
         ("latent_units", []),
         ("bytes_per_image_entropy", "9.5"),
+        ("collapsed", 0),
+        ("output_range", False),
         ("run.eval_seconds", "fast"),
     ],
 )
@@ -446,6 +449,16 @@ def test_report_refuses_metrics_that_do_not_follow_the_schema(workspace):
     path.write_text(json.dumps(broken))
     with pytest.raises(DataError, match=r"tinyB-seed0\.json: no key ssim"):
         report_stage.write_report(workspace["params"])
+
+
+def test_a_model_that_decodes_every_image_to_the_same_one_is_collapsed():
+    same = torch.full((5, 1, 28, 28), 0.3)
+    assert output_spread(same) == {"output_range": 0.0, "collapsed": True}
+    varied = same.clone()
+    varied[2, 0, 13, 7] += 2 * COLLAPSED_RANGE  # one pixel of one image is enough to tell images apart
+    assert output_spread(varied)["output_range"] == pytest.approx(2 * COLLAPSED_RANGE, rel=1e-5)  # float32
+    assert output_spread(varied)["collapsed"] is False
+    assert output_spread(same[:1])["collapsed"] is False  # one image has no range to judge by
 
 
 def test_dead_latent_units_of_a_constructed_model_are_counted():

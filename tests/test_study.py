@@ -175,6 +175,16 @@ def test_the_report_shows_the_measured_study_row_beside_its_variant():
     ]
 
 
+def test_the_report_names_each_collapsed_run():
+    runs = pd.DataFrame({"variant": [MODEL, MODEL, "model02"], "seed": [0, 1, 1], "collapsed": [False, True, True]})
+    assert report_findings.collapsed_finding(runs) == [
+        "- Collapsed (every test image decodes to the same image): model01 seed 1, model02 seed 1; the means and tests "
+        "above include them."
+    ]
+    assert report_findings.collapsed_finding(runs.assign(collapsed=False)) == []
+    assert report_findings.collapsed_finding(runs.drop(columns="collapsed")) == []  # metrics from before the key
+
+
 def test_the_report_checks_each_study_model_run_against_its_published_weights():
     runs = pd.DataFrame(
         {

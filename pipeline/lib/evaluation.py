@@ -20,7 +20,7 @@ from pipeline.lib.config import EvaluateConfig, Params
 from pipeline.lib.device import as_batch_tensor, batched, configure_compute, pick_device
 from pipeline.lib.io import DataError, sha256_file
 from pipeline.lib.losses import objective
-from pipeline.lib.models import load_model, training_flops_per_image
+from pipeline.lib.models import COLLAPSED_RANGE, load_model, training_flops_per_image
 from pipeline.lib.quantize import to_uint8
 
 IMAGE_BYTES = 28 * 28  # one uint8 image
@@ -61,6 +61,7 @@ def evaluate_model(
     result = {**metrics.summarize_per_image(per_image), **summary(x, recon_decoder, cfg, "_decoder")}
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
+    result.update(output_spread(recon))
     calibration = codec.saved_calibration(model, saved, prepared_dir)
     compression, refine_seconds = _compression(model, model_path, latents, images, x, calibration, params)
     result.update(compression)
@@ -102,6 +103,13 @@ def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig, progres
     latents = batched(model.encode, x, codec.BATCH, bars[1])  # codec compress's batches, which its streams start from
     recon_decoder = batched(model.decode, latents, cfg.batch_size, bars[2])
     return recon, latents, recon_decoder, metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
+
+
+def output_spread(recon: torch.Tensor) -> dict:
+    """The largest range of any output pixel over the test images, and whether it is so small that the model
+    decodes every image to the same one (collapsed, as training's warning says of the val images)."""
+    output_range = float((recon.amax(0) - recon.amin(0)).max())
+    return {"output_range": output_range, "collapsed": len(recon) > 1 and output_range < COLLAPSED_RANGE}
 
 
 def _compression(model, model_path: Path, latents, images, x, calibration, params: Params) -> tuple[dict, float]:

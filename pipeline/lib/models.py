@@ -25,6 +25,9 @@ ACTIVATIONS = {
 }
 
 
+# a model has collapsed when no output pixel (in [0, 1]) moves more than this over a set of images: it decodes every
+# image to the same one (training's warning after an epoch, evaluate's `collapsed`)
+COLLAPSED_RANGE = 1e-3
 SYMBOL_LIMIT = 32767  # an entropy-coded latent is an integer in [-SYMBOL_LIMIT, SYMBOL_LIMIT] per dimension
 
 

@@ -85,3 +85,17 @@ def published_weights_finding(check: pd.DataFrame, band: float) -> list[str]:
         f"- Against the study's published weights: {len(check) - len(outside)} of {len(check)} runs of the study's "
         f"models reach a test MSE at most {band:.0%} above theirs" + (f"; above that: {named}." if named else ".")
     ]
+
+
+def collapsed_finding(results: pd.DataFrame) -> list[str]:
+    """The runs whose model decodes every test image to the same image (evaluate's `collapsed`; metrics from before
+    it have no such key and are not named)."""
+    if "collapsed" not in results:
+        return []
+    collapsed = results[results.collapsed.eq(True)]
+    if collapsed.empty:
+        return []
+    named = ", ".join(f"{r.variant} seed {r.seed}" for r in collapsed.itertuples())
+    return [
+        f"- Collapsed (every test image decodes to the same image): {named}; the means and tests above include them."
+    ]

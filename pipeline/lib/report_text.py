@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.lib import rate_distortion
-from pipeline.lib.report_findings import findings, plus_minus, published_weights_finding
+from pipeline.lib.report_findings import collapsed_finding, findings, plus_minus, published_weights_finding
 
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
@@ -143,6 +143,7 @@ def render_markdown(
         "",
         *findings(summary, tests, specs, reference),
         *published_weights_finding(check, band),
+        *collapsed_finding(results),
         rate_distortion.moonshot_finding(rd),
         *rate_distortion.quality_target_findings(means, reference["train_flops_per_image"]["model01"]),
         "",

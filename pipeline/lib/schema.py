@@ -44,6 +44,8 @@ OPTIONAL = {
     # entropy-coded variants (rate_weight > 0)
     "bytes_per_image_entropy": NUMBER, "compression_ratio_entropy": NUMBER, "prior_bits_per_image": NUMBER,
     "bytes_per_image_entropy_standalone": NUMBER,
+    # absent from metrics written before evaluate looked for a collapsed model
+    "output_range": NUMBER, "collapsed": bool,
 }  # fmt: skip
 # the "run" block: how this evaluation ran, not what it measured (timings, digests, provenance, tracking run)
 RUN = {
@@ -73,7 +75,7 @@ def check(metrics: dict, where: str) -> dict:
 
 
 def _check_type(value: object, kind, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):  # a bool is an int to Python
         raise DataError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
 
 

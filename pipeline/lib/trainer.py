@@ -12,9 +12,8 @@ from tqdm import tqdm
 from pipeline.lib.config import Params, TrainConfig
 from pipeline.lib.device import resolve_precision
 from pipeline.lib.losses import OBJECTIVES
-from pipeline.lib.models import build_model
+from pipeline.lib.models import COLLAPSED_RANGE, build_model
 
-COLLAPSED_RANGE = 1e-3  # no output pixel (in [0, 1]) moves more than this over the val images
 COLLAPSED = (
     "the model decodes every val image to the same image: training has collapsed, and such a model's gradients are "
     "near zero, so it may never leave it (reports/results/README.md); try another seed or a lower train.lr"
