@@ -61,9 +61,9 @@ class EvaluateConfig:
 class CodecConfig:
     """Encoder-side search, used by evaluate and `codec compress` alike (never by training): each image's latent
     starts at the encoder's output and moves on its own log MSE through the fixed decoder, inside the uint8 grid.
-    refine_method lbfgs: at most refine_steps L-BFGS steps, an image stopping once a step moves no latent dimension
-    by refine_tol grid cells; adam: refine_steps Adam steps at rate refine_lr. refine_steps 0 = the encoder's single
-    pass."""
+    refine_method lbfgs: at most refine_steps L-BFGS steps, an image stopping once its next step would move no
+    latent dimension by refine_tol grid cells; adam: refine_steps Adam steps at rate refine_lr. refine_steps 0 = the
+    encoder's single pass."""
 
     refine_steps: int = 0
     refine_method: Literal["lbfgs", "adam"] = "lbfgs"
