@@ -76,8 +76,8 @@ def _mirror(decoder: nn.Module) -> bool:
     rows and columns of its full output and drops the last (kernel 3, stride 2): PyTorch's own padding keeps the last,
     so that layer computes the full output, crops it, and adds its bias, each a copy forward and back. Mirrored, with
     every kernel flipped and the first feature map built upside down and left to right, that layer keeps the last
-    rows, so PyTorch's padding does it without a copy (the saving: reports/results/README.md). The
-    first map is also laid out channels last, as the convolutions want it, without a copy."""
+    rows, so PyTorch's padding does it without a copy (the saving: reports/results/README.md). The first map is also
+    laid out channels last, as the convolutions want it, without a copy."""
     layers = [m for m in decoder.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     crops = [_dropped(m) for m in layers if isinstance(m, SameConvTranspose2d)]
     if len(crops) < len(layers) or not isinstance(decoder[0], nn.Linear):
