@@ -20,7 +20,7 @@ from pipeline.lib.config import EvaluateConfig, Params
 from pipeline.lib.device import as_batch_tensor, batched, configure_compute, pick_device
 from pipeline.lib.io import DataError, sha256_file
 from pipeline.lib.losses import objective
-from pipeline.lib.models import COLLAPSED_RANGE, load_model, training_flops_per_image
+from pipeline.lib.models import is_collapsed, load_model, training_flops_per_image
 from pipeline.lib.quantize import to_uint8
 
 IMAGE_BYTES = 28 * 28  # one uint8 image
@@ -109,7 +109,7 @@ def output_spread(recon: torch.Tensor) -> dict:
     """The largest range of any output pixel over the test images, and whether it is so small that the model
     decodes every image to the same one (collapsed, as training's warning says of the val images)."""
     output_range = float((recon.amax(0) - recon.amin(0)).max())
-    return {"output_range": output_range, "collapsed": len(recon) > 1 and output_range < COLLAPSED_RANGE}
+    return {"output_range": output_range, "collapsed": is_collapsed(output_range, len(recon))}
 
 
 def _compression(model, model_path: Path, latents, images, x, calibration, params: Params) -> tuple[dict, float]:

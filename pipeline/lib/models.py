@@ -25,10 +25,15 @@ ACTIVATIONS = {
 }
 
 
-# a model has collapsed when no output pixel (in [0, 1]) moves more than this over a set of images: it decodes every
-# image to the same one (training's warning after an epoch, evaluate's `collapsed`)
-COLLAPSED_RANGE = 1e-3
 SYMBOL_LIMIT = 32767  # an entropy-coded latent is an integer in [-SYMBOL_LIMIT, SYMBOL_LIMIT] per dimension
+COLLAPSED_RANGE = 1e-3  # an output pixel (in [0, 1]) that moves less than this over the images has not moved
+
+
+def is_collapsed(output_range: float, images: int) -> bool:
+    """Whether a model decodes every one of several images to the same image: no output pixel moved by
+    COLLAPSED_RANGE over them (output_range: the largest range of any pixel). Training's warning after an epoch and
+    evaluate's `collapsed` both ask this; one image has no range to judge by."""
+    return images > 1 and output_range < COLLAPSED_RANGE
 
 
 class LaplacePrior(nn.Module):

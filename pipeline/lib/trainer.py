@@ -12,7 +12,7 @@ from tqdm import tqdm
 from pipeline.lib.config import Params, TrainConfig
 from pipeline.lib.device import resolve_precision
 from pipeline.lib.losses import OBJECTIVES
-from pipeline.lib.models import COLLAPSED_RANGE, build_model
+from pipeline.lib.models import build_model, is_collapsed
 
 COLLAPSED = (
     "the model decodes every val image to the same image: training has collapsed, and such a model's gradients are "
@@ -201,6 +201,6 @@ class Trainer:
                 f"({seconds:.1f} s, {row['images_per_s']:.0f} img/s)"
                 + (f", {tqdm.format_interval(left)} left" if left else "")
             )
-            if len(val_x) > 1 and output_range < COLLAPSED_RANGE:
+            if is_collapsed(output_range, len(val_x)):
                 tqdm.write(f"warning: after epoch {epoch + 1}, {COLLAPSED}")
             on_epoch(row)
