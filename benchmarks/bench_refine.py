@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.bench_overhead import checkout
 from pipeline import paths
-from pipeline.lib import codec, evaluation, models, prepared, quantize
+from pipeline.lib import encoding, evaluation, models, prepared, quantize
 from pipeline.lib.config import load_params, run_name
 from pipeline.lib.io import sha256_file, write_json
 from tests.conftest import REPO
@@ -36,17 +36,21 @@ REFINE_ONCE = """
 import json, sys, time
 from pathlib import Path
 import numpy as np, torch
-from pipeline.lib import codec, device, models, prepared, refine
+from pipeline.lib import device, models, prepared, refine
 from pipeline.lib.config import CodecConfig
+try:
+    from pipeline.lib import encoding
+except ImportError:  # before the latents' helpers left the codec module
+    from pipeline.lib import codec as encoding
 model_file, prepared_dir, index_file, settings, out = sys.argv[1:]
 settings = json.loads(settings)
 if "refine_method" not in CodecConfig.__dataclass_fields__ and settings.pop("refine_method") != "adam":
     sys.exit("this revision has no refine_method: Adam is its only refinement")  # before d4ded34
 (getattr(device, "configure_compute", None) or device.configure_determinism)(0)  # its name before bbfa4cc
 model, saved = models.load_model(Path(model_file), torch.device("cpu"))
-calibration = codec.saved_calibration(model, saved, Path(prepared_dir))
+calibration = encoding.saved_calibration(model, saved, Path(prepared_dir))
 images = prepared.load_split(Path(prepared_dir), "test")[0][np.load(index_file)]
-latents = codec.encode_latents(model, images)
+latents = encoding.encode_latents(model, images)
 started = time.perf_counter()
 refined = refine.refine_latents(model, images, latents, CodecConfig(**settings), calibration)
 np.savez(out, refined=refined.numpy(), seconds=time.perf_counter() - started)
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(run)
             print(f"{name:6} repeat {repeat + 1}: {1000 * run['seconds'] / len(index):7.1f} ms per image", flush=True)
     model, saved = models.load_model(args.model, torch.device("cpu"))
-    calibration = codec.saved_calibration(model, saved, args.prepared)
+    calibration = encoding.saved_calibration(model, saved, args.prepared)
     x = torch.from_numpy(images[index]).float().div(255).unsqueeze(1)
     cfg = load_params(paths.params_file()).evaluate
 
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model),
         "model_sha256": sha256_file(args.model),
         "images": len(index),
-        "one_pass": score(codec.encode_latents(model, images[index])),
+        "one_pass": score(encoding.encode_latents(model, images[index])),
         **{name: summary(args, versions[name], runs[name], score, len(index)) for name in versions},
     }
     result["speedup"] = result["before"]["ms_per_image"] / result["after"]["ms_per_image"]

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pipeline import paths, tracking
-from pipeline.lib import codec, quantize, refine
+from pipeline.lib import codec, encoding, quantize, refine
 from pipeline.lib.config import CodecConfig, parse_params
 from pipeline.lib.dataset import prepare_from_directory
 from pipeline.lib.losses import log_mse
@@ -78,7 +78,7 @@ def round_trip(trained, variant: str, tmp_path: Path, mode: str | None = None, s
 
 def test_entropy_round_trip_equals_the_models_reconstruction_of_its_quantised_latent(trained, tmp_path):
     model = model_of(trained, "coded")
-    latents = codec.encode_latents(model, trained["images"])
+    latents = encoding.encode_latents(model, trained["images"])
     assert torch.equal(latents, latents.round())  # integer latent at test time
     expected = quantize.to_uint8(model(torch.from_numpy(trained["images"]).float().div(255).unsqueeze(1)).detach())
     stream, decoded = round_trip(trained, "coded", tmp_path)
@@ -88,7 +88,7 @@ def test_entropy_round_trip_equals_the_models_reconstruction_of_its_quantised_la
 
 def test_entropy_stream_size_is_close_to_the_priors_estimate(trained, tmp_path):
     model = model_of(trained, "coded")
-    latents = codec.encode_latents(model, trained["images"])
+    latents = encoding.encode_latents(model, trained["images"])
     stream = codec.pack(model, model_path("coded"), latents, "entropy")
     ideal_bytes = float(model.prior.bits(latents).detach().sum()) / 8
     overhead = codec.HEADER.size + 8 + 4  # header, payload length and crc, and at most one partial word
@@ -98,9 +98,9 @@ def test_entropy_stream_size_is_close_to_the_priors_estimate(trained, tmp_path):
 def test_uint8_round_trip_is_bit_exact_and_calibrated_on_train(trained, tmp_path):
     model, images = model_of(trained, "plain"), trained["images"]
     train_images = np.load(paths.prepared_dir() / "train_images.npy")
-    lo, hi = quantize.calibrate_uint8(codec.encode_latents(model, train_images))
-    assert all(np.array_equal(a, b) for a, b in zip((lo, hi), codec.train_calibration(model, train_images)))
-    codes = quantize.uint8_codes(codec.encode_latents(model, images), lo, hi)
+    lo, hi = quantize.calibrate_uint8(encoding.encode_latents(model, train_images))
+    assert all(np.array_equal(a, b) for a, b in zip((lo, hi), encoding.train_calibration(model, train_images)))
+    codes = quantize.uint8_codes(encoding.encode_latents(model, images), lo, hi)
     expected = codec.decode_images(model, quantize.dequantize_uint8(codes, lo, hi))
     stream, decoded = round_trip(trained, "plain", tmp_path)
     assert np.array_equal(decoded, expected)
@@ -110,7 +110,7 @@ def test_uint8_round_trip_is_bit_exact_and_calibrated_on_train(trained, tmp_path
 
 def test_the_grids_pass_over_the_train_split_shows_a_progress_bar(trained, capsys):
     # on the real train split this pass takes ~40 s of a CPU train stage, after its last epoch line
-    codec.train_calibration(model_of(trained, "plain"), np.load(paths.prepared_dir() / "train_images.npy"))
+    encoding.train_calibration(model_of(trained, "plain"), np.load(paths.prepared_dir() / "train_images.npy"))
     assert "uint8 grid: encoding the train split" in capsys.readouterr().err
 
 
@@ -118,16 +118,16 @@ def test_the_train_stage_stores_the_grid_and_compress_uses_it(trained, tmp_path,
     """The model file carries its train-split grid, so compress and evaluate do not encode the train split again;
     a file without one (a best-epoch file) still gets the same grid, computed."""
     model, saved = load_model(model_path("plain"), torch.device("cpu"))
-    computed = codec.train_calibration(model, np.load(paths.prepared_dir() / "train_images.npy"))
+    computed = encoding.train_calibration(model, np.load(paths.prepared_dir() / "train_images.npy"))
     without = {k: v for k, v in saved.items() if k != "uint8_calibration"}
     for contents in (saved, without):
-        grid = codec.saved_calibration(model, contents, paths.prepared_dir())
+        grid = encoding.saved_calibration(model, contents, paths.prepared_dir())
         assert all(np.array_equal(a, b) for a, b in zip(grid, computed))
 
     def no_train_split(*_):
         raise AssertionError("the train split was encoded again")
 
-    monkeypatch.setattr(codec, "train_calibration", no_train_split)
+    monkeypatch.setattr(encoding, "train_calibration", no_train_split)
     round_trip(trained, "plain", tmp_path)
 
 
@@ -165,8 +165,8 @@ def refined_params(trained, steps: int = 4, method: str = "lbfgs"):
 
 def refine_with(trained, variant: str, images: np.ndarray, steps: int = 4, method: str = "lbfgs"):
     model = model_of(trained, variant)
-    calibration = codec.train_calibration(model, np.load(paths.prepared_dir() / "train_images.npy"))
-    latents = codec.encode_latents(model, images)
+    calibration = encoding.train_calibration(model, np.load(paths.prepared_dir() / "train_images.npy"))
+    latents = encoding.encode_latents(model, images)
     return (
         model,
         latents,
@@ -228,7 +228,7 @@ def test_a_directory_of_pngs_compresses_like_the_idx_file(trained, tmp_path):
 
 def test_standalone_bytes_are_the_size_of_each_images_own_stream(trained):
     model, model_file = model_of(trained, "coded"), model_path("coded")
-    latents = codec.encode_latents(model, trained["images"][:4])
+    latents = encoding.encode_latents(model, trained["images"][:4])
     sizes = [len(codec.pack(model, model_file, latents[i : i + 1], "entropy")) for i in range(4)]
     assert codec.standalone_entropy_bytes(model, latents).tolist() == sizes
 
@@ -327,7 +327,7 @@ def test_cli_round_trips_and_reports_errors_in_one_line(trained, tmp_path, capsy
     stream, out = tmp_path / "x.cnz", tmp_path / "o"
     assert codec_tool.main([*cli, "compress", "coded", str(trained["idx"]), str(stream), "--seed", "0"]) == 0
     assert capsys.readouterr().out == f"codec: wrote {stream} ({stream.stat().st_size} bytes)\n"
-    assert codec_tool.main([*cli, "decompress", "coded", str(stream), str(out), "--seed", "0"]) == 0
+    assert codec_tool.main(["decompress", "coded", str(stream), str(out), "--seed", "0", *cli]) == 0  # either place
     assert capsys.readouterr().out == f"codec: wrote {len(trained['images'])} images to {out}\n"
     _, decoded = round_trip(trained, "coded", tmp_path / "functions")
     assert np.array_equal(np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]), decoded)
@@ -342,6 +342,13 @@ def test_cli_round_trips_and_reports_errors_in_one_line(trained, tmp_path, capsy
     assert codec_tool.main([*cli, "compress", "nope", str(trained["idx"]), str(stream)]) == 1
     assert "variants.nope: no such variant" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_an_input_without_images_is_refused_in_one_line(trained, tmp_path):
+    empty = write_idx(tmp_path / "empty-idx3-ubyte.gz", np.zeros((0, 28, 28), np.uint8))
+    with pytest.raises(codec.CodecError, match="holds no images"):
+        codec_tool.compress(trained["params"], "plain", 0, empty, tmp_path / "x.cnz", None)
+    assert not (tmp_path / "x.cnz").exists()
 
 
 def test_decompress_never_writes_into_a_directory_that_holds_files(trained, tmp_path):

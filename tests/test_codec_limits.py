@@ -111,3 +111,17 @@ def test_only_png_files_of_the_right_size_are_decoded(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's decompression-bomb guard, made strict
     with pytest.raises(codec.CodecError, match="not a readable PNG"):
         codec_cli.read_png(fine)
+
+
+def test_images_that_cannot_all_be_written_leave_nothing_behind(tmp_path, monkeypatch):
+    save = Image.Image.save
+
+    def disk_fills_after_one(image, path, *args, **kwargs):
+        if path.name != "000000.png":
+            raise OSError(28, "No space left on device")
+        save(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", disk_fills_after_one)
+    with pytest.raises(OSError, match="No space left"):
+        codec_cli.write_images(np.zeros((3, 28, 28), np.uint8), tmp_path / "decoded")
+    assert list(tmp_path.iterdir()) == []

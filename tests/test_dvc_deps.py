@@ -65,3 +65,9 @@ def test_codec_params_rerun_evaluate_and_never_train():
     """codec.refine_steps changes how evaluate encodes the test images, not the trained weights."""
     assert "codec" in STAGES["evaluate"]["params"]
     assert not any(str(key).startswith("codec") for key in STAGES["train"]["params"])
+
+
+def test_editing_the_codec_never_retrains():
+    """docs/architecture.md promises it: train stores the uint8 grid in the model file, but not the stream format."""
+    assert "pipeline.lib.codec" not in closure(stage_module("train"))
+    assert "pipeline.lib.codec" in closure(stage_module("evaluate"))

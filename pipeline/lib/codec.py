@@ -27,9 +27,8 @@ import constriction
 import numpy as np
 import torch
 
-from pipeline.lib import prepared
 from pipeline.lib.config import IMAGE_SIZE
-from pipeline.lib.device import as_batch_tensor, batched
+from pipeline.lib.encoding import BATCH
 from pipeline.lib.io import sha256_file
 from pipeline.lib.models import SYMBOL_LIMIT
 from pipeline.lib.quantize import calibrate_uint8, dequantize_uint8, to_uint8, uint8_codes
@@ -41,7 +40,6 @@ MODES = {"uint8": 0, "entropy": 1, "uint8_range": 2}
 SIDE_ROWS = {"uint8": 2, "entropy": 0, "uint8_range": 4}
 MIN_CODE_STD = 0.5  # uint8_range: the Gaussian of a (near-)constant dimension stays a valid coding model
 HEADER = struct.Struct("<4sB8sIH")  # magic, mode, model id, images, latent dim
-BATCH = 256  # inference batches of a few hundred images run 1.3-2x faster on CPU than 2048 (reports/results)
 # The most latents one stream may hold (images x latent dim): decoding allocates a few arrays of this many values,
 # so a header claiming more is refused before any allocation (2**24 = 262,144 images of 64 dimensions).
 MAX_LATENTS = 2**24
@@ -56,36 +54,11 @@ def model_id(model_file: Path) -> bytes:
 
 
 @torch.no_grad()
-def encode_latents(model, images: np.ndarray, bar: str | None = None) -> torch.Tensor:
-    """uint8 (N, 28, 28) upright images -> the latent the decoder sees at test time (float32, CPU); bar: the name
-    of a progress bar over the batches (None: no bar)."""
-    device = next(model.parameters()).device
-    x = as_batch_tensor(images, device).contiguous(memory_format=torch.channels_last)
-    return batched(lambda batch: model.encode(batch).float().cpu(), x, BATCH, bar)
-
-
-@torch.no_grad()
 def decode_images(model, latents: torch.Tensor) -> np.ndarray:
     """Latents -> uint8 (N, 28, 28) images, in fixed batches so the same latents always give the same bytes."""
     device = next(model.parameters()).device
     out = [model.decode(latents[i : i + BATCH].to(device)).float().cpu() for i in range(0, len(latents), BATCH)]
     return to_uint8(torch.cat(out)) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-
-
-def train_calibration(model, train_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 grid of a model: its latents' range over the train split's images (evaluate and compress agree)."""
-    return calibrate_uint8(encode_latents(model, train_images, "uint8 grid: encoding the train split"))
-
-
-def saved_calibration(model, saved: dict, prepared_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 grid the train stage stored in the model file (saved: its contents), so that evaluate and compress
-    do not encode the train split again; for a file without one (a best-epoch file, an older model) it is computed
-    from the prepared train split."""
-    stored = saved.get("uint8_calibration")
-    if stored is None:
-        return train_calibration(model, prepared.load_split(prepared_dir, "train")[0])
-    lo, hi = stored.numpy()
-    return lo, hi
 
 
 def _require_prior(model) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.lib import codec, metrics, prepared, refine
+from pipeline.lib import codec, encoding, metrics, prepared, refine
 from pipeline.lib.classifier import accuracy, load_classifier
 from pipeline.lib.config import EvaluateConfig, Params
 from pipeline.lib.device import as_batch_tensor, batched, configure_compute, pick_device
@@ -62,7 +62,7 @@ def evaluate_model(
     seconds = time.perf_counter() - started
     result["max_abs_diff_decoder"] = float((recon - recon_decoder).abs().max())
     result.update(output_spread(recon))
-    calibration = codec.saved_calibration(model, saved, prepared_dir)
+    calibration = encoding.saved_calibration(model, saved, prepared_dir)
     compression, refine_seconds = _compression(model, model_path, latents, images, x, calibration, params)
     result.update(compression)
     flops = training_flops_per_image(model.spec, objective=training_objective)
@@ -100,7 +100,7 @@ def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig, progres
     progress: a bar per pass."""
     bars = ("evaluate: autoencoder", "evaluate: encoder", "evaluate: decoder") if progress else (None,) * 3
     recon = batched(model, x, cfg.batch_size, bars[0])
-    latents = batched(model.encode, x, codec.BATCH, bars[1])  # codec compress's batches, which its streams start from
+    latents = batched(model.encode, x, encoding.BATCH, bars[1])  # codec compress's batches: its streams start here
     recon_decoder = batched(model.decode, latents, cfg.batch_size, bars[2])
     return recon, latents, recon_decoder, metrics.per_image(x, recon, cfg.ssim_window, cfg.batch_size)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.lib import codec, prepared
+from pipeline.lib import encoding, prepared
 from pipeline.lib.config import Params, flatten, run_name
 from pipeline.lib.device import as_batch_tensor, configure_compute, pick_device, processor_name
 from pipeline.lib.io import DataError, atomic_write, load_torch, md5_file, save_torch, sha256_file
@@ -123,7 +123,7 @@ def train_run(
             **hardware,
         }
         # the codec's uint8 grid, once, instead of an encoder pass over the train split in every evaluate/compress
-        calibration = torch.from_numpy(np.stack(codec.train_calibration(trainer.model.eval(), train_images)))
+        calibration = torch.from_numpy(np.stack(encoding.train_calibration(trainer.model.eval(), train_images)))
         save_torch({**meta, "state_dict": _cpu_state(trainer.model), "uint8_calibration": calibration}, files.model)
         save_torch({**meta, "state_dict": best["state_dict"], "best_epoch": best["epoch"]}, files.best_model)
         write_history(trainer.history, files.history)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import paths
-from pipeline.lib import codec
+from pipeline.lib import codec, encoding
 from pipeline.lib.codec import CodecError
 from pipeline.lib.config import IMAGE_SIZE, ConfigError, Params, load_params, run_name
 from pipeline.lib.device import configure_compute, pick_device
@@ -63,20 +63,26 @@ def write_images(images: np.ndarray, out_dir: Path) -> None:
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(tmp / f"{i:06d}.png")
-    if out_dir.exists():
-        out_dir.rmdir()
-    os.replace(tmp, out_dir)
+    try:
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(tmp / f"{i:06d}.png")
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def compress(params: Params, variant: str, seed: int, source: Path, out: Path, mode: str | None) -> int:
     model_file, model, saved = _model(params, variant, seed)
     mode = mode or ("entropy" if model.prior is not None else "uint8")
     images = read_images(source)
-    latents, calibration = codec.encode_latents(model, images), None
+    if not len(images):
+        raise CodecError(f"{source}: holds no images")
+    latents, calibration = encoding.encode_latents(model, images), None
     if mode != "entropy":
-        calibration = codec.saved_calibration(model, saved, paths.prepared_dir())
+        calibration = encoding.saved_calibration(model, saved, paths.prepared_dir())
         latents = refine_latents(model, images, latents, params.codec, calibration)
     stream = codec.pack(model, model_file, latents, mode, calibration)
     atomic_write(out, lambda tmp: tmp.write_bytes(stream))
@@ -100,10 +106,13 @@ def _model(params: Params, variant: str, seed: int):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.tools.codec", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", help="the params file (default: params.yaml at the project root)")
+    params_help = "the params file (default: params.yaml at the project root)"
+    parser.add_argument("--params", help=params_help)
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("compress", "decompress"):
         sub = commands.add_parser(name)
+        # also after the command; SUPPRESS keeps a --params given before it
+        sub.add_argument("--params", default=argparse.SUPPRESS, help=params_help)
         sub.add_argument("variant")
         sub.add_argument("source", type=Path)
         sub.add_argument("out", type=Path)

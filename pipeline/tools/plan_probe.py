@@ -20,7 +20,7 @@ import psutil
 import torch
 import yaml
 
-from pipeline.lib import classifier, codec, metrics
+from pipeline.lib import classifier, encoding, metrics
 from pipeline.lib.baselines import compute_baselines
 from pipeline.lib.config import Params
 from pipeline.lib.device import configure_compute, pick_device
@@ -73,7 +73,7 @@ def variant_seconds(params: Params, variant: str, device) -> dict[str, float]:
     return {
         "step": step,
         "val": _timed(trainer.val_loss, probe) / len(probe),
-        "encode": _timed(codec.encode_latents, trainer.model.eval(), uint8) / len(probe),
+        "encode": _timed(encoding.encode_latents, trainer.model.eval(), uint8) / len(probe),
         "evaluate": _timed(evaluation, trainer.model, probe, params) / len(probe),
     }
 

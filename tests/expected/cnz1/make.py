@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.lib import codec
+from pipeline.lib import codec, encoding
 from pipeline.lib.config import VariantSpec
 from pipeline.lib.models import build_model
 from tests.conftest import TINY_SPEC
@@ -23,7 +23,7 @@ if __name__ == "__main__":
     model = build_model(VariantSpec(**spec)).eval()
     torch.save({"spec": spec, "state_dict": model.state_dict()}, OUT / "model.pt")
     images = np.ascontiguousarray(glyphs(np.arange(12) % 47, seed=3).transpose(0, 2, 1))
-    latents = codec.encode_latents(model, images)
+    latents = encoding.encode_latents(model, images)
     for mode in codec.MODES:
         stream = codec.pack(model, OUT / "model.pt", latents, mode)
         (OUT / f"{mode}.cnz").write_bytes(stream)
