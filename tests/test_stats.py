@@ -139,7 +139,7 @@ def test_findings_state_the_best_variant_and_which_differences_are_real():
         "5 of 6 pairs significant (model01–model02, model01–model04, model02–model03, model02–model04, "
         "model03–model04), so the upsampling position makes a difference larger than the seed spread"
     ) in text
-    assert "Dead latent units (mean over seeds): model02 19.0" in text
+    assert "Dead latent units (mean over seeds): model02 19.0; every other variant 0." in text
 
 
 def test_findings_say_when_nothing_exceeds_the_seed_spread():
@@ -154,3 +154,17 @@ def test_findings_say_when_nothing_exceeds_the_seed_spread():
     assert "0 of 6 pairs significant, so no difference between upsampling positions exceeds the seed spread" in text
     assert "a different order from the study's" in text
     assert "Dead latent units" not in text
+
+
+def test_a_matrix_with_some_of_the_positions_is_compared_on_those():
+    text = "\n".join(study_case({"model01": [0.010, 0.011, 0.012], "model03": [0.020, 0.021, 0.022]}))
+    assert (
+        "model01 (layer 3) < model03 (layer 2), the same order as the study's among these positions (layer 3 < 2)"
+        in text
+    )
+
+
+def test_a_variant_with_a_dead_unit_in_some_seeds_is_not_counted_as_none():
+    mse = {"model01": [0.010, 0.011, 0.012], "model03": [0.020, 0.021, 0.022]}
+    text = "\n".join(study_case(mse, dead={"model03": 1 / 3}))
+    assert "Dead latent units (mean over seeds): model03 0.3; every other variant 0." in text

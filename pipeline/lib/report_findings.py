@@ -32,7 +32,7 @@ def findings(summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict],
     )
     for label, members in stats.families(specs).items():
         lines.append(_family_finding(label, members, summary, tests, specs, reference))
-    dead = summary[summary.dead_latent_units_mean >= 1]
+    dead = summary[summary.dead_latent_units_mean > 0]
     if len(dead):
         lines.append(
             "- Dead latent units (mean over seeds): "
@@ -50,7 +50,9 @@ def _family_finding(
     inside = tests[tests.a.isin(members) & tests.b.isin(members)]
     study = sorted(reference["upsampling_layer"], key=lambda m: reference["reported"][m]["mse"])
     study_positions = [reference["upsampling_layer"][m] for m in study]
-    same_order = "the same order as" if positions == study_positions else "a different order from"
+    compared = [p for p in study_positions if p in positions]  # a matrix may hold only some of the positions
+    same_order = "the same order as" if positions == compared else "a different order from"
+    among = "" if compared == study_positions else " among these positions"
     hits = inside[inside.significant]
     pairs = f" ({', '.join(f'{a}–{b}' for a, b in zip(hits.a, hits.b))})" if len(hits) else ""
     verdict = (
@@ -61,7 +63,7 @@ def _family_finding(
     return (
         f"- Decoder family ({label}): by mean MSE "
         + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
-        + f", {same_order} the study's (layer {' < '.join(map(str, study_positions))}); "
+        + f", {same_order} the study's{among} (layer {' < '.join(map(str, compared))}); "
         + f"{len(hits)} of {len(inside)} pairs significant{pairs}, so {verdict}."
     )
 
