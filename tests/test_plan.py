@@ -42,6 +42,21 @@ def test_profile_values_reach_dvc_as_they_are(value):
     assert override.value() == value
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-S", "trian.lr=0.1"], "plan: error: trian.lr: params.yaml has no section trian"),
+        (["-S", "train.lr=-1"], "plan: error: train.lr"),
+        (["--profile", "nowhere.yaml"], "plan: error: nowhere.yaml: No such file or directory"),
+    ],
+)
+def test_bad_params_or_a_missing_profile_are_one_line_not_a_traceback(args, message, project_root, capsys):
+    (project_root / "params.yaml").write_text(yaml.safe_dump(REPO_PARAMS))
+    assert plan.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
 def test_a_mapping_in_a_profile_is_refused():
     with pytest.raises(ValueError, match="not {'a': 1}"):
         plan.hydra_value({"a": 1})

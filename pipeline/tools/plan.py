@@ -28,7 +28,7 @@ from dvc.repo import Repo
 from pipeline import paths
 from pipeline.cli import load_params, one_line
 from pipeline.lib import prepared
-from pipeline.lib.config import Params, parse_params
+from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.io import DataError
 from pipeline.provenance import stage_name
 from pipeline.tools import plan_probe
@@ -47,7 +47,9 @@ def with_profile(raw: dict, profile: dict) -> dict:
         *parents, leaf = key.split(".")
         node = raw
         for part in parents:
-            node = node[part]
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: params.yaml has no section {'.'.join(parents)}")
         node[leaf] = value
     return raw
 
@@ -151,8 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", action="store_true", help="then run the profile as a DVC experiment")
     parser.add_argument("-S", "--set-param", action="append", default=[], help="passed on to `dvc exp run`")
     args = parser.parse_args(argv)
+    try:
+        return plan(args)
+    except (ConfigError, DataError, yaml.YAMLError) as err:
+        print(f"plan: error: {one_line(err)}", file=sys.stderr)
+    except OSError as err:  # a profile that is not there, a params file that cannot be read
+        print(f"plan: error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
+    return 1
+
+
+def plan(args: argparse.Namespace) -> int:
     startup = plan_probe.startup_seconds()
     profile = yaml.safe_load(args.profile.read_text()) if args.profile else {}
+    if not isinstance(profile, dict):
+        raise ConfigError(f"{args.profile}: a profile is a mapping of dotted params keys to values")
     overrides = {**profile, **parse_sets(args.set_param)}
     raw = yaml.safe_load(paths.params_file().read_text())
     params = parse_params(with_profile(raw, overrides)) if overrides else load_params(paths.params_file())
