@@ -68,3 +68,18 @@ def test_any_other_exit_status_fails_the_run(monkeypatch):
     executor = SimpleNamespace(running={"ref": "train@a-0"})
     with pytest.raises(parallel.StageFailed, match=r"failed \(exit 2\)"):
         parallel.Executor.finish(executor, "ref", None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--jobs", "0"], "--jobs: at least 1"),
+        (["--cpus-per-run", "0"], "--cpus-per-run: more than 0"),
+        (["--gpus-per-run", "1.5"], "--gpus-per-run: a fraction of one GPU or a whole number"),
+    ],
+)
+def test_resources_ray_could_never_schedule_are_refused_before_it_starts(args, message, monkeypatch, capsys):
+    monkeypatch.setattr(parallel, "start_ray", lambda args: pytest.fail("Ray started"))
+    with pytest.raises(SystemExit) as exit_:
+        parallel.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

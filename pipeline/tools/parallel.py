@@ -225,6 +225,16 @@ def check_cluster_setup(parser: argparse.ArgumentParser, args, root: Path) -> No
         parser.error(f"--remote {args.remote}: pushing this checkout's outputs failed: {err}")
 
 
+def check_resources(parser: argparse.ArgumentParser, args) -> None:
+    """Numbers Ray would accept and then never schedule (0 CPUs: the executor would wait forever) or divide by."""
+    if args.jobs < 1:
+        parser.error(f"--jobs: at least 1 stage at once, got {args.jobs}")
+    if args.cpus_per_run <= 0:
+        parser.error(f"--cpus-per-run: more than 0, got {args.cpus_per_run}")
+    if args.gpus_per_run < 0 or (args.gpus_per_run > 1 and not args.gpus_per_run.is_integer()):
+        parser.error(f"--gpus-per-run: a fraction of one GPU or a whole number of GPUs, got {args.gpus_per_run}")
+
+
 def start_ray(args) -> None:
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
@@ -240,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-run", type=float, default=0, help="GPU fraction of each training stage")
     parser.add_argument("--remote", help="run each stage in its node's own checkout, data through this DVC remote")
     args = parser.parse_args(argv)
+    check_resources(parser, args)
     root = paths.root()
     os.chdir(root)  # DVC resolves stage names from the current directory
     if args.remote:
