@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 
 from pipeline import paths
 from pipeline.lib.config import ConfigError, load_params
@@ -37,12 +38,13 @@ def run_stage(
     per_run: bool = True,
     expected: tuple[type[Exception], ...] = (),
     options=None,
-    resume: str = "",
+    resume: str | Callable[[argparse.Namespace], str] = "",
 ) -> int:
     """Parse the arguments, run `work(params, variant, seed)` (per run) or `work(params, args)`, print its message;
     expected errors and OS errors (a full disk) become one line on stderr and exit status 1; Ctrl-C, or a SIGTERM
     that tracking turned into an Interrupted, one line with `resume` (what rerunning keeps) and 128 + the signal's
-    number. `options(parser)` adds a stage's own arguments."""
+    number (`resume` may be a function of the arguments: what is kept depends on how far it got). `options(parser)`
+    adds a stage's own arguments."""
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}", description=doc.splitlines()[0])
     if per_run:
         parser.add_argument("variant")
@@ -63,7 +65,8 @@ def run_stage(
         return 1
     except KeyboardInterrupt as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
-        print(f"{stage}: {interrupted_by(signum)}" + (f"; {resume}" if resume else ""), file=sys.stderr)
+        kept = resume(args) if callable(resume) else resume
+        print(f"{stage}: {interrupted_by(signum)}" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return signal_exit_code(signum)
     except OSError as err:  # a full disk, a read-only directory: the file and the reason, not a traceback
         where = f"{err.filename}: " if err.filename else ""

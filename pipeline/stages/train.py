@@ -35,6 +35,12 @@ def train(params: Params, variant: str, seed: int, tracker: tracking.Tracker) ->
     return f"wrote {final}"
 
 
+def what_a_rerun_keeps(args) -> str:
+    if paths.checkpoint_file(run_name(args.variant, args.seed)).exists():
+        return "its finished epochs are in checkpoints/, and the same command resumes after them"
+    return "no epoch had finished, so the same command starts the run again"
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_stage(
         "train",
@@ -42,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda *run: train(*run, tracking.MlflowTracker()),
         argv,
         expected=(DataError, *tracking.STORE_ERRORS, TrainingDiverged),
-        resume="its finished epochs are in checkpoints/, and the same command resumes after them",
+        resume=what_a_rerun_keeps,
     )
 
 
