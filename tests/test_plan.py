@@ -48,10 +48,13 @@ def test_profile_values_reach_dvc_as_they_are(value):
         (["-S", "trian.lr=0.1"], "plan: error: trian.lr: params.yaml has no section trian"),
         (["-S", "train.lr=-1"], "plan: error: train.lr"),
         (["--profile", "nowhere.yaml"], "plan: error: nowhere.yaml: No such file or directory"),
+        (["-S", "data.source=/nowhere"], "plan: error: data.source /nowhere: no such directory (make repro DATA="),
+        (["-S", "study.source=/nowhere"], "plan: error: study.source /nowhere: no such directory (make repro STUDY="),
     ],
 )
 def test_bad_params_or_a_missing_profile_are_one_line_not_a_traceback(args, message, project_root, capsys):
-    (project_root / "params.yaml").write_text(yaml.safe_dump(REPO_PARAMS))
+    data = {**REPO_PARAMS["data"], "source": str(project_root)}  # a directory that is there
+    (project_root / "params.yaml").write_text(yaml.safe_dump({**REPO_PARAMS, "data": data}))
     assert plan.main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1

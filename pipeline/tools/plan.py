@@ -29,6 +29,7 @@ from pipeline import paths
 from pipeline.cli import load_params, one_line
 from pipeline.lib import prepared
 from pipeline.lib.config import ConfigError, Params, parse_params
+from pipeline.lib.config_sections import STUDY_SOURCE
 from pipeline.lib.io import DataError
 from pipeline.provenance import stage_name
 from pipeline.tools import plan_probe
@@ -162,6 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def check_sources(params: Params) -> None:
+    """A data or study directory that is not there, said before DVC starts: it would first delete the outputs of
+    the stage that reads it."""
+    data, study = params.data.source, params.study.source
+    if not paths.resolve_source(data).exists():
+        raise DataError(f"data.source {data}: no such directory (make repro DATA=<a directory of IDX files>)")
+    if study != STUDY_SOURCE and not paths.project_path(study).is_dir():
+        raise DataError(f"study.source {study}: no such directory (make repro STUDY=<the study's weights>)")
+
+
 def plan(args: argparse.Namespace) -> int:
     startup = plan_probe.startup_seconds()
     profile = yaml.safe_load(args.profile.read_text()) if args.profile else {}
@@ -170,6 +181,7 @@ def plan(args: argparse.Namespace) -> int:
     overrides = {**profile, **parse_sets(args.set_param)}
     raw = yaml.safe_load(paths.params_file().read_text())
     params = parse_params(with_profile(raw, overrides)) if overrides else load_params(paths.params_file())
+    check_sources(params)
     changed = {key for key, value in overrides.items() if current_value(raw, key) != value}
     for line in plan_lines(params, changed, profile=bool(profile), startup=startup):
         print(line, flush=True)
