@@ -216,6 +216,8 @@ def test_clean_chain_passes(built, target, capsys, monkeypatch):
 def test_unknown_target_is_an_error(built, capsys):
     assert lineage.main(["no-such-thing", "--root", str(built)]) == 2
     assert "lineage: error: no-such-thing: not a model file, a variant" in capsys.readouterr().err
+    assert lineage.main(["model99-seed0", "--root", str(built)]) == 2
+    assert capsys.readouterr().err == "lineage: error: model99-seed0: params.yaml has no variant model99\n"
 
 
 @pytest.mark.parametrize(

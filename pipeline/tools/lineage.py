@@ -102,7 +102,9 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
         return [(run_name(saved["variant"], saved["seed"]), path)]
     if target in project.params.variants:
         names = [run_name(target, seed) for seed in project.params.seeds]
-    elif RUN_NAME.fullmatch(target):
+    elif match := RUN_NAME.fullmatch(target):
+        if match["variant"] not in project.params.variants:
+            raise LookupError(f"{target}: params.yaml has no variant {match['variant']}")
         names = [target]
     else:
         run = project.run(target)
