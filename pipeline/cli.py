@@ -69,11 +69,15 @@ def run_stage(
         print(f"{stage}: {interrupted_by(signum)}" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return signal_exit_code(signum)
     except OSError as err:  # a full disk, a read-only directory: the file and the reason, not a traceback
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"{stage}: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"{stage}: error: {os_error_line(err)}", file=sys.stderr)
         return 1
     print(f"{stage}: {message}")
     return 0
+
+
+def os_error_line(err: OSError) -> str:
+    """The file and the reason (a full disk, a missing file), without the errno's repr."""
+    return (f"{err.filename}: " if err.filename else "") + str(err.strerror or err)
 
 
 def one_line(err: BaseException) -> str:

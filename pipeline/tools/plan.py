@@ -26,7 +26,7 @@ from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
 from pipeline import paths
-from pipeline.cli import load_params, one_line
+from pipeline.cli import load_params, one_line, os_error_line
 from pipeline.lib import prepared
 from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.config_sections import STUDY_SOURCE
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, yaml.YAMLError) as err:
         print(f"plan: error: {one_line(err)}", file=sys.stderr)
     except OSError as err:  # a profile that is not there, a params file that cannot be read
-        print(f"plan: error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
+        print(f"plan: error: {os_error_line(err)}", file=sys.stderr)
     return 1
 
 
