@@ -38,6 +38,8 @@ def read_images(path: Path) -> np.ndarray:
             raise CodecError(f"{path}: no .png files")
         return np.stack([read_png(f) for f in files])
     images = read_idx(path, "images")
+    if not len(images):
+        raise CodecError(f"{path}: holds no images")
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise CodecError(f"{path}: expected {IMAGE_SIZE}x{IMAGE_SIZE} images, got {images.shape[1:]}")
     return np.ascontiguousarray(images.transpose(0, 2, 1))
@@ -78,8 +80,6 @@ def compress(params: Params, variant: str, seed: int, source: Path, out: Path, m
     model_file, model, saved = _model(params, variant, seed)
     mode = mode or ("entropy" if model.prior is not None else "uint8")
     images = read_images(source)
-    if not len(images):
-        raise CodecError(f"{source}: holds no images")
     latents, calibration = encoding.encode_latents(model, images), None
     if mode != "entropy":
         calibration = encoding.saved_calibration(model, saved, paths.prepared_dir())
