@@ -202,6 +202,17 @@ def test_each_images_refined_latent_depends_on_that_image_alone(trained, method)
     torch.testing.assert_close(*beside, rtol=1e-6, atol=1e-6)
 
 
+def test_images_refined_a_few_slots_at_a_time_keep_their_own_latents(trained, monkeypatch):
+    """Fewer search slots than images: each image that stops hands its slot to the next, and its latent lands at its
+    own index. (The company of each image differs, so float rounding does too.)"""
+    images = trained["images"][:9]
+    together = refine_with(trained, "plain", images)[-1]
+    monkeypatch.setattr(refine, "REFINE_BATCH", 2)
+    two_at_a_time = refine_with(trained, "plain", images)[-1]
+    assert (together[1:] - together[:-1]).abs().amax(1).min() > 0.01  # a latent at another's index would show
+    torch.testing.assert_close(two_at_a_time, together, rtol=1e-4, atol=1e-4)
+
+
 def test_a_refined_uint8_stream_decodes_bit_exactly_to_its_refined_latents(trained, tmp_path, monkeypatch):
     model, _, (lo, hi), refined = refine_with(trained, "plain", trained["images"])
     expected = codec.decode_images(model, quantize.dequantize_uint8(quantize.uint8_codes(refined, lo, hi), lo, hi))

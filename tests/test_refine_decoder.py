@@ -1,12 +1,12 @@
-"""The refinement's own copy of the decoder (pipeline.lib.refine.inference_decoder): batch norms folded and, where
-it saves copies, mirrored. Either way it must decode what the model's decoder does."""
+"""The refinement's own copy of the decoder (pipeline.lib.search_decoder.inference_decoder): batch norms folded
+and, where it saves copies, mirrored. Either way it must decode what the model's decoder does."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline.lib import refine
+from pipeline.lib import search_decoder
 from pipeline.lib.config import VariantSpec
 from pipeline.lib.models import build_model
 from tests.conftest import TINY_SPEC
@@ -42,7 +42,7 @@ def trained_looking(spec: dict) -> torch.nn.Module:
 )
 def test_the_search_decoder_decodes_as_the_model_does(spec, mirrored):
     model = trained_looking(spec)
-    decoder, was_mirrored = refine.inference_decoder(model)
+    decoder, was_mirrored = search_decoder.inference_decoder(model)
     z = torch.randn(6, model.spec.latent_dim)
     with torch.no_grad():
         expected, decoded = model.decode(z), decoder(z)
