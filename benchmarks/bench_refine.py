@@ -7,9 +7,11 @@
 Each version refines the same test images with the same trained model (default models/model01_bn-seed0.pt and
 data/prepared: train it first with `dvc exp run -S 'matrix=[model01_bn]'`, or pass --model and --prepared) in its
 own fresh process on the CPU, the versions interleaved --repeats times so that both see the same machine load; the
-fastest repeat counts. The images are the first --per-class test images of every class. Quality is measured here,
-one way for both: the refined latents through the uint8 stream's grid, decoded, as evaluate scores them (pooled
-PSNR, the issue's measure, and mean per-image PSNR). Writes reports/benchmarks_refine.json.
+fastest repeat counts. --chunks K interleaves them more finely, part by part (each part every K-th image), for long
+runs such as the whole test split (--per-class 400), where the load can change within one version's run. The images
+are the first --per-class test images of every class. Quality is measured here, one way for both: the refined
+latents through the uint8 stream's grid, decoded, as evaluate scores them (pooled PSNR, the issue's measure, and
+mean per-image PSNR). Writes reports/benchmarks_refine.json.
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ def refine_once(tree: Path, model: Path, prepared_dir: Path, index_file: Path, s
         return {"refined": torch.from_numpy(saved["refined"]), "seconds": float(saved["seconds"])}
 
 
+def joined(parts: list[dict], chunks: list[np.ndarray]) -> dict:
+    """One version's runs over the chunks as one run over all the images: the times summed, the latents in order."""
+    refined = torch.empty(sum(map(len, chunks)), parts[0]["refined"].shape[1])
+    for part, rows in zip(parts, chunks):
+        refined[torch.from_numpy(rows)] = part["refined"]
+    return {"refined": refined, "seconds": sum(part["seconds"] for part in parts)}
+
+
 def quality(model, latents: torch.Tensor, x: torch.Tensor, calibration, cfg) -> dict:
     """The latents as the uint8 stream carries them, decoded and scored by evaluate's own summary (cfg: the
     evaluate params): psnr_pooled_uint8 (the issue's measure), psnr_uint8 (mean per image), ssim_uint8, ..."""
@@ -95,8 +105,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--per-class", type=int, default=12, help="test images per class (default 12)")
     parser.add_argument("--steps", type=int, default=40, help="this tree's L-BFGS codec.refine_steps (default 40)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=1,
+        help="split the images into this many interleaved parts and alternate the versions part by part, so that "
+        "both see the same machine load over a long run (default 1)",
+    )
     parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_refine.json")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.chunks < 1:
+        parser.error("--repeats and --chunks must be at least 1")
     missing = {args.model: "train it first (dvc exp run -S 'matrix=[model01_bn]')", args.prepared: "dvc repro prepare"}
     for path, how in missing.items():
         if not path.exists():
@@ -109,18 +128,30 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="bench-refine-"))
     images, labels = prepared.load_split(args.prepared, "test")
     index = stratified(labels, args.per_class)
+    if args.chunks > len(index):
+        sys.exit(f"bench_refine: --chunks {args.chunks} is more than the {len(index)} images")
     np.save(base / "index.npy", index)
     if args.before:
         checkout(args.before, base / "before")
     lbfgs = {"refine_steps": args.steps, "refine_method": "lbfgs"}
     before = lbfgs if args.before_method == "lbfgs" else ADAM
     versions = {"before": (base / "before", before) if args.before else (REPO, ADAM), "after": (REPO, lbfgs)}
+    chunks = [np.arange(len(index))[first :: args.chunks] for first in range(args.chunks)]
+    for number, rows in enumerate(chunks):
+        np.save(base / f"index{number}.npy", index[rows])
     runs = {name: [] for name in versions}
     for repeat in range(args.repeats):
-        for name, (tree, settings) in versions.items():
-            run = refine_once(tree, args.model, args.prepared, base / "index.npy", settings, base / f"{name}.npz")
-            runs[name].append(run)
-            print(f"{name:6} repeat {repeat + 1}: {1000 * run['seconds'] / len(index):7.1f} ms per image", flush=True)
+        parts = {name: [] for name in versions}
+        for number in range(len(chunks)):
+            for name, (tree, settings) in versions.items():
+                chunk_index = base / f"index{number}.npy"
+                parts[name].append(
+                    refine_once(tree, args.model, args.prepared, chunk_index, settings, base / "out.npz")
+                )
+        for name in versions:
+            runs[name].append(joined(parts[name], chunks))
+            ms = 1000 * runs[name][-1]["seconds"] / len(index)
+            print(f"{name:6} repeat {repeat + 1}: {ms:7.1f} ms per image", flush=True)
     model, saved = models.load_model(args.model, torch.device("cpu"))
     calibration = encoding.saved_calibration(model, saved, args.prepared)
     x = torch.from_numpy(images[index]).float().div(255).unsqueeze(1)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from benchmarks import bench_refine
@@ -60,13 +61,12 @@ def test_both_versions_refine_the_same_images_and_are_scored_alike(trained_model
     assert result["speedup"] == pytest.approx(result["before"]["ms_per_image"] / result["after"]["ms_per_image"])
 
 
-def test_a_revision_s_lbfgs_runs_with_this_tree_s_step_count(trained_model, tmp_path):
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_a_revision_s_lbfgs_runs_with_this_tree_s_step_count(trained_model, tmp_path, chunks):
     out = tmp_path / "refine.json"
     args = ["--model", str(trained_model), "--prepared", str(paths.prepared_dir()), "--per-class", "1", "--steps", "3"]
-    assert (
-        bench_refine.main([*args, "--repeats", "1", "--out", str(out), "--before", "HEAD", "--before-method", "lbfgs"])
-        == 0
-    )
+    args += ["--repeats", "1", "--chunks", str(chunks), "--out", str(out)]
+    assert bench_refine.main([*args, "--before", "HEAD", "--before-method", "lbfgs"]) == 0
     result = json.loads(out.read_text())
     assert result["before"]["settings"] == result["after"]["settings"] == {"refine_steps": 3, "refine_method": "lbfgs"}
     assert result["before"]["code"] == "HEAD"
@@ -78,3 +78,13 @@ def test_a_missing_model_is_named_with_the_command_that_makes_it(tmp_path, capsy
     with pytest.raises(SystemExit):
         bench_refine.main(["--model", str(tmp_path / "none.pt"), "--prepared", str(tmp_path)])
     assert "none.pt does not exist: train it first (dvc exp run -S 'matrix=[model01_bn]')" in capsys.readouterr().err
+
+
+def test_chunks_are_joined_into_the_images_order():
+    chunks = [np.array([0, 2, 4]), np.array([1, 3])]
+    parts = [
+        {"refined": torch.tensor([[0.0], [2.0], [4.0]]), "seconds": 1.5},
+        {"refined": torch.tensor([[1.0], [3.0]]), "seconds": 0.5},
+    ]
+    run = bench_refine.joined(parts, chunks)
+    assert run["refined"].flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and run["seconds"] == 2.0

@@ -203,14 +203,20 @@ def test_each_images_refined_latent_depends_on_that_image_alone(trained, method)
 
 
 def test_images_refined_a_few_slots_at_a_time_keep_their_own_latents(trained, monkeypatch):
-    """Fewer search slots than images: each image that stops hands its slot to the next, and its latent lands at its
-    own index. (The company of each image differs, so float rounding does too.)"""
+    """Fewer search slots than images: each image that stops hands its slot to the next, whose first pass joins the
+    other slot's steps, and its latent lands at its own index. (The company of each image differs, so float rounding
+    does too: the latents agree to a small fraction of a grid cell.)"""
     images = trained["images"][:9]
-    together = refine_with(trained, "plain", images)[-1]
+    model, _, calibration, together = refine_with(trained, "plain", images, steps=30)
     monkeypatch.setattr(refine, "REFINE_BATCH", 2)
-    two_at_a_time = refine_with(trained, "plain", images)[-1]
-    assert (together[1:] - together[:-1]).abs().amax(1).min() > 0.01  # a latent at another's index would show
-    torch.testing.assert_close(two_at_a_time, together, rtol=1e-4, atol=1e-4)
+    pass_sizes = []
+    measure = refine._loss_and_grad
+    monkeypatch.setattr(refine, "_loss_and_grad", lambda d, x, z: pass_sizes.append(len(x)) or measure(d, x, z))
+    two_at_a_time = refine_with(trained, "plain", images, steps=30)[-1]
+    assert pass_sizes.count(2) > len(pass_sizes) / 2  # full passes, not one image at a time
+    cells = quantize.uint8_scale(*calibration)
+    assert ((together[1:] - together[:-1]).abs() / cells).amax(1).min() > 1  # a latent at another's index would show
+    assert ((two_at_a_time - together).abs() / cells).max() < 0.05
 
 
 def test_a_refined_uint8_stream_decodes_bit_exactly_to_its_refined_latents(trained, tmp_path, monkeypatch):
