@@ -130,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     index = stratified(labels, args.per_class)
     if args.chunks > len(index):
         sys.exit(f"bench_refine: --chunks {args.chunks} is more than the {len(index)} images")
-    np.save(base / "index.npy", index)
     if args.before:
         checkout(args.before, base / "before")
     lbfgs = {"refine_steps": args.steps, "refine_method": "lbfgs"}
