@@ -323,6 +323,26 @@ def test_the_objective_changes_what_is_learned(prepared):
         assert any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a]), (a, b)
 
 
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_training_follows_the_eager_loop(prepared, mode):
+    """train.compile runs the batches' forward and loss through inductor (on CPU, reduce-overhead's CUDA graphs do
+    not apply but its code path runs): the same losses and weights as the eager loop, up to float rounding."""
+    train_x = as_batch_tensor(prepared_data.load_split(prepared, "train")[0], CPU)
+    trainers = {
+        form: Trainer(make_params(epochs=1, compile=form), VARIANT, 0, CPU, len(train_x)) for form in ("none", mode)
+    }
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # a count over the process: not reset by reset()
+    try:
+        losses = {form: trainer.train_epoch(train_x, 0, progress=False) for form, trainer in trainers.items()}
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # the compiled loop did compile
+    finally:
+        torch._dynamo.reset()  # its compiled code is not carried into other tests
+    assert losses[mode] == pytest.approx(losses["none"], rel=1e-4)
+    eager, compiled = (trainers[form].model.state_dict() for form in ("none", mode))
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-3, atol=1e-5)
+
+
 def _spy_batches(loss_fn, seen: list):
     def spy(prediction, target, *args, **kwargs):
         seen.append(len(target))

@@ -48,6 +48,10 @@ class TrainConfig:
     loss: Literal["mse", "log_mse", "log_mse_ssim"] = "mse"
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # auto: bf16 where the device computes it natively
     channels_last: bool = True
+    # torch.compile of each batch's forward pass and loss (the backward follows, compiled too): none | default |
+    # reduce-overhead (CUDA graphs on a GPU, where a small model's step is bound by kernel launches). Not bit-identical
+    # to none, so a setting of its own; the first batches pay the compilation (tens of seconds)
+    compile: Literal["none", "default", "reduce-overhead"] = "none"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = all cores
 

@@ -78,6 +78,7 @@ class Trainer:
         if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.cfg, self.model.parameters())
+        self.losses = self._losses if self.cfg.compile == "none" else self._compiled(self._losses)
         self.scheduler = make_scheduler(self.cfg, self.optimizer, self.steps_per_epoch)
         self.history: list[dict] = []
 
@@ -109,6 +110,30 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
+    def _compiled(self, fn):
+        """fn under torch.compile in train.compile's mode, one graph per batch shape (the full batches and the last)."""
+        if torch.are_deterministic_algorithms_enabled():
+            torch.use_deterministic_algorithms(True)  # again through the public call, which sets inductor's flag too
+        compiled = torch.compile(fn, mode=self.cfg.compile, dynamic=False)
+        if self.cfg.compile != "reduce-overhead":
+            return compiled
+
+        def each_batch_a_new_step(x: torch.Tensor):
+            torch.compiler.cudagraph_mark_step_begin()  # the last batch's outputs are done with: its memory is reused
+            return compiled(x)
+
+        return each_batch_a_new_step
+
+    def _losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's training MSE, and the objective it is trained on (with the rate term, for a variant with one)."""
+        with self._autocast():
+            recon, bits = self.model.forward_with_rate(x)
+            mse = torch.nn.functional.mse_loss(recon.float(), x)
+            loss = mse if self.cfg.loss == "mse" else OBJECTIVES[self.cfg.loss](recon.float(), x)
+            if bits is not None:  # rate-distortion loss: MSE + rate_weight * bits per pixel
+                loss = loss + self.rate_weight * bits.mean() / x[0].numel()
+        return mse, loss
+
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
@@ -136,12 +161,7 @@ class Trainer:
             disable=not progress,
         )
         for i, x in enumerate(batches):
-            with self._autocast():
-                recon, bits = self.model.forward_with_rate(x)
-                mse = torch.nn.functional.mse_loss(recon.float(), x)
-                loss = mse if self.cfg.loss == "mse" else OBJECTIVES[self.cfg.loss](recon.float(), x)
-                if bits is not None:  # rate-distortion loss: MSE + rate_weight * bits per pixel
-                    loss = loss + self.rate_weight * bits.mean() / x[0].numel()
+            mse, loss = self.losses(x)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
