@@ -39,14 +39,16 @@ from pipeline.lib.io import write_json, write_text
 from pipeline.lib.models import inference_flops_per_image, training_flops_per_image
 from pipeline.lib.trainer import Trainer
 
-# option -> (precision, channels_last, torch.compile)
+# option -> (precision, channels_last, train.compile)
 OPTIONS = {
-    "fp32 NCHW": ("fp32", False, False),
-    "fp32 channels_last": ("fp32", True, False),
-    "fp32 channels_last, torch.compile": ("fp32", True, True),
-    "bf16 NCHW": ("bf16", False, False),
-    "bf16 channels_last": ("bf16", True, False),
+    "fp32 NCHW": ("fp32", False, "none"),
+    "fp32 channels_last": ("fp32", True, "none"),
+    "fp32 channels_last, torch.compile": ("fp32", True, "default"),
+    "bf16 NCHW": ("bf16", False, "none"),
+    "bf16 channels_last": ("bf16", True, "none"),
+    "bf16 channels_last, torch.compile reduce-overhead": ("bf16", True, "reduce-overhead"),
 }
+GPU_ONLY = {"bf16 channels_last, torch.compile reduce-overhead"}  # CUDA graphs: on a CPU, the row above again
 # measured first, before the pipeline's own setting (glibc adapts its default to what the process freed before)
 DEFAULT_ALLOCATOR = "fp32 channels_last, C library's default allocator"
 LAYERS_ALONE = "fp32 channels_last, conv and dense layers alone"
@@ -72,10 +74,16 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def trainer_for(params, variant: str, precision: str, channels_last: bool, steps: int, n_images: int) -> Trainer:
+def trainer_for(params, variant: str, option: tuple[str, bool, str], steps: int, n_images: int) -> Trainer:
     # two epochs: a warm-up and the timed one (a one-cycle schedule must be planned for both)
+    precision, channels_last, compile_mode = option
     train = dataclasses.replace(
-        params.train_for(variant), precision=precision, channels_last=channels_last, steps_per_epoch=steps, epochs=2
+        params.train_for(variant),
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_mode,
+        steps_per_epoch=steps,
+        epochs=2,
     )
     params = dataclasses.replace(
         params,
@@ -89,11 +97,8 @@ def trainer_for(params, variant: str, precision: str, channels_last: bool, steps
 def training_rate(params, variant: str, option: str, train_x: torch.Tensor, steps: int) -> dict:
     """images/s of the real training loop after a warm-up, the share of time spent fetching batches, and the minor
     page faults per step (counted by the kernel: the allocator's share, free of the machine's noise)."""
-    precision, channels_last, compiled = OPTIONS[option if option != DEFAULT_ALLOCATOR else "fp32 channels_last"]
-    trainer = trainer_for(params, variant, precision, channels_last, steps, len(train_x))
-    if compiled:
-        torch.use_deterministic_algorithms(True)  # inductor's own flag too, as the stages' settings mean it
-        trainer.model.forward_with_rate = torch.compile(trainer.model.forward_with_rate)
+    settings = OPTIONS[option if option != DEFAULT_ALLOCATOR else "fp32 channels_last"]
+    trainer = trainer_for(params, variant, settings, steps, len(train_x))
     trainer.train_epoch(train_x, epoch=0, progress=False)  # warm-up: allocator, oneDNN kernels, compilation
     faults = minor_faults()
     seconds = timed(lambda: trainer.train_epoch(train_x, epoch=1, progress=False))
@@ -116,7 +121,7 @@ def layers_alone_rate(params, variant: str, device: torch.device, repeats: int =
     and backward (the first without an input gradient, as in training), best of `repeats`, on one batch's real
     activations: the convolution library's speed for these shapes, the ceiling the whole step is measured against."""
     batch = params.train_for(variant).batch_size
-    model = trainer_for(params, variant, "fp32", True, 1, batch).model
+    model = trainer_for(params, variant, OPTIONS["fp32 channels_last"], 1, batch).model
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
     inputs = {}
 
@@ -150,7 +155,7 @@ def _fetch_only(trainer: Trainer, train_x: torch.Tensor, epoch: int) -> None:
 def evaluation_rows(params, variant: str, test_x: torch.Tensor) -> list[dict]:
     """evaluate's main work (autoencoder and encoder->decoder passes plus per-image metrics) at evaluate.batch_size
     and at EVAL_BATCHES, side by side, with the page faults per image (a batch's maps over 32 MiB are not kept)."""
-    model = trainer_for(params, variant, "fp32", True, 1, len(test_x)).model.eval()
+    model = trainer_for(params, variant, OPTIONS["fp32 channels_last"], 1, len(test_x)).model.eval()
     x = test_x.contiguous(memory_format=torch.channels_last)
     flops = sum(inference_flops_per_image(params.variant(variant), part) for part in ("forward", "encode", "decode"))
     rows = []
@@ -224,7 +229,7 @@ def with_utilisation(measured: dict, peak: float) -> dict:
 
 
 def row(params, variant: str, option: str, train_x: torch.Tensor, steps: int, flops: int) -> dict:
-    compiled = OPTIONS.get(option, ("", False, False))[2]
+    compiled = OPTIONS.get(option, ("", False, "none"))[2] != "none"
     try:
         if option == LAYERS_ALONE:
             rate = layers_alone_rate(params, variant, train_x.device)
@@ -300,7 +305,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["model01", "model02", "model03", "model04"])
     every = [DEFAULT_ALLOCATOR, *OPTIONS, LAYERS_ALONE]
-    parser.add_argument("--options", nargs="+", default=every, choices=every)
+    here = [option for option in every if torch.cuda.is_available() or option not in GPU_ONLY]
+    parser.add_argument("--options", nargs="+", default=here, choices=every)
     parser.add_argument("--steps", type=int, default=30, help="training steps timed per variant and option")
     parser.add_argument("--eval-images", type=int, default=18_800)
     args = parser.parse_args()
