@@ -67,6 +67,7 @@ def test_batched_seeds_train_like_a_trainer_per_seed(images, schedule):
         ({**TINY_SPEC, "rate_weight": 0.01}, {}, "a rate term"),
         (TINY_SPEC, {"loss": "log_mse"}, "loss log_mse"),
         (TINY_SPEC, {"precision": "bf16"}, "precision bf16"),
+        (TINY_SPEC, {"compile": "default"}, "compile default"),
     ],
 )
 def test_what_cannot_be_batched_is_refused_by_name(spec, train, named):

@@ -54,7 +54,7 @@ def configure_compute(threads: int, keep_memory: bool = True) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
     if "torch._inductor.config" in sys.modules:
         torch.use_deterministic_algorithms(True)  # sets inductor's flag as well
-    else:  # the public call first imports inductor's config, about 1.5 s of every stage; nothing here compiles
+    else:  # the public call first imports inductor's config, about 1.5 s of every stage (train.compile sets it)
         torch._C._set_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -29,6 +29,7 @@ def unsupported(params: Params, variant: str, device: torch.device) -> str | Non
         "batch norm": spec.norm == "batch",
         "a rate term": spec.rate_weight > 0,
         f"loss {cfg.loss}": cfg.loss != "mse",
+        f"compile {cfg.compile}": cfg.compile != "none",
         f"precision {cfg.precision} (bf16 on {device.type} here)": resolve_precision(cfg.precision, device) == "bf16",
     }
     found = [reason for reason, present in reasons.items() if present]

@@ -112,8 +112,11 @@ class Trainer:
 
     def _compiled(self, fn):
         """fn under torch.compile in train.compile's mode, one graph per batch shape (the full batches and the last)."""
-        if torch.are_deterministic_algorithms_enabled():
-            torch.use_deterministic_algorithms(True)  # again through the public call, which sets inductor's flag too
+        if torch.are_deterministic_algorithms_enabled():  # again through the public call, which sets inductor's too
+            torch.use_deterministic_algorithms(True, warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
+        from torch._inductor import config as inductor  # imported here: ~1.5 s that an uncompiled run does not pay
+
+        inductor.fallback_random = True  # the rate variants' training noise from torch's generator, as eager draws it
         compiled = torch.compile(fn, mode=self.cfg.compile, dynamic=False)
         if self.cfg.compile != "reduce-overhead":
             return compiled
@@ -162,7 +165,7 @@ class Trainer:
         )
         for i, x in enumerate(batches):
             mse, loss = self.losses(x)
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)  # not zeroed in place: CUDA graphs reuse the gradients' memory
             loss.backward()
             self.optimizer.step()
             if self.scheduler:

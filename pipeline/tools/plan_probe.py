@@ -65,7 +65,11 @@ def variant_seconds(params: Params, variant: str, device) -> dict[str, float]:
     images = _images(batch * (PROBE_STEPS + 1), device)
     trainer = Trainer(params, variant, 0, device, len(images))
     trainer.scheduler, trainer.images_per_epoch = None, batch * PROBE_STEPS
-    trainer.train_epoch(images[:batch], 0, progress=False)  # warm-up: first calls allocate and pick kernels
+    compiled = params.train_for(variant).compile != "none"
+    if compiled:
+        torch._dynamo.reset()  # each variant compiles anew, not against the last one's recompile budget
+    # warm-up: first calls allocate and pick kernels; a compiled step also compiles, then records its CUDA graphs
+    trainer.train_epoch(images[: batch * (3 if compiled else 1)], 0, progress=False)
     step = _timed(trainer.train_epoch, images[batch:], 1, False) / (batch * PROBE_STEPS)
     probe = images[:PROBE_IMAGES]
     uint8 = (probe.squeeze(1) * 255).to(torch.uint8).cpu().numpy()
