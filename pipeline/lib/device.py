@@ -44,6 +44,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def deterministic_algorithms(warn_only: bool = False) -> None:
+    """Deterministic algorithms on, and inductor's flag too once its config is loaded: the public call imports that
+    config first, about 1.5 s of every stage, so it is made only where something compiles."""
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=warn_only)
+
+
 def configure_compute(threads: int, keep_memory: bool = True) -> None:
     """Same seed, same thread count (0: all cores), same machine -> bit-identical weights (docs/reproducibility.md);
     and freed tensor memory kept for reuse (keep_freed_memory), which changes speed and resident memory, not results.
@@ -52,10 +61,7 @@ def configure_compute(threads: int, keep_memory: bool = True) -> None:
     if keep_memory:
         keep_freed_memory()
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    if "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(True)  # sets inductor's flag as well
-    else:  # the public call first imports inductor's config, about 1.5 s of every stage (train.compile sets it)
-        torch._C._set_deterministic_algorithms(True)
+    deterministic_algorithms()
     torch.backends.cudnn.benchmark = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 

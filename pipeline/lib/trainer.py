@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.lib.config import Params, TrainConfig
-from pipeline.lib.device import resolve_precision
+from pipeline.lib.device import deterministic_algorithms, resolve_precision
 from pipeline.lib.losses import OBJECTIVES
 from pipeline.lib.models import build_model, is_collapsed
 
@@ -112,11 +112,12 @@ class Trainer:
 
     def _compiled(self, fn):
         """fn under torch.compile in train.compile's mode, one graph per batch shape (the full batches and the last)."""
-        if torch.are_deterministic_algorithms_enabled():  # again through the public call, which sets inductor's too
-            torch.use_deterministic_algorithms(True, warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
         from torch._inductor import config as inductor  # imported here: ~1.5 s that an uncompiled run does not pay
 
         inductor.fallback_random = True  # the rate variants' training noise from torch's generator, as eager draws it
+        if torch.are_deterministic_algorithms_enabled():
+            # again, now that inductor's config is loaded: its flag too; warn-only as it was
+            deterministic_algorithms(warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
         compiled = torch.compile(fn, mode=self.cfg.compile, dynamic=False)
         if self.cfg.compile != "reduce-overhead":
             return compiled
