@@ -277,9 +277,11 @@ def test_a_training_run_missing_from_the_store_gets_a_finished_run_of_its_own(wo
 
 
 def _set_trained_loss(path: Path, loss: str | None) -> None:
-    """Rewrite the model file's train.loss; None removes it, as in a file written before train.loss existed."""
+    """Rewrite the model file's train.loss; None removes it, as in a file written before train.loss existed. Either
+    way the file loses its FLOP count, as files written before training stored it, so evaluate counts again."""
     saved = torch.load(path, weights_only=False)
     saved["train"].pop("loss")
+    saved.pop("train_flops_per_image")
     if loss:
         saved["train"]["loss"] = loss
     torch.save(saved, path)
@@ -293,6 +295,19 @@ def test_train_flops_count_the_objective_the_model_was_trained_on(workspace, los
     assert run_evaluate(workspace, "tinyA")["train_flops_per_image"] == expected
     if loss:
         assert expected > training_flops_per_image(spec)
+
+
+def test_evaluate_takes_the_flop_count_training_stored_without_counting_again(workspace, monkeypatch):
+    saved = torch.load(model_path(), weights_only=False)
+    model = load_model(model_path(), torch.device("cpu"))[0]
+    objective = OBJECTIVES[saved["train"]["loss"]]
+    assert saved["train_flops_per_image"] == training_flops_per_image(model.spec, objective=objective)
+
+    def count_again(*args, **kwargs):
+        raise AssertionError("evaluate ran the FLOP counter, whose first use imports torch._dynamo")
+
+    monkeypatch.setattr("pipeline.lib.evaluation.training_flops_per_image", count_again)
+    assert run_evaluate(workspace, "tinyA")["train_flops_per_image"] == saved["train_flops_per_image"]
 
 
 def test_a_model_trained_on_an_unknown_loss_is_a_clear_error(workspace):
@@ -417,7 +432,7 @@ def test_report_compares_every_variant_and_groups_their_runs_under_a_report_run(
         row["method"] for row in rd
     }
 
-    report_stage.log_report(tracker, path, figures, summary, results)
+    report_stage.log_report(tracker, path, figures, summary, results, seconds=1.5)
     children = [client(workspace).get_run(i) for i in ids]
     parents = {child.data.tags["mlflow.parentRunId"] for child in children}
     assert len(parents) == 1
@@ -426,6 +441,7 @@ def test_report_compares_every_variant_and_groups_their_runs_under_a_report_run(
     parent = client(workspace).get_run(parents.pop())
     assert parent.info.run_name == "report" and parent.info.status == "FINISHED"
     assert parent.data.metrics["tinyA.mse_mean"] == pytest.approx(summary.loc["tinyA", "mse_mean"])
+    assert parent.data.metrics["report_seconds"] == 1.5
     artifacts = {a.path for a in client(workspace).list_artifacts(parent.info.run_id)}
     assert {"report.md", "rate_distortion.json", "figures"} <= artifacts
 

@@ -65,8 +65,7 @@ def evaluate_model(
     calibration = encoding.saved_calibration(model, saved, prepared_dir)
     compression, refine_seconds = _compression(model, model_path, latents, images, x, calibration, params)
     result.update(compression)
-    flops = training_flops_per_image(model.spec, objective=training_objective)
-    result.update(latent_diagnostics(latents), train_flops_per_image=flops)
+    result.update(latent_diagnostics(latents), train_flops_per_image=_train_flops(model, saved, training_objective))
     result.update(_semantic_fidelity(classifier_file, recon, labels, device))
     result.update(final_losses)
     protocol = np.random.default_rng(cfg.protocol_seed).choice(len(x), cfg.protocol_images, replace=False)
@@ -93,6 +92,13 @@ def evaluate_model(
         "model_sha256": sha256_file(model_path),
     }
     return Evaluation(result, per_class, images[samples], to_uint8(recon[samples]), saved.get("mlflow_run_id"))
+
+
+def _train_flops(model, saved: dict, training_objective) -> int:
+    """The model file's count from its training, or, for a file written before training stored it, counted now."""
+    if "train_flops_per_image" in saved:
+        return saved["train_flops_per_image"]
+    return training_flops_per_image(model.spec, objective=training_objective)
 
 
 def reconstruct_and_measure(model, x: torch.Tensor, cfg: EvaluateConfig, progress: bool = False):

@@ -22,6 +22,8 @@ from pipeline.lib import encoding, prepared
 from pipeline.lib.config import Params, flatten, run_name
 from pipeline.lib.device import as_batch_tensor, configure_compute, pick_device, processor_name
 from pipeline.lib.io import DataError, atomic_write, load_torch, md5_file, save_torch, sha256_file
+from pipeline.lib.losses import OBJECTIVES
+from pipeline.lib.models import training_flops_per_image
 from pipeline.lib.trainer import Trainer
 
 
@@ -115,6 +117,9 @@ def train_run(
             "seed": seed,
             "spec": dataclasses.asdict(params.variant(variant)),
             "train": dataclasses.asdict(cfg),
+            # counted here, where the optimizer has imported torch._dynamo already: the counter's first use imports
+            # it (~1 s), which evaluate, reading the count from this file, then does not pay
+            "train_flops_per_image": training_flops_per_image(params.variant(variant), objective=OBJECTIVES[cfg.loss]),
             "data_manifest_sha256": manifest_sha,
             "job": job,
             "mlflow_run_id": run.run_id,
