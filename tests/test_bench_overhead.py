@@ -21,5 +21,5 @@ def test_every_stage_is_timed_and_split_into_work_and_overhead(tmp_path):
         assert row["wall_s"] > 0 and row["work_s"] >= 0
         assert row["overhead_s"] == pytest.approx(row["wall_s"] - row["work_s"], abs=0.02)
     work = {row["stage"]: row["work_s"] for row in rows}
-    assert work["train"] > 0 and work["evaluate"] > 0  # read from the history and the metrics the stages wrote
+    assert work["train"] > 0 and work["evaluate"] > 0 and work["report"] > 0  # from the history, metrics, MLflow run
     assert result["import_torch_s"] > 0

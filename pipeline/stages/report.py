@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +67,16 @@ def _load(path: Path, stage: str) -> dict:
 
 
 def log_report(
-    tracker: tracking.Tracker, report: Path, figure_paths: list[Path], summary: pd.DataFrame, results: pd.DataFrame
+    tracker: tracking.Tracker,
+    report: Path,
+    figure_paths: list[Path],
+    summary: pd.DataFrame,
+    results: pd.DataFrame,
+    seconds: float,
 ) -> None:
-    """One `report` run holding the report and the per-variant means; the training runs become its children,
-    tagged with the digest of their evaluate stage's dvc.lock entry."""
+    """One `report` run holding the report, the per-variant means and the seconds write_report took (the stage's
+    work, apart from imports and logging); the training runs become its children, tagged with the digest of their
+    evaluate stage's dvc.lock entry."""
     with tracker.run("report", tracking.run_tags("report")) as run:
         run.log_artifact(report)
         run.log_artifact(report.with_name("rate_distortion.json"))
@@ -82,6 +89,7 @@ def log_report(
                 for column, value in row.items()
                 if column.endswith(("_mean", "_std")) and np.isfinite(value)
             }
+            | {"report_seconds": seconds}
         )
     lock = provenance.read_lock(provenance.dvc_root())
     for _, row in results[[isinstance(r, str) for r in results.mlflow_run_id]].iterrows():
@@ -96,9 +104,12 @@ def log_report(
 
 
 def _report(params: Params) -> str:
+    started = time.perf_counter()
     report, figure_paths, results, summary = write_report(params)
-    log_report(tracking.MlflowTracker(), report, figure_paths, summary, results)
-    return f"wrote {report} and {len(figure_paths)} figures ({len(results)} runs of {len(summary)} variants)"
+    seconds = time.perf_counter() - started
+    log_report(tracking.MlflowTracker(), report, figure_paths, summary, results, seconds)
+    runs = f"{len(results)} runs of {len(summary)} variants"
+    return f"wrote {report} and {len(figure_paths)} figures ({runs}) in {seconds:.1f} s"
 
 
 def main(argv: list[str] | None = None) -> int:
