@@ -67,17 +67,20 @@ def configure_compute(threads: int, keep_memory: bool = True) -> None:
 
 
 # glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit Linux (HEAP_MAX_SIZE / 2)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD = -1, -3, 32 << 20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX, LARGEST_MMAP_THRESHOLD = -1, -3, -4, 32 << 20
 
 
 def keep_freed_memory() -> None:
-    """Keep freed blocks of up to 32 MiB in the heap instead of handing them back to the OS. With glibc's defaults
-    the activations of every training step (a 128-image batch of a 64-channel 28x28 map is 25.7 MB) are unmapped when
-    freed and page-faulted back on the next step, a cost measured in reports/results/README.md (Training speed).
+    """Keep freed blocks in the heap instead of handing them back to the OS. With glibc's defaults the activations of
+    every training step (a 128-image batch of a 64-channel 28x28 map is 25.7 MB) are unmapped when freed and
+    page-faulted back on the next step, a cost measured in reports/results/README.md (Training speed).
     Results are unchanged; the process keeps its peak resident memory. A no-op where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD)
+        # and no block mapped on its own at all: above the largest threshold (evaluate's 256-image batch of a
+        # 64-channel 28x28 map is 51 MB) glibc would still map each one and unmap it when freed
+        libc.mallopt(M_MMAP_MAX, 0)
         libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)  # else the free top of the heap is handed back all the same
     except (OSError, AttributeError):  # macOS, musl or Windows: their allocators decide for themselves
         pass
