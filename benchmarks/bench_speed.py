@@ -157,7 +157,7 @@ def _fetch_only(trainer: Trainer, train_x: torch.Tensor, epoch: int) -> None:
 
 def evaluation_rows(params, variant: str, test_x: torch.Tensor) -> list[dict]:
     """evaluate's main work (autoencoder and encoder->decoder passes plus per-image metrics) at evaluate.batch_size
-    and at EVAL_BATCHES, side by side, with the page faults per image (a batch's maps over 32 MiB are not kept)."""
+    and at EVAL_BATCHES, side by side, with the page faults per image (few once the heap keeps every freed block)."""
     model = trainer_for(params, variant, OPTIONS["fp32 channels_last"], 1, len(test_x)).model.eval()
     x = test_x.contiguous(memory_format=torch.channels_last)
     flops = sum(inference_flops_per_image(params.variant(variant), part) for part in ("forward", "encode", "decode"))
