@@ -34,22 +34,22 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
 """
 
 
-# minor page faults per elementwise op on a 48 MB tensor: above 32 MiB, the largest mmap threshold glibc accepts, so
-# only turning off separately mapped blocks keeps it (evaluate's 256-image batches of 64-channel maps are 51 MB)
+# minor page faults per elementwise op on a 48 MB tensor (the median of 15 ops): above 32 MiB, the largest mmap
+# threshold glibc accepts, so only turning off separately mapped blocks keeps it (evaluate's 256-image batches of
+# 64-channel maps are 51 MB)
 LARGE_OP_FAULTS = """
-import resource, sys, torch
+import resource, statistics, sys, torch
 from pipeline.lib.device import keep_freed_memory
 if sys.argv[1] == "keep":
     keep_freed_memory()
 x = torch.rand(12_000_000)
-for _ in range(5):  # the heap settles: the first freed blocks are split by small allocations made meanwhile
+faults = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     y = x * 2
     del y
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    y = x * 2
-    del y
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(int(statistics.median(faults[5:])))  # the median: the heap settles after a few ops, their number varies
 """
 
 
