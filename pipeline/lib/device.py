@@ -78,11 +78,20 @@ def keep_freed_memory() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD)
-        # and no block mapped on its own at all: above the largest threshold (evaluate's 256-image batch of a
-        # 64-channel 28x28 map is 51 MB) glibc would still map each one and unmap it when freed
+        # and no block of the main thread's heap mapped on its own: above the largest threshold (evaluate's
+        # 256-image batch of a 64-channel 28x28 map is 51 MB) glibc would still map each one and unmap it when freed
         libc.mallopt(M_MMAP_MAX, 0)
         libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)  # else the free top of the heap is handed back all the same
     except (OSError, AttributeError):  # macOS, musl or Windows: their allocators decide for themselves
+        pass
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the OS (glibc's malloc_trim), for a process that kept it and now only
+    waits, as the planner waits on `dvc exp run`. A no-op where the C library is not glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
         pass
 
 

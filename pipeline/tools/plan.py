@@ -30,6 +30,7 @@ from pipeline.cli import load_params, one_line, os_error_line
 from pipeline.lib import prepared
 from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.config_sections import STUDY_SOURCE
+from pipeline.lib.device import release_freed_memory
 from pipeline.lib.io import DataError
 from pipeline.provenance import stage_name
 from pipeline.tools import plan_probe
@@ -189,6 +190,7 @@ def plan(args: argparse.Namespace) -> int:
         return 0
     sets = [*(f"{key}={hydra_value(value)}" for key, value in profile.items()), *args.set_param]
     command = ["dvc", "exp", "run", *(f"--set-param={s}" for s in sets)]
+    release_freed_memory()  # the probe's, which this process would otherwise hold while every stage runs
     code = subprocess.run(command, cwd=paths.root(), env={**os.environ, "PATH": path_with_this_python()}).returncode
     if code == 0:
         print("plan: params.yaml now holds the experiment's values; `git checkout params.yaml` returns to the default")
