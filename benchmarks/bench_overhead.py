@@ -94,7 +94,7 @@ def recorded_work(root: Path, stage: str, variant: str) -> float:
         latest = client.search_runs(
             experiments, "attributes.run_name = 'report'", order_by=["attributes.start_time DESC"], max_results=1
         )
-        return float(latest[0].data.metrics.get("report_seconds", 0.0))
+        return float(latest[0].data.metrics.get("report_seconds", 0.0)) if latest else 0.0
     return 0.0
 
 

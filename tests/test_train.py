@@ -31,7 +31,7 @@ from pipeline.lib.dataset import prepare_from_directory
 from pipeline.lib.device import as_batch_tensor, processor_name, resolve_precision
 from pipeline.lib.io import DataError
 from pipeline.lib.losses import OBJECTIVES, log_mse, log_mse_ssim, objective
-from pipeline.lib.models import build_model
+from pipeline.lib.models import build_model, training_flops_per_image
 from pipeline.lib.trainer import Trainer, TrainingDiverged
 from pipeline.lib.training import RunFiles, train_run
 from pipeline.stages import train as train_stage
@@ -292,6 +292,14 @@ def test_train_loss_is_the_training_mse_whatever_the_objective(prepared, loss):
     with torch.no_grad():
         expected = OBJECTIVES[loss](trainer.model(train_x), train_x).item()
     assert losses["train_objective"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_model_file_stores_the_flop_count_of_the_objective_trained_on(prepared, tmp_path):
+    params = make_params(epochs=1, loss="log_mse_ssim", steps_per_epoch=1)
+    saved = torch.load(train_untracked(params, prepared, tmp_path), weights_only=False)
+    spec = params.variant(VARIANT)
+    assert saved["train_flops_per_image"] == training_flops_per_image(spec, objective=log_mse_ssim)
+    assert saved["train_flops_per_image"] > training_flops_per_image(spec)  # the SSIM term's window filters count
 
 
 def test_with_a_rate_term_train_loss_is_still_the_mse(prepared):
