@@ -53,9 +53,14 @@ print(int(statistics.median(faults[5:])))  # the median: the heap settles after 
 """
 
 
+def run_script(script: str, *args: str) -> str:
+    """What a fresh interpreter prints running `script` at the repo root (the allocator as a new process has it)."""
+    command = [sys.executable, "-c", script, *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+
 def step_faults(mode: str, script: str = STEP_FAULTS) -> int:
-    command = [sys.executable, "-c", script, mode]
-    return int(subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout)
+    return int(run_script(script, mode))
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator; elsewhere the call is a no-op")
@@ -89,9 +94,7 @@ print(kept, resident_mb())
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator; elsewhere the call is a no-op")
 def test_kept_memory_is_handed_back_on_release():
-    command = [sys.executable, "-c", RELEASED]
-    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
-    kept, released = map(float, out.split())
+    kept, released = map(float, run_script(RELEASED).split())
     assert kept - released > 40  # the 48 MB block, of which the OS had every page
 
 
