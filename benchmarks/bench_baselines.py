@@ -34,7 +34,11 @@ def timed_rows(params, train, test, workers: int | None) -> tuple[float, list[di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_baselines",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--prepared", type=Path, help="a prepared data directory (default: this project's)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, help="default: reports/benchmarks_baselines.json")

@@ -163,7 +163,7 @@ def log_to_mlflow(result: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_epochs", description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="+", help="rows of the plan to run, as variant:recipe")
     args = parser.parse_args()

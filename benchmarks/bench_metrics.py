@@ -56,7 +56,7 @@ def skimage_loop(x: np.ndarray, y: np.ndarray, window: str) -> dict[str, np.ndar
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_metrics", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=18_800, help="number of image pairs")
     parser.add_argument("--window", choices=metrics.WINDOWS, default="uniform")
     parser.add_argument("--batch-size", type=int, default=2048)

@@ -106,7 +106,11 @@ def import_floor(env: dict) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--before", metavar="REV", help="a git revision to measure beside this working tree")
     parser.add_argument("--variant", default="model01")
     parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_overhead.json")

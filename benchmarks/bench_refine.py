@@ -90,7 +90,11 @@ def quality(model, latents: torch.Tensor, x: torch.Tensor, calibration, cfg) -> 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_refine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--before", metavar="REV", help="a git revision whose refinement is measured too (see --before-method)"
     )

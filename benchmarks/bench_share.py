@@ -88,7 +88,11 @@ def batch_size(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_share",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--variant", default="model01")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")

@@ -305,7 +305,7 @@ def mlflow_metrics(result: dict) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_speed", description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["model01", "model02", "model03", "model04"])
     every = [DEFAULT_ALLOCATOR, *OPTIONS, LAYERS_ALONE]
     here = [option for option in every if torch.cuda.is_available() or option not in GPU_ONLY]

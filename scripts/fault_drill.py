@@ -139,7 +139,9 @@ def build(base: Path) -> tuple[Path, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.fault_drill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="768m", help="the tmpfs the project lives on")
     parser.add_argument("--out", type=Path, default=Path("reports/results/fault_drill.md"))
     args = parser.parse_args(argv)

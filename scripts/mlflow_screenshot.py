@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.mlflow_screenshot", description=__doc__.split("\n")[0])
     parser.add_argument("--store", default=f"sqlite:///{REPO / 'mlflow.db'}", help="tracking store URI (read only)")
     parser.add_argument("--experiment", default="compressnet")
     parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="run names to compare (missing ones skipped)")

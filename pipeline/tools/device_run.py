@@ -124,7 +124,7 @@ def run_evaluate(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.device_run", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["train", "evaluate"])
     parser.add_argument("variant")
     parser.add_argument("outdir", type=Path)

@@ -150,7 +150,9 @@ def parse_sets(sets: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tools.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", type=Path, help="a YAML mapping of dotted params keys to values")
     parser.add_argument("--run", action="store_true", help="then run the profile as a DVC experiment")
     parser.add_argument("-S", "--set-param", action="append", default=[], help="passed on to `dvc exp run`")

@@ -250,7 +250,11 @@ def stop_mlflow(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tools.tracking_server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--dir", type=Path, default=None, help="the server's folder (default: mlflow-server/)")
     parser.add_argument("--port", type=int, default=5000, help="the MLflow server's port on 127.0.0.1")
