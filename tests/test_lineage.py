@@ -310,6 +310,14 @@ def test_a_missing_output_names_the_stage_to_rerun(copy, missing, expected):
     assert problems(copy) == [f"{RUN}: {expected}"]
 
 
+def test_a_missing_model_file_named_as_a_path_names_the_stage_to_rerun(copy, capsys):
+    (copy / MODEL).unlink()
+    assert lineage.main([MODEL, "--root", str(copy)]) == 1
+    assert f"{RUN}: model missing: {MODEL} does not exist (dvc repro {TRAIN})" in capsys.readouterr().out
+    assert lineage.main(["models/nothing.pt", "--root", str(copy)]) == 2
+    assert capsys.readouterr().err == "lineage: error: models/nothing.pt: no such model file\n"
+
+
 def test_stale_metrics_are_detected(copy, monkeypatch):
     """Retrained outside DVC and not re-evaluated: the metrics describe the old model file."""
     monkeypatch.setenv("COMPRESSNET_ROOT", str(copy))  # the train stage's files and store: the copy's

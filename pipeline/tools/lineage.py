@@ -100,6 +100,10 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
         if "seed" not in saved:
             raise LookupError(f"{path}: a model file from before seeds (no 'seed' key); retrain it with dvc repro")
         return [(run_name(saved["variant"], saved["seed"]), path)]
+    if Path(target).suffix == ".pt":  # a model file not there (yet): the run its name gives, whose file is missing
+        if not RUN_NAME.fullmatch(Path(target).stem):
+            raise LookupError(f"{target}: no such model file")
+        target = Path(target).stem
     if target in project.params.variants:
         names = [run_name(target, seed) for seed in project.params.seeds]
     elif match := RUN_NAME.fullmatch(target):
