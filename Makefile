@@ -38,9 +38,11 @@ keras-check: install-keras
 # the pipeline: its plan, then every out-of-date stage; DATA=/STUDY= as a DVC experiment with those sources;
 # JOBS=N: N stages at a time on a local Ray (pipeline.tools.parallel; docs/scale-out.md)
 repro: $(STAMP)
-	$(BIN)/python -m pipeline.tools.plan $(SET_PARAMS)
 ifneq ($(strip $(JOBS)),)
 	@test -z "$(strip $(SET_PARAMS))" || { echo "make repro: JOBS= runs params.yaml as it is: set data.source/study.source there instead of DATA=/STUDY=" >&2; exit 2; }
+endif
+	$(BIN)/python -m pipeline.tools.plan $(SET_PARAMS)
+ifneq ($(strip $(JOBS)),)
 	$(BIN)/python -m pipeline.tools.parallel --jobs $(JOBS)
 else ifeq ($(strip $(SET_PARAMS)),)
 	$(BIN)/dvc repro

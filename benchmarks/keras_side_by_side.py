@@ -38,7 +38,10 @@ from pipeline.lib.trainer import Trainer
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import keras  # noqa: E402
+try:
+    import keras  # noqa: E402
+except ModuleNotFoundError as missing:  # the optional extra; its modules are not in the core install
+    sys.exit(f"keras_side_by_side: {missing.name} is not installed: it is the optional extra (make install-keras)")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
@@ -262,7 +265,11 @@ def write_outputs(mode: str, result: dict, args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.keras_side_by_side",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("mode", choices=["steps", "epochs", "golden"])
     parser.add_argument("--weights", type=Path, default=paths.root().parent / "shared/reference/study-weights")
     parser.add_argument("--data", type=Path, default=paths.root().parent / "shared/data/emnist-bymerge-test-resplit")

@@ -243,11 +243,20 @@ def start_ray(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tools.parallel",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="stages at once on a local Ray")
     parser.add_argument("--address", help="an existing Ray cluster (default: start one on this machine)")
     parser.add_argument("--cpus-per-run", type=float, default=1, help="Ray CPUs each stage declares")
-    parser.add_argument("--gpus-per-run", type=float, default=0, help="GPU fraction of each training stage")
+    parser.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=0,
+        help="GPU fraction of each stage that puts a model on the device (train, evaluate, classifier, study)",
+    )
     parser.add_argument("--remote", help="run each stage in its node's own checkout, data through this DVC remote")
     args = parser.parse_args(argv)
     check_resources(parser, args)
