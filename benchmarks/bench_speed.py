@@ -6,7 +6,8 @@ FLOPs per image (torch's FLOP counter); the real training step's images/s for ea
 torch.compile, the C library's default allocator), with the share spent fetching batches and the page faults per
 step; the ceiling, each conv and dense layer timed alone; evaluation's images/s at several batch sizes. Utilisation
 is achieved FLOP/s over the best of matmul-peak samples spread over the run. Writes reports/benchmarks.json and .md
-and logs both to MLflow as a `benchmark` run.
+and logs both to MLflow as a `benchmark` run (--no-mlflow: the files only, on a machine without MLflow such as a
+lent GPU machine, which has torch and pandas but not this project's other dependencies).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import re
 import resource
 import time
 
-import mlflow
 import pandas as pd
 import torch
 import torch._dynamo
 from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
 
-from pipeline import paths, tracking
+from pipeline import paths
 from pipeline.lib import prepared
 from pipeline.lib.config import load_params
 from pipeline.lib.device import (
@@ -272,7 +272,7 @@ def timing_images(device: torch.device, train_images: int, eval_images: int):
     return *images, "random images (no prepared data)"
 
 
-def write_outputs(result: dict) -> None:
+def write_outputs(result: dict, log_to_mlflow: bool = True) -> None:
     table = pd.DataFrame(result["rows"])
     markdown = (
         f"# Speed benchmark\n\nfp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s (the best of "
@@ -288,11 +288,20 @@ def write_outputs(result: dict) -> None:
     write_json(out_json, result)
     write_text(out_md, markdown)
     print(markdown)
+    if log_to_mlflow:
+        log_benchmark_run(result, out_json, out_md)
+
+
+def log_benchmark_run(result: dict, *files) -> None:
+    import mlflow  # imported here: with --no-mlflow the benchmark runs where MLflow is not installed
+
+    from pipeline import tracking
+
     tracking.MlflowTracker()  # the project's store and experiment
     with tracking.tracked_run(run_name="benchmark", tags=tracking.run_tags("benchmark")):
         mlflow.log_metrics(mlflow_metrics(result))
-        mlflow.log_artifact(str(out_json))
-        mlflow.log_artifact(str(out_md))
+        for path in files:
+            mlflow.log_artifact(str(path))
 
 
 def mlflow_metrics(result: dict) -> dict[str, float]:
@@ -312,8 +321,9 @@ def main() -> None:
     parser.add_argument("--options", nargs="+", default=here, choices=every)
     parser.add_argument("--steps", type=int, default=30, help="training steps timed per variant and option")
     parser.add_argument("--eval-images", type=int, default=18_800)
+    parser.add_argument("--no-mlflow", action="store_true", help="write the files only; log no MLflow run")
     args = parser.parse_args()
-    write_outputs(run(args.variants, args.options, args.steps, args.eval_images))
+    write_outputs(run(args.variants, args.options, args.steps, args.eval_images), log_to_mlflow=not args.no_mlflow)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -105,3 +107,18 @@ def test_a_fresh_clone_is_measured_on_random_images_and_every_row_is_written(pro
     assert "batch 2048" in (project_root / "reports" / "benchmarks.md").read_text()
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.data.metrics["plain.fp32_NCHW.images_per_s"] == result["rows"][1]["images_per_s"]
+
+
+def test_without_mlflow_the_benchmarks_import_and_no_mlflow_writes_the_files(project_root, monkeypatch):
+    """A lent GPU machine has torch and pandas but not MLflow: bench_speed and bench_share must import there, and
+    --no-mlflow must write the result files without reaching for MLflow."""
+    blocked = "import sys; sys.modules['mlflow'] = None; import benchmarks.bench_speed, benchmarks.bench_share"
+    subprocess.run([sys.executable, "-c", blocked], check=True, cwd=bench_speed.paths.REPO_ROOT)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError from here on
+    rows = [{"variant": "plain", "option": "fp32 NCHW", "images_per_s": 500.0}]
+    result = {"matmul_peak_gflops": 100.0, "matmul_peak_samples": [100.0], "threads": 1, "hardware": "cpu"}
+    result |= {"device": "cpu", "native_bf16": False, "train_steps_timed": 2, "data": "random images", "rows": rows}
+    bench_speed.write_outputs(result, log_to_mlflow=False)
+    assert json.loads((project_root / "reports" / "benchmarks.json").read_text()) == result
+    with pytest.raises(ImportError):
+        bench_speed.write_outputs(result)  # the default still logs, so it needs MLflow
