@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import resource
 import time
 
-import pandas as pd
 import torch
 import torch._dynamo
 from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
 
+from benchmarks.speed_report import write_outputs
 from pipeline import paths
 from pipeline.lib import prepared
 from pipeline.lib.config import load_params
@@ -35,7 +34,6 @@ from pipeline.lib.device import (
     processor_name,
 )
 from pipeline.lib.evaluation import reconstruct_and_measure
-from pipeline.lib.io import write_json, write_text
 from pipeline.lib.models import inference_flops_per_image, training_flops_per_image
 from pipeline.lib.trainer import Trainer
 
@@ -270,47 +268,6 @@ def timing_images(device: torch.device, train_images: int, eval_images: int):
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(n, 1, 28, 28, generator=generator).to(device) for n in (train_images, eval_images)]
     return *images, "random images (no prepared data)"
-
-
-def write_outputs(result: dict, log_to_mlflow: bool = True) -> None:
-    table = pd.DataFrame(result["rows"])
-    markdown = (
-        f"# Speed benchmark\n\nfp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s (the best of "
-        f"{len(result['matmul_peak_samples'])} samples spread over the run, the lowest "
-        f"{min(result['matmul_peak_samples']):.1f}) on {result['threads']} threads of {result['hardware']} "
-        f"({result['device']}, native bf16: "
-        f"{result['native_bf16']}); {result['train_steps_timed']} training steps "
-        f"timed per row after a warm-up, on {result['data']}.\n\n"
-        + table.to_markdown(index=False, floatfmt=".3g")
-        + "\n"
-    )
-    out_json, out_md = paths.reports_dir() / "benchmarks.json", paths.reports_dir() / "benchmarks.md"
-    write_json(out_json, result)
-    write_text(out_md, markdown)
-    print(markdown)
-    if log_to_mlflow:
-        log_benchmark_run(result, out_json, out_md)
-
-
-def log_benchmark_run(result: dict, *files) -> None:
-    import mlflow  # imported here: with --no-mlflow the benchmark runs where MLflow is not installed
-
-    from pipeline import tracking
-
-    tracking.MlflowTracker()  # the project's store and experiment
-    with tracking.tracked_run(run_name="benchmark", tags=tracking.run_tags("benchmark")):
-        mlflow.log_metrics(mlflow_metrics(result))
-        for path in files:
-            mlflow.log_artifact(str(path))
-
-
-def mlflow_metrics(result: dict) -> dict[str, float]:
-    """The result's numbers under names MLflow accepts ("evaluate fp32 channels_last, batch 256" has a comma)."""
-    metrics = {"matmul_peak_gflops": result["matmul_peak_gflops"]}
-    for row in result["rows"]:
-        key = re.sub(r"[^0-9A-Za-z_.-]+", "_", f"{row['variant']}.{row['option']}")
-        metrics.update({f"{key}.{k}": v for k, v in row.items() if isinstance(v, float)})
-    return metrics
 
 
 def main() -> None:

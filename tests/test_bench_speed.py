@@ -1,4 +1,5 @@
-"""benchmarks/bench_speed.py: its rows reach MLflow under names MLflow accepts; its ceiling and utilisation."""
+"""benchmarks/bench_speed.py and speed_report.py: rows reach MLflow under names MLflow accepts (or only the files,
+without MLflow); the ceiling and utilisation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import yaml
 from torch._inductor.exc import CppCompileError
 
-from benchmarks import bench_speed
+from benchmarks import bench_speed, speed_report
 from pipeline.lib.config import parse_params
 from tests.conftest import TINY_SPEC
 
@@ -20,7 +21,7 @@ from tests.conftest import TINY_SPEC
 def test_every_row_is_logged_under_a_name_mlflow_accepts(mlflow_store):
     options = ["fp32 channels_last", "evaluate fp32 channels_last, batch 256"]
     rows = [{"variant": "model01", "option": option, "images_per_s": 500.0, "utilisation": 0.7} for option in options]
-    metrics = bench_speed.mlflow_metrics({"matmul_peak_gflops": 150.0, "rows": rows})
+    metrics = speed_report.mlflow_metrics({"matmul_peak_gflops": 150.0, "rows": rows})
     with mlflow.start_run() as run:
         mlflow.log_metrics(metrics)
     logged = mlflow.get_run(run.info.run_id).data.metrics
@@ -94,7 +95,7 @@ def test_a_fresh_clone_is_measured_on_random_images_and_every_row_is_written(pro
     monkeypatch.setattr(bench_speed, "matmul_peak_gflops", lambda device: 100.0)  # 2048² products: a second each
     options = [bench_speed.DEFAULT_ALLOCATOR, "fp32 NCHW", bench_speed.LAYERS_ALONE]
     result = bench_speed.run(["plain"], options, steps=2, eval_images=8)
-    bench_speed.write_outputs(result)
+    speed_report.write_outputs(result)
 
     assert result["data"] == "random images (no prepared data)"
     evaluate = [f"evaluate fp32 channels_last, batch {batch}" for batch in (256, 128, 2048)]  # params' first
@@ -118,7 +119,7 @@ def test_without_mlflow_the_benchmarks_import_and_no_mlflow_writes_the_files(pro
     rows = [{"variant": "plain", "option": "fp32 NCHW", "images_per_s": 500.0}]
     result = {"matmul_peak_gflops": 100.0, "matmul_peak_samples": [100.0], "threads": 1, "hardware": "cpu"}
     result |= {"device": "cpu", "native_bf16": False, "train_steps_timed": 2, "data": "random images", "rows": rows}
-    bench_speed.write_outputs(result, log_to_mlflow=False)
+    speed_report.write_outputs(result, log_to_mlflow=False)
     assert json.loads((project_root / "reports" / "benchmarks.json").read_text()) == result
     with pytest.raises(ImportError):
-        bench_speed.write_outputs(result)  # the default still logs, so it needs MLflow
+        speed_report.write_outputs(result)  # the default still logs, so it needs MLflow
