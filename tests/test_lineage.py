@@ -314,8 +314,9 @@ def test_a_missing_model_file_named_as_a_path_names_the_stage_to_rerun(copy, cap
     (copy / MODEL).unlink()
     assert lineage.main([MODEL, "--root", str(copy)]) == 1
     assert f"{RUN}: model missing: {MODEL} does not exist (dvc repro {TRAIN})" in capsys.readouterr().out
-    assert lineage.main(["models/nothing.pt", "--root", str(copy)]) == 2
-    assert capsys.readouterr().err == "lineage: error: models/nothing.pt: no such model file\n"
+    for elsewhere in ["models/nothing.pt", f"backup/{RUN}.pt", str(copy.parent / f"{RUN}.pt")]:
+        assert lineage.main([elsewhere, "--root", str(copy)]) == 2  # not the run's own file: nothing to check
+        assert capsys.readouterr().err == f"lineage: error: {elsewhere}: no such model file\n"
 
 
 def test_stale_metrics_are_detected(copy, monkeypatch):

@@ -100,8 +100,10 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
         if "seed" not in saved:
             raise LookupError(f"{path}: a model file from before seeds (no 'seed' key); retrain it with dvc repro")
         return [(run_name(saved["variant"], saved["seed"]), path)]
-    if Path(target).suffix == ".pt":  # a model file not there (yet): the run its name gives, whose file is missing
-        if not RUN_NAME.fullmatch(Path(target).stem):
+    if Path(target).suffix == ".pt":  # not there (yet): the run whose model file it would be, if it is one
+        expected = paths.under(project.root, paths.model_file(Path(target).stem)).resolve()
+        named = {Path(target).resolve(), (project.root / target).resolve()}  # from here, or from the project's root
+        if not RUN_NAME.fullmatch(Path(target).stem) or expected not in named:
             raise LookupError(f"{target}: no such model file")
         target = Path(target).stem
     if target in project.params.variants:
