@@ -7,7 +7,7 @@ torch.compile, the C library's default allocator), with the share spent fetching
 step; the ceiling, each conv and dense layer timed alone; evaluation's images/s at several batch sizes. Utilisation
 is achieved FLOP/s over the best of matmul-peak samples spread over the run. Writes reports/benchmarks.json and .md
 and logs both to MLflow as a `benchmark` run (--no-mlflow: the files only, on a machine without MLflow such as a
-lent GPU machine, which has torch and pandas but not this project's other dependencies).
+lent GPU machine; it needs torch, pandas, tabulate, pyyaml, tqdm and constriction).
 """
 
 from __future__ import annotations
