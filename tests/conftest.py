@@ -9,6 +9,9 @@ import yaml
 
 from tests.fakedata import make_emnist_dir
 
+# the training tests' fixtures (prepared, empty_store, store, root, baseline); a module may define its own
+pytest_plugins = ["tests.train_support"]
+
 
 @pytest.fixture
 def emnist_dir(tmp_path: Path) -> Path:
