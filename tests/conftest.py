@@ -9,8 +9,9 @@ import yaml
 
 from tests.fakedata import make_emnist_dir
 
-# the training tests' fixtures (prepared, empty_store, store, root, baseline); a module may define its own
-pytest_plugins = ["tests.train_support"]
+# fixtures shared by test modules (training: prepared, empty_store, store, root, baseline; evaluate and report:
+# trained, workspace); a module may define its own
+pytest_plugins = ["tests.train_support", "tests.evaluate_support"]
 
 
 @pytest.fixture
