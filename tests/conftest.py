@@ -10,8 +10,8 @@ import yaml
 from tests.fakedata import make_emnist_dir
 
 # fixtures shared by test modules (training: prepared, empty_store, store, root, baseline; evaluate and report:
-# trained, workspace); a module may define its own
-pytest_plugins = ["tests.train_support", "tests.evaluate_support"]
+# trained, workspace; lineage: isolated_store); a module may define its own
+pytest_plugins = ["tests.train_support", "tests.evaluate_support", "tests.lineage_support"]
 
 
 @pytest.fixture

@@ -1,90 +1,43 @@
-"""Lineage: DVC hashes in the outputs and MLflow runs, the model registry, and `python -m pipeline.tools.lineage`.
-
-Fast: lineage's checks on a project whose stages ran in-process (prepare, train, classifier, evaluate, tracked in
-the project's own <root>/mlflow.db) with a hand-made dvc.lock, one per module; every test that breaks a link does
-so in its own copy. Slow: one real `dvc repro` of a tiny variant (model logged and registered): what the stages
-record of dvc.lock, the registered model, the clean chain, and that the hand-made lock has the real one's shape.
+"""Lineage: DVC hashes in the outputs and MLflow runs, and `python -m pipeline.tools.lineage`, on a project whose
+stages ran in-process (prepare, train, classifier, evaluate, tracked in the project's own <root>/mlflow.db) with
+a hand-made dvc.lock, one per module; every test that breaks a link does so in its own copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import mlflow
 import mlflow.tracking._tracking_service.utils as mlflow_uri
-import numpy as np
 import pytest
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
 
 from pipeline import paths, provenance, tracking
 from pipeline.lib import prepared
 from pipeline.lib.config import DataConfig, load_params, parse_params
 from pipeline.lib.dataset import prepare_from_directory
-from pipeline.lib.io import md5_file, sha256_file
-from pipeline.lib.models import build_model
 from pipeline.stages.classifier import train_classifier
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import train
 from pipeline.tools import lineage, lineage_checks
-from tests.conftest import REPO, TINY_SPEC, make_project, run
+from tests.conftest import TINY_SPEC
 from tests.fakedata import make_emnist_dir
+from tests.lineage_support import (
+    EVALUATE,
+    MODEL,
+    RUN,
+    TRAIN,
+    VARIANT,
+    assert_clean_chain,
+    client,
+    hand_made_lock,
+    saved_model,
+)
 
-VARIANT, RUN, MODEL = "tiny", "tiny-seed0", "models/tiny-seed0.pt"
-TRAIN, EVALUATE = "train@tiny-0", "evaluate@tiny-0"
-
-
-@pytest.fixture(autouse=True)
-def project_store(monkeypatch):
-    """Lineage reads the store of the project it checks (<root>/mlflow.db), as in a user's checkout; MlflowTracker
-    points mlflow's process-wide tracking URI at a store: put it back afterwards."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    monkeypatch.setattr(mlflow_uri, "_tracking_uri", None)
-
-
-def lookup(tree: dict, dotted: str) -> object:
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
-
-
-def hand_made_lock(root: Path) -> dict:
-    """The dvc.lock entries lineage reads, as `dvc repro` writes them: each stage's params (the keys dvc.yaml lists,
-    valued from params.yaml) and the md5 of its outputs. (test_hand_made_lock_has_the_shape_of_dvcs checks it.)"""
-    current = yaml.safe_load((root / "params.yaml").read_text())
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-    def entry(stage: str, outs: list[str]) -> dict:
-        keys = [key.replace("${item.variant}", VARIANT) for key in stages[stage]["params"]]
-        return {
-            "params": {"params.yaml": {key: lookup(current, key) for key in keys}},
-            "outs": [
-                {
-                    "path": out,
-                    "hash": "md5",
-                    "md5": md5_file(root / out)
-                    if (root / out).is_file()
-                    else md5_file(root / out / "manifest.json") + ".dir",
-                }
-                for out in outs
-            ],
-        }
-
-    return {
-        "prepare": entry("prepare", ["data/prepared"]),
-        TRAIN: entry("train", [MODEL, "models/tiny-seed0.best.pt"]),
-        EVALUATE: entry("evaluate", [f"reports/samples/{RUN}.npy"]),
-    }
+pytestmark = pytest.mark.usefixtures("isolated_store")
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +75,6 @@ def copy(built, tmp_path) -> Path:
     return Path(shutil.copytree(built, tmp_path / "project", symlinks=True))
 
 
-def client(root: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-
-
-def saved_model(root: Path) -> dict:
-    return torch.load(root / MODEL, map_location="cpu", weights_only=False)
-
-
 def problems(root: Path, target: str = RUN) -> list[str]:
     return lineage.lineage(target, root)[1]
 
@@ -147,24 +92,6 @@ def edit_params(root: Path, key: str, value) -> None:
         section = section[part]
     section[last] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def assert_clean_chain(root: Path, out: str) -> None:
-    saved = saved_model(root)
-    manifest = prepared.load_manifest(root / "data" / "prepared")
-    tags = client(root).get_run(saved["mlflow_run_id"]).data.tags
-    for link in [
-        *manifest["inputs"].values(),
-        saved["data_manifest_sha256"],
-        f"git commit {tags['git_commit']}",
-        f"MLflow run {saved['mlflow_run_id']} (FINISHED)",
-        "latent_dim=8",
-        sha256_file(root / MODEL),
-        md5_file(root / MODEL),
-        f"reports/metrics/{RUN}.json: mse 0.",
-    ]:
-        assert link in out
-    assert out.endswith("lineage: every link matches\n")
 
 
 # ---------------------------------------------------------------- provenance outside DVC
@@ -329,91 +256,3 @@ def test_stale_metrics_are_detected(copy, monkeypatch):
     assert f"reports/metrics/{RUN}.json was computed from a model with sha256" in stale[0]
     assert f"reports/metrics/{RUN}.json belongs to MLflow run" in stale[1]
     assert kinds(found) == {"metrics stale", "model file replaced"}  # and DVC locked the old file
-
-
-# ---------------------------------------------------------------- a real `dvc repro` (slow)
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A git+DVC copy of the repo with one tiny variant and one seed, after a real `dvc repro`."""
-    data_dir = make_emnist_dir(tmp_path_factory.mktemp("data") / "emnist")
-    root, env = make_project(
-        tmp_path_factory.mktemp("project"), {VARIANT: TINY_SPEC}, epochs=1, data_source=str(data_dir)
-    )
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["mlflow"]["log_model"] = True  # make_project turns it off; the registry is under test here
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "commit", "-qam", "log the model"], root, env)
-    run(["dvc", "repro"], root, env)
-    return root
-
-
-@pytest.mark.slow
-def test_stages_record_what_dvc_locked_before_them(project):
-    lock = provenance.read_lock(project)
-    saved = saved_model(project)
-    metrics = json.loads((project / "reports" / "metrics" / f"{RUN}.json").read_text())
-    model_md5 = hashlib.md5((project / MODEL).read_bytes()).hexdigest()
-    assert saved["dvc"] == {
-        "prepared_md5": lock["prepare"]["outs"][0]["md5"],
-        "prepare_lock_sha256": provenance.entry_digest(lock, "prepare"),
-    }
-    assert metrics["run"]["dvc"] == {
-        **saved["dvc"],
-        "model_md5": model_md5,
-        "train_lock_sha256": provenance.entry_digest(lock, TRAIN),
-    }
-    assert provenance.out_md5(lock, MODEL) == model_md5  # what DVC locked is the md5 of the file's bytes
-    tags = client(project).get_run(saved["mlflow_run_id"]).data.tags
-    assert tags["train.dvc.prepared_md5"] == saved["dvc"]["prepared_md5"]
-    assert tags["evaluate.dvc.train_lock_sha256"] == metrics["run"]["dvc"]["train_lock_sha256"]
-    assert tags["report.dvc.evaluate_lock_sha256"] == provenance.entry_digest(lock, EVALUATE)
-    assert tags["model_sha256"] == tags["evaluate.model_sha256"] == sha256_file(project / MODEL)
-    assert tags["data.manifest_sha256"] == saved["data_manifest_sha256"] == metrics["data_manifest_sha256"]
-
-
-@pytest.mark.slow
-def test_registered_version_reproduces_the_model_file(project):
-    saved = saved_model(project)
-    (version,) = client(project).search_model_versions("name = 'compressnet-tiny'")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
-    lock = provenance.read_lock(project)
-    assert version.run_id == saved["mlflow_run_id"]
-    assert version.tags["stage"] == TRAIN and version.tags["seed"] == "0"
-    assert version.tags["model_sha256"] == sha256_file(project / MODEL)
-    assert version.tags["model_md5"] == provenance.out_md5(lock, MODEL)
-    assert version.tags["data.manifest_sha256"] == saved["data_manifest_sha256"]
-    assert version.tags["git_commit"] == head
-    assert version.tags["dvc.train_lock_sha256"] == provenance.entry_digest(lock, TRAIN)
-    model = build_model(saved["spec"])
-    model.load_state_dict(saved["state_dict"])
-    images = torch.from_numpy(np.load(project / "data" / "prepared" / "test_images.npy")).unsqueeze(1).float() / 255
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # project_store puts the process-wide URI back
-    registered = mlflow.pytorch.load_model(f"models:/compressnet-tiny/{version.version}")
-    with torch.no_grad():
-        assert torch.equal(registered(images), model.eval()(images))
-
-
-@pytest.mark.slow
-def test_clean_chain_of_a_dvc_repro_passes_from_the_command_line(project):
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "COMPRESSNET_ROOT")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.tools.lineage", VARIANT], cwd=project, env=env, capture_output=True, text=True
-    )  # the checkout it runs in is the one it checks
-    assert result.returncode == 0, result.stderr
-    assert_clean_chain(project, result.stdout)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
-    assert f"git commit {head} (dirty: false)" in result.stdout
-    assert "registered as compressnet-tiny version 1" in result.stdout
-
-
-@pytest.mark.slow
-def test_hand_made_lock_has_the_shape_of_dvcs(project):
-    """What the fast tests' hand-made dvc.lock holds is what `dvc repro` wrote."""
-    real, hand_made = provenance.read_lock(project), hand_made_lock(project)
-    for stage, entry in hand_made.items():
-        assert real[stage]["params"] == entry["params"], stage
-        for out in entry["outs"]:
-            if not out["md5"].endswith(".dir"):  # a directory's md5 is DVC's own; nothing compares it to files
-                assert provenance.out_md5(real, out["path"]) == out["md5"], out["path"]
