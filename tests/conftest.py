@@ -46,7 +46,7 @@ def mlflow_store(tmp_path: Path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     (tmp_path / "mlruns").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    import mlflow.tracking.fluent  # here, not at the top: most tests never touch MLflow
+    import mlflow.tracking.fluent
 
     # the experiment an earlier test in this process made active (set_experiment keeps it in MLflow and exports
     # MLFLOW_EXPERIMENT_ID) lives in another store: start from none, and leave none behind

@@ -1,6 +1,7 @@
 """What the evaluate and report tests share: a project with prepared data, two tiny variants trained with MLflow
-tracking, the classifier and the baselines, made once per test module (fixture `trained`), and a private copy of
-it per test (`workspace`; fixtures registered in conftest.py)."""
+tracking, the classifier and the baselines, made once per test module (fixture `trained`); a private copy of it
+per test, which also puts mlflow's process-wide tracking URI back afterwards (`workspace`; both registered in
+conftest.py); and running evaluate in it, its store's client and a run's model file."""
 
 from __future__ import annotations
 

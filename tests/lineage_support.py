@@ -1,5 +1,6 @@
 """What the lineage tests share: the tiny run's names, a hand-made dvc.lock as `dvc repro` writes it, the run's
-model and MLflow run, and what a clean chain prints."""
+model and MLflow run, what a clean chain prints, and the fixture `isolated_store` (registered in conftest.py), which
+points lineage at the checked project's own store and puts mlflow's process-wide tracking URI back afterwards."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""What the params tests share: a complete, valid params file of their own (BASE), fresh copies of it, and the
-error a bad one raises. Nothing here depends on today's values in the repo's params.yaml."""
+"""What the params tests share: a complete, valid params file of their own (BASE_YAML, parsed: RAW), fresh copies
+of it, a minimal variant, the error a bad one raises, and writing one to a params.yaml. Nothing here depends on
+today's values in the repo's params.yaml (REPO_PARAMS)."""
 
 from __future__ import annotations
 

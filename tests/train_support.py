@@ -1,6 +1,6 @@
 """What the training tests share: a tiny variant's params, the train stage and the library loop run in tmp
-roots, throwaway MLflow stores, and one 3-epoch baseline run per test module (fixtures, registered in
-conftest.py)."""
+roots, throwaway MLflow stores, one 3-epoch baseline run per test module (fixtures, registered in conftest.py),
+and spies on the epochs and batches a run trains."""
 
 from __future__ import annotations
 
