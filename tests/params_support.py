@@ -42,7 +42,7 @@ MINIMAL_VARIANT = {"encoder_filters": [4], "encoder_strides": [2], "latent_dim":
 
 
 def valid() -> dict:
-    """A fresh, mutable copy of BASE."""
+    """A fresh, mutable copy of BASE_YAML (RAW)."""
     return copy.deepcopy(RAW)
 
 

@@ -19,7 +19,6 @@ from pipeline.lib.models import build_model
 from tests.conftest import TINY_SPEC
 from tests.train_support import (
     EXPERIMENT,
-    HISTORY_COLUMNS,
     RUN,
     VARIANT,
     assert_same_weights,
@@ -157,6 +156,17 @@ def test_checkpoint_of_other_params_is_ignored(baseline, prepared, tmp_path, mon
 
 
 # ---------------------------------------------------------------- output files
+
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_objective",
+    "val_loss",
+    "lr",
+    "seconds",
+    "images_per_s",
+    "val_output_range",
+]
 
 
 def test_model_files_and_history(baseline, prepared):

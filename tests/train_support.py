@@ -24,16 +24,6 @@ from tests.fakedata import make_emnist_dir
 VARIANT = "tiny"
 RUN = run_name(VARIANT, 0)  # file stem of VARIANT trained with seed 0
 EXPERIMENT = "test-train"  # MLFLOW_EXPERIMENT_NAME of the tests' stores
-HISTORY_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_objective",
-    "val_loss",
-    "lr",
-    "seconds",
-    "images_per_s",
-    "val_output_range",
-]
 TRAIN_EPOCH = Trainer.train_epoch  # the real one, whatever a test has patched in
 CPU = torch.device("cpu")
 # environment a test must not inherit: mlflow.set_experiment/set_tracking_uri write MLFLOW_EXPERIMENT_ID and
