@@ -11,7 +11,7 @@ from tests.fakedata import make_emnist_dir
 
 # fixtures shared by test modules (training: prepared, empty_store, store, root, baseline; evaluate and report:
 # trained, workspace; lineage: isolated_store); a module may define its own
-pytest_plugins = ["tests.train_support", "tests.evaluate_support", "tests.lineage_support"]
+pytest_plugins = ["tests.train_support", "tests.evaluate_support", "tests.lineage_support", "tests.codec_support"]
 
 
 @pytest.fixture
