@@ -10,7 +10,7 @@ import yaml
 from tests.fakedata import make_emnist_dir
 
 # fixtures shared by test modules (training: prepared, empty_store, store, root, baseline; evaluate and report:
-# trained, workspace; lineage: isolated_store); a module may define its own
+# trained, workspace; lineage: isolated_store; the codec: codec_project, codec_root); a module may define its own
 pytest_plugins = ["tests.train_support", "tests.evaluate_support", "tests.lineage_support", "tests.codec_support"]
 
 
@@ -18,6 +18,18 @@ pytest_plugins = ["tests.train_support", "tests.evaluate_support", "tests.lineag
 def emnist_dir(tmp_path: Path) -> Path:
     """A small EMNIST-like directory of gzip IDX files with SHA256SUMS and mapping.txt."""
     return make_emnist_dir(tmp_path / "emnist")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For a module of tests on small tensors on a busy machine: one intra-op thread is faster than contending for
+    two (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 REPO = Path(__file__).resolve().parents[1]
