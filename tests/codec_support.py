@@ -55,10 +55,12 @@ def codec_root(codec_project, monkeypatch) -> Path:
 
 
 def model_path(variant: str) -> Path:
+    """The variant's seed-0 model file in the project COMPRESSNET_ROOT points at (codec_root: the codec project)."""
     return paths.model_file(f"{variant}-seed0")
 
 
 def model_of(variant: str):
+    """The variant's seed-0 model, loaded on the CPU (as model_path)."""
     return load_model(model_path(variant), torch.device("cpu"))[0]
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.fakedata import make_emnist_dir
@@ -24,8 +25,6 @@ def emnist_dir(tmp_path: Path) -> Path:
 def one_thread():
     """For a module of tests on small tensors on a busy machine: one intra-op thread is faster than contending for
     two (restored after)."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -48,7 +48,7 @@ def test_uint8_round_trip_is_bit_exact_and_calibrated_on_train(codec_project, tm
     assert stream.stat().st_size == codec.HEADER.size + 8 * dim + 4 + len(images) * dim + 4
 
 
-def test_the_grids_pass_over_the_train_split_shows_a_progress_bar(codec_project, capsys):
+def test_the_grids_pass_over_the_train_split_shows_a_progress_bar(capsys):
     # on the real train split this pass takes ~40 s of a CPU train stage, after its last epoch line
     encoding.train_calibration(model_of("plain"), np.load(paths.prepared_dir() / "train_images.npy"))
     assert "uint8 grid: encoding the train split" in capsys.readouterr().err
@@ -71,7 +71,7 @@ def test_the_train_stage_stores_the_grid_and_compress_uses_it(codec_project, tmp
     round_trip(codec_project, "plain", tmp_path)
 
 
-def test_uint8_range_stream_decodes_to_the_uint8_streams_latents_in_fewer_bytes(codec_project):
+def test_uint8_range_stream_decodes_to_the_uint8_streams_latents_in_fewer_bytes():
     model, model_file = model_of("plain"), model_path("plain")
     latents = torch.randn(2000, model.spec.latent_dim, generator=torch.Generator().manual_seed(0))
     latents[:, 0] = 1.5  # a constant dimension: its Gaussian's spread is floored, and it still round-trips
@@ -83,7 +83,7 @@ def test_uint8_range_stream_decodes_to_the_uint8_streams_latents_in_fewer_bytes(
     assert len(ranged) < 0.95 * len(fixed)
 
 
-def test_an_empty_uint8_range_stream_round_trips(codec_project):
+def test_an_empty_uint8_range_stream_round_trips():
     model, model_file = model_of("plain"), model_path("plain")
     calibration = quantize.calibrate_uint8(torch.randn(10, model.spec.latent_dim))
     stream = codec.pack(model, model_file, torch.zeros(0, model.spec.latent_dim), "uint8_range", calibration)

@@ -1,5 +1,5 @@
 """Variants defined only by a spec (pipeline.lib.models): any layer list, residual blocks, norms, inits, the
-rate variant's Laplace prior."""
+rate variant's Laplace prior, and that counting a spec's FLOPs leaves the global RNG alone."""
 
 from __future__ import annotations
 
