@@ -15,7 +15,9 @@ import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from pipeline import paths
 from pipeline.lib.config import Params, parse_params
+from pipeline.lib.keras_weights import study_files
 from pipeline.tools import plan, plan_probe
 from pipeline.tools.child_path import path_with_this_python
 from tests.conftest import REPO, TINY_SPEC, make_project, run
@@ -87,6 +89,19 @@ def test_the_study_recipe_profile_trains_the_studys_models_with_another_recipe_a
         )
 
 
+def test_the_plan_says_when_the_study_stages_will_download_and_how_to_do_without(project_root):
+    """Offline, the download would fail only when the study stages run: said before the hours of training."""
+    params = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "models": ["model01"]}})
+    [line] = plan.download_lines(params, ["prepare", "study@model01"])
+    assert "model01" in line and params.study.url in line and "make repro STUDY=" in line
+    paths.study_raw_dir().mkdir(parents=True)
+    for name in study_files("model01"):
+        (paths.study_raw_dir() / name).write_bytes(b"downloaded before")
+    assert plan.download_lines(params, ["prepare", "study@model01"]) == []
+    local = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "source": str(project_root)}})
+    assert plan.download_lines(local, ["study@model02"]) == []
+
+
 def tiny_params(**train) -> Params:
     return parse_params({"variants": {"tiny": TINY_SPEC}, "train": {"device": "cpu", "threads": 1, **train}})
 
@@ -149,6 +164,8 @@ def test_the_quick_profile_runs_the_whole_pipeline_as_one_experiment(tmp_path):
     assert "Data and pipelines are up to date." in run(["dvc", "repro"], root, env)
     plan_cmd = [sys.executable, "-m", "pipeline.tools.plan"]
     assert "nothing to run: every stage is up to date" in run(plan_cmd, root, env)
+    again = run([*cmd, "--set-param", f"data.source={data}"], root, env)  # the same experiment once more
+    assert "no experiment is started" in again and "Ran experiment" not in again
     jpeg_only = run([*plan_cmd, "-S", "rate_distortion.jpeg_qualities=[10]"], root, env)  # baselines' params only
     assert "plan: 0 run(s) to train, 0 to evaluate, and 2 other stage(s): baselines, report" in jpeg_only
     other = make_emnist_dir(tmp_path / "other", seed=1)

@@ -27,7 +27,10 @@ from pipeline.lib.io import DataError, save_torch, write_text
 from pipeline.lib.keras_weights import load_study_model, study_files
 
 UNKNOWN_SEED = -1
-OFFLINE_HINT = "Set study.source in params.yaml to a directory holding the study's .keras files"
+OFFLINE_HINT = (
+    "Point the pipeline at a local copy instead: make repro STUDY=/path/to/the-keras-files (or set study.source; "
+    "study.models: [] leaves the published weights out)"
+)
 
 
 def study_weights(params: Params, model: str) -> tuple[Path, dict[str, str]]:

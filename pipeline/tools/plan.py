@@ -32,6 +32,7 @@ from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.config_sections import STUDY_SOURCE
 from pipeline.lib.device import release_freed_memory
 from pipeline.lib.io import DataError
+from pipeline.lib.keras_weights import study_files
 from pipeline.provenance import stage_name
 from pipeline.tools import plan_probe
 from pipeline.tools.child_path import path_with_this_python
@@ -40,6 +41,7 @@ from pipeline.tools.stage_clock import duration
 BALANCED = {"train": 112_800, "test": 18_800}  # EMNIST-Balanced's split sizes, before prepare carves val from train
 MATRIX_KINDS = ("train@", "evaluate@", "study@")
 MISSING = object()
+NOTHING_TO_RUN = "plan: nothing to run: every stage is up to date"
 
 
 def with_profile(raw: dict, profile: dict) -> dict:
@@ -109,7 +111,7 @@ def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, st
     """startup: seconds a stage's process takes to start (this one's, measured before the plan)."""
     runs, others = out_of_date(paths.root(), params, changed_keys)
     if not runs["train"] and not runs["evaluate"] and not others:
-        return ["plan: nothing to run: every stage is up to date"]
+        return [NOTHING_TO_RUN]
     head = f"plan: {len(runs['train'])} run(s) to train, {len(runs['evaluate'])} to evaluate, and {len(others)} other "
     head += f"stage(s){': ' + ', '.join(others) if others and len(others) <= 6 else ''}"
     try:
@@ -123,8 +125,22 @@ def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, st
         f"plan: about {duration(est.total)} one stage at a time: {duration(est.train)} of training, "
         f"{duration(est.evaluate)} of evaluation, {duration(est.other)} in the other stages and "
         f"{duration(est.startup * est.stages)} of start-up ({est.stages} × {est.startup:.0f} s)",
+        *download_lines(params, others),
         "plan: faster: make repro JOBS=N runs independent stages at once on Ray (docs/scale-out.md)",
         *([] if profile else ["plan: a first look: make repro-quick (the quick profile, pipeline/quick.yaml)"]),
+    ]
+
+
+def download_lines(params: Params, stages: list[str]) -> list[str]:
+    """The study's weights still to download, said before the hours of training that come after the study stages:
+    offline, that is where the run would stop."""
+    models = [name.removeprefix("study@") for name in stages if name.startswith("study@")]
+    missing = [model for model in models if not all((paths.study_raw_dir() / f).is_file() for f in study_files(model))]
+    if params.study.source != STUDY_SOURCE or not missing:
+        return []
+    return [
+        f"plan: the study stages download the study's weights for {', '.join(missing)} from {params.study.url}; "
+        "offline, make repro STUDY=<a directory holding the .keras files> (or set study.source)"
     ]
 
 
@@ -186,9 +202,13 @@ def plan(args: argparse.Namespace) -> int:
     params = parse_params(with_profile(raw, overrides)) if overrides else load_params(paths.params_file())
     check_sources(params)
     changed = {key for key, value in overrides.items() if current_value(raw, key) != value}
-    for line in plan_lines(params, changed, profile=bool(profile), startup=startup):
+    lines = plan_lines(params, changed, profile=bool(profile), startup=startup)
+    for line in lines:
         print(line, flush=True)
     if not args.run:
+        return 0
+    if lines == [NOTHING_TO_RUN]:  # an experiment now would only repeat the last one
+        print("plan: so no experiment is started")
         return 0
     sets = [*(f"{key}={hydra_value(value)}" for key, value in profile.items()), *args.set_param]
     command = ["dvc", "exp", "run", *(f"--set-param={s}" for s in sets)]
