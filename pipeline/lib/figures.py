@@ -19,6 +19,7 @@ from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from pipeline.lib.io import atomic_write  # noqa: E402
 from pipeline.lib.rate_distortion import MOONSHOT  # noqa: E402
+from pipeline.lib.report_findings import counted  # noqa: E402
 
 REPORT_FIGURES = (
     "findings_seed_spread",
@@ -100,7 +101,7 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
     axes[0].legend(loc="best")
     axes[-1].set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
     axes[-1].set_xlim(-0.5, len(variants) - 0.5)  # one variant's dots stay beside its mean, not at the edges
-    fig.suptitle(f"seed-to-seed spread ({int(summary.n.max())} seeds per variant)")
+    fig.suptitle(f"seed-to-seed spread ({counted(int(summary.n.max()), 'seed')} per variant)")
     fig.tight_layout()
     _save(fig, out)
 

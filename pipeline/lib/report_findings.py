@@ -68,6 +68,11 @@ def _family_finding(
     )
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def plus_minus(row: pd.Series, column: str, fmt: str) -> str:
     """A summary row's mean ± std of column; the mean alone where one seed leaves no std."""
     std = row[f"{column}_std"]

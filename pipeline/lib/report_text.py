@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.lib import rate_distortion
-from pipeline.lib.report_findings import collapsed_finding, findings, plus_minus, published_weights_finding
+from pipeline.lib.report_findings import collapsed_finding, counted, findings, plus_minus, published_weights_finding
 
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
@@ -64,7 +64,7 @@ def study_table(means: pd.DataFrame, n_seeds: int, reference: dict, study: pd.Da
         rows.append(
             {
                 "variant": variant,
-                "source": f"CompressNet ({int(ours.epochs)} ep, {n_seeds} seeds, {int(ours.n_test)} img)",
+                "source": f"CompressNet ({int(ours.epochs)} ep, {counted(n_seeds, 'seed')}, {int(ours.n_test)} img)",
                 **{c: ours[c] for c in [*STUDY_COLUMNS, "dead_latent_units"]},
             }
         )
