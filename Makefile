@@ -20,6 +20,7 @@ PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "make install: the pinned dependencies into $(VENV)/ (about 2 minutes, quiet unless something fails)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
