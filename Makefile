@@ -20,7 +20,7 @@ PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "make install: the pinned dependencies into $(VENV)/ (about 2 minutes, quiet unless something fails)"
+	@echo "installing the pinned dependencies into $(VENV)/ (about 2 minutes, quiet unless something fails)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
@@ -42,13 +42,14 @@ repro: $(STAMP)
 ifneq ($(strip $(JOBS)),)
 	@test -z "$(strip $(SET_PARAMS))" || { echo "make repro: JOBS= runs params.yaml as it is: set data.source/study.source there instead of DATA=/STUDY=" >&2; exit 2; }
 endif
-	$(BIN)/python -m pipeline.tools.plan $(SET_PARAMS)
 ifneq ($(strip $(JOBS)),)
+	$(BIN)/python -m pipeline.tools.plan
 	$(BIN)/python -m pipeline.tools.parallel --jobs $(JOBS)
 else ifeq ($(strip $(SET_PARAMS)),)
+	$(BIN)/python -m pipeline.tools.plan
 	$(BIN)/dvc repro
 else
-	$(BIN)/dvc exp run $(SET_PARAMS)
+	$(BIN)/python -m pipeline.tools.plan --run $(SET_PARAMS)
 endif
 
 # what `make repro` would run and its wall time here, without running anything; DATA=/STUDY= as for repro

@@ -71,3 +71,9 @@ def test_editing_the_codec_never_retrains():
     """docs/architecture.md promises it: train stores the uint8 grid in the model file, but not the stream format."""
     assert "pipeline.lib.codec" not in closure(stage_module("train"))
     assert "pipeline.lib.codec" in closure(stage_module("evaluate"))
+
+
+def test_the_study_stages_which_download_come_before_training():
+    """DVC runs independent stages in dvc.yaml's order (so does the Ray executor): offline, the study's download
+    must fail before hours of training, not after."""
+    assert list(STAGES).index("study") < list(STAGES).index("train")

@@ -93,7 +93,7 @@ def test_the_plan_says_when_the_study_stages_will_download_and_how_to_do_without
     """Offline, the download would fail only when the study stages run: said before the hours of training."""
     params = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "models": ["model01"]}})
     [line] = plan.download_lines(params, ["prepare", "study@model01"])
-    assert "model01" in line and params.study.url in line and "make repro STUDY=" in line
+    assert "model01" in line and params.study.url in line and "add STUDY=" in line
     paths.study_raw_dir().mkdir(parents=True)
     for name in study_files("model01"):
         (paths.study_raw_dir() / name).write_bytes(b"downloaded before")

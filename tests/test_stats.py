@@ -128,7 +128,7 @@ def test_findings_state_the_best_variant_and_which_differences_are_real():
         dead={"model02": 19},
     )
     text = "\n".join(lines)
-    assert "Best variant by mean test MSE over 3 seed(s): **model01** (MSE 0.01100 ± 0.00100" in text
+    assert "Best variant by mean test MSE over 3 seeds: **model01** (MSE 0.01100 ± 0.00100" in text
     assert "Significantly worse than model01" in text and ": model02, model04." in text
     assert "Not distinguishable from model01 with 3 seeds: model03." in text
     assert (

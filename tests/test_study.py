@@ -154,7 +154,7 @@ def test_offline_says_how_to_use_a_local_copy(project, capsys):
     for name in study_files(MODEL):
         (paths.study_raw_dir() / name).unlink(missing_ok=True)
     code, err = run(project, capsys)
-    assert code == 1 and "make repro STUDY=" in err and "study.source" in err and outputs() == []
+    assert code == 1 and "add STUDY=" in err and "study.source" in err and outputs() == []
 
 
 def test_the_report_shows_the_measured_study_row_beside_its_variant():

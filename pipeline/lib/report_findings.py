@@ -14,7 +14,7 @@ def findings(summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict],
     n = int(summary.n.min())
     row = summary.loc[best]
     lines = [
-        f"- Best variant by mean test MSE over {n} seed(s): **{best}** (MSE {plus_minus(row, 'mse', '.5f')}, "
+        f"- Best variant by mean test MSE over {counted(n, 'seed')}: **{best}** (MSE {plus_minus(row, 'mse', '.5f')}, "
         f"pooled PSNR {plus_minus(row, 'psnr_pooled', '.2f')} dB, SSIM {plus_minus(row, 'ssim', '.4f')})."
     ]
     if n < 2:

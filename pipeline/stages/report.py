@@ -22,6 +22,7 @@ from pipeline.cli import run_stage
 from pipeline.lib import figures, prepared, rate_distortion, report_text, schema, stats
 from pipeline.lib.config import Params, run_name
 from pipeline.lib.io import DataError, write_text
+from pipeline.lib.report_findings import counted
 
 
 def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.DataFrame]:
@@ -108,7 +109,7 @@ def _report(params: Params) -> str:
     report, figure_paths, results, summary = write_report(params)
     seconds = time.perf_counter() - started
     log_report(tracking.MlflowTracker(), report, figure_paths, summary, results, seconds)
-    runs = f"{len(results)} runs of {len(summary)} variants"
+    runs = f"{counted(len(results), 'run')} of {counted(len(summary), 'variant')}"
     return f"wrote {report} and {len(figure_paths)} figures ({runs}) in {seconds:.1f} s"
 
 

@@ -28,8 +28,8 @@ from pipeline.lib.keras_weights import load_study_model, study_files
 
 UNKNOWN_SEED = -1
 OFFLINE_HINT = (
-    "Point the pipeline at a local copy instead: make repro STUDY=/path/to/the-keras-files (or set study.source; "
-    "study.models: [] leaves the published weights out)"
+    "Point the pipeline at a local copy instead: add STUDY=/path/to/the-keras-files to the make command (or set "
+    "study.source; study.models: [] leaves the published weights out)"
 )
 
 

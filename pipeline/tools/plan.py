@@ -117,7 +117,7 @@ def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, st
     try:
         est = plan_probe.estimate(params, split_sizes(params), runs, others, startup)
     except Exception as err:  # an estimate is advice: its failure must not stop the run
-        return [head, f"plan: no time estimate ({one_line(err)})"]
+        return [head, f"plan: no time estimate ({one_line(err)})", *download_lines(params, others)]
     speeds = ", ".join(f"{v} {r:.0f}" for v, r in list(est.rates.items())[:3]) + (", …" if len(est.rates) > 3 else "")
     return [
         head,
@@ -140,7 +140,8 @@ def download_lines(params: Params, stages: list[str]) -> list[str]:
         return []
     return [
         f"plan: the study stages download the study's weights for {', '.join(missing)} from {params.study.url}; "
-        "offline, make repro STUDY=<a directory holding the .keras files> (or set study.source)"
+        "offline, add STUDY=<a directory holding the .keras files> to the make command (or set study.source; "
+        "study.models: [] leaves them out)"
     ]
 
 
