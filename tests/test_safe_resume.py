@@ -1,5 +1,6 @@
 """Files from places a user does not control load without running code; resumed training is exact for every
-variant; a checkpoint is resumed only by the code that wrote it, and a corrupt one does not block reruns."""
+variant; a checkpoint is resumed only by the code and hardware that wrote it, and a corrupt one does not block
+reruns."""
 
 from __future__ import annotations
 
@@ -90,14 +91,32 @@ def test_a_corrupt_checkpoint_is_ignored_and_training_starts_over(prepared_dir, 
     assert saved["epochs"] == 2 and not out.checkpoint.exists()
 
 
-def test_a_checkpoint_of_other_code_or_torch_is_not_resumed(monkeypatch):
+HARDWARE = {"precision_used": "fp32", "processor": "a CPU", "threads_used": 2}
+
+
+def test_a_checkpoint_of_other_code_torch_or_hardware_is_not_resumed(monkeypatch):
     p = params()
-    job = training.fingerprint(p, "rd", 0, "data")
+    job = training.fingerprint(p, "rd", 0, "data", HARDWARE)
+    for other in ({"precision_used": "bf16"}, {"processor": "another CPU"}, {"threads_used": 1}):
+        assert training.fingerprint(p, "rd", 0, "data", {**HARDWARE, **other}) != job
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "other kernels")
+    assert training.fingerprint(p, "rd", 0, "data", HARDWARE) != job
+    monkeypatch.undo()
     monkeypatch.setattr(training, "code_digest", lambda: "other code")
-    assert training.fingerprint(p, "rd", 0, "data") != job
+    assert training.fingerprint(p, "rd", 0, "data", HARDWARE) != job
     monkeypatch.undo()
     monkeypatch.setattr(torch, "__version__", "0.0.1")
-    assert training.fingerprint(p, "rd", 0, "data") != job
+    assert training.fingerprint(p, "rd", 0, "data", HARDWARE) != job
+
+
+def test_a_checkpoint_written_on_another_machine_starts_the_run_over(prepared_dir, tmp_path, monkeypatch, capsys):
+    out = files(tmp_path / "run")
+    writer = {**HARDWARE, "threads_used": 1, "processor": "the machine that wrote it"}  # params() has threads: 1
+    job = training.fingerprint(params(), "rd", 0, training.prepared.manifest_digest(prepared_dir), writer)
+    training.save_torch({"job": job, "run_id": None, "trainer": {}, "best": {}}, out.checkpoint)
+    assert training._load_checkpoint(out.checkpoint, job) is not None  # the machine that wrote it resumes it
+    saved = train(prepared_dir, out)
+    assert saved["epochs"] == 2 and "written for other params, data, code or hardware" in capsys.readouterr().out
 
 
 def test_editing_a_training_module_changes_the_code_digest(tmp_path, monkeypatch):

@@ -37,9 +37,10 @@ class RunFiles:
     checkpoint: Path  # deleted once the run ends
 
 
-def fingerprint(params: Params, variant: str, seed: int, manifest_sha: str) -> str:
+def fingerprint(params: Params, variant: str, seed: int, manifest_sha: str, hardware: dict) -> str:
     """Identifies the training job: a checkpoint is resumed only by the job that wrote it, with the same params,
-    data, training code and torch version (other code could compute other weights from the same state)."""
+    data, training code, torch version and hardware (precision, processor, threads, CPU kernels): from the same state,
+    other code or another machine computes other weights."""
     job = {
         "spec": dataclasses.asdict(params.variant(variant)),
         "seed": seed,
@@ -47,6 +48,7 @@ def fingerprint(params: Params, variant: str, seed: int, manifest_sha: str) -> s
         "data": manifest_sha,
         "code": code_digest(),
         "torch": torch.__version__,
+        "hardware": {**hardware, "cpu_kernels": torch.backends.cpu.get_cpu_capability()},
     }
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
 
@@ -82,7 +84,12 @@ def train_run(
     train_x = as_batch_tensor(train_images, device)
     val_x = as_batch_tensor(prepared.load_split(prepared_dir, "val")[0], device)
     trainer = Trainer(params, variant, seed, device, train_images=len(train_x))
-    name, job = run_name(variant, seed), fingerprint(params, variant, seed, manifest_sha)
+    hardware = {
+        "precision_used": trainer.precision,
+        "processor": processor_name(device),
+        "threads_used": torch.get_num_threads(),
+    }
+    name, job = run_name(variant, seed), fingerprint(params, variant, seed, manifest_sha, hardware)
     ckpt = _load_checkpoint(files.checkpoint, job)
     best = ckpt["best"] if ckpt else {"val_loss": math.inf}
     if ckpt:
@@ -92,11 +99,6 @@ def train_run(
     if run_id and not tracker.resumable(run_id):
         print(f"train: MLflow run {run_id} of the checkpoint is not in this store/experiment; logging to a new run")
         run_id = None
-    hardware = {
-        "precision_used": trainer.precision,
-        "processor": processor_name(device),
-        "threads_used": torch.get_num_threads(),
-    }
     tags = {**tags, **{f"train.{key}": value for key, value in hardware.items()}}
     with tracker.run(name, tags, resume_id=run_id) as run:
         if not run_id:
@@ -152,7 +154,7 @@ def _load_checkpoint(path: Path, job: str) -> dict | None:
         print(f"train: ignoring a checkpoint that cannot be used, starting over: {err}")
         return None
     if ckpt.get("job") != job:
-        print(f"train: ignoring {path}: written for other params or data")
+        print(f"train: ignoring {path}: written for other params, data, code or hardware")
         return None
     return ckpt
 
