@@ -46,6 +46,16 @@ def test_stages_found_up_to_date_leave_the_bar_and_a_changed_one_is_dispatched(m
     assert executor.running == {"ref of report": "report"}
 
 
+def test_stages_found_up_to_date_release_the_next_in_the_pipelines_order_at_once(monkeypatch, stop):
+    upstream = {"prepare": set(), "classifier": {"prepare"}, "study@m": {"classifier"}, "train@a-0": {"prepare"}}
+    changed = {"study@m": "study", "train@a-0": "train"}  # a resumed run: prepare and classifier are done
+    executor, submitted = dispatching_executor(changed, stop, monkeypatch)
+    executor.upstream = upstream
+    with tqdm(total=len(upstream), file=io.StringIO()) as bar:
+        parallel.Executor.dispatch(executor, bar)
+    assert submitted == [("study@m", "study")]  # not train, which was ready before classifier was found done
+
+
 def test_a_stop_signal_is_acted_on_before_the_next_stage_starts(monkeypatch, stop):
     executor, submitted = dispatching_executor({"prepare": "python -m pipeline.stages.prepare"}, stop, monkeypatch)
     stop(signal.SIGTERM, None)  # as the signal calls it

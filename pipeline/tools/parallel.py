@@ -108,10 +108,11 @@ class Executor:
         return [n for n in self.waiting() if self.upstream[n] <= self.done]
 
     def dispatch(self, progress: tqdm) -> None:
-        """Starts ready stages while Ray has room for them (skipping those DVC finds unchanged)."""
-        for name in self.ready():
-            if len(self.running) >= self.slots:
-                return
+        """Starts ready stages while Ray has room for them (skipping those DVC finds unchanged), first in dvc.yaml's
+        order: a stage found up to date makes the stages after it ready at once, so a resumed run keeps the order
+        (the study stages before training)."""
+        while len(self.running) < self.slots and (ready := self.ready()):
+            name = ready[0]
             self.stop.check()
             cmd = command_if_changed(self.root, name, clear_outputs=not self.args.remote)
             if cmd is None:  # not counted by the bar, whose rate and time left are the stages that run
