@@ -1,4 +1,5 @@
-"""The executor's dispatch: stages DVC finds up to date leave the progress bar's total; a stop signal comes first."""
+"""The executor's dispatch: stages DVC finds up to date leave the progress bar's total and release the next in
+dvc.yaml's order; a stop signal comes first."""
 
 from __future__ import annotations
 
@@ -39,8 +40,7 @@ def test_stages_found_up_to_date_leave_the_bar_and_a_changed_one_is_dispatched(m
     executor, submitted = dispatching_executor(changed, stop, monkeypatch)
 
     with tqdm(total=len(UPSTREAM), file=io.StringIO()) as bar:
-        for _ in UPSTREAM:  # each call dispatches what the previous one made ready
-            parallel.Executor.dispatch(executor, bar)
+        parallel.Executor.dispatch(executor, bar)
         assert (bar.total, bar.n) == (1, 0)  # prepare and train were up to date; report runs, not finished yet
     assert executor.done == {"prepare", "train@a-0"} and submitted == [("report", changed["report"])]
     assert executor.running == {"ref of report": "report"}

@@ -63,9 +63,7 @@ def train(prepared_dir, out: RunFiles, p=None):
     return torch.load(train_run(p or params(), "rd", 0, prepared_dir, out, NoOpTracker(), {}, {}), weights_only=True)
 
 
-def test_a_resumed_rate_variant_ends_with_the_uninterrupted_weights(prepared_dir, tmp_path, monkeypatch):
-    whole = train(prepared_dir, files(tmp_path / "whole"))
-    interrupted = files(tmp_path / "interrupted")
+def interrupt_after_first_epoch(prepared_dir, out: RunFiles, monkeypatch) -> None:
     fit = training.Trainer.fit
 
     def stop_after_first_epoch(self, train_x, val_x, on_epoch):
@@ -77,9 +75,15 @@ def test_a_resumed_rate_variant_ends_with_the_uninterrupted_weights(prepared_dir
 
     monkeypatch.setattr(training.Trainer, "fit", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train(prepared_dir, interrupted)
-    monkeypatch.undo()
-    assert interrupted.checkpoint.exists()
+        train(prepared_dir, out)
+    monkeypatch.setattr(training.Trainer, "fit", fit)
+    assert out.checkpoint.exists()
+
+
+def test_a_resumed_rate_variant_ends_with_the_uninterrupted_weights(prepared_dir, tmp_path, monkeypatch):
+    whole = train(prepared_dir, files(tmp_path / "whole"))
+    interrupted = files(tmp_path / "interrupted")
+    interrupt_after_first_epoch(prepared_dir, interrupted, monkeypatch)
     resumed = train(prepared_dir, interrupted)  # a new Trainer, seeded afresh, as in a new process
     assert all(torch.equal(whole["state_dict"][k], resumed["state_dict"][k]) for k in whole["state_dict"])
 
@@ -111,12 +115,14 @@ def test_a_checkpoint_of_other_code_torch_or_hardware_is_not_resumed(monkeypatch
 
 def test_a_checkpoint_written_on_another_machine_starts_the_run_over(prepared_dir, tmp_path, monkeypatch, capsys):
     out = files(tmp_path / "run")
-    writer = {**HARDWARE, "threads_used": 1, "processor": "the machine that wrote it"}  # params() has threads: 1
-    job = training.fingerprint(params(), "rd", 0, training.prepared.manifest_digest(prepared_dir), writer)
-    training.save_torch({"job": job, "run_id": None, "trainer": {}, "best": {}}, out.checkpoint)
-    assert training._load_checkpoint(out.checkpoint, job) is not None  # the machine that wrote it resumes it
+    monkeypatch.setattr(training, "processor_name", lambda device: "the machine that wrote it")
+    interrupt_after_first_epoch(prepared_dir, out, monkeypatch)
+    monkeypatch.setattr(training, "processor_name", lambda device: "another machine")
+    capsys.readouterr()
     saved = train(prepared_dir, out)
-    assert saved["epochs"] == 2 and "written for other params, data, code or hardware" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "written for other params, data, code or hardware" in printed and "resuming" not in printed
+    assert saved["epochs"] == 2 and saved["processor"] == "another machine"
 
 
 def test_editing_a_training_module_changes_the_code_digest(tmp_path, monkeypatch):
