@@ -134,9 +134,11 @@ def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, st
 def download_lines(params: Params, stages: list[str]) -> list[str]:
     """The study's weights still to download, said before the hours of training that come after the study stages:
     offline, that is where the run would stop."""
+    if params.study.source != STUDY_SOURCE:
+        return []
     models = [name.removeprefix("study@") for name in stages if name.startswith("study@")]
     missing = [model for model in models if not all((paths.study_raw_dir() / f).is_file() for f in study_files(model))]
-    if params.study.source != STUDY_SOURCE or not missing:
+    if not missing:
         return []
     return [
         f"plan: the study stages download the study's weights for {', '.join(missing)} from {params.study.url}; "
