@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from tqdm import tqdm
 
-from pipeline.tools import parallel
+from pipeline.tools import parallel, stage_graph
 from pipeline.tools.stop_signal import Stopped, StopSignal
 
 UPSTREAM = {"prepare": set(), "train@a-0": {"prepare"}, "report": {"train@a-0"}}
@@ -56,6 +56,43 @@ def test_stages_found_up_to_date_release_the_next_in_the_pipelines_order_at_once
     assert submitted == [("study@m", "study")]  # not train, which was ready before classifier was found done
 
 
+PIPELINE = {  # dvc.yaml's order
+    "prepare": set(),
+    "classifier": {"prepare"},
+    "train@a-0": {"prepare"},
+    "train@b-0": {"prepare"},
+    "evaluate@a-0": {"train@a-0", "classifier"},
+    "evaluate@b-0": {"train@b-0", "classifier"},
+    "report": {"evaluate@a-0", "evaluate@b-0"},
+}
+
+
+def test_targets_bring_only_what_they_need_first_the_first_targets():
+    needed = stage_graph.needed_for(PIPELINE, ["evaluate@b-0", "evaluate@a-0"])
+    assert list(needed) == ["prepare", "classifier", "train@b-0", "evaluate@b-0", "train@a-0", "evaluate@a-0"]
+    assert needed["evaluate@a-0"] == PIPELINE["evaluate@a-0"]
+
+
+def test_a_matrix_stages_name_targets_all_its_items_and_no_target_means_every_stage():
+    assert list(stage_graph.needed_for(PIPELINE, ["train"])) == ["prepare", "train@a-0", "train@b-0"]
+    assert stage_graph.needed_for(PIPELINE, []) == PIPELINE
+
+
+def test_an_unknown_target_is_refused_with_the_stages_there_are():
+    with pytest.raises(ValueError, match="no stage 'evaluate@c-0' in dvc.yaml .stages: prepare, classifier"):
+        stage_graph.needed_for(PIPELINE, ["evaluate@c-0"])
+
+
+def test_one_job_runs_the_targets_one_after_another(monkeypatch, stop):
+    executor, submitted = dispatching_executor({}, stop, monkeypatch)
+    executor.upstream = stage_graph.needed_for(PIPELINE, ["evaluate@a-0", "evaluate@b-0"])
+    executor.done = {"prepare", "classifier", "train@a-0"}
+    monkeypatch.setattr(parallel, "command_if_changed", lambda root, name, clear_outputs: name)
+    with tqdm(total=len(executor.upstream), file=io.StringIO()) as bar:
+        parallel.Executor.dispatch(executor, bar)
+    assert submitted == [("evaluate@a-0", "evaluate@a-0")]  # not train@b-0, ready too but for the second target
+
+
 def test_a_stop_signal_is_acted_on_before_the_next_stage_starts(monkeypatch, stop):
     executor, submitted = dispatching_executor({"prepare": "python -m pipeline.stages.prepare"}, stop, monkeypatch)
     stop(signal.SIGTERM, None)  # as the signal calls it
@@ -93,3 +130,12 @@ def test_resources_ray_could_never_schedule_are_refused_before_it_starts(args, m
     with pytest.raises(SystemExit) as exit_:
         parallel.main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unknown_target_is_refused_before_ray_starts(monkeypatch, capsys):
+    monkeypatch.setenv("COMPRESSNET_ROOT", str(Path(__file__).parents[1]))  # this project's dvc.yaml
+    monkeypatch.chdir(Path(__file__).parents[1])  # main moves to the root: chdir here so that the move is undone
+    monkeypatch.setattr(parallel, "start_ray", lambda args: pytest.fail("Ray started"))
+    with pytest.raises(SystemExit) as exit_:
+        parallel.main(["--jobs", "1", "evaluate@model01-9"])
+    assert exit_.value.code == 2 and "no stage 'evaluate@model01-9' in dvc.yaml" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     python -m pipeline.tools.parallel --jobs 4                 # a local Ray on this machine's cores and GPUs
     python -m pipeline.tools.parallel --address ray://head:10001 --gpus-per-run 0.25
     python -m pipeline.tools.parallel --address head:6379 --remote shared   # each node in its own checkout
+    python -m pipeline.tools.parallel --jobs 1 evaluate@model01-0 evaluate@model02-0   # these, run by run
 
 DVC stays the record: a stage is dispatched once every stage it depends on has finished, only if DVC says it is
 changed (checked then, as `dvc repro` checks it), its command runs as a Ray task in this checkout, and this process
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from pipeline import paths, provenance, tracking
 from pipeline.cli import one_line
-from pipeline.tools import lock_entries, ray_tasks
+from pipeline.tools import lock_entries, ray_tasks, stage_graph
 from pipeline.tools.child_path import path_with_this_python
 from pipeline.tools.stage_clock import StageClock, describe, kind
 from pipeline.tools.stop_signal import Stopped, StopSignal
@@ -41,12 +42,6 @@ GPU_STAGES = ("train", "evaluate", "classifier", "study")  # the stages that put
 
 class StageFailed(RuntimeError):
     """A stage's command failed; the message names it and ends with its output."""
-
-
-def dependencies(repo: Repo) -> dict[str, set[str]]:
-    """Stage name -> the names of the stages whose outputs it reads."""
-    graph = repo.index.graph
-    return {stage.name: {upstream.name for upstream in graph.successors(stage)} for stage in graph.nodes}
 
 
 def command_if_changed(root: Path, name: str, clear_outputs: bool) -> str | None:
@@ -84,7 +79,9 @@ def mark_killed(experiment_id: str, executor_id: str, name: str) -> str:
 class Executor:
     def __init__(self, root: Path, args, experiment_id: str, stop: StopSignal):
         self.root, self.args, self.experiment_id, self.stop = root, args, experiment_id, stop
-        self.upstream = dependencies(Repo(str(root)))
+        every_stage = stage_graph.dependencies(Repo(str(root)))
+        self.stages = list(every_stage)  # dvc.yaml's order, as dvc.lock lists them
+        self.upstream = stage_graph.needed_for(every_stage, args.targets)  # the order they are dispatched in
         self.done: set[str] = set()  # finished or found up to date; `ran` counts those that ran
         self.retried: set[str] = set()
         self.ran = 0
@@ -108,9 +105,9 @@ class Executor:
         return [n for n in self.waiting() if self.upstream[n] <= self.done]
 
     def dispatch(self, progress: tqdm) -> None:
-        """Starts ready stages while Ray has room for them (skipping those DVC finds unchanged), first in dvc.yaml's
-        order: a stage found up to date makes the stages after it ready at once, so a resumed run keeps the order
-        (the study stages before training)."""
+        """Starts ready stages while Ray has room for them (skipping those DVC finds unchanged), first in the order
+        of `stage_graph.needed_for`: a stage found up to date makes the stages after it ready at once, so a resumed
+        run keeps the order (the study stages before training)."""
         while len(self.running) < self.slots and (ready := self.ready()):
             name = ready[0]
             self.stop.check()
@@ -259,10 +256,19 @@ def main(argv: list[str] | None = None) -> int:
         help="GPU fraction of each stage that puts a model on the device (train, evaluate, classifier, study)",
     )
     parser.add_argument("--remote", help="run each stage in its node's own checkout, data through this DVC remote")
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        help="stages to bring up to date with those they need, first the first's (default: all); `train`: all train@",
+    )
     args = parser.parse_args(argv)
     check_resources(parser, args)
     root = paths.root()
     os.chdir(root)  # DVC resolves stage names from the current directory
+    try:
+        stage_graph.needed_for(stage_graph.dependencies(Repo(str(root))), args.targets)
+    except ValueError as err:
+        parser.error(str(err))
     if args.remote:
         check_cluster_setup(parser, args, root)
     experiment_id = tracking.setup(tracking.experiment_name())  # once, before the fan-out
@@ -272,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     executor, started = Executor(root, args, experiment_id, stop), time.perf_counter()
     try:
         executor.run()
-        lock_entries.order_lock(root, list(executor.upstream))  # commits came in the order stages finished
+        lock_entries.order_lock(root, executor.stages)  # commits came in the order stages finished
     except StageFailed as err:
         executor.cancel()
         print(f"parallel: {err}", file=sys.stderr)

@@ -1,0 +1,35 @@
+"""The pipeline's stages as the parallel executor dispatches them: each with the stages whose outputs it reads."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
+
+
+def dependencies(repo: Repo) -> dict[str, set[str]]:
+    """Stage name -> the names of the stages whose outputs it reads."""
+    graph = repo.index.graph
+    return {stage.name: {upstream.name for upstream in graph.successors(stage)} for stage in graph.nodes}
+
+
+def needed_for(upstream: dict[str, set[str]], targets: list[str]) -> dict[str, set[str]]:
+    """The stages the targets need (each target with every stage upstream of it), in dvc.yaml's order, first those
+    of the first target: one job runs the targets one after another, each as soon as it can. A target is a stage
+    name or, as for `dvc repro`, a matrix stage's name for all of its items (`train`). No targets: every stage."""
+    if not targets:
+        return upstream
+    first_needed_by: dict[str, int] = {}
+    for rank, target in enumerate(targets):
+        matches = [name for name in upstream if name == target or name.startswith(f"{target}@")]
+        if not matches:
+            raise ValueError(f"no stage {target!r} in dvc.yaml (stages: {', '.join(upstream)})")
+        pending = list(matches)
+        while pending:
+            name = pending.pop()
+            if name not in first_needed_by:
+                first_needed_by[name] = rank
+                pending += upstream[name]
+    order = sorted(first_needed_by, key=lambda name: (first_needed_by[name], list(upstream).index(name)))
+    return {name: upstream[name] for name in order}
