@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import filelock
 import pytest
+import yaml
 
 from pipeline import provenance
 from pipeline.tools import lock_entries, parallel
@@ -48,6 +49,13 @@ def test_the_executor_does_not_reorder_dvc_lock_while_a_stage_reads_it(project):
     with provenance.lock_guard(project), pytest.raises(filelock.Timeout):
         lock_entries.order_lock(project, ["prepare"])
     assert (project / "dvc.lock").read_text() == LOCK
+
+
+def test_ordering_the_lock_keeps_entries_it_was_not_given_after_those_it_was(project):
+    lock = project / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages:\n  train@a-0:\n    cmd: t\n  report:\n    cmd: r\n  prepare:\n    cmd: p\n")
+    lock_entries.order_lock(project, ["prepare", "train@a-0"])
+    assert list(yaml.safe_load(lock.read_text())["stages"]) == ["prepare", "train@a-0", "report"]
 
 
 def test_the_executor_commits_a_finished_stage_only_under_the_guard(project, monkeypatch):

@@ -62,9 +62,13 @@ def differences(stage) -> str:
 
 
 def order_lock(root: Path, names: list[str]) -> None:
-    """dvc.lock's stages in the order of names (dvc.yaml's), as a sequential `dvc repro` writes them."""
+    """dvc.lock's stages in the order of names (dvc.yaml's), as a sequential `dvc repro` writes them; an entry not
+    named keeps its place after them. No dvc.lock yet (no stage finished): nothing to order."""
     lock = root / "dvc.lock"
     with provenance.lock_guard(root):
+        if not lock.exists():
+            return
         data = load_yaml(lock)
         order = [name for name in names if name in data["stages"]]
+        order += [name for name in data["stages"] if name not in order]
         dump_yaml(lock, {**data, "stages": {name: data["stages"][name] for name in order}})

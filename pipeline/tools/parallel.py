@@ -77,11 +77,9 @@ def mark_killed(experiment_id: str, executor_id: str, name: str) -> str:
 
 
 class Executor:
-    def __init__(self, root: Path, args, experiment_id: str, stop: StopSignal):
+    def __init__(self, root: Path, args, experiment_id: str, stop: StopSignal, upstream: dict[str, set[str]]):
         self.root, self.args, self.experiment_id, self.stop = root, args, experiment_id, stop
-        every_stage = stage_graph.dependencies(Repo(str(root)))
-        self.stages = list(every_stage)  # dvc.yaml's order, as dvc.lock lists them
-        self.upstream = stage_graph.needed_for(every_stage, args.targets)  # the order they are dispatched in
+        self.upstream = upstream  # the stages to bring up to date, in the order they are dispatched in
         self.done: set[str] = set()  # finished or found up to date; `ran` counts those that ran
         self.retried: set[str] = set()
         self.ran = 0
@@ -209,7 +207,8 @@ class Executor:
 
 
 def check_cluster_setup(parser: argparse.ArgumentParser, args, root: Path) -> None:
-    """--remote needs a cluster, a tracking store every node reaches, and this checkout's outputs on the remote."""
+    """--remote needs a cluster, a tracking store every node reaches, and this checkout's outputs on the remote (of
+    the targets' stages, when targets are given)."""
     if not args.address:
         parser.error("--remote runs stages on the nodes of a Ray cluster: give its --address")
     if urlparse(tracking.tracking_uri(root)).scheme in ("", "file", "sqlite"):
@@ -218,7 +217,8 @@ def check_cluster_setup(parser: argparse.ArgumentParser, args, root: Path) -> No
             "server every node reaches (make tracking-server) and export MLFLOW_TRACKING_URI (docs/scale-out.md)"
         )
     try:
-        Repo(str(root)).push(remote=args.remote)  # the outputs of stages already up to date, for the nodes to pull
+        # the outputs of stages already up to date, for the nodes to pull
+        Repo(str(root)).push(targets=args.targets or None, with_deps=True, remote=args.remote)
     except DvcException as err:
         parser.error(f"--remote {args.remote}: pushing this checkout's outputs failed: {err}")
 
@@ -265,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     check_resources(parser, args)
     root = paths.root()
     os.chdir(root)  # DVC resolves stage names from the current directory
+    every_stage = stage_graph.dependencies(Repo(str(root)))  # dvc.yaml's order, as dvc.lock lists them
     try:
-        stage_graph.needed_for(stage_graph.dependencies(Repo(str(root))), args.targets)
+        upstream = stage_graph.needed_for(every_stage, args.targets)
     except ValueError as err:
         parser.error(str(err))
     if args.remote:
@@ -275,21 +276,22 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopSignal()
     start_ray(args)
     stop.install()  # again: ray.init's SIGTERM handler exits without stopping stages
-    executor, started = Executor(root, args, experiment_id, stop), time.perf_counter()
+    executor, started = Executor(root, args, experiment_id, stop, upstream), time.perf_counter()
     try:
         executor.run()
-        lock_entries.order_lock(root, executor.stages)  # commits came in the order stages finished
     except StageFailed as err:
         executor.cancel()
         print(f"parallel: {err}", file=sys.stderr)
         return 1
     except Stopped as stopped:
         executor.cancel()
-        print(f"parallel: {stopped}; finished stages are committed, `make repro` runs the rest", file=sys.stderr)
+        rest = f"`python -m pipeline.tools.parallel {' '.join(args.targets)}`" if args.targets else "`make repro`"
+        print(f"parallel: {stopped}; finished stages are committed, {rest} runs the rest", file=sys.stderr)
         return stopped.exit_code
     finally:
         ray.shutdown()
         stop.restore()
+        lock_entries.order_lock(root, list(every_stage))  # commits came in the order stages finished
     summary = f"{len(executor.done)} stages up to date in {time.perf_counter() - started:.0f} s"
     print(f"parallel: {summary}, {executor.ran} of them run now")
     return 0

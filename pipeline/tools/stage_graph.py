@@ -24,12 +24,14 @@ def needed_for(upstream: dict[str, set[str]], targets: list[str]) -> dict[str, s
     for rank, target in enumerate(targets):
         matches = [name for name in upstream if name == target or name.startswith(f"{target}@")]
         if not matches:
-            raise ValueError(f"no stage {target!r} in dvc.yaml (stages: {', '.join(upstream)})")
+            groups = dict.fromkeys(name.split("@")[0] + ("@…" if "@" in name else "") for name in upstream)
+            raise ValueError(f"no stage {target!r} in dvc.yaml (its stages: {', '.join(groups)})")
         pending = list(matches)
         while pending:
             name = pending.pop()
             if name not in first_needed_by:
                 first_needed_by[name] = rank
                 pending += upstream[name]
-    order = sorted(first_needed_by, key=lambda name: (first_needed_by[name], list(upstream).index(name)))
+    position = {name: index for index, name in enumerate(upstream)}
+    order = sorted(first_needed_by, key=lambda name: (first_needed_by[name], position[name]))
     return {name: upstream[name] for name in order}
