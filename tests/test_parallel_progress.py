@@ -143,3 +143,8 @@ def test_an_unknown_target_is_refused_before_ray_starts(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         parallel.main(["--jobs", "1", "evaluate@model01-9"])
     assert exit_.value.code == 2 and "no stage 'evaluate@model01-9' in dvc.yaml" in capsys.readouterr().err
+
+
+def test_a_stopped_run_names_its_own_command_options_and_targets_included():
+    command = parallel.command_to_go_on(["--jobs", "1", "--address", "head:6379", "evaluate@model01-1"])
+    assert command == "python -m pipeline.tools.parallel --jobs 1 --address head:6379 evaluate@model01-1"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
@@ -240,6 +241,11 @@ def start_ray(args) -> None:
         ray.init(address="local", num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
 
 
+def command_to_go_on(argv: list[str]) -> str:
+    """This command as it was given, its options and targets too: after a stop, it runs what is left."""
+    return shlex.join(["python", "-m", "pipeline.tools.parallel", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.tools.parallel",
@@ -285,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Stopped as stopped:
         executor.cancel()
-        rest = f"`python -m pipeline.tools.parallel {' '.join(args.targets)}`" if args.targets else "`make repro`"
-        print(f"parallel: {stopped}; finished stages are committed, {rest} runs the rest", file=sys.stderr)
+        rest = command_to_go_on(sys.argv[1:] if argv is None else argv)
+        print(f"parallel: {stopped}; finished stages are committed, `{rest}` runs the rest", file=sys.stderr)
         return stopped.exit_code
     finally:
         ray.shutdown()
