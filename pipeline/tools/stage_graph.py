@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import networkx as nx
+
 if TYPE_CHECKING:
     from dvc.repo import Repo
 
@@ -20,18 +22,16 @@ def needed_for(upstream: dict[str, set[str]], targets: list[str]) -> dict[str, s
     name or, as for `dvc repro`, a matrix stage's name for all of its items (`train`). No targets: every stage."""
     if not targets:
         return upstream
+    graph = nx.DiGraph(upstream)  # edges point upstream
     first_needed_by: dict[str, int] = {}
     for rank, target in enumerate(targets):
         matches = [name for name in upstream if name == target or name.startswith(f"{target}@")]
         if not matches:
             groups = dict.fromkeys(name.split("@")[0] + ("@…" if "@" in name else "") for name in upstream)
             raise ValueError(f"no stage {target!r} in dvc.yaml (its stages: {', '.join(groups)})")
-        pending = list(matches)
-        while pending:
-            name = pending.pop()
-            if name not in first_needed_by:
-                first_needed_by[name] = rank
-                pending += upstream[name]
+        for name in matches:
+            for needed in {name} | nx.descendants(graph, name):
+                first_needed_by.setdefault(needed, rank)
     position = {name: index for index, name in enumerate(upstream)}
     order = sorted(first_needed_by, key=lambda name: (first_needed_by[name], position[name]))
     return {name: upstream[name] for name in order}
