@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -152,7 +153,8 @@ def test_ctrl_c_stops_every_stage_and_the_next_run_finishes_the_rest(tmp_path, d
     root, env = project(tmp_path, data, fault)
     result = executor(root, env)
     assert result.returncode == code, result.stderr[-3000:]
-    go_on = "`python -m pipeline.tools.parallel --jobs 2` runs the rest"
+    command = shlex.join([sys.executable, "-m", "pipeline.tools.parallel", "--jobs", "2"])  # its python: not in root
+    go_on = f"`{command}` runs the rest"
     assert f"parallel: interrupted by {signal_name}; finished stages are committed, {go_on}" in result.stderr
     assert stage_processes(root) == []
     assert "RUNNING" not in mlflow_runs(root)

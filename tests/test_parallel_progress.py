@@ -145,6 +145,10 @@ def test_an_unknown_target_is_refused_before_ray_starts(monkeypatch, capsys):
     assert exit_.value.code == 2 and "no stage 'evaluate@model01-9' in dvc.yaml" in capsys.readouterr().err
 
 
-def test_a_stopped_run_names_its_own_command_options_and_targets_included():
-    command = parallel.command_to_go_on(["--jobs", "1", "--address", "head:6379", "evaluate@model01-1"])
-    assert command == "python -m pipeline.tools.parallel --jobs 1 --address head:6379 evaluate@model01-1"
+def test_a_stopped_run_names_its_own_command_interpreter_options_and_targets_included(monkeypatch, tmp_path):
+    argv = ["--jobs", "1", "--address", "head:6379", "evaluate@model01-1"]
+    monkeypatch.setattr(parallel.sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+    command = parallel.command_to_go_on(argv, tmp_path)
+    assert command == ".venv/bin/python -m pipeline.tools.parallel --jobs 1 --address head:6379 evaluate@model01-1"
+    elsewhere = parallel.command_to_go_on(argv, tmp_path / "another-checkout")
+    assert elsewhere.startswith(f"{tmp_path}/.venv/bin/python -m pipeline.tools.parallel --jobs 1")

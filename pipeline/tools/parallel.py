@@ -241,9 +241,12 @@ def start_ray(args) -> None:
         ray.init(address="local", num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
 
 
-def command_to_go_on(argv: list[str]) -> str:
-    """This command as it was given, its options and targets too: after a stop, it runs what is left."""
-    return shlex.join(["python", "-m", "pipeline.tools.parallel", *argv])
+def command_to_go_on(argv: list[str], root: Path) -> str:
+    """This command as it ran, its interpreter, options and targets too (relative to the root where they lie in it,
+    as .venv/bin/python does): after a stop, pasted at the root, it runs what is left."""
+    python = Path(sys.executable)
+    python = python.relative_to(root) if python.is_relative_to(root) else python
+    return shlex.join([str(python), "-m", "pipeline.tools.parallel", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Stopped as stopped:
         executor.cancel()
-        rest = command_to_go_on(sys.argv[1:] if argv is None else argv)
+        rest = command_to_go_on(sys.argv[1:] if argv is None else argv, root)
         print(f"parallel: {stopped}; finished stages are committed, `{rest}` runs the rest", file=sys.stderr)
         return stopped.exit_code
     finally:
