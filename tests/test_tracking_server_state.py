@@ -51,12 +51,14 @@ def test_status_says_not_running_when_the_pid_is_another_process(tmp_path, stran
 
 def test_a_state_from_before_start_times_knows_the_server_by_its_command(stranger):
     assert not tracking_server.still_running({"mlflow_pid": stranger})  # a pid, and not an mlflow command
-    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "mlflow", "server"])
-    try:
-        assert tracking_server.still_running({"mlflow_pid": server.pid})
-    finally:
-        server.kill()
-        server.wait()
+    script = "import time; print('up', flush=True); time.sleep(600)"
+    command = [sys.executable, "-c", script, "mlflow", "server"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as server:
+        try:
+            server.stdout.readline()  # Popen may return while exec still sets the command line up: wait until it runs
+            assert tracking_server.still_running({"mlflow_pid": server.pid})
+        finally:
+            server.kill()  # leaving the block closes its pipe and waits for it
 
 
 def test_stop_stops_the_server_its_state_names(tmp_path, stranger):
