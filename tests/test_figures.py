@@ -170,6 +170,17 @@ def test_the_seed_spread_figure_has_a_dot_per_seed(monkeypatch, tmp_path):
         assert [len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)] == [3, 3, 3]
 
 
+def test_the_seed_spread_figure_puts_each_seed_beside_its_mean_not_on_it(monkeypatch, tmp_path):
+    results = make_results(THREE_VARIANTS)
+    for ax in draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"].axes:
+        (errorbar,) = ax.containers
+        means_x = errorbar.lines[0].get_xdata()
+        for tick, dots in enumerate(c for c in ax.collections if isinstance(c, PathCollection)):
+            dots_x = dots.get_offsets()[:, 0]
+            assert dots_x.min() > means_x[tick] + 0.1  # clear of the mean's marker, to its right
+            assert dots_x.max() < tick + 0.5  # and still in the variant's own slot
+
+
 def test_the_interval_of_a_count_stops_at_zero(monkeypatch, tmp_path):
     results = make_results(THREE_VARIANTS)  # dead units 0, 1, 0: a t-interval of the mean from -1.1 to 1.8
     *_, dead = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"].axes

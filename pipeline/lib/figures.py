@@ -75,8 +75,11 @@ def _plain_ticks(fig: Figure) -> None:
                 formatter.set_scientific(False)
 
 
+SEED_SIDE = 0.14  # seed_spread: the interval this far left of a variant's tick, its seeds' dots as far right
+
+
 def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
-    """Every seed as a dot, the mean and its 95% interval as a bar, for pooled PSNR, SSIM and dead units."""
+    """Every seed as a dot beside its variant's mean and 95% interval, for pooled PSNR, SSIM and dead units."""
     panels = [
         ("psnr_pooled", "test pooled PSNR (dB)"),
         ("ssim", "test SSIM"),
@@ -90,11 +93,19 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
         below = (summary[f"{column}_mean"] - summary[f"{column}_ci_low"]).fillna(0).to_numpy()
         above = (summary[f"{column}_ci_high"] - summary[f"{column}_mean"]).fillna(0).to_numpy()
         ax.errorbar(
-            positions, mean, yerr=[below, above], fmt="_", markersize=18, capsize=6, color="black", label="mean, 95% CI"
+            positions - SEED_SIDE,
+            mean,
+            yerr=[below, above],
+            fmt="_",
+            markersize=18,
+            capsize=6,
+            color="black",
+            label="mean, 95% CI",
         )
         for i, variant in enumerate(variants):
             values = runs.loc[runs.variant == variant, column]
-            ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, s=18, alpha=0.7)
+            spread = np.linspace(-0.06, 0.06, len(values)) if len(values) > 1 else 0.0
+            ax.scatter(i + SEED_SIDE + spread, values, s=18, alpha=0.7, label=None if i else "each seed")
         ax.set(ylabel=title)
         ax.grid(axis="y", alpha=0.3)
         _min_span(ax)
