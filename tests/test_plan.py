@@ -127,6 +127,12 @@ def test_a_schedule_shorter_than_the_probe_still_gets_an_estimate(project_root):
     assert plan_probe.estimate(params, SIZES, {"train": [("tiny", 0)], "evaluate": []}, [], 0.0).train > 0
 
 
+def test_the_parallel_option_is_offered_as_faster_only_where_stages_do_not_split_the_same_cores():
+    assert "faster" in plan.parallel_line("cuda", 2)
+    on_cpu = plan.parallel_line("cpu", 2)
+    assert "faster" not in on_cpu and "JOBS=N" in on_cpu and "2 CPU cores" in on_cpu
+
+
 def test_the_start_up_is_this_process_age():
     assert 0 < plan_probe.startup_seconds() < time.time() - psutil.boot_time()
 

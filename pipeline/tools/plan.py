@@ -30,7 +30,7 @@ from pipeline.cli import load_params, one_line, os_error_line
 from pipeline.lib import prepared
 from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.config_sections import STUDY_SOURCE
-from pipeline.lib.device import release_freed_memory
+from pipeline.lib.device import pick_device, release_freed_memory
 from pipeline.lib.io import DataError
 from pipeline.lib.keras_weights import study_files
 from pipeline.provenance import stage_name
@@ -126,9 +126,20 @@ def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, st
         f"{duration(est.evaluate)} of evaluation, {duration(est.other)} in the other stages and "
         f"{duration(est.startup * est.stages)} of start-up ({est.stages} × {est.startup:.0f} s)",
         *download_lines(params, others),
-        "plan: faster: make repro JOBS=N runs independent stages at once on Ray (docs/scale-out.md)",
+        parallel_line(pick_device(params.train.device).type, len(os.sched_getaffinity(0))),
         *([] if profile else ["plan: a first look: make repro-quick (the quick profile, pipeline/quick.yaml)"]),
     ]
+
+
+def parallel_line(device: str, cores: int) -> str:
+    """JOBS=N as what it does here: several stages share a GPU well, but on a CPU alone each stage already uses
+    every core (train.threads 0), so N stages at once split them (reports/results/README.md measures both)."""
+    if device == "cuda":
+        return "plan: faster: make repro JOBS=N runs N stages at once on Ray, several to a GPU (docs/scale-out.md)"
+    return (
+        f"plan: in parallel: make repro JOBS=N runs N stages at once on Ray, sharing this machine's {cores} CPU "
+        "cores; one stage already uses them all, so it pays with many cores or a GPU (docs/scale-out.md)"
+    )
 
 
 def download_lines(params: Params, stages: list[str]) -> list[str]:
