@@ -132,8 +132,9 @@ def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, st
 
 
 def parallel_line(device: str, cores: int) -> str:
-    """JOBS=N as what it does here: several stages share a GPU well, but on a CPU alone each stage already uses
-    every core (train.threads 0), so N stages at once split them (reports/results/README.md measures both)."""
+    """JOBS=N as what it does here: several small runs share a GPU that one leaves idle, but on a CPU alone each
+    stage already uses every core (train.threads 0), so N stages at once split them (measured on 2 cores in
+    reports/results/README.md: two 1-thread runs trained fewer images/s than one 2-thread run)."""
     if device == "cuda":
         return "plan: faster: make repro JOBS=N runs N stages at once on Ray, several to a GPU (docs/scale-out.md)"
     return (
