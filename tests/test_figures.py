@@ -170,15 +170,18 @@ def test_the_seed_spread_figure_has_a_dot_per_seed(monkeypatch, tmp_path):
         assert [len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)] == [3, 3, 3]
 
 
-def test_the_seed_spread_figure_puts_each_seed_beside_its_mean_not_on_it(monkeypatch, tmp_path):
-    results = make_results(THREE_VARIANTS)
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_the_seed_spread_figure_puts_each_seed_beside_its_mean_not_on_it(monkeypatch, tmp_path, seeds):
+    results = make_results({variant: mses[:seeds] for variant, mses in THREE_VARIANTS.items()})
     for ax in draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"].axes:
         (errorbar,) = ax.containers
         means_x = errorbar.lines[0].get_xdata()
-        for tick, dots in enumerate(c for c in ax.collections if isinstance(c, PathCollection)):
-            dots_x = dots.get_offsets()[:, 0]
-            assert dots_x.min() > means_x[tick] + 0.1  # clear of the mean's marker, to its right
-            assert dots_x.max() < tick + 0.5  # and still in the variant's own slot
+        dots = [c.get_offsets()[:, 0] for c in ax.collections if isinstance(c, PathCollection)]
+        assert [len(x) for x in dots] == [seeds] * len(THREE_VARIANTS)
+        for tick, dots_x in enumerate(dots):
+            assert tick - 0.5 < means_x[tick] < tick  # the mean left of its tick, in the variant's own slot
+            assert dots_x.min() > means_x[tick] + 0.1  # the seeds clear of the mean's marker, to its right
+            assert dots_x.max() < tick + 0.5  # and in the same slot
 
 
 def test_the_interval_of_a_count_stops_at_zero(monkeypatch, tmp_path):

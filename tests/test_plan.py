@@ -127,10 +127,14 @@ def test_a_schedule_shorter_than_the_probe_still_gets_an_estimate(project_root):
     assert plan_probe.estimate(params, SIZES, {"train": [("tiny", 0)], "evaluate": []}, [], 0.0).train > 0
 
 
-def test_the_parallel_option_is_offered_as_faster_only_where_stages_do_not_split_the_same_cores():
-    assert "faster" in plan.parallel_line("cuda", 2)
-    on_cpu = plan.parallel_line("cpu", 2)
-    assert "faster" not in on_cpu and "JOBS=N" in on_cpu and "2 CPU cores" in on_cpu
+def test_the_parallel_option_says_whether_its_stages_would_split_the_same_cores():
+    assert "sharing the GPU" in plan.parallel_line("cuda", 2, 0)
+    for threads in (0, 2, 4):  # every core, or more threads than cores
+        every_core = plan.parallel_line("cpu", 2, threads)
+        assert "JOBS=N" in every_core and "the 2 CPU cores here" in every_core and "split" in every_core
+    assert "the 1 CPU core here" in plan.parallel_line("cpu", 1, 0)
+    some_cores = plan.parallel_line("cpu", 8, 2)
+    assert "2 of the 8 CPU cores" in some_cores and "split" not in some_cores
 
 
 def test_the_start_up_is_this_process_age():

@@ -104,7 +104,7 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
         )
         for i, variant in enumerate(variants):
             values = runs.loc[runs.variant == variant, column]
-            spread = np.linspace(-0.06, 0.06, len(values)) if len(values) > 1 else 0.0
+            spread = np.linspace(-0.06, 0.06, len(values)) if len(values) > 1 else np.zeros(len(values))
             ax.scatter(i + SEED_SIDE + spread, values, s=18, alpha=0.7, label=None if i else "each seed")
         ax.set(ylabel=title)
         ax.grid(axis="y", alpha=0.3)

@@ -33,6 +33,7 @@ from pipeline.lib.config_sections import STUDY_SOURCE
 from pipeline.lib.device import pick_device, release_freed_memory
 from pipeline.lib.io import DataError
 from pipeline.lib.keras_weights import study_files
+from pipeline.lib.report_findings import counted
 from pipeline.provenance import stage_name
 from pipeline.tools import plan_probe
 from pipeline.tools.child_path import path_with_this_python
@@ -126,20 +127,25 @@ def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, st
         f"{duration(est.evaluate)} of evaluation, {duration(est.other)} in the other stages and "
         f"{duration(est.startup * est.stages)} of start-up ({est.stages} × {est.startup:.0f} s)",
         *download_lines(params, others),
-        parallel_line(pick_device(params.train.device).type, len(os.sched_getaffinity(0))),
+        parallel_line(pick_device(params.train.device).type, os.cpu_count() or 1, params.train.threads),
         *([] if profile else ["plan: a first look: make repro-quick (the quick profile, pipeline/quick.yaml)"]),
     ]
 
 
-def parallel_line(device: str, cores: int) -> str:
-    """JOBS=N as what it does here: several small runs share a GPU that one leaves idle, but on a CPU alone each
-    stage already uses every core (train.threads 0), so N stages at once split them (measured on 2 cores in
-    reports/results/README.md: two 1-thread runs trained fewer images/s than one 2-thread run)."""
+def parallel_line(device: str, cores: int, threads: int) -> str:
+    """JOBS=N as what it does here. On a GPU the N stages share it; on a CPU alone each stage takes train.threads
+    cores (0: all of them, as the stages count them), so N stages that each take all split them (measured on 2
+    cores in reports/results/README.md: two 1-thread runs trained fewer images/s than one 2-thread run)."""
     if device == "cuda":
-        return "plan: faster: make repro JOBS=N runs N stages at once on Ray, several to a GPU (docs/scale-out.md)"
+        return "plan: in parallel: make repro JOBS=N runs N stages at once on Ray, sharing the GPU (docs/scale-out.md)"
+    start = "plan: in parallel: make repro JOBS=N runs N stages at once on Ray"
+    if 0 < threads < cores:
+        return (
+            f"{start}; each takes {threads} of the {counted(cores, 'CPU core')} here (train.threads; docs/scale-out.md)"
+        )
     return (
-        f"plan: in parallel: make repro JOBS=N runs N stages at once on Ray, sharing this machine's {cores} CPU "
-        "cores; one stage already uses them all, so it pays with many cores or a GPU (docs/scale-out.md)"
+        f"{start}, but each already takes the {counted(cores, 'CPU core')} here (train.threads), so they would "
+        "split them: it pays where one stage leaves cores or a GPU idle (docs/scale-out.md)"
     )
 
 
