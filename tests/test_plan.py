@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import subprocess
@@ -97,7 +98,13 @@ def test_the_plan_says_when_the_study_stages_will_download_and_how_to_do_without
     paths.study_raw_dir().mkdir(parents=True)
     for name in study_files("model01"):
         (paths.study_raw_dir() / name).write_bytes(b"downloaded before")
-    assert plan.download_lines(params, ["prepare", "study@model01"]) == []
+    assert plan.download_lines(params, ["prepare", "study@model01"]) == [line], "not the pinned files: fetched again"
+    pinned = project_root / "pinned.sha256"
+    pinned.write_text(
+        "".join(f"{hashlib.sha256(b'downloaded before').hexdigest()}  {n}\n" for n in study_files("model01"))
+    )
+    verified = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "checksums": str(pinned)}})
+    assert plan.download_lines(verified, ["prepare", "study@model01"]) == []
     local = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "source": str(project_root)}})
     assert plan.download_lines(local, ["study@model02"]) == []
 

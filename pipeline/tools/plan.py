@@ -31,7 +31,8 @@ from pipeline.lib import prepared
 from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.config_sections import STUDY_SOURCE
 from pipeline.lib.device import pick_device, release_freed_memory
-from pipeline.lib.io import DataError
+from pipeline.lib.idx import parse_sha256sums
+from pipeline.lib.io import DataError, sha256_file
 from pipeline.lib.keras_weights import study_files
 from pipeline.lib.report_findings import counted
 from pipeline.provenance import stage_name
@@ -155,7 +156,7 @@ def download_lines(params: Params, stages: list[str]) -> list[str]:
     if params.study.source != STUDY_SOURCE:
         return []
     models = [name.removeprefix("study@") for name in stages if name.startswith("study@")]
-    missing = [model for model in models if not all((paths.study_raw_dir() / f).is_file() for f in study_files(model))]
+    missing = [model for model in models if not all(downloaded(name, params) for name in study_files(model))]
     if not missing:
         return []
     return [
@@ -163,6 +164,13 @@ def download_lines(params: Params, stages: list[str]) -> list[str]:
         "offline, add STUDY=<a directory holding the .keras files> to the make command (or set study.source; "
         "study.models: [] leaves them out)"
     ]
+
+
+def downloaded(name: str, params: Params) -> bool:
+    """Whether the study stage would use the file already there: it downloads again one that is not the pinned one."""
+    path, checksums = paths.study_raw_dir() / name, paths.project_path(params.study.checksums)
+    pinned = parse_sha256sums(checksums).get(name) if checksums.is_file() else None
+    return path.is_file() and sha256_file(path) == pinned
 
 
 def hydra_value(value) -> str:
