@@ -1,0 +1,119 @@
+"""Keep the root run's finished runs in git, after each run: copy a checkout's record files into the record
+(reports/results/rootrun-cpu/, laid out as the checkout's root) and check them as the results README asks.
+
+    python -m scripts.keep_root_run build/rootrun
+
+Refuses, copying nothing, when the checkout's dvc.lock changes or drops a stage the record keeps (prepare's
+data/prepared and the classifier most of all: every kept run was measured against them). Then, for each run the
+record did not have, it prints whether its history (epoch, losses, LR) and its test metrics equal its twin's in the
+2026-12-02/03 matrices, and a row for the results README's table of kept runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+RESULTS = Path(__file__).resolve().parents[1] / "reports" / "results"
+RECORD = RESULTS / "rootrun-cpu"
+TWINS = {"": RESULTS / "standin-study4-cpu-15ep", "_linear": RESULTS / "standin-linear4-cpu-15ep"}
+REFERENCE = Path(__file__).resolve().parents[1] / "pipeline" / "reference.yaml"
+FILES = ("params.yaml", "dvc.lock", "reports/classifier.json")
+DIRS = ("reports/metrics", "reports/history", "reports/per_class", "reports/samples")
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_objective", "val_loss", "lr"]
+WRITTEN_SINCE = {"collapsed", "output_range", "run", "data_manifest_sha256"}  # not in the twins, or not comparable
+
+
+def lock_stages(root: Path) -> dict:
+    path = root / "dvc.lock"
+    return yaml.safe_load(path.read_text())["stages"] if path.is_file() else {}
+
+
+def changed_stages(record: Path, checkout: Path) -> list[str]:
+    """The record's stages whose dvc.lock entry the checkout does not have as it is."""
+    kept, now = lock_stages(record), lock_stages(checkout)
+    return [name for name, entry in kept.items() if now.get(name) != entry]
+
+
+def history_matches(new: Path, twin: Path) -> bool:
+    """Epoch, losses and LR equal as written, every digit (seconds and speed differ from machine to machine)."""
+    return pd.read_csv(new, dtype=str)[HISTORY_COLUMNS].equals(pd.read_csv(twin, dtype=str)[HISTORY_COLUMNS])
+
+
+def metric_differences(new: dict, twin: dict) -> list[str]:
+    return sorted(key for key in twin.keys() - WRITTEN_SINCE if new.get(key) != twin[key])
+
+
+def twin_report(run: str, checkout: Path, twins: dict[str, Path]) -> str:
+    twin = twins["_linear" if run.split("-seed")[0].endswith("_linear") else ""]
+    history, metrics = (Path("reports/history") / f"{run}.csv", Path("reports/metrics") / f"{run}.json")
+    twin_history, twin_metrics = twin / "history" / f"{run}.csv", twin / "metrics" / f"{run}.json"
+    if not (twin_history.is_file() and twin_metrics.is_file()):
+        return f"{run}: no twin in {twin}"
+    same_history = history_matches(checkout / history, twin_history)
+    differ = metric_differences(*(json.loads(p.read_text()) for p in (checkout / metrics, twin_metrics)))
+    history_said = "equal to" if same_history else "DIFFERENT from"
+    metrics_said = "equal" if not differ else f"DIFFERENT in {', '.join(differ)}"
+    return f"{run}: history {history_said} its twin's ({twin.name}), test metrics {metrics_said}"
+
+
+def table_row(run: str, checkout: Path, published: dict[str, float]) -> str:
+    """The results README's row: test MSE, its ratio to the published weights', dead units, PSNR per image, and the
+    training seconds with the median epoch."""
+    metrics = json.loads((checkout / "reports" / "metrics" / f"{run}.json").read_text())
+    seconds = pd.read_csv(checkout / "reports" / "history" / f"{run}.csv")["seconds"]
+    variant, seed = run.split("-seed")
+    study = published.get(variant.removesuffix("_linear"))
+    cells = [
+        f"{variant} seed {seed}",
+        f"{metrics['mse']:.5f}",
+        f"{metrics['mse'] / study:.2f}" if study else "n/a",
+        str(metrics["dead_latent_units"]),
+        f"{metrics['psnr']:.2f} dB",
+        f"{seconds.sum():,.0f} ({statistics.median(seconds):.1f})",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
+    """Copies the checkout's record files into the record; returns what to print. ValueError: nothing copied."""
+    missing = [name for name in (*FILES, *DIRS) if not (checkout / name).exists()]
+    if missing:
+        raise ValueError(f"{checkout}: not a checkout that ran the matrix: no {', '.join(missing)}")
+    if changed := changed_stages(record, checkout):
+        raise ValueError(f"{checkout}/dvc.lock changes or drops kept stages: {', '.join(changed)}; nothing copied")
+    kept = {path.stem for path in (record / "reports" / "metrics").glob("*.json")}
+    new = sorted(path.stem for path in (checkout / "reports" / "metrics").glob("*.json") if path.stem not in kept)
+    published = {model: row["mse"] for model, row in yaml.safe_load(REFERENCE.read_text())["published_weights"].items()}
+    lines = [line for run in new for line in (twin_report(run, checkout, twins), table_row(run, checkout, published))]
+    for name in FILES:
+        (record / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkout / name, record / name)
+    for name in DIRS:
+        shutil.copytree(checkout / name, record / name, dirs_exist_ok=True)
+    return [*lines, f"kept {len(kept) + len(new)} runs in {record} ({len(new)} new)"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.keep_root_run", description=__doc__)
+    parser.add_argument("checkout", type=Path, help="the checkout running the matrix, e.g. build/rootrun")
+    parser.add_argument("--record", type=Path, default=RECORD, help="where the record is kept (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        lines = keep(args.checkout, args.record, TWINS)
+    except (ValueError, OSError, yaml.YAMLError) as err:
+        print(f"keep_root_run: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
