@@ -163,6 +163,19 @@ def test_published_weights_are_a_line_across_their_models_bars(monkeypatch, tmp_
         assert "published weights" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
+def test_the_study_comparison_legends_cover_no_bar_dot_or_published_line(monkeypatch, tmp_path):
+    """Bars of SSIM (about 1) fill their panel: each legend sits in headroom above everything drawn."""
+    published = make_published({"b": 0.0035})
+    fig = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS), published)["study_comparison"]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        bars = [bar.get_height() for container in ax.containers for bar in container.patches]
+        dots = [y for collection in ax.collections for _, y in collection.get_offsets()]
+        lines = [y for line in ax.lines for y in line.get_ydata()]
+        top = ax.transData.transform((0, max(bars + dots + lines)))[1]  # in display units, as the legend's box
+        assert ax.get_legend().get_window_extent().y0 > top, ax.get_title()
+
+
 def test_the_seed_spread_figure_has_a_dot_per_seed(monkeypatch, tmp_path):
     results = make_results(THREE_VARIANTS)
     fig = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"]

@@ -157,8 +157,8 @@ def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.Da
         values = published.get(column, pd.Series(dtype=float)).dropna()
         _published_lines(ax, centre_of, values, width, label=None if j else "published weights")
     ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize="small")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.4)  # headroom: the legend sits above the bars, not over them
+    ax.legend(fontsize="small", loc="upper center", ncols=2)
 
 
 def _published_lines(ax, centres: dict[str, float], values: pd.Series, width: float, label: str | None) -> None:
