@@ -1,0 +1,27 @@
+"""The answer's 24 runs (the study's four models and their _linear twins, seeds 0-2, 15 epochs) drawn by today's
+report figures, from the metrics kept in the two snapshots. From the repo root:
+
+    PYTHONPATH=. python reports/results/answer-figures-2026-12-06/make_figures.py
+"""
+
+from pathlib import Path
+
+from pipeline.lib import figures, report_text, schema, stats
+
+RESULTS = Path("reports/results")
+RUNS = ("standin-study4-cpu-15ep", "standin-linear4-cpu-15ep")
+OUT = RESULTS / "answer-figures-2026-12-06"
+
+metrics = {
+    path.stem: schema.load(path)
+    for snapshot in RUNS
+    for path in sorted((RESULTS / snapshot / "metrics").glob("*.json"))
+}
+runs = report_text.results_table(metrics)
+summary = stats.aggregate(runs, report_text.SEED_COLUMNS, report_text.SEED_FLOORS)
+study = report_text.results_table(
+    {path.stem: schema.load(path) for path in sorted((RESULTS / RUNS[0] / "study").glob("*.json"))}
+)
+figures.seed_spread(runs, summary, OUT / "findings_seed_spread.png")
+figures.study_comparison(runs, study.set_index("variant"), OUT / "study_comparison.png")
+print(summary[["n", "mse_mean", "mse_std", "dead_latent_units_mean"]].to_string())
