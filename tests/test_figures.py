@@ -176,6 +176,22 @@ def test_the_study_comparison_legends_cover_no_bar_dot_or_published_line(monkeyp
         assert ax.get_legend().get_window_extent().y0 > top, ax.get_title()
 
 
+def test_the_per_class_legend_sits_beside_the_bars_whose_right_end_reaches_the_top(monkeypatch, tmp_path):
+    fig = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS))["per_class_psnr"]
+    fig.canvas.draw()
+    ((ax,), (legend,)) = fig.axes, fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(THREE_VARIANTS)
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
+
+
+def test_the_rate_distortion_legend_sits_below_both_panels(monkeypatch, tmp_path):
+    fig = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS))["rate_distortion"]
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    assert "jpeg" in [t.get_text() for t in legend.get_texts()]
+    assert all(legend.get_window_extent().y1 <= ax.get_window_extent().y0 for ax in fig.axes)
+
+
 def test_the_seed_spread_figure_has_a_dot_per_seed(monkeypatch, tmp_path):
     results = make_results(THREE_VARIANTS)
     fig = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"]

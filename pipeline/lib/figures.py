@@ -210,7 +210,7 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) ->
     """Per-character PSNR (rows: characters, columns: variants); the best variant's hardest are shaded."""
     table = table.sort_values(best)
     fig, ax = plt.subplots(figsize=(13, 4.5))
-    table.plot.bar(ax=ax, width=0.8, rot=0, legend=len(table.columns) <= 12)
+    table.plot.bar(ax=ax, width=0.8, rot=0, legend=False)
     ax.set_ylim(bottom=0)
     for i in range(min(worst, len(table))):
         ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.08)
@@ -220,7 +220,9 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) ->
         xlabel="character",
     )
     fig.tight_layout()
-    _save(fig, out)
+    if len(table.columns) <= 12:  # beside the axes: the sorted bars' right end reaches the top
+        fig.legend(*ax.get_legend_handles_labels(), title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    _save(fig, out, bbox_inches="tight")
 
 
 def rate_distortion(table: pd.DataFrame, out: Path) -> None:
@@ -255,14 +257,15 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     axes[0].axhline(MOONSHOT["psnr_pooled"], color="red", lw=0.8, ls="--")
     axes[0].axvline(MOONSHOT["bytes_per_image"], color="red", lw=0.8, ls="--")
-    axes[1].legend(fontsize=6, ncol=2, loc="lower right")
     fig.suptitle(
         "rate–distortion on the test set (red: the moonshot, ≤ {bytes_per_image} B at ≥ {psnr_pooled} dB)".format(
             **MOONSHOT
         )
     )
     fig.tight_layout()
-    _save(fig, out)
+    # below both panels: inside either it covers curves and the lossless codecs' labels
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=4, fontsize=7)
+    _save(fig, out, bbox_inches="tight")
 
 
 # a variant's storage form -> marker; the default "*" is the entropy-coded stream
