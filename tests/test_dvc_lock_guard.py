@@ -73,6 +73,8 @@ def test_the_executor_commits_a_finished_stage_only_under_the_guard(project, mon
     monkeypatch.setattr(parallel, "Repo", RecordingRepo)
     monkeypatch.setattr(parallel.ray, "get", lambda ref: (0, "the stage's output"))
     executor = SimpleNamespace(root=project, args=SimpleNamespace(remote=None), done=set(), ran=0)  # what finish reads
+    executor.record = lambda name, returned: parallel.Executor.record(executor, name, returned)
+    executor.stop = SimpleNamespace(check=lambda: None)
     executor.clock = StageClock()
     executor.clock.start("train@tiny-0")
     progress = SimpleNamespace(update=lambda: None)

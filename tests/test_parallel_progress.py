@@ -25,6 +25,7 @@ def dispatching_executor(changed: dict[str, str], stop: StopSignal, monkeypatch)
     executor.ready = lambda: parallel.Executor.ready(executor)
     executor.waiting = lambda: parallel.Executor.waiting(executor)
     executor.submit = lambda name, cmd: submitted.append((name, cmd)) or f"ref of {name}"
+    executor.command_if_changed = lambda name: parallel.Executor.command_if_changed(executor, name)
     return executor, submitted
 
 

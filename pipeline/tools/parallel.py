@@ -22,10 +22,10 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
 
 import ray
 from dvc.exceptions import DvcException
+from dvc.lock import LockError
 from dvc.repo import Repo
 from mlflow.tracking import MlflowClient
 from ray.exceptions import NodeDiedError, OutOfMemoryError, RayTaskError, WorkerCrashedError
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from pipeline import paths, provenance, tracking
 from pipeline.cli import one_line
-from pipeline.tools import lock_entries, ray_tasks, stage_graph
+from pipeline.tools import lock_entries, ray_resources, ray_tasks, repo_lock, stage_graph
 from pipeline.tools.child_path import path_with_this_python
 from pipeline.tools.stage_clock import StageClock, describe, kind
 from pipeline.tools.stop_signal import Stopped, StopSignal
@@ -86,7 +86,7 @@ class Executor:
         self.ran = 0
         self.running: dict = {}  # ray ObjectRef -> stage name
         self.clock = StageClock()
-        self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run))
+        self.slots = ray_resources.slots(args, ray.cluster_resources().get("CPU", 1))
         self.executor_id = uuid.uuid4().hex  # tags this executor's runs (tracking.run_tags)
         self.env = {**os.environ, "DVC_ROOT": str(root), "PATH": path_with_this_python()}
         self.env[tracking.EXECUTOR_ENV] = self.executor_id
@@ -110,12 +110,19 @@ class Executor:
         while len(self.running) < self.slots and (ready := self.ready()):
             name = ready[0]
             self.stop.check()
-            cmd = command_if_changed(self.root, name, clear_outputs=not self.args.remote)
+            cmd = self.command_if_changed(name)
             if cmd is None:  # not counted by the bar, whose rate and time left are the stages that run
                 self.done.add(name)
                 progress.total -= 1
                 continue
             self.running[self.submit(name, cmd)] = name
+
+    def command_if_changed(self, name: str) -> str | None:
+        clear = not self.args.remote
+        try:
+            return repo_lock.while_locked(lambda: command_if_changed(self.root, name, clear), name, self.stop)
+        except DvcException as err:
+            raise StageFailed(f"stage {name}: DVC could not say whether it changed: {one_line(err)}") from err
 
     def submit(self, name: str, cmd: str):
         options = {**resources(name, self.args), "name": name}
@@ -149,17 +156,22 @@ class Executor:
         if code != 0:
             raise StageFailed(f"stage {name} failed (exit {code}):\n{output}")
         try:
-            if self.args.remote:
-                lock_entries.adopt(self.root, name, *returned, self.args.remote)
-            else:
-                with provenance.lock_guard(self.root):
-                    Repo(str(self.root)).commit(name, force=True)
+            repo_lock.while_locked(lambda: self.record(name, returned), f"{name} ran; recording it", self.stop)
         except (DvcException, lock_entries.CheckoutDiffers) as err:
-            raise StageFailed(f"stage {name} ran, but DVC could not record it here: {err}") from err
+            hint = f"; its outputs are in place: `dvc commit {name}` records it" if isinstance(err, LockError) else ""
+            raise StageFailed(f"stage {name} ran, but DVC could not record it here: {err}{hint}") from err
         self.done.add(name)
         self.clock.finish(name)
         self.ran += 1
         progress.update()
+
+    def record(self, name: str, returned: list) -> None:
+        """The stage committed as `dvc repro` commits it: dvc.lock entry, outputs cached."""
+        if self.args.remote:
+            lock_entries.adopt(self.root, name, *returned, self.args.remote)
+        else:
+            with provenance.lock_guard(self.root):
+                Repo(str(self.root)).commit(name, force=True)
 
     def killed(self, name: str, signum: int, output: str) -> None:
         """Marks the stage's runs KILLED; it is dispatched again once (its outputs were never renamed into place
@@ -207,38 +219,12 @@ class Executor:
         self.running.clear()
 
 
-def check_cluster_setup(parser: argparse.ArgumentParser, args, root: Path) -> None:
-    """--remote needs a cluster, a tracking store every node reaches, and this checkout's outputs on the remote (of
-    the targets' stages, when targets are given)."""
-    if not args.address:
-        parser.error("--remote runs stages on the nodes of a Ray cluster: give its --address")
-    if urlparse(tracking.tracking_uri(root)).scheme in ("", "file", "sqlite"):
-        parser.error(
-            "--remote: stages on other machines cannot log into this machine's local MLflow store; start a tracking "
-            "server every node reaches (make tracking-server) and export MLFLOW_TRACKING_URI (docs/scale-out.md)"
-        )
-    try:
-        # the outputs of stages already up to date, for the nodes to pull
-        Repo(str(root)).push(targets=args.targets or None, with_deps=True, remote=args.remote)
-    except DvcException as err:
-        parser.error(f"--remote {args.remote}: pushing this checkout's outputs failed: {err}")
-
-
-def check_resources(parser: argparse.ArgumentParser, args) -> None:
-    """Numbers Ray would accept and then never schedule (0 CPUs: the executor would wait forever) or divide by."""
-    if args.jobs < 1:
-        parser.error(f"--jobs: at least 1 stage at once, got {args.jobs}")
-    if args.cpus_per_run <= 0:
-        parser.error(f"--cpus-per-run: more than 0, got {args.cpus_per_run}")
-    if args.gpus_per_run < 0 or (args.gpus_per_run > 1 and not args.gpus_per_run.is_integer()):
-        parser.error(f"--gpus-per-run: a fraction of one GPU or a whole number of GPUs, got {args.gpus_per_run}")
-
-
 def start_ray(args) -> None:
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:  # "local": a new Ray on this machine even when `ray start` has left a cluster running here
-        ray.init(address="local", num_cpus=args.jobs * args.cpus_per_run, log_to_driver=False, include_dashboard=False)
+        cpus = ray_resources.local_cpus(args)
+        ray.init(address="local", num_cpus=cpus, log_to_driver=False, include_dashboard=False)
 
 
 def command_to_go_on(argv: list[str], root: Path) -> str:
@@ -271,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         help="stages to bring up to date with those they need, first the first's (default: all); `train`: all train@",
     )
     args = parser.parse_args(argv)
-    check_resources(parser, args)
+    ray_resources.check_options(parser, args)
     root = paths.root()
     os.chdir(root)  # DVC resolves stage names from the current directory
     every_stage = stage_graph.dependencies(Repo(str(root)))  # dvc.yaml's order, as dvc.lock lists them
@@ -280,11 +266,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.remote:
-        check_cluster_setup(parser, args, root)
+        ray_resources.check_remote_setup(parser, args, root)
     experiment_id = tracking.setup(tracking.experiment_name())  # once, before the fan-out
     stop = StopSignal()
     start_ray(args)
     stop.install()  # again: ray.init's SIGTERM handler exits without stopping stages
+    if why := ray_resources.unschedulable(args, ray.nodes()):
+        ray.shutdown()
+        stop.restore()
+        print(f"parallel: error: {why}", file=sys.stderr)
+        return 2
     executor, started = Executor(root, args, experiment_id, stop, upstream), time.perf_counter()
     try:
         executor.run()
