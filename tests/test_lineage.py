@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import socket
 from pathlib import Path
 
 import mlflow.tracking._tracking_service.utils as mlflow_uri
@@ -256,3 +257,20 @@ def test_stale_metrics_are_detected(copy, monkeypatch):
     assert f"reports/metrics/{RUN}.json was computed from a model with sha256" in stale[0]
     assert f"reports/metrics/{RUN}.json belongs to MLflow run" in stale[1]
     assert kinds(found) == {"metrics stale", "model file replaced"}  # and DVC locked the old file
+
+
+def test_the_best_checkpoint_is_refused_with_the_runs_own_lineage_named(built, capsys):
+    best = built / "models" / f"{RUN}.best.pt"
+    assert lineage.main([str(best), "--root", str(built)]) == 2
+    err = capsys.readouterr().err
+    assert f"{best}: {RUN}'s checkpoint of lowest val loss (epoch 1)" in err
+    assert f"python -m pipeline.tools.lineage {RUN}" in err
+
+
+def test_a_tracking_server_out_of_reach_is_said_at_once_not_as_a_missing_run(built, capsys, monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    assert lineage.main([RUN, "--root", str(built)]) == 2
+    assert f"MLflow tracking server http://127.0.0.1:{port} is not reachable" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from pipeline.tools.lineage_checks import check
 RUN_NAME = re.compile(r"(?P<variant>.+)-seed(?P<seed>[0-9]+)")
 KEY_METRICS = ("mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "n_test")
 UNKNOWN = provenance.UNKNOWN
+BEST_SUFFIX = paths.best_model_file("run").name.removeprefix("run")  # ".best.pt"
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Project:
     @classmethod
     def open(cls, root: Path) -> Project:
         uri = tracking.tracking_uri(root)
+        if uri.startswith(("http://", "https://")):  # else MLflow's client retries for minutes, then "run missing"
+            tracking._check_server(uri)
         client = None if tracking.store_missing(uri) else MlflowClient(tracking_uri=uri)
         params_file = root / "params.yaml"
         return cls(
@@ -99,7 +102,13 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
         saved = load_model_meta(path)
         if "seed" not in saved:
             raise LookupError(f"{path}: a model file from before seeds (no 'seed' key); retrain it with dvc repro")
-        return [(run_name(saved["variant"], saved["seed"]), path)]
+        name = run_name(saved["variant"], saved["seed"])
+        if path.name.endswith(BEST_SUFFIX):  # nothing records its digest: checked as the run's model it would fail
+            raise LookupError(
+                f"{path}: {name}'s checkpoint of lowest val loss (epoch {saved.get('best_epoch', '?')}), which no "
+                f"stage reads and no record names; the run's lineage: python -m pipeline.tools.lineage {name}"
+            )
+        return [(name, path)]
     if Path(target).suffix == ".pt":  # not there (yet): the run whose model file it would be, if it is one
         expected = paths.under(project.root, paths.model_file(Path(target).stem)).resolve()
         named = {Path(target).resolve(), (project.root / target).resolve()}  # from here, or from the project's root
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         lines, problems = lineage(args.target, args.root.resolve())
-    except (ConfigError, LookupError, DataError) as err:
+    except (ConfigError, LookupError, DataError, tracking.TrackingError) as err:
         print(f"lineage: error: {err}", file=sys.stderr)
         return 2
     print("\n".join(lines))
