@@ -131,3 +131,23 @@ def test_runs_where_mlflow_is_not_installed(project, tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr
     assert torch.load(tmp_path / "models" / "tiny-seed0.pt", weights_only=False)["mlflow_run_id"] is None
+
+
+def test_inputs_that_are_not_there_are_one_line_errors(project, tmp_path: Path, capsys):
+    def run(*args: str) -> str:
+        assert device_run.main(list(args)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("device_run: ") and err.count("\n") == 1, err
+        return err
+
+    params, prepared, classifier = project["args"][1::2]
+    nowhere = str(tmp_path / "nowhere")
+    assert "manifest.json" in run(
+        "train", "tiny", str(tmp_path / "a"), "--epochs", "1", "--params", params, "--prepared", nowhere
+    )
+    assert "tiny-seed0.csv: missing" in run(
+        "evaluate", "tiny", str(tmp_path / "b"), "--params", params, "--prepared", prepared
+    )
+    assert f"{nowhere}.yaml: No such file" in run(
+        "train", "tiny", str(tmp_path / "c"), "--epochs", "1", "--params", nowhere + ".yaml"
+    )

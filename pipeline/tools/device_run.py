@@ -25,10 +25,11 @@ import torch
 import yaml
 
 from pipeline import paths
+from pipeline.cli import one_line, os_error_line
 from pipeline.lib import config, prepared, schema
 from pipeline.lib.device import as_batch_tensor, configure_compute, pick_device
 from pipeline.lib.evaluation import evaluate_model, final_losses
-from pipeline.lib.io import sha256_file, write_text
+from pipeline.lib.io import DataError, sha256_file, write_text
 from pipeline.lib.tracker import NoOpTracker
 from pipeline.lib.trainer import Trainer
 from pipeline.lib.training import RunFiles, train_run
@@ -141,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     args.outdir.mkdir(parents=True, exist_ok=True)
     try:
         (run_train if args.command == "train" else run_evaluate)(args)
-    except config.ConfigError as err:
-        print(f"device_run: {err}", file=sys.stderr)
+    except (config.ConfigError, DataError) as err:  # a bad params file; a prepared split or model not there
+        print(f"device_run: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"device_run: {os_error_line(err)}", file=sys.stderr)
         return 2
     return 0
 
