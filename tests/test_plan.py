@@ -14,10 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from dvc.lock import LockError
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from pipeline import paths
-from pipeline.lib.config import Params, parse_params
+from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.keras_weights import study_files
 from pipeline.tools import plan, plan_probe
 from pipeline.tools.child_path import path_with_this_python
@@ -66,6 +67,41 @@ def test_bad_params_or_a_missing_profile_are_one_line_not_a_traceback(args, mess
 def test_a_mapping_in_a_profile_is_refused():
     with pytest.raises(ValueError, match="not {'a': 1}"):
         plan.hydra_value({"a": 1})
+
+
+def test_set_values_are_read_as_dvc_exp_run_reads_them():
+    sets = ["train.lr=1e-3", "seeds=[0,1]", "data.source=../shared/data", "study.models=[]", "mlflow.log_model=false"]
+    assert plan.parse_sets(sets) == {
+        "train.lr": 0.001,  # YAML would read the string "1e-3"
+        "seeds": [0, 1],
+        "data.source": "../shared/data",
+        "study.models": [],
+        "mlflow.log_model": False,
+    }
+    with pytest.raises(ConfigError, match="-S takes key=value as `dvc exp run -S` does"):
+        plan.parse_sets(["train.lr"])
+
+
+def test_a_mapping_in_a_profile_is_refused_before_the_probe(project_root, tmp_path, capsys, monkeypatch):
+    (project_root / "params.yaml").write_text(yaml.safe_dump({**REPO_PARAMS, "data": {"source": str(tmp_path)}}))
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({"train": {"lr": 0.1}}))  # a section, not a dotted key
+    monkeypatch.setattr(plan, "plan_lines", lambda *args, **kwargs: pytest.fail("probed first"))
+    assert plan.main(["--profile", str(profile)]) == 1
+    assert "plan: error: a profile value must be a number, string, boolean, null or list" in capsys.readouterr().err
+
+
+def test_dvcs_lock_held_elsewhere_is_one_line(project_root, tmp_path, capsys, monkeypatch):
+    (project_root / "params.yaml").write_text(yaml.safe_dump({**REPO_PARAMS, "data": {"source": str(tmp_path)}}))
+
+    def locked(*args, **kwargs):
+        raise LockError("Unable to acquire lock. Most likely another DVC process is running")
+
+    monkeypatch.setattr(plan, "plan_lines", locked)
+    assert plan.main([]) == 1
+    assert (
+        capsys.readouterr().err == "plan: error: Unable to acquire lock. Most likely another DVC process is running\n"
+    )
 
 
 def test_the_quick_profile_is_valid_params_and_trains_fewer_runs_than_the_default():

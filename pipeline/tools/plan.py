@@ -23,7 +23,10 @@ from pathlib import Path
 import networkx as nx
 import yaml
 from dvc.dependency.param import ParamsDependency
+from dvc.exceptions import DvcException
 from dvc.repo import Repo
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 
 from pipeline import paths
 from pipeline.cli import load_params, one_line, os_error_line
@@ -183,15 +186,19 @@ def hydra_value(value) -> str:
         return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, quoted) + "'"
     if value is None or isinstance(value, bool | int | float):
         return json.dumps(value)
-    raise ValueError(f"a profile value must be a number, string, boolean, null or list of those, not {value!r}")
+    raise ConfigError(f"a profile value must be a number, string, boolean, null or list of those, not {value!r}")
 
 
 def parse_sets(sets: list[str]) -> dict:
-    """`key=value` pairs (as given to `dvc exp run -S`) as a profile: dotted key -> value."""
-    pairs = [item.split("=", 1) for item in sets]
-    if bad := [item for item, pair in zip(sets, pairs) if len(pair) != 2]:
-        raise SystemExit(f"plan: -S takes key=value, got {bad[0]!r}")
-    return {key: yaml.safe_load(value) for key, value in pairs}
+    """`key=value` pairs as a profile (dotted key -> value), read as `dvc exp run -S` reads them: Hydra's override
+    grammar, where 1e-3 is a number (YAML would read a string)."""
+    try:
+        overrides = OverridesParser.create().parse_overrides(sets)
+    except OverrideParseException as err:
+        raise ConfigError(f"-S takes key=value as `dvc exp run -S` does: {one_line(err)}") from None
+    if deleted := [o.key_or_group for o in overrides if o.is_delete()]:
+        raise ConfigError(f"-S ~{deleted[0]}: the plan sets keys; it does not delete them")
+    return {override.key_or_group: override.value() for override in overrides}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return plan(args)
-    except (ConfigError, DataError, yaml.YAMLError) as err:
+    except (ConfigError, DataError, yaml.YAMLError, DvcException) as err:  # DvcException: its lock held elsewhere
         print(f"plan: error: {one_line(err)}", file=sys.stderr)
     except OSError as err:  # a profile that is not there, a params file that cannot be read
         print(f"plan: error: {os_error_line(err)}", file=sys.stderr)
@@ -230,6 +237,7 @@ def plan(args: argparse.Namespace) -> int:
     raw = yaml.safe_load(paths.params_file().read_text())
     params = parse_params(with_profile(raw, overrides)) if overrides else load_params(paths.params_file())
     check_sources(params)
+    sets = [*(f"{key}={hydra_value(value)}" for key, value in profile.items()), *args.set_param]  # before the probe
     changed = {key for key, value in overrides.items() if current_value(raw, key) != value}
     lines = plan_lines(params, changed, profile=bool(profile), startup=startup)
     for line in lines:
@@ -239,7 +247,6 @@ def plan(args: argparse.Namespace) -> int:
     if lines == [NOTHING_TO_RUN]:  # an experiment now would only repeat the last one
         print("plan: so no experiment is started")
         return 0
-    sets = [*(f"{key}={hydra_value(value)}" for key, value in profile.items()), *args.set_param]
     command = ["dvc", "exp", "run", *(f"--set-param={s}" for s in sets)]
     release_freed_memory()  # the probe's, which this process would otherwise hold while every stage runs
     code = subprocess.run(command, cwd=paths.root(), env={**os.environ, "PATH": path_with_this_python()}).returncode
