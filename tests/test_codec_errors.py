@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,16 @@ def test_decompress_never_writes_into_a_directory_that_holds_files(codec_project
     with pytest.raises(codec.CodecError, match="exists and is not an empty directory"):
         codec_tool.decompress(codec_project["params"], "coded", 0, stream, occupied)
     assert [p.name for p in occupied.iterdir()] == ["mine.txt"]
+
+
+def test_decompress_into_the_working_directory_is_refused_not_swapped_out(codec_project, tmp_path, monkeypatch):
+    stream, _ = round_trip(codec_project, "coded", tmp_path)
+    here = tmp_path / "empty-here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for target in (".", str(tmp_path)):
+        with pytest.raises(codec.CodecError, match="the working directory or one holding it; choose a new directory"):
+            codec_tool.decompress(codec_project["params"], "coded", 0, stream, Path(target))
+    assert here.is_dir() and not any(here.iterdir())
+    codec_tool.decompress(codec_project["params"], "coded", 0, stream, Path("pngs"))  # a new one, named from here
+    assert (here / "pngs" / "000000.png").is_file()

@@ -60,6 +60,9 @@ def read_png(path: Path) -> np.ndarray:
 
 def write_images(images: np.ndarray, out_dir: Path) -> None:
     """PNGs 000000.png, ... into a new directory, written beside it and renamed: never half there."""
+    out_dir = out_dir.resolve()  # "." has no name to write beside
+    if Path.cwd().is_relative_to(out_dir):  # the rename would swap the directory out from under this shell
+        raise CodecError(f"{out_dir}: the working directory or one holding it; choose a new directory")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise CodecError(f"{out_dir}: exists and is not an empty directory; choose a new one")
     tmp = out_dir.with_name(out_dir.name + ".partial")
