@@ -104,6 +104,15 @@ def test_dvcs_lock_held_elsewhere_is_one_line(project_root, tmp_path, capsys, mo
     )
 
 
+def test_before_prepare_the_splits_are_counted_in_the_sources_label_files(project_root, tmp_path):
+    source = make_emnist_dir(tmp_path / "emnist")
+    sizes = plan.split_sizes(parse_params({**REPO_PARAMS, "data": {**REPO_PARAMS["data"], "source": str(source)}}))
+    train = sizes["train"] + sizes["val"]
+    assert (train, sizes["test"]) == plan.source_sizes(source) and train < plan.BALANCED["train"]
+    assert sizes["val"] == round(train * REPO_PARAMS["data"]["val_fraction"])
+    assert plan.source_sizes(REPO / "pipeline" / "emnist_balanced.sha256") == tuple(plan.BALANCED.values())
+
+
 def test_the_quick_profile_is_valid_params_and_trains_fewer_runs_than_the_default():
     quick, default = parse_params(plan.with_profile(REPO_PARAMS, QUICK)), parse_params(REPO_PARAMS)
     assert 0 < len(quick.runs()) < len(default.runs())

@@ -34,7 +34,7 @@ from pipeline.lib import prepared
 from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.config_sections import STUDY_SOURCE
 from pipeline.lib.device import pick_device, release_freed_memory
-from pipeline.lib.idx import parse_sha256sums
+from pipeline.lib.idx import find_split_files, parse_sha256sums, read_idx
 from pipeline.lib.io import DataError, sha256_file
 from pipeline.lib.keras_weights import study_files
 from pipeline.lib.report_findings import counted
@@ -105,11 +105,24 @@ def out_of_date(root: Path, params: Params, changed_keys: set[str]) -> tuple[dic
 
 
 def split_sizes(params: Params) -> dict[str, int]:
+    """The prepared splits' sizes; not prepared yet, those prepare will make from data.source."""
     try:
         return prepared.load_manifest(paths.prepared_dir())["counts"]
-    except (DataError, KeyError):  # not prepared yet: the official sizes
-        val = round(BALANCED["train"] * params.data.val_fraction)
-        return {"train": BALANCED["train"] - val, "val": val, "test": BALANCED["test"]}
+    except (DataError, KeyError):
+        train, test = source_sizes(paths.resolve_source(params.data.source))
+    val = round(train * params.data.val_fraction)
+    return {"train": train - val, "val": val, "test": test}
+
+
+def source_sizes(source: Path) -> tuple[int, int]:
+    """A directory's train and test sizes, counted in its label files (kilobytes); the official download's
+    (a listing of the files to fetch, or a directory that cannot be read: prepare will say why)."""
+    try:
+        files = find_split_files(source) if source.is_dir() else None
+        labels = [read_idx(files[f"{split}_labels"], "labels") for split in ("train", "test")] if files else None
+    except DataError:
+        labels = None
+    return (len(labels[0]), len(labels[1])) if labels else (BALANCED["train"], BALANCED["test"])
 
 
 def plan_lines(params: Params, changed_keys: set[str], profile: bool = False, startup: float = 0.0) -> list[str]:
