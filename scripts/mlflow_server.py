@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.tools.tracking_server import free_port, stop_group, wait_healthy
+from pipeline.tools.server_process import free_port, stop_group, wait_healthy
 
 
 @contextlib.contextmanager

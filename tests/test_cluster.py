@@ -19,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.tools import lock_entries
-from pipeline.tools.tracking_server import free_port, stop_group
+from pipeline.tools.server_process import free_port, stop_group
 from scripts.mlflow_server import mlflow_server
 from tests.conftest import TINY_SPEC, make_project, run
 from tests.fakedata import make_emnist_dir

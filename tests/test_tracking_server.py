@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.tools.tracking_server import free_port
+from pipeline.tools.server_process import free_port
 from tests.conftest import TINY_SPEC, make_project, run
 from tests.fakedata import make_emnist_dir
 

@@ -8,6 +8,7 @@ Everything lives in one project-local folder (default mlflow-server/, ignored by
 cluster, its log and socket), artifacts/, mlflow.log, password and state.json. Both servers listen on 127.0.0.1
 only, and PostgreSQL asks for the generated password (scram-sha-256). PostgreSQL refuses to run as root: run as
 root, its commands run as the `postgres` user, who owns postgres/. `stop` keeps the data; `start` reuses it.
+`start` refuses a port that something else listens on, and whatever stops it (an error, Ctrl-C) stops what it started.
 """
 
 from __future__ import annotations
@@ -20,17 +21,16 @@ import pwd
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
 from pipeline import paths
+from pipeline.lib.io import write_json
+from pipeline.tools.server_process import ServerError, alive, free_port, process_started, stop_group, wait_healthy
 
 PG_BINS = sorted(
     Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0
@@ -38,14 +38,17 @@ PG_BINS = sorted(
 DATABASE, USER = "mlflow", "mlflow"
 
 
-class ServerError(RuntimeError):
-    """The servers cannot be started or stopped; the message says why."""
-
-
-def free_port() -> int:
+def refuse_taken_port(port: int) -> None:
+    """Another server on the port would answer /health for ours, and the stages would log into it."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT port is free
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise ServerError(
+                f"port {port} on 127.0.0.1 is already in use (`ss -ltnp 'sport = :{port}'` shows by what): stop that"
+                " server, or pick another port: python -m pipeline.tools.tracking_server start --port N"
+            ) from None
 
 
 def pg_tool(name: str) -> str:
@@ -131,58 +134,12 @@ def start_mlflow(folder: Path, pg_port: int, port: int, workers: int) -> int:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process, timeout=180)
-    except ServerError as err:
+    except BaseException as err:  # Ctrl-C too: its own session never sees the terminal's SIGINT
         stop_group(process.pid)
-        raise ServerError(f"{err} (log: {folder / 'mlflow.log'})") from None
+        if isinstance(err, ServerError):
+            raise ServerError(f"{err} (log: {folder / 'mlflow.log'})") from None
+        raise
     return process.pid
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerError(f"mlflow server exited with code {process.returncode} before answering")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise ServerError(f"mlflow server at {url} did not answer /health within {timeout:.0f} s")
-
-
-def signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def stop_group(pid: int, wait: float = 10.0) -> None:
-    """SIGTERM a process group started with start_new_session, then SIGKILL what is left after `wait` seconds."""
-    signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and alive(pid):
-        time.sleep(0.2)
-    signal_group(pid, signal.SIGKILL)
-
-
-def alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: not the server this folder started
-        return False
-    return True
-
-
-def process_started(pid: int) -> float | None:
-    """When the process with this pid started (seconds since the epoch), or None if there is none."""
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 def still_running(state: dict) -> bool:
@@ -201,30 +158,46 @@ def still_running(state: dict) -> bool:
 
 
 def start(folder: Path, port: int, workers: int) -> dict:
-    state_file = folder / "state.json"
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
+    state = read_state(folder)
+    if state is not None:
         if still_running(state):
             return state
         stop(folder)  # a stale state: what is left of it
+    refuse_taken_port(port)
     if not (folder / "postgres" / "data" / "PG_VERSION").exists():
         init_cluster(folder)
-    pg_port = free_port()
-    start_postgres(folder, pg_port)
-    try:
+    pg_port, pid = free_port(), None
+    try:  # until state.json names them, nothing else could find the servers to stop them
+        start_postgres(folder, pg_port)
         ensure_database(folder, pg_port)
         pid = start_mlflow(folder, pg_port, port, workers)
+        return save_state(folder, {"url": f"http://127.0.0.1:{port}", "mlflow_pid": pid, "postgres_port": pg_port})
     except BaseException:
+        if pid is not None:
+            stop_group(pid)
         stop_postgres(folder)
         raise
-    state = {
-        "url": f"http://127.0.0.1:{port}",
-        "mlflow_pid": pid,
-        "mlflow_started": process_started(pid),
-        "postgres_port": pg_port,
-    }
-    state_file.write_text(json.dumps(state, indent=2) + "\n")
+
+
+def save_state(folder: Path, state: dict) -> dict:
+    state = {**state, "mlflow_started": process_started(state["mlflow_pid"])}
+    write_json(folder / "state.json", state)  # atomic: a crash mid-write leaves no half a state
     return state
+
+
+def read_state(folder: Path) -> dict | None:
+    """What state.json says, None without one; a corrupt one is an error that says how to clean up by hand."""
+    state_file = folder / "state.json"
+    if not state_file.exists():
+        return None
+    with contextlib.suppress(ValueError):  # JSON and UTF-8 decoding errors alike
+        state = json.loads(state_file.read_text())
+        if isinstance(state, dict) and {"url", "mlflow_pid", "postgres_port"} <= state.keys():
+            return state
+    raise ServerError(
+        f"{state_file} is corrupt: the mlflow server it named may still run (`pgrep -af -- '--artifacts-destination"
+        f" {folder}/'` finds it): stop it with kill -- -PID, delete state.json, then `stop` stops PostgreSQL"
+    )
 
 
 def stop_postgres(folder: Path) -> None:
@@ -241,12 +214,11 @@ def stop(folder: Path) -> None:
 
 def stop_mlflow(folder: Path) -> None:
     """Stops the MLflow server that state.json names, if that process still runs, and forgets it."""
-    state_file = folder / "state.json"
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
+    state = read_state(folder)
+    if state is not None:
         if still_running(state):
             stop_group(state["mlflow_pid"])
-        state_file.unlink()
+        (folder / "state.json").unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,14 +242,16 @@ def main(argv: list[str] | None = None) -> int:
             stop(folder)
             print(f"tracking server: stopped ({folder} kept)")
         else:
-            state_file = folder / "state.json"
-            state = json.loads(state_file.read_text()) if state_file.exists() else None
+            state = read_state(folder)
             running = state is not None and still_running(state)
             print(f"tracking server: {'running at ' + state['url'] if running else 'not running'} ({folder})")
             return 0 if running else 3
     except ServerError as err:
         print(f"tracking_server: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # what `start` had started is stopped by then
+        print("tracking_server: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
