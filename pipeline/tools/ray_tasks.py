@@ -57,6 +57,7 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, sources: di
     if not (root / "dvc.yaml").is_file():
         hint = f"start the Ray node with {CHECKOUT_ENV} set to a checkout of this project (docs/scale-out.md)"
         return 2, f"node {node}: {CHECKOUT_ENV}={os.environ.get(CHECKOUT_ENV)!r} is not a checkout; {hint}", {}
+    step = "reading its DVC project"  # what failed, if DVC raises
     try:
         with checkout_lock(root):
             write_files(root, files)
@@ -67,11 +68,13 @@ def run_on_node(name: str, cmd: str, inputs: list[str], files: dict, sources: di
                 hint = "check out the executor's commit there (docs/scale-out.md)"
                 return 2, f"node {node}: its checkout differs from the executor's in {', '.join(differing)}; {hint}", {}
             if inputs:
+                step = f"pulling {', '.join(inputs)} from DVC remote {remote!r}"
                 repo.pull(targets=inputs, remote=remote, force=True)
+            step = f"removing {name}'s outputs before it runs"
             with repo.lock:
                 stage_of(repo, name).remove_outs(ignore_remove=False)  # as dvc repro
     except DvcException as err:
-        return 1, f"node {node}: pulling {', '.join(inputs)} from DVC remote {remote!r} failed: {err}", {}
+        return 1, f"node {node}: {step} failed: {err}", {}
     code, output = run_process(
         cmd, root, {**os.environ, **env, "DVC_ROOT": str(root), "PATH": path_with_this_python()}, stage_log(root, name)
     )
