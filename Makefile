@@ -98,7 +98,8 @@ format: $(STAMP)
 lineage: $(STAMP)
 	$(BIN)/python -m pipeline.tools.lineage $(RUN)
 
-# metrics against scikit-image, training and evaluation speed, each stage's overhead (reports/benchmarks.json)
+# metrics against scikit-image (printed only); training and evaluation speed (reports/benchmarks.json and .md,
+# and a `benchmark` MLflow run); each stage's overhead (reports/benchmarks_overhead.json)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_speed
@@ -120,7 +121,8 @@ bench-baselines: $(STAMP)
 bench-refine: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_refine
 
-# full-epoch training runs, the study's recipe against the fast one (about an hour on 2 CPU cores)
+# full-epoch training runs, the study's recipe against the fast one (about an hour on 2 CPU cores;
+# reports/epochs_to_quality.json and .md, and an `epochs-benchmark` MLflow run)
 bench-epochs: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_epochs
 

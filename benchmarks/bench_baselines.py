@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.arguments import positive
 from pipeline import paths
 from pipeline.cli import load_params
 from pipeline.lib import prepared
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--prepared", type=Path, help="a prepared data directory (default: this project's)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=positive, default=2)
     parser.add_argument("--out", type=Path, help="default: reports/benchmarks_baselines.json")
     args = parser.parse_args(argv)
     data_dir = args.prepared or paths.prepared_dir()

@@ -162,11 +162,23 @@ def log_to_mlflow(result: dict) -> None:
             mlflow.log_artifact(str(output))
 
 
-def main() -> None:
+def row_name(variant: str, recipe: str) -> str:
+    return f"{variant}:{recipe}"
+
+
+def plan_row(name: str) -> str:
+    """An argparse type for --only: a row of PLAN as variant:recipe, else an error listing the plan's rows."""
+    rows = [row_name(variant, recipe) for variant, recipe, _ in PLAN]
+    if name not in rows:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a row of the plan ({', '.join(rows)})")
+    return name
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_epochs", description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="+", help="rows of the plan to run, as variant:recipe")
-    args = parser.parse_args()
+    parser.add_argument("--only", nargs="+", type=plan_row, help="rows of the plan to run, as variant:recipe")
+    args = parser.parse_args(argv)
     if not (paths.prepared_dir() / "manifest.json").exists():
         raise SystemExit(
             f"{paths.prepared_dir()}: no prepared data; run `make repro DATA=...` or `dvc repro prepare` first"
@@ -187,7 +199,7 @@ def main() -> None:
         "precision_check": [],
     }
     for variant, recipe, epochs in PLAN:
-        if args.only and f"{variant}:{recipe}" not in args.only:
+        if args.only and row_name(variant, recipe) not in args.only:
             continue
         result["rows"].append(train_row(params, variant, recipe, epochs, args.seed, tensors))
         result["precision_check"] = precision_check(result["rows"])

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.arguments import positive
 from pipeline import paths
 from pipeline.lib.device import processor_name
 from pipeline.lib.io import write_json
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--jobs", type=int, default=os.cpu_count())
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--jobs", type=positive, default=os.cpu_count())
+    parser.add_argument("--seeds", type=positive, default=2)
     parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_matrix.json")
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="bench-matrix-"))

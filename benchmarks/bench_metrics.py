@@ -17,6 +17,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
+from benchmarks.arguments import positive
 from pipeline.lib import metrics
 
 REAL_IMAGES = (
@@ -57,9 +58,9 @@ def skimage_loop(x: np.ndarray, y: np.ndarray, window: str) -> dict[str, np.ndar
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_metrics", description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=18_800, help="number of image pairs")
+    parser.add_argument("--n", type=positive, default=18_800, help="number of image pairs")
     parser.add_argument("--window", choices=metrics.WINDOWS, default="uniform")
-    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--batch-size", type=positive, default=2048)
     args = parser.parse_args()
 
     x, y, source = load_pairs(args.n)

@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
+from benchmarks.arguments import git_revision
 from pipeline import paths
 from pipeline.lib.io import write_json
 from tests.conftest import REPO, make_project
@@ -74,7 +75,7 @@ def run_stage(root: Path, env: dict, stage: str, variant: str) -> float:
     started = time.perf_counter()
     result = subprocess.run(stage_command(stage, variant), cwd=root, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"bench_overhead: {stage} failed in {root}:\n{result.stderr[-3000:]}")
+        sys.exit(f"bench_overhead: {stage} failed ({root.name} version):\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
 
 
@@ -105,17 +106,8 @@ def import_floor(env: dict) -> float:
     return time.perf_counter() - started
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_overhead",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--before", metavar="REV", help="a git revision to measure beside this working tree")
-    parser.add_argument("--variant", default="model01")
-    parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_overhead.json")
-    args = parser.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+def measure(args, base: Path) -> dict:
+    """Every stage of each version's generated project under `base`, timed."""
     data = make_emnist_dir(base / "emnist")
     versions = {"after": None, **({"before": args.before} if args.before else {})}
     projects = {name: project(base / name, rev, args.variant, data) for name, rev in versions.items()}
@@ -126,15 +118,34 @@ def main(argv: list[str] | None = None) -> int:
             work = recorded_work(root, stage, args.variant)
             rows.append({"version": name, "stage": stage, "wall_s": wall, "work_s": work, "overhead_s": wall - work})
             print(f"{name:6} {stage:10} wall {wall:6.1f} s  work {work:5.1f} s  overhead {wall - work:6.1f} s")
-    table = pd.DataFrame(rows).round(2)
-    result = {
+    return {
         "what": "per-stage wall time = work the stage records + overhead, tiny data, study-sized variant",
         "variant": args.variant,
         "before": args.before,
         "import_torch_s": round(import_floor(projects["after"][1]), 2),
-        "stages": table.to_dict(orient="records"),
+        "stages": pd.DataFrame(rows).round(2).to_dict(orient="records"),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--before", metavar="REV", type=git_revision, help="a git revision to measure beside this working tree"
+    )
+    parser.add_argument("--variant", default="model01")
+    parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_overhead.json")
+    args = parser.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    try:
+        result = measure(args, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # two generated projects: tens of MB a run
     write_json(args.out, result)
+    table = pd.DataFrame(result["stages"])
     print(table.pivot(index="stage", columns="version", values="overhead_s").loc[list(STAGES)].to_string())
     return 0
 

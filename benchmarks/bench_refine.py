@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.arguments import git_revision, positive
 from benchmarks.bench_overhead import checkout
 from pipeline import paths
 from pipeline.lib import encoding, evaluation, models, prepared, quantize
@@ -96,7 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--before", metavar="REV", help="a git revision whose refinement is measured too (see --before-method)"
+        "--before",
+        metavar="REV",
+        type=git_revision,
+        help="a git revision whose refinement is measured too (see --before-method)",
     )
     parser.add_argument(
         "--before-method",
@@ -106,20 +111,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", type=Path, default=paths.model_file(run_name("model01_bn", 0)))
     parser.add_argument("--prepared", type=Path, default=paths.prepared_dir())
-    parser.add_argument("--per-class", type=int, default=12, help="test images per class (default 12)")
-    parser.add_argument("--steps", type=int, default=40, help="this tree's L-BFGS codec.refine_steps (default 40)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--per-class", type=positive, default=12, help="test images per class (default 12)")
+    parser.add_argument("--steps", type=positive, default=40, help="this tree's L-BFGS codec.refine_steps (default 40)")
+    parser.add_argument("--repeats", type=positive, default=2)
     parser.add_argument(
         "--chunks",
-        type=int,
+        type=positive,
         default=1,
         help="split the images into this many interleaved parts and alternate the versions part by part, so that "
         "both see the same machine load over a long run (default 1)",
     )
     parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_refine.json")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.chunks < 1:
-        parser.error("--repeats and --chunks must be at least 1")
     missing = {args.model: "train it first (dvc exp run -S 'matrix=[model01_bn]')", args.prepared: "dvc repro prepare"}
     for path, how in missing.items():
         if not path.exists():
@@ -129,16 +132,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="bench-refine-"))
     images, labels = prepared.load_split(args.prepared, "test")
     index = stratified(labels, args.per_class)
     if args.chunks > len(index):
         sys.exit(f"bench_refine: --chunks {args.chunks} is more than the {len(index)} images")
-    if args.before:
-        checkout(args.before, base / "before")
+    base = Path(tempfile.mkdtemp(prefix="bench-refine-"))
+    versions = refinement_versions(args, base)
+    try:
+        runs = timed_runs(args, versions, index, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the revision's tree, the index files and the refined latents
+    result = scored(args, versions, runs, images[index])
+    write_json(args.out, result)
+    print(json.dumps({key: result[key] for key in ("one_pass", "before", "after")}, indent=1))
+    print(f"after: {result['speedup']:.1f}x faster per image, {result['psnr_pooled_uint8_change_db']:+.3f} dB pooled")
+    return 0
+
+
+def refinement_versions(args, base: Path) -> dict[str, tuple[Path, dict]]:
+    """Each version's tree (REV's checked out under `base`) and refinement settings."""
     lbfgs = {"refine_steps": args.steps, "refine_method": "lbfgs"}
     before = lbfgs if args.before_method == "lbfgs" else ADAM
-    versions = {"before": (base / "before", before) if args.before else (REPO, ADAM), "after": (REPO, lbfgs)}
+    return {"before": (base / "before", before) if args.before else (REPO, ADAM), "after": (REPO, lbfgs)}
+
+
+def timed_runs(args, versions: dict, index: np.ndarray, base: Path) -> dict[str, list[dict]]:
+    """Each version's refinement of the images, --repeats times, the versions interleaved chunk by chunk."""
+    if args.before:
+        checkout(args.before, base / "before")
     chunks = [np.arange(len(index))[first :: args.chunks] for first in range(args.chunks)]
     for number, rows in enumerate(chunks):
         np.save(base / f"index{number}.npy", index[rows])
@@ -155,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(joined(parts[name], chunks))
             ms = 1000 * runs[name][-1]["seconds"] / len(index)
             print(f"{name:6} repeat {repeat + 1}: {ms:7.1f} ms per image", flush=True)
+    return runs
+
+
+def scored(args, versions: dict, runs: dict, images: np.ndarray) -> dict:
+    """The versions' times and the quality of their latents, beside one encoder pass's."""
     model, saved = models.load_model(args.model, torch.device("cpu"))
     calibration = encoding.saved_calibration(model, saved, args.prepared)
-    x = torch.from_numpy(images[index]).float().div(255).unsqueeze(1)
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     cfg = load_params(paths.params_file()).evaluate
 
     def score(latents: torch.Tensor) -> dict:
@@ -167,16 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         "what": "encode-time refinement of the same test images, each version in its own process, CPU",
         "model": str(args.model),
         "model_sha256": sha256_file(args.model),
-        "images": len(index),
-        "one_pass": score(encoding.encode_latents(model, images[index])),
-        **{name: summary(args, versions[name], runs[name], score, len(index)) for name in versions},
+        "images": len(images),
+        "one_pass": score(encoding.encode_latents(model, images)),
+        **{name: summary(args, versions[name], runs[name], score, len(images)) for name in versions},
     }
     result["speedup"] = result["before"]["ms_per_image"] / result["after"]["ms_per_image"]
     result["psnr_pooled_uint8_change_db"] = result["after"]["psnr_pooled_uint8"] - result["before"]["psnr_pooled_uint8"]
-    write_json(args.out, result)
-    print(json.dumps({key: result[key] for key in ("one_pass", "before", "after")}, indent=1))
-    print(f"after: {result['speedup']:.1f}x faster per image, {result['psnr_pooled_uint8_change_db']:+.3f} dB pooled")
-    return 0
+    return result
 
 
 def summary(args, version, runs: list[dict], score, n: int) -> dict:

@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing.connection
 import sys
+import threading
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 import yaml
 
+from benchmarks.arguments import non_negative, positive
 from benchmarks.bench_speed import timed
 from pipeline import paths
 from pipeline.lib.config import Params, parse_params
@@ -29,6 +32,8 @@ from pipeline.lib.device import configure_compute, pick_device
 from pipeline.lib.io import write_json
 from pipeline.lib.seed_batch import SeedBatch
 from pipeline.lib.trainer import Trainer
+
+START_TIMEOUT_S = 600  # for a run that hangs before the start: the parent aborts the start when one fails
 
 
 def images(batch: int, steps: int, device: torch.device) -> torch.Tensor:
@@ -57,12 +62,15 @@ def one_run(args, seeds: list[int], start=None) -> float:
         epoch = SeedBatch(params, args.variant, seeds, device, len(data)).train_epoch
     epoch(data[: args.warmup * batch], 0)
     if start is not None:
-        start.wait(timeout=600)  # a run that failed before it breaks the barrier for the others instead of a hang
+        start.wait(timeout=START_TIMEOUT_S)
     return timed(lambda: epoch(data[: args.steps * batch], 1))
 
 
 def worker(args, start, results, index: int) -> None:
-    results[index] = one_run(args, [index], start)
+    try:
+        results[index] = one_run(args, [index], start)
+    except threading.BrokenBarrierError:  # the failed run's own error is the one to read: no traceback here
+        sys.exit(f"bench_share: run {index} stopped: another run failed, or one took over {START_TIMEOUT_S} s to start")
 
 
 def concurrent(args, count: int) -> float:
@@ -72,11 +80,22 @@ def concurrent(args, count: int) -> float:
     processes = [context.Process(target=worker, args=(args, start, results, i)) for i in range(count)]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join()
+    join_all(processes, start)
     if len(results) != count:
-        sys.exit(f"bench_share: {count - len(results)} of {count} runs failed (see above)")
+        sys.exit(f"bench_share: {count - len(results)} of {count} runs failed or were stopped (see above)")
     return count * args.steps * batch_size(args) / max(results.values())
+
+
+def join_all(processes: list, start) -> None:
+    """Waits for every process; the first that fails aborts the barrier `start`, so that the runs waiting there for
+    it stop at once instead of at the barrier's timeout."""
+    running = {process.sentinel: process for process in processes}
+    while running:
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            process = running.pop(sentinel)
+            process.join()
+            if process.exitcode != 0:
+                start.abort()
 
 
 def batched(args, count: int) -> float:
@@ -95,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--variant", default="model01")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--concurrent", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--seed-batch", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--threads", type=non_negative, default=1, help="torch CPU threads per run")
+    parser.add_argument("--steps", type=positive, default=200)
+    parser.add_argument("--warmup", type=non_negative, default=20)
+    parser.add_argument("--concurrent", type=positive, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--seed-batch", type=positive, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--out", type=Path, default=paths.reports_dir() / "benchmarks_matrix.json")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

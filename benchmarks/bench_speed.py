@@ -21,6 +21,7 @@ import torch
 import torch._dynamo
 from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
 
+from benchmarks.arguments import positive
 from benchmarks.speed_report import write_outputs
 from pipeline import paths
 from pipeline.lib import prepared
@@ -276,8 +277,8 @@ def main() -> None:
     every = [DEFAULT_ALLOCATOR, *OPTIONS, LAYERS_ALONE]
     here = [option for option in every if torch.cuda.is_available() or option not in GPU_ONLY]
     parser.add_argument("--options", nargs="+", default=here, choices=every)
-    parser.add_argument("--steps", type=int, default=30, help="training steps timed per variant and option")
-    parser.add_argument("--eval-images", type=int, default=18_800)
+    parser.add_argument("--steps", type=positive, default=30, help="training steps timed per variant and option")
+    parser.add_argument("--eval-images", type=positive, default=18_800)
     parser.add_argument("--no-mlflow", action="store_true", help="write the files only; log no MLflow run")
     args = parser.parse_args()
     write_outputs(run(args.variants, args.options, args.steps, args.eval_images), log_to_mlflow=not args.no_mlflow)

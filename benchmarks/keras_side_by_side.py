@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch  # before TensorFlow: importing torch after it crashes the process
 
+from benchmarks.arguments import non_negative, positive
 from pipeline import paths
 from pipeline.lib import idx
 from pipeline.lib.config import load_params
@@ -276,10 +277,10 @@ def main() -> None:
     parser.add_argument("--variant", default="model01")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--train-images", type=int, default=None, help="the first N only (a quick trial)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--steps", type=positive, default=300)
+    parser.add_argument("--train-images", type=positive, default=None, help="the first N only (a quick trial)")
+    parser.add_argument("--epochs", type=positive, default=3)
+    parser.add_argument("--threads", type=non_negative, default=0)
     parser.add_argument("--resume", action="store_true", help="epochs: keep the seeds a killed run finished")
     parser.add_argument("--padding", choices=["tensorflow", "symmetric"], default="tensorflow", help="the port's")
     parser.add_argument("--pytorch-eps", action="store_true", help="steps: PyTorch's Adam epsilon in the port")

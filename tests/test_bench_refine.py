@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def trained_model(tmp_path, monkeypatch):
+def prepared_project(tmp_path, monkeypatch):
+    """The params of a project under tmp_path, its data prepared."""
     monkeypatch.setenv("COMPRESSNET_ROOT", str(tmp_path / "project"))
     raw = {
         "data": {"source": str(make_emnist_dir(tmp_path / "emnist"))},
@@ -35,12 +37,26 @@ def trained_model(tmp_path, monkeypatch):
     (tmp_path / "project").mkdir()
     paths.params_file().write_text(yaml.safe_dump(raw))  # the benchmark scores with the project's evaluate params
     prepare_from_directory(params.data, Path(params.data.source), paths.prepared_dir())
-    train(params, "plain", 0, tracking.NoOpTracker())
+    return params
+
+
+@pytest.fixture
+def trained_model(prepared_project):
+    train(prepared_project, "plain", 0, tracking.NoOpTracker())
     return paths.model_file("plain-seed0")
 
 
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch) -> Path:
+    """Where tempfile makes the benchmark's temporary folder in this test."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
 @pytest.mark.parametrize("before", [None, "HEAD"])
-def test_both_versions_refine_the_same_images_and_are_scored_alike(trained_model, tmp_path, before):
+def test_both_versions_refine_the_same_images_and_are_scored_alike(trained_model, tmp_path, temp_root, before):
     out = tmp_path / "refine.json"
     args = ["--model", str(trained_model), "--prepared", str(paths.prepared_dir()), "--per-class", "2"]
     assert (
@@ -59,6 +75,17 @@ def test_both_versions_refine_the_same_images_and_are_scored_alike(trained_model
         assert len(result[version]["ms_per_image_repeats"]) == 2 and result[version]["ms_per_image"] > 0
         assert result[version]["psnr_pooled_uint8"] > result["one_pass"]["psnr_pooled_uint8"]  # refining helps
     assert result["speedup"] == pytest.approx(result["before"]["ms_per_image"] / result["after"]["ms_per_image"])
+    assert list(temp_root.iterdir()) == []  # the revision's tree and the refined latents went with the run
+
+
+def test_a_failed_refinement_leaves_no_temporary_folder(prepared_project, tmp_path, temp_root):
+    not_a_model = tmp_path / "model.pt"
+    not_a_model.write_bytes(b"not a model")
+    args = ["--model", str(not_a_model), "--prepared", str(paths.prepared_dir()), "--per-class", "1"]
+    with pytest.raises(SystemExit, match="refinement failed"):
+        bench_refine.main([*args, "--before", "HEAD", "--out", str(tmp_path / "refine.json")])
+    assert list(temp_root.iterdir()) == []
+    assert not (tmp_path / "refine.json").exists()
 
 
 @pytest.mark.parametrize("chunks", [1, 3])
