@@ -57,13 +57,35 @@ def test_past_its_patience_the_lock_error_stands(stop, monkeypatch):
     assert len(calls) == 1
 
 
+def finishing_executor(stop: StopSignal, remote: str | None, monkeypatch) -> SimpleNamespace:
+    """An executor whose stage train@a-0 ran, and DVC's lock is held for as long as it tries to record it."""
+    monkeypatch.setattr(parallel.ray, "get", lambda ref: (0, "trained"))
+    executor = SimpleNamespace(running={"ref": "train@a-0"}, stop=stop, args=SimpleNamespace(remote=remote))
+    executor.record = lambda name, returned: held_for(100)[0]()
+    return executor
+
+
 def test_a_stage_that_ran_but_could_not_be_recorded_says_how_to_record_it(stop, monkeypatch):
     monkeypatch.setattr(repo_lock, "PATIENCE_S", -1)
-    monkeypatch.setattr(parallel.ray, "get", lambda ref: (0, "trained"))
-    executor = SimpleNamespace(running={"ref": "train@a-0"}, stop=stop)
-    executor.record = lambda name, returned: held_for(100)[0]()
+    executor = finishing_executor(stop, None, monkeypatch)
     with pytest.raises(parallel.StageFailed, match=r"its outputs are in place: `dvc commit train@a-0` records it"):
         parallel.Executor.finish(executor, "ref", None)
+
+
+def test_on_a_cluster_node_the_hint_is_left_out_as_the_outputs_were_put_back(stop, monkeypatch):
+    monkeypatch.setattr(repo_lock, "PATIENCE_S", -1)
+    executor = finishing_executor(stop, "shared", monkeypatch)
+    with pytest.raises(parallel.StageFailed) as failed:
+        parallel.Executor.finish(executor, "ref", None)
+    assert "could not record it here" in str(failed.value) and "dvc commit" not in str(failed.value)
+
+
+def test_a_stop_while_waiting_to_record_names_the_stage_left_unrecorded(stop, monkeypatch, capsys):
+    executor = finishing_executor(stop, None, monkeypatch)
+    stop(signal.SIGTERM, None)
+    with pytest.raises(Stopped):
+        parallel.Executor.finish(executor, "ref", None)
+    assert "train@a-0 ran but is not recorded; `dvc commit train@a-0` records it" in capsys.readouterr().err
 
 
 def test_a_lock_held_while_checking_a_stage_fails_the_run_in_one_line(stop, monkeypatch):
@@ -108,7 +130,10 @@ def test_gpus_asked_of_a_machine_without_one_are_refused_once_ray_has_started(mo
     monkeypatch.setattr(parallel.tracking, "setup", lambda name: "0")
     monkeypatch.setattr(parallel, "start_ray", lambda args: None)
     monkeypatch.setattr(parallel.ray, "nodes", lambda: [node(2)])
-    monkeypatch.setattr(parallel.ray, "shutdown", lambda: None)
+    shut_down = []
+    monkeypatch.setattr(parallel.ray, "shutdown", lambda: shut_down.append(True))
     monkeypatch.setattr(parallel, "Executor", lambda *args: pytest.fail("stages dispatched"))
+    handler = signal.getsignal(signal.SIGINT)
     assert parallel.main(["--jobs", "1", "--gpus-per-run", "0.25"]) == 2
     assert "parallel: error: --gpus-per-run 0.25: no node" in capsys.readouterr().err
+    assert shut_down == [True] and signal.getsignal(signal.SIGINT) is handler

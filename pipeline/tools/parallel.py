@@ -155,10 +155,16 @@ class Executor:
             return
         if code != 0:
             raise StageFailed(f"stage {name} failed (exit {code}):\n{output}")
+        in_place = not self.args.remote  # with --remote, adopt() puts the previous entry and outputs back
         try:
             repo_lock.while_locked(lambda: self.record(name, returned), f"{name} ran; recording it", self.stop)
+        except Stopped:
+            if in_place:
+                tqdm.write(f"parallel: {name} ran but is not recorded; `dvc commit {name}` records it", file=sys.stderr)
+            raise
         except (DvcException, lock_entries.CheckoutDiffers) as err:
-            hint = f"; its outputs are in place: `dvc commit {name}` records it" if isinstance(err, LockError) else ""
+            locked_here = in_place and isinstance(err, LockError)
+            hint = f"; its outputs are in place: `dvc commit {name}` records it" if locked_here else ""
             raise StageFailed(f"stage {name} ran, but DVC could not record it here: {err}{hint}") from err
         self.done.add(name)
         self.clock.finish(name)
@@ -271,13 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopSignal()
     start_ray(args)
     stop.install()  # again: ray.init's SIGTERM handler exits without stopping stages
-    if why := ray_resources.unschedulable(args, ray.nodes()):
-        ray.shutdown()
-        stop.restore()
-        print(f"parallel: error: {why}", file=sys.stderr)
-        return 2
-    executor, started = Executor(root, args, experiment_id, stop, upstream), time.perf_counter()
     try:
+        if why := ray_resources.unschedulable(args, ray.nodes()):
+            print(f"parallel: error: {why}", file=sys.stderr)
+            return 2
+        executor, started = Executor(root, args, experiment_id, stop, upstream), time.perf_counter()
         executor.run()
     except StageFailed as err:
         executor.cancel()
