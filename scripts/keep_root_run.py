@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from dvc.utils.serialize import dump_yaml, load_yaml
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "results"
 RECORD = RESULTS / "rootrun-cpu"
 TWINS = {"": RESULTS / "standin-study4-cpu-15ep", "_linear": RESULTS / "standin-linear4-cpu-15ep"}
 REFERENCE = Path(__file__).resolve().parents[1] / "pipeline" / "reference.yaml"
-FILES = ("params.yaml", "dvc.lock", "reports/classifier.json")
+COPIED = ("params.yaml", "reports/classifier.json")  # and dvc.lock, less the entries of runs not kept (write_lock)
 DIRS = ("reports/metrics", "reports/history", "reports/per_class", "reports/samples")
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_objective", "val_loss", "lr"]
 WRITTEN_SINCE = {"collapsed", "output_range", "run", "data_manifest_sha256"}  # not in the twins, or not comparable
@@ -33,13 +34,30 @@ WRITTEN_SINCE = {"collapsed", "output_range", "run", "data_manifest_sha256"}  # 
 
 def lock_stages(root: Path) -> dict:
     path = root / "dvc.lock"
-    return yaml.safe_load(path.read_text())["stages"] if path.is_file() else {}
+    return load_yaml(path)["stages"] if path.is_file() else {}
+
+
+def of_kept_runs(stage: str, runs: set[str]) -> bool:
+    """Whether the record keeps this dvc.lock entry: a run's train and evaluate entries only once its metrics are
+    kept (a run trained but not evaluated is trained again next time: its model is not kept), every other stage's."""
+    kind, _, item = stage.partition("@")
+    if kind not in ("train", "evaluate"):
+        return True
+    variant, _, seed = item.rpartition("-")
+    return f"{variant}-seed{seed}" in runs
 
 
 def changed_stages(record: Path, checkout: Path) -> list[str]:
     """The record's stages whose dvc.lock entry the checkout does not have as it is."""
     kept, now = lock_stages(record), lock_stages(checkout)
     return [name for name, entry in kept.items() if now.get(name) != entry]
+
+
+def write_lock(checkout: Path, record: Path, runs: set[str]) -> None:
+    """The checkout's dvc.lock, as DVC writes it, less the entries of runs the record does not keep."""
+    lock = load_yaml(checkout / "dvc.lock")
+    stages = {name: entry for name, entry in lock["stages"].items() if of_kept_runs(name, runs)}
+    dump_yaml(record / "dvc.lock", {**lock, "stages": stages})
 
 
 def history_matches(new: Path, twin: Path) -> bool:
@@ -84,7 +102,7 @@ def table_row(run: str, checkout: Path, published: dict[str, float]) -> str:
 
 def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
     """Copies the checkout's record files into the record; returns what to print. ValueError: nothing copied."""
-    missing = [name for name in (*FILES, *DIRS) if not (checkout / name).exists()]
+    missing = [name for name in (*COPIED, "dvc.lock", *DIRS) if not (checkout / name).exists()]
     if missing:
         raise ValueError(f"{checkout}: not a checkout that ran the matrix: no {', '.join(missing)}")
     if changed := changed_stages(record, checkout):
@@ -93,11 +111,12 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
     new = sorted(path.stem for path in (checkout / "reports" / "metrics").glob("*.json") if path.stem not in kept)
     published = {model: row["mse"] for model, row in yaml.safe_load(REFERENCE.read_text())["published_weights"].items()}
     lines = [line for run in new for line in (twin_report(run, checkout, twins), table_row(run, checkout, published))]
-    for name in FILES:
-        (record / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(checkout / name, record / name)
     for name in DIRS:
         shutil.copytree(checkout / name, record / name, dirs_exist_ok=True)
+    for name in COPIED:
+        (record / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkout / name, record / name)
+    write_lock(checkout, record, kept | set(new))  # last: once what it names is there
     return [*lines, f"kept {len(kept) + len(new)} runs in {record} ({len(new)} new)"]
 
 

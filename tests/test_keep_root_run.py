@@ -32,7 +32,7 @@ def write_run(root: Path, run: str, mse: float, train_loss: str = "0.5", reports
 def write_checkout(root: Path, lock: dict, runs: dict[str, float]) -> Path:
     for run, mse in runs.items():
         write_run(root, run, mse)
-    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": lock}))
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": lock}, sort_keys=False))
     (root / "params.yaml").write_text("seeds: [0, 1, 2]\n")
     (root / "reports" / "classifier.json").write_text("{}")
     return root
@@ -59,7 +59,20 @@ def test_a_new_run_is_copied_in_checked_against_its_twin_and_given_its_table_row
     )
     assert lines[-1].endswith("(2 new)")
     assert keep_root_run.lock_stages(record) == later
+    assert list(keep_root_run.lock_stages(record)) == list(later)  # in the checkout's order
     assert sorted(p.name for p in (record / "reports" / "metrics").iterdir()) == [f"{run}.json" for run in runs]
+
+
+def test_a_run_trained_but_not_evaluated_is_left_out_of_the_record_and_may_train_again(tmp_path, twins):
+    record = write_checkout(tmp_path / "record", LOCK, {"model01-seed0": 0.00446})
+    unfinished = {**LOCK, "train@model03-1": {"outs": [{"md5": "history as first trained"}]}}
+    checkout = write_checkout(tmp_path / "checkout", unfinished, {"model01-seed0": 0.00446})
+    assert keep_root_run.keep(checkout, record, twins)[-1].endswith("(0 new)")
+    assert keep_root_run.lock_stages(record) == LOCK  # its model is not kept: the next session trains it again
+    retrained = {**unfinished, "train@model03-1": {"outs": [{"md5": "history with other seconds"}]}}
+    later = write_checkout(tmp_path / "later", retrained, {"model01-seed0": 0.00446, "model03-seed1": 0.004})
+    assert keep_root_run.keep(later, record, twins)[-1].endswith("(1 new)")
+    assert keep_root_run.lock_stages(record) == retrained
 
 
 def test_a_checkout_whose_lock_changes_a_kept_stage_is_refused_and_nothing_is_copied(tmp_path, twins):
@@ -75,4 +88,7 @@ def test_a_checkout_whose_lock_changes_a_kept_stage_is_refused_and_nothing_is_co
 
 def test_the_command_says_what_is_missing_from_a_directory_that_is_not_a_checkout(tmp_path, capsys):
     assert keep_root_run.main([str(tmp_path), "--record", str(tmp_path / "record")]) == 1
-    assert "not a checkout that ran the matrix: no params.yaml, dvc.lock" in capsys.readouterr().err
+    assert (
+        "not a checkout that ran the matrix: no params.yaml, reports/classifier.json, dvc.lock"
+        in capsys.readouterr().err
+    )
