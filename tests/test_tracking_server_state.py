@@ -197,3 +197,12 @@ def test_a_failed_state_write_leaves_the_previous_state_whole(tmp_path, monkeypa
     monkeypatch.undo()
     assert (tmp_path / "state.json").read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no half-written temporary either
+
+
+def test_an_os_error_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "state.json"))
+
+    monkeypatch.setattr(tracking_server, "start", disk_full)
+    assert tracking_server.main(["start", "--dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"tracking_server: error: {tmp_path / 'state.json'}: No space left on device\n"

@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 
 from pipeline import paths
+from pipeline.cli import os_error_line
 from pipeline.lib.io import write_json
 from pipeline.tools.server_process import ServerError, alive, free_port, process_started, stop_group, wait_healthy
 
@@ -248,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if running else 3
     except ServerError as err:
         print(f"tracking_server: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk writing state.json, a password file that cannot be read
+        print(f"tracking_server: error: {os_error_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # what `start` had started is stopped by then
         print("tracking_server: interrupted", file=sys.stderr)
