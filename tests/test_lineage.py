@@ -273,4 +273,4 @@ def test_a_tracking_server_out_of_reach_is_said_at_once_not_as_a_missing_run(bui
         port = probe.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     assert lineage.main([RUN, "--root", str(built)]) == 2
-    assert f"MLflow tracking server http://127.0.0.1:{port} is not reachable" in capsys.readouterr().err
+    assert f"MLflow tracking server http://127.0.0.1:{port} does not answer; start it" in capsys.readouterr().err

@@ -80,6 +80,8 @@ def test_set_values_are_read_as_dvc_exp_run_reads_them():
     }
     with pytest.raises(ConfigError, match="-S takes key=value as `dvc exp run -S` does"):
         plan.parse_sets(["train.lr"])
+    with pytest.raises(ConfigError, match=r"-S seeds=0,1: a sweep; the plan takes one value per key"):
+        plan.parse_sets(["seeds=0,1"])
 
 
 def test_a_mapping_in_a_profile_is_refused_before_the_probe(project_root, tmp_path, capsys, monkeypatch):

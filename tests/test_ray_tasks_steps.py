@@ -30,7 +30,6 @@ class FailingRepo:
     def __init__(self, root: str, failing: str = "") -> None:
         if failing == "open":
             raise DvcException("not a DVC repository")
-        self.failing = failing
 
     def pull(self, **kwargs) -> None:
         raise DvcException("remote 'shared' has no such file")

@@ -23,6 +23,7 @@ from pipeline.lib import prepared, schema
 from pipeline.lib.config import ConfigError, Params, load_params, run_name
 from pipeline.lib.io import DataError, load_torch, md5_file, sha256_file
 from pipeline.tools.lineage_checks import check
+from pipeline.tools.server_process import answers_health
 
 RUN_NAME = re.compile(r"(?P<variant>.+)-seed(?P<seed>[0-9]+)")
 KEY_METRICS = ("mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "n_test")
@@ -44,8 +45,11 @@ class Project:
     @classmethod
     def open(cls, root: Path) -> Project:
         uri = tracking.tracking_uri(root)
-        if uri.startswith(("http://", "https://")):  # else MLflow's client retries for minutes, then "run missing"
-            tracking._check_server(uri)
+        if uri.startswith(("http://", "https://")) and not answers_health(uri):  # else MLflow retries for minutes
+            raise LookupError(
+                f"MLflow tracking server {uri} does not answer; start it, or unset MLFLOW_TRACKING_URI to read the "
+                "local sqlite store"
+            )
         client = None if tracking.store_missing(uri) else MlflowClient(tracking_uri=uri)
         params_file = root / "params.yaml"
         return cls(
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         lines, problems = lineage(args.target, args.root.resolve())
-    except (ConfigError, LookupError, DataError, tracking.TrackingError) as err:
+    except (ConfigError, LookupError, DataError) as err:
         print(f"lineage: error: {err}", file=sys.stderr)
         return 2
     print("\n".join(lines))

@@ -172,7 +172,9 @@ def download_lines(params: Params, stages: list[str]) -> list[str]:
     if params.study.source != STUDY_SOURCE:
         return []
     models = [name.removeprefix("study@") for name in stages if name.startswith("study@")]
-    missing = [model for model in models if not all(downloaded(name, params) for name in study_files(model))]
+    checksums = paths.project_path(params.study.checksums)
+    pinned = parse_sha256sums(checksums) if checksums.is_file() else {}
+    missing = [model for model in models if not all(downloaded(name, pinned) for name in study_files(model))]
     if not missing:
         return []
     return [
@@ -182,11 +184,10 @@ def download_lines(params: Params, stages: list[str]) -> list[str]:
     ]
 
 
-def downloaded(name: str, params: Params) -> bool:
+def downloaded(name: str, pinned: dict[str, str]) -> bool:
     """Whether the study stage would use the file already there: it downloads again one that is not the pinned one."""
-    path, checksums = paths.study_raw_dir() / name, paths.project_path(params.study.checksums)
-    pinned = parse_sha256sums(checksums).get(name) if checksums.is_file() else None
-    return path.is_file() and sha256_file(path) == pinned
+    path = paths.study_raw_dir() / name
+    return name in pinned and path.is_file() and sha256_file(path) == pinned[name]
 
 
 def hydra_value(value) -> str:
@@ -211,6 +212,8 @@ def parse_sets(sets: list[str]) -> dict:
         raise ConfigError(f"-S takes key=value as `dvc exp run -S` does: {one_line(err)}") from None
     if deleted := [o.key_or_group for o in overrides if o.is_delete()]:
         raise ConfigError(f"-S ~{deleted[0]}: the plan sets keys; it does not delete them")
+    if swept := [o.input_line for o in overrides if o.is_sweep_override()]:
+        raise ConfigError(f"-S {swept[0]}: a sweep; the plan takes one value per key (a list is written [a,b])")
     return {override.key_or_group: override.value() for override in overrides}
 
 
