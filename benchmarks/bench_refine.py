@@ -70,7 +70,8 @@ def refine_once(tree: Path, model: Path, prepared_dir: Path, index_file: Path, s
     command = [sys.executable, "-c", REFINE_ONCE, str(model), str(prepared_dir), str(index_file), json.dumps(settings)]
     result = subprocess.run([*command, str(out)], cwd=tree, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"bench_refine: refinement failed in {tree}:\n{result.stderr[-3000:]}")
+        version = "this checkout" if tree == REPO else "the --before revision's checkout (removed by now)"
+        sys.exit(f"bench_refine: refinement failed in {version}:\n{result.stderr[-3000:]}")
     with np.load(out) as saved:
         return {"refined": torch.from_numpy(saved["refined"]), "seconds": float(saved["seconds"])}
 
