@@ -274,3 +274,11 @@ def test_a_tracking_server_out_of_reach_is_said_at_once_not_as_a_missing_run(bui
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     assert lineage.main([RUN, "--root", str(built)]) == 2
     assert f"MLflow tracking server http://127.0.0.1:{port} does not answer; start it" in capsys.readouterr().err
+
+
+def test_a_missing_run_outside_the_matrix_names_the_experiment_that_adds_it(copy):
+    outside = f"{VARIANT}-seed5"  # params.yaml's seeds do not list 5: no stage train@tiny-5 to repro
+    assert problems(copy, outside) == [
+        f"{outside}: model missing: models/{outside}.pt does not exist (outside params.yaml's matrix and seeds: "
+        f"dvc exp run -S 'matrix=[{VARIANT}]' -S 'seeds=[5]')"
+    ]

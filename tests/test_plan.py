@@ -26,7 +26,15 @@ from tests.conftest import REPO, TINY_SPEC, make_project, run
 from tests.fakedata import make_emnist_dir
 
 QUICK = yaml.safe_load((REPO / "pipeline" / "quick.yaml").read_text())
-REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def committed_params() -> dict:
+    """params.yaml as committed: a `make repro-quick` before the tests leaves the quick profile's values in it."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True)
+    return yaml.safe_load(shown.stdout if shown.returncode == 0 else (REPO / "params.yaml").read_text())
+
+
+REPO_PARAMS = committed_params()
 
 
 def test_a_profile_sets_dotted_keys_and_leaves_the_rest():
@@ -243,3 +251,18 @@ def test_a_child_finds_this_environments_dvc_and_python_first_even_when_it_is_no
     monkeypatch.setenv("PATH", "/usr/bin")
     first, *rest = path_with_this_python().split(os.pathsep)
     assert (Path(first) / "dvc").exists() and Path(first) == Path(sys.executable).parent and rest == ["/usr/bin"]
+
+
+def test_params_edited_since_the_commit_are_noticed_and_outside_git_nothing_is(tmp_path):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    assert not plan.params_edited(tmp_path)  # not a git checkout
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("seeds: [0, 1, 2]\n")
+    git("add", "params.yaml")
+    git("commit", "-q", "-m", "params")
+    assert not plan.params_edited(tmp_path)
+    (tmp_path / "params.yaml").write_text("seeds: [0]\n")  # as `make repro-quick` leaves it
+    assert plan.params_edited(tmp_path)
+    assert "`git checkout params.yaml` returns to the default" in plan.EDITED_PARAMS

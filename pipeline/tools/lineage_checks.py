@@ -18,7 +18,7 @@ UNKNOWN = provenance.UNKNOWN
 def check(c: Chain, p: Project) -> list[str]:
     """One line per broken link."""
     if c.saved is None:
-        return [f"model missing: {p.relative(c.model_path)} does not exist (dvc repro {c.stage('train')})"]
+        return [f"model missing: {p.relative(c.model_path)} does not exist ({_how_to_train(c, p)})"]
     return [
         *_data_changed(c, p),
         *_params_edited(c, p),
@@ -26,6 +26,14 @@ def check(c: Chain, p: Project) -> list[str]:
         *_run_missing(c, p),
         *_metrics_stale(c, p),
     ]
+
+
+def _how_to_train(c: Chain, p: Project) -> str:
+    """The command that trains the run: its stage, or for a run outside params.yaml's matrix and seeds (no such
+    stage) the experiment that adds it."""
+    if (c.variant, c.seed) in p.params.runs():
+        return f"dvc repro {c.stage('train')}"
+    return f"outside params.yaml's matrix and seeds: dvc exp run -S 'matrix=[{c.variant}]' -S 'seeds=[{c.seed}]'"
 
 
 def _differ(then: object, now: object) -> bool:

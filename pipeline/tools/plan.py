@@ -47,6 +47,10 @@ BALANCED = {"train": 112_800, "test": 18_800}  # EMNIST-Balanced's split sizes, 
 MATRIX_KINDS = ("train@", "evaluate@", "study@")
 MISSING = object()
 NOTHING_TO_RUN = "plan: nothing to run: every stage is up to date"
+EDITED_PARAMS = (
+    "plan: params.yaml is not the committed one (a profile's experiment leaves its values there: `git diff "
+    "params.yaml`); `git checkout params.yaml` returns to the default"
+)
 
 
 def with_profile(raw: dict, profile: dict) -> dict:
@@ -234,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def params_edited(root: Path) -> bool:
+    """Whether params.yaml differs from the committed one (False outside git: nothing to compare with)."""
+    inside = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=root, capture_output=True).returncode == 0
+    command = ["git", "diff", "--quiet", "HEAD", "--", "params.yaml"]  # exit status 1: it differs
+    return inside and subprocess.run(command, cwd=root, capture_output=True).returncode == 1
+
+
 def check_sources(params: Params) -> None:
     """A data or study directory that is not there, said before DVC starts: it would first delete the outputs of
     the stage that reads it."""
@@ -256,11 +267,13 @@ def plan(args: argparse.Namespace) -> int:
     sets = [*(f"{key}={hydra_value(value)}" for key, value in profile.items()), *args.set_param]  # before the probe
     changed = {key for key, value in overrides.items() if current_value(raw, key) != value}
     lines = plan_lines(params, changed, profile=bool(profile), startup=startup)
+    if not overrides and params_edited(paths.root()):
+        lines.append(EDITED_PARAMS)
     for line in lines:
         print(line, flush=True)
     if not args.run:
         return 0
-    if lines == [NOTHING_TO_RUN]:  # an experiment now would only repeat the last one
+    if lines[0] == NOTHING_TO_RUN:  # an experiment now would only repeat the last one
         print("plan: so no experiment is started")
         return 0
     command = ["dvc", "exp", "run", *(f"--set-param={s}" for s in sets)]
