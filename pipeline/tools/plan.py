@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -239,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def params_edited(root: Path) -> bool:
-    """Whether params.yaml differs from the committed one (False outside git: nothing to compare with)."""
+    """Whether params.yaml differs from the committed one (False without git or a commit: nothing to compare with)."""
+    if shutil.which("git") is None:
+        return False
     inside = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=root, capture_output=True).returncode == 0
     command = ["git", "diff", "--quiet", "HEAD", "--", "params.yaml"]  # exit status 1: it differs
     return inside and subprocess.run(command, cwd=root, capture_output=True).returncode == 1
