@@ -22,6 +22,8 @@ import pandas as pd
 import yaml
 from dvc.utils.serialize import dump_yaml, load_yaml
 
+from pipeline.provenance import stage_name
+
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "results"
 RECORD = RESULTS / "rootrun-cpu"
 TWINS = {"": RESULTS / "standin-study4-cpu-15ep", "_linear": RESULTS / "standin-linear4-cpu-15ep"}
@@ -29,6 +31,7 @@ REFERENCE = Path(__file__).resolve().parents[1] / "pipeline" / "reference.yaml"
 COPIED = ("params.yaml", "reports/classifier.json")  # and dvc.lock, less the entries of runs not kept (write_lock)
 DIRS = ("reports/metrics", "reports/history", "reports/per_class", "reports/samples")
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_objective", "val_loss", "lr"]
+RUN_STAGES = ("train@", "evaluate@")  # a (variant, seed) run's stages
 WRITTEN_SINCE = {"collapsed", "output_range", "run", "data_manifest_sha256"}  # not in the twins, or not comparable
 
 
@@ -37,14 +40,17 @@ def lock_stages(root: Path) -> dict:
     return load_yaml(path)["stages"] if path.is_file() else {}
 
 
-def of_kept_runs(stage: str, runs: set[str]) -> bool:
-    """Whether the record keeps this dvc.lock entry: a run's train and evaluate entries only once its metrics are
-    kept (a run trained but not evaluated is trained again next time: its model is not kept), every other stage's."""
-    kind, _, item = stage.partition("@")
-    if kind not in ("train", "evaluate"):
-        return True
-    variant, _, seed = item.rpartition("-")
-    return f"{variant}-seed{seed}" in runs
+def variant_and_seed(run: str) -> tuple[str, int]:
+    """model04_linear-seed2 -> ("model04_linear", 2): the run names of pipeline.lib.config.run_name."""
+    variant, _, seed = run.rpartition("-seed")
+    return variant, int(seed)
+
+
+def kept_entries(stages: dict, runs: set[str]) -> dict:
+    """The dvc.lock entries the record keeps: a run's train and evaluate entries only once its metrics are kept (a
+    run trained but not evaluated is trained again next time: its model is not kept), every other stage's."""
+    of_runs = {stage_name(kind, *variant_and_seed(run)) for run in runs for kind in ("train", "evaluate")}
+    return {name: entry for name, entry in stages.items() if not name.startswith(RUN_STAGES) or name in of_runs}
 
 
 def changed_stages(record: Path, checkout: Path) -> list[str]:
@@ -56,8 +62,7 @@ def changed_stages(record: Path, checkout: Path) -> list[str]:
 def write_lock(checkout: Path, record: Path, runs: set[str]) -> None:
     """The checkout's dvc.lock, as DVC writes it, less the entries of runs the record does not keep."""
     lock = load_yaml(checkout / "dvc.lock")
-    stages = {name: entry for name, entry in lock["stages"].items() if of_kept_runs(name, runs)}
-    dump_yaml(record / "dvc.lock", {**lock, "stages": stages})
+    dump_yaml(record / "dvc.lock", {**lock, "stages": kept_entries(lock["stages"], runs)})
 
 
 def history_matches(new: Path, twin: Path) -> bool:
@@ -70,7 +75,7 @@ def metric_differences(new: dict, twin: dict) -> list[str]:
 
 
 def twin_report(run: str, checkout: Path, twins: dict[str, Path]) -> str:
-    twin = twins["_linear" if run.split("-seed")[0].endswith("_linear") else ""]
+    twin = twins["_linear" if variant_and_seed(run)[0].endswith("_linear") else ""]
     history, metrics = (Path("reports/history") / f"{run}.csv", Path("reports/metrics") / f"{run}.json")
     twin_history, twin_metrics = twin / "history" / f"{run}.csv", twin / "metrics" / f"{run}.json"
     if not (twin_history.is_file() and twin_metrics.is_file()):
@@ -87,7 +92,7 @@ def table_row(run: str, checkout: Path, published: dict[str, float]) -> str:
     training seconds with the median epoch."""
     metrics = json.loads((checkout / "reports" / "metrics" / f"{run}.json").read_text())
     seconds = pd.read_csv(checkout / "reports" / "history" / f"{run}.csv")["seconds"]
-    variant, seed = run.split("-seed")
+    variant, seed = variant_and_seed(run)
     study = published.get(variant.removesuffix("_linear"))
     cells = [
         f"{variant} seed {seed}",
