@@ -168,3 +168,15 @@ def test_a_variant_with_a_dead_unit_in_some_seeds_is_not_counted_as_none():
     mse = {"model01": [0.010, 0.011, 0.012], "model03": [0.020, 0.021, 0.022]}
     text = "\n".join(study_case(mse, dead={"model03": 1 / 3}))
     assert "Dead latent units (mean over seeds): model03 0.3; every other variant 0." in text
+
+
+def test_a_spread_below_the_shown_digits_is_shown_to_its_first_digit_not_as_zero():
+    summary = stats.aggregate(runs_table({"tight": [0.003061, 0.003058, 0.003064], "same": [0.003, 0.003]}), ["mse"])
+    assert report_findings.plus_minus(summary.loc["tight"], "mse", ".5f") == "0.003061 ± 0.000003"
+    assert report_findings.plus_minus(summary.loc["same"], "mse", ".5f") == "0.00300 ± 0.00000"  # no spread at all
+    runs = runs_table({"tight": [0.003061, 0.003058, 0.003064]}).assign(
+        **{c: 1.0 for c in report_text.SEED_COLUMNS if c != "mse"}
+    )
+    cells = report_text.seed_table(stats.aggregate(runs, report_text.SEED_COLUMNS))
+    assert cells.mse["tight"] == "0.003061 ± 0.000003 [0.003054, 0.003068]"
+    assert cells.ssim["tight"] == "1.0000 ± 0.0000 [1.0000, 1.0000]"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -76,7 +78,17 @@ def counted(n: int, noun: str) -> str:
 def plus_minus(row: pd.Series, column: str, fmt: str) -> str:
     """A summary row's mean ± std of column; the mean alone where one seed leaves no std."""
     std = row[f"{column}_std"]
+    fmt = spread_format(std, fmt)
     return f"{row[f'{column}_mean']:{fmt}}" + ("" if np.isnan(std) else f" ± {std:{fmt}}")
+
+
+def spread_format(std: float, fmt: str) -> str:
+    """fmt (fixed point, e.g. ".5f"), with decimals added down to the std's first significant digit where fmt would
+    round a nonzero std to zero: "± 0.00000" would read as seeds that agree exactly."""
+    decimals = int(fmt[1:-1])
+    if std > 0 and round(std, decimals) == 0:
+        decimals = -math.floor(math.log10(std))
+    return f".{decimals}f"
 
 
 def published_weights_finding(check: pd.DataFrame, band: float) -> list[str]:

@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.lib import rate_distortion
-from pipeline.lib.report_findings import collapsed_finding, counted, findings, plus_minus, published_weights_finding
+from pipeline.lib.report_findings import (
+    collapsed_finding,
+    counted,
+    findings,
+    plus_minus,
+    published_weights_finding,
+    spread_format,
+)
 
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
@@ -108,16 +115,14 @@ def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
     cells = {}
     for column in SEED_COLUMNS:
         fmt = ".5f" if column in ("mse", "val_loss") else ".2f" if column != "ssim" else ".4f"
-        cells[column] = [
-            plus_minus(row, column, fmt)
-            + (
-                ""
-                if np.isnan(row[f"{column}_ci_low"])
-                else f" [{row[f'{column}_ci_low']:{fmt}}, {row[f'{column}_ci_high']:{fmt}}]"
-            )
-            for _, row in summary.iterrows()
-        ]
+        cells[column] = [_seed_cell(row, column, fmt) for _, row in summary.iterrows()]
     return pd.DataFrame({"n": summary.n, **cells}, index=summary.index)
+
+
+def _seed_cell(row: pd.Series, column: str, fmt: str) -> str:
+    low, high = row[f"{column}_ci_low"], row[f"{column}_ci_high"]
+    fmt = spread_format(row[f"{column}_std"], fmt)
+    return plus_minus(row, column, fmt) + ("" if np.isnan(low) else f" [{low:{fmt}}, {high:{fmt}}]")
 
 
 def render_markdown(
