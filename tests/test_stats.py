@@ -106,7 +106,7 @@ def test_families_group_variants_that_differ_only_in_decoder_strides():
     assert [stats.upsampling_position(specs[n]) for n in STRIDES] == [3, 4, 2, 1]
 
 
-def study_case(mse: dict[str, list[float]], dead: dict[str, float] | None = None):
+def study_case(mse: dict[str, list[float]], dead: dict[str, float] | None = None, collapsed: frozenset = frozenset()):
     runs = runs_table(mse)
     runs["dead_latent_units"] = runs.variant.map(dead or {}).fillna(0)
     for column in ("psnr_pooled", "ssim"):
@@ -114,7 +114,7 @@ def study_case(mse: dict[str, list[float]], dead: dict[str, float] | None = None
     summary = stats.aggregate(runs, ["mse", "psnr_pooled", "ssim", "dead_latent_units"])
     specs = {name: {**STUDY_SPEC, "decoder_strides": STRIDES[name]} for name in mse}
     reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
-    return report_findings.findings(summary, stats.pairwise_welch(runs, "mse"), specs, reference)
+    return report_findings.findings(summary, stats.pairwise_welch(runs, "mse"), specs, reference, collapsed)
 
 
 def test_findings_state_the_best_variant_and_which_differences_are_real():
@@ -180,3 +180,45 @@ def test_a_spread_below_the_shown_digits_is_shown_to_its_first_digit_not_as_zero
     cells = report_text.seed_table(stats.aggregate(runs, report_text.SEED_COLUMNS))
     assert cells.mse["tight"] == "0.003061 ± 0.000003 [0.003054, 0.003068]"
     assert cells.ssim["tight"] == "1.0000 ± 0.0000 [1.0000, 1.0000]"
+
+
+def test_a_pair_without_spread_is_named_untestable_not_indistinguishable():
+    text = "\n".join(study_case({"model01": [0.25] * 3, "model02": [0.5] * 3, "model03": [0.3, 0.4, 0.5]}))
+    assert "Not distinguishable from model01 with 3 seeds: model03." in text  # tested: model03 has a spread
+    assert "Not testable against it (no spread over seeds on either side): model02." in text
+    assert "0 of 3 pairs significant, 1 not testable (no spread over seeds)" in text
+
+
+def test_differences_that_only_collapsed_runs_make_are_not_credited_to_the_upsampling_position():
+    mse = {"model01": [0.0100, 0.0110, 0.0105], "model02": [0.110, 0.112, 0.111], "model03": [0.0104, 0.0112, 0.0101]}
+    text = "\n".join(study_case(mse, collapsed=frozenset({"model02"})))
+    assert "only pairs with collapsed runs (model02) differ: failed training, not the upsampling position" in text
+    assert "the upsampling position makes a difference" not in text
+    assert "the upsampling position makes a difference" in "\n".join(study_case(mse))  # the same numbers, not collapsed
+
+
+def test_dead_units_in_every_variant_claim_no_other_variant():
+    mse = {"model01": [0.010, 0.011, 0.012], "model03": [0.020, 0.021, 0.022]}
+    text = "\n".join(study_case(mse, dead={"model01": 2, "model03": 1}))
+    assert "Dead latent units (mean over seeds): model01 2.0, model03 1.0." in text and "every other" not in text
+
+
+def test_an_interval_stops_at_the_ceiling_a_column_names():
+    runs = runs_table({"a": [28.0, 30.0, 31.0]}, "effective_latent_dims").assign(latent_dim=32, ssim=[0.99, 1.0, 1.0])
+    summary = stats.aggregate(
+        runs, ["effective_latent_dims", "ssim"], ceilings={"effective_latent_dims": "latent_dim", "ssim": 1.0}
+    )
+    a = summary.loc["a"]
+    assert a.effective_latent_dims_ci_high == 32 and a.ssim_ci_high == 1.0
+    assert a.effective_latent_dims_ci_low < 28.0 and a.ssim_ci_low < 0.99  # the low ends as computed
+
+
+def test_a_variant_mean_is_missing_where_a_seed_lacks_the_value():
+    results = pd.DataFrame(
+        {"variant": ["a", "a", "b"], "seed": [0, 1, 0], "bytes_per_image_uint8_range": [27.0, float("nan"), 30.0]}
+    )
+    means = report_text.variant_means(results)
+    assert (
+        math.isnan(means.loc["a", "bytes_per_image_uint8_range"])
+        and means.loc["b", "bytes_per_image_uint8_range"] == 30
+    )

@@ -10,8 +10,15 @@ import pandas as pd
 from pipeline.lib import stats
 
 
-def findings(summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict], reference: dict) -> list[str]:
-    """Sentences generated from the numbers only: the best variant, significance, and the study's question."""
+def findings(
+    summary: pd.DataFrame,
+    tests: pd.DataFrame,
+    specs: dict[str, dict],
+    reference: dict,
+    collapsed: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Sentences generated from the numbers only: the best variant, significance, and the study's question.
+    collapsed: the variants with a run whose model decodes every image to the same image."""
     best = summary.mse_mean.idxmin()
     n = int(summary.n.min())
     row = summary.loc[best]
@@ -26,26 +33,39 @@ def findings(summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict],
         ]
     involving = tests[(tests.a == best) | (tests.b == best)]
     others = lambda frame: [b if a == best else a for a, b in zip(frame.a, frame.b)]  # noqa: E731
-    worse, tied = others(involving[involving.significant]), others(involving[~involving.significant])
+    tested = involving.p.notna()
+    worse, tied = others(involving[involving.significant]), others(involving[tested & ~involving.significant])
+    untested = others(involving[~tested])
     lines.append(
         f"- Significantly worse than {best} (Welch's t-test on per-seed test MSE, Benjamini-Hochberg "
         f"adjusted p < {stats.ALPHA}): {', '.join(worse) or 'none'}. "
         f"Not distinguishable from {best} with {n} seeds: {', '.join(tied) or 'none'}."
+        + (
+            f" Not testable against it (no spread over seeds on either side): {', '.join(untested)}."
+            if untested
+            else ""
+        )
     )
     for label, members in stats.families(specs).items():
-        lines.append(_family_finding(label, members, summary, tests, specs, reference))
+        lines.append(_family_finding(label, members, summary, tests, specs, reference, collapsed))
     dead = summary[summary.dead_latent_units_mean > 0]
     if len(dead):
         lines.append(
             "- Dead latent units (mean over seeds): "
             + ", ".join(f"{v} {r.dead_latent_units_mean:.1f}" for v, r in dead.iterrows())
-            + "; every other variant 0."
+            + ("; every other variant 0." if len(dead) < len(summary) else ".")
         )
     return lines
 
 
 def _family_finding(
-    label: str, members: list[str], summary: pd.DataFrame, tests: pd.DataFrame, specs: dict[str, dict], reference: dict
+    label: str,
+    members: list[str],
+    summary: pd.DataFrame,
+    tests: pd.DataFrame,
+    specs: dict[str, dict],
+    reference: dict,
+    collapsed: frozenset[str],
 ) -> str:
     ordered = summary.loc[members].sort_values("mse_mean").index
     positions = [stats.upsampling_position(specs[v]) for v in ordered]
@@ -57,17 +77,25 @@ def _family_finding(
     among = "" if compared == study_positions else " among these positions"
     hits = inside[inside.significant]
     pairs = f" ({', '.join(f'{a}–{b}' for a, b in zip(hits.a, hits.b))})" if len(hits) else ""
-    verdict = (
-        "the upsampling position makes a difference larger than the seed spread"
-        if inside.significant.any()
-        else "no difference between upsampling positions exceeds the seed spread"
-    )
+    untested = int(inside.p.isna().sum())
+    untested_note = f", {untested} not testable (no spread over seeds)" if untested else ""
     return (
         f"- Decoder family ({label}): by mean MSE "
         + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
         + f", {same_order} the study's{among} (layer {' < '.join(map(str, compared))}); "
-        + f"{len(hits)} of {len(inside)} pairs significant{pairs}, so {verdict}."
+        + f"{len(hits)} of {len(inside)} pairs significant{pairs}{untested_note}, so {_verdict(hits, collapsed)}."
     )
+
+
+def _verdict(hits: pd.DataFrame, collapsed: frozenset[str]) -> str:
+    """What the significant pairs of one decoder family say about the upsampling position."""
+    sound = hits[~hits.a.isin(collapsed) & ~hits.b.isin(collapsed)]
+    if len(sound):
+        return "the upsampling position makes a difference larger than the seed spread"
+    if len(hits):
+        named = ", ".join(sorted(set(hits.a).union(hits.b) & collapsed))
+        return f"only pairs with collapsed runs ({named}) differ: failed training, not the upsampling position"
+    return "no difference between upsampling positions exceeds the seed spread"
 
 
 def counted(n: int, noun: str) -> str:
@@ -106,12 +134,18 @@ def published_weights_finding(check: pd.DataFrame, band: float) -> list[str]:
     ]
 
 
-def collapsed_finding(results: pd.DataFrame) -> list[str]:
+def collapsed_runs(results: pd.DataFrame) -> pd.DataFrame:
     """The runs whose model decodes every test image to the same image (evaluate's `collapsed`; metrics from before
     it have no such key and are not named)."""
-    if "collapsed" not in results:
-        return []
-    collapsed = results[results.collapsed.eq(True)]
+    return results[results.collapsed.eq(True)] if "collapsed" in results else results.iloc[:0]
+
+
+def collapsed_variants(results: pd.DataFrame) -> frozenset[str]:
+    return frozenset(collapsed_runs(results).variant)
+
+
+def collapsed_finding(results: pd.DataFrame) -> list[str]:
+    collapsed = collapsed_runs(results)
     if collapsed.empty:
         return []
     named = ", ".join(f"{r.variant} seed {r.seed}" for r in collapsed.itertuples())

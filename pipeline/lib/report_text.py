@@ -10,6 +10,7 @@ import pandas as pd
 from pipeline.lib import rate_distortion
 from pipeline.lib.report_findings import (
     collapsed_finding,
+    collapsed_variants,
     counted,
     findings,
     plus_minus,
@@ -20,6 +21,7 @@ from pipeline.lib.report_findings import (
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
 SEED_FLOORS = {"mse": 0.0, "dead_latent_units": 0.0, "effective_latent_dims": 0.0, "val_loss": 0.0}
+SEED_CEILINGS = {"ssim": 1.0, "dead_latent_units": "latent_dim", "effective_latent_dims": "latent_dim"}
 RUN_COLUMNS = [
     "variant",
     "seed",
@@ -59,8 +61,9 @@ def results_table(metrics: dict[str, dict]) -> pd.DataFrame:
 
 
 def variant_means(results: pd.DataFrame) -> pd.DataFrame:
+    """Each variant's mean over its seeds; NaN where a seed lacks the value, not the mean of the other seeds."""
     numeric = results.select_dtypes("number").drop(columns="seed")
-    return numeric.groupby(results.variant, sort=False).mean()
+    return numeric.groupby(results.variant, sort=False).mean(skipna=False)
 
 
 def study_table(means: pd.DataFrame, n_seeds: int, reference: dict, study: pd.DataFrame) -> pd.DataFrame:
@@ -146,7 +149,7 @@ def render_markdown(
         "",
         "## Findings",
         "",
-        *findings(summary, tests, specs, reference),
+        *findings(summary, tests, specs, reference, collapsed_variants(results)),
         *published_weights_finding(check, band),
         *collapsed_finding(results),
         rate_distortion.moonshot_finding(rd),

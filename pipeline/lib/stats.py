@@ -15,17 +15,24 @@ from scipy import stats
 ALPHA = 0.05
 
 
-def aggregate(runs: pd.DataFrame, columns: list[str], floors: dict[str, float] | None = None) -> pd.DataFrame:
-    """Per variant and column: n, mean, std (ddof=1), and the 95% t-interval of the mean, its low end raised to the
-    column's floor where it has one (a count's interval from three seeds can reach below zero)."""
-    floors = floors or {}
+def aggregate(
+    runs: pd.DataFrame,
+    columns: list[str],
+    floors: dict[str, float] | None = None,
+    ceilings: dict[str, float | str] | None = None,
+) -> pd.DataFrame:
+    """Per variant and column: n, mean, std (ddof=1), and the 95% t-interval of the mean, clipped to the column's
+    floor and ceiling where it has them (a count's interval from three seeds can reach below zero, or above the
+    latent's size). A ceiling given as a string names the column of runs that holds it, e.g. "latent_dim"."""
+    floors, ceilings = floors or {}, ceilings or {}
     rows = []
     for variant, group in runs.groupby("variant", sort=False):
         row = {"variant": variant, "n": len(group)}
         for column in columns:
             mean, std, (low, high) = _mean_interval(group[column].to_numpy(dtype=float))
-            if low < floors.get(column, -np.inf):  # False for a single seed's NaN, which stays NaN
-                low = floors[column]
+            ceiling = ceilings.get(column, np.inf)
+            low = max(low, floors.get(column, -np.inf))  # max and min keep a single seed's NaN, their first argument
+            high = min(high, ceiling if not isinstance(ceiling, str) else group[ceiling].max())
             row.update(
                 {f"{column}_mean": mean, f"{column}_std": std, f"{column}_ci_low": low, f"{column}_ci_high": high}
             )

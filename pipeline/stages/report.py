@@ -28,7 +28,7 @@ from pipeline.lib.report_findings import counted
 def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.DataFrame]:
     results = report_text.results_table({run_name(v, s): _metrics(v, s) for v, s in params.runs()})
     study = report_text.results_table({model: _study_metrics(model) for model in params.study.models})  # by variant
-    summary = stats.aggregate(results, report_text.SEED_COLUMNS, report_text.SEED_FLOORS)
+    summary = stats.aggregate(results, report_text.SEED_COLUMNS, report_text.SEED_FLOORS, report_text.SEED_CEILINGS)
     tests = stats.pairwise_welch(results, "mse")
     specs = {name: dataclasses.asdict(params.variant(name)) for name in params.trained()}
     reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
