@@ -251,3 +251,23 @@ def test_without_a_study_model_no_keras_log_is_drawn(monkeypatch, tmp_path):
     for ax in fig.axes:
         assert [line.get_marker() for line in ax.lines] == ["o", "o", "o"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "c"]
+
+
+def test_many_variants_keep_a_colour_each_and_a_legend(monkeypatch, tmp_path):
+    many = {f"v{i:02d}": [0.003 + 1e-4 * i, 0.0031 + 1e-4 * i] for i in range(13)}  # above the default cycle's 10
+    drawn = draw_all(monkeypatch, tmp_path, make_results(many))
+    curves = drawn["loss_curves"].axes[0]
+    colours = {line.get_label(): line.get_color() for line in curves.lines}
+    assert len(colours) == 13 and len(set(map(str, colours.values()))) == 13
+    (legend,) = drawn["per_class_psnr"].legends
+    assert [t.get_text() for t in legend.get_texts()] == list(many)
+    (ax,) = drawn["per_class_psnr"].axes
+    assert len({tuple(c.patches[0].get_facecolor()) for c in ax.containers}) == 13
+    assert len(set(map(tuple, figures.palette(25)))) == 25
+
+
+@pytest.mark.parametrize(("seeds", "label"), [(1, "mean"), (3, "mean, 95% CI")])
+def test_the_seed_spread_legend_names_an_interval_only_where_one_is_drawn(monkeypatch, tmp_path, seeds, label):
+    results = make_results({variant: mses[:seeds] for variant, mses in THREE_VARIANTS.items()})
+    legend = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"].axes[0].get_legend()
+    assert label in [t.get_text() for t in legend.get_texts()]

@@ -64,6 +64,7 @@ def test_variant_rows_give_one_point_per_storage_form():
     assert (range_coded.psnr_pooled, range_coded.ssim) == (21.0, 0.94)  # the uint8 codes, so the uint8 quality
     finding = rate_distortion.moonshot_finding(table)
     assert "not met (5.10 dB short)" in finding and "coded entropy-coded, 16 dims at 9.5 B/image" in finding
+    assert "here WebP quality 5 measures 27.10 dB at 135.0 B)" in finding
     only_plain = rate_distortion.moonshot_finding(table[table.method != "coded"])  # every point above 32 bytes
     assert (
         "not met; no variant stores an image in ≤ 32 bytes (the smallest point is plain uint8, 32 dims at "
@@ -158,3 +159,17 @@ def test_rd_figure_gives_each_method_its_own_colour_and_each_variant_one(monkeyp
             by_method.setdefault(label.split()[0], set()).add(colour)
     assert len(by_method) == 11 and all(len(c) == 1 for c in by_method.values())  # float32 and uint8 share one
     assert len(set().union(*by_method.values())) == 11
+
+
+def test_quality_target_names_a_variant_that_meets_both_over_one_with_a_higher_psnr_alone():
+    keys = ["latent_dim", "train_flops_per_image", "psnr", "ssim"]
+    means = pd.DataFrame(
+        {
+            "sharp": dict(zip(keys, [32, 300e6, 27.5, 0.980])),  # the higher PSNR, short on SSIM
+            "balanced": dict(zip(keys, [32, 300e6, 27.1, 0.986])),
+        }
+    ).T
+    [finding] = rate_distortion.quality_target_findings(means, budget_flops=332e6)
+    assert ": met; the best is balanced at 27.10 dB" in finding
+    [finding] = rate_distortion.quality_target_findings(means.loc[["sharp"]], budget_flops=332e6)
+    assert "not met (0.0050 SSIM short)" in finding  # the PSNR passes, so no "0.00 dB short" beside it

@@ -100,7 +100,7 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
             markersize=18,
             capsize=6,
             color="black",
-            label="mean, 95% CI",
+            label="mean, 95% CI" if summary.n.max() > 1 else "mean",
         )
         for i, variant in enumerate(variants):
             values = runs.loc[runs.variant == variant, column]
@@ -115,6 +115,15 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
     fig.suptitle(f"seed-to-seed spread ({counted(int(summary.n.max()), 'seed')} per variant)")
     fig.tight_layout()
     _save(fig, out)
+
+
+def palette(n: int) -> list:
+    """n colours, no two alike (the default cycle repeats after 10): tab20's ten hues first, then their light
+    shades, then evenly spaced hues beyond 20."""
+    tab20 = plt.get_cmap("tab20").colors
+    if n <= 20:
+        return list(tab20[0::2] + tab20[1::2])[:n]
+    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
 
 
 def _min_span(ax, fraction: float = 0.01) -> None:
@@ -173,15 +182,15 @@ def loss_curves(histories: dict[str, list[pd.DataFrame]], keras_log: dict, out: 
     """Per variant: the mean over seeds of each epoch's loss, shaded between the seeds' min and max; beside a study
     model, the study's own Keras log as crosses on a dashed line of the same colour."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for variant, frames in histories.items():
+    for (variant, frames), color in zip(histories.items(), palette(len(histories))):
         stacked = pd.concat(frames).groupby("epoch")
         for ax, column in zip(axes, ("train_loss", "val_loss")):
             mean = stacked[column].mean()
-            (line,) = ax.plot(mean.index, mean, "o-", label=variant)
-            ax.fill_between(mean.index, stacked[column].min(), stacked[column].max(), color=line.get_color(), alpha=0.2)
+            ax.plot(mean.index, mean, "o-", color=color, label=variant)
+            ax.fill_between(mean.index, stacked[column].min(), stacked[column].max(), color=color, alpha=0.2)
             if variant in keras_log:
                 logged = pd.Series(keras_log[variant][column]).sort_index()
-                ax.plot(logged.index, logged, "x--", color=line.get_color())
+                ax.plot(logged.index, logged, "x--", color=color)
     for ax, title in zip(axes, ("train loss", "val loss")):
         ax.set(title=f"{title} (mean over seeds, min–max shaded)", xlabel="epoch", yscale="log")
     if histories.keys() & keras_log.keys():
@@ -210,7 +219,7 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) ->
     """Per-character PSNR (rows: characters, columns: variants); the best variant's hardest are shaded."""
     table = table.sort_values(best)
     fig, ax = plt.subplots(figsize=(13, 4.5))
-    table.plot.bar(ax=ax, width=0.8, rot=0, legend=False)
+    table.plot.bar(ax=ax, width=0.8, rot=0, legend=False, color=palette(len(table.columns)))
     ax.set_ylim(bottom=0)
     for i in range(min(worst, len(table))):
         ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.08)
@@ -220,8 +229,10 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) ->
         xlabel="character",
     )
     fig.tight_layout()
-    if len(table.columns) <= 12:  # beside the axes: the sorted bars' right end reaches the top
-        fig.legend(*ax.get_legend_handles_labels(), title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    columns = -(-len(table.columns) // 12)  # beside the axes (the sorted bars' right end reaches the top), 12 a column
+    fig.legend(
+        *ax.get_legend_handles_labels(), title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=columns
+    )
     _save(fig, out, bbox_inches="tight")
 
 
@@ -229,8 +240,7 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
     """Bytes per image against pooled PSNR and SSIM: each baseline a line over its settings, each variant's
     storage forms as markers in the variant's one colour; lossless codecs (infinite PSNR) as vertical lines."""
     methods = table.method.drop_duplicates().tolist()
-    palette = plt.get_cmap("tab20").colors  # 20 distinct colours, where the default cycle repeats after 10
-    color = {method: palette[i % len(palette)] for i, method in enumerate(methods)}
+    color = dict(zip(methods, palette(len(methods))))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, metric in zip(axes, ("psnr_pooled", "ssim")):
         for method, group in table[table.kind == "baseline"].groupby("method", sort=False):

@@ -20,7 +20,8 @@ from pipeline.lib import io
 from pipeline.lib.io import DataError
 
 FIELDS = ["method", "setting", "bytes_per_image", "psnr_pooled", "psnr", "ssim", "mse", "classifier_accuracy"]
-MOONSHOT = {"bytes_per_image": 32, "psnr_pooled": 27.1}  # WebP q5's quality (27.1 dB) at a quarter of its bytes
+# the study's WebP quality 5 (135 B at 27.1 dB pooled on its test set) at a quarter of its bytes
+MOONSHOT = {"bytes_per_image": 32, "psnr_pooled": 27.1}
 # a better model at the study's 32-number latent and at no more training FLOPs per image than model01
 QUALITY_TARGET = {"latent_dim": 32, "psnr": 27.0, "ssim": 0.985}
 
@@ -110,9 +111,15 @@ def write_json(table: pd.DataFrame, out: Path) -> None:
 def moonshot_finding(table: pd.DataFrame) -> str:
     """The moonshot, answered from the numbers: the best point at <= 32 bytes per image against 27.1 dB."""
     target_bytes, target_psnr = MOONSHOT["bytes_per_image"], MOONSHOT["psnr_pooled"]
+    webp = table[(table.method == "webp") & (table.setting == "quality 5")]
+    measured = (
+        f"; here WebP quality 5 measures {webp.psnr_pooled.iloc[0]:.2f} dB at {webp.bytes_per_image.iloc[0]:.1f} B"
+        if len(webp)
+        else ""
+    )
     name = (
-        f"- Moonshot, WebP quality 5's quality in a quarter of its bytes (≤ {target_bytes} B/image at pooled PSNR ≥ "
-        f"{target_psnr} dB)"
+        f"- Moonshot (≤ {target_bytes} B/image at pooled PSNR ≥ {target_psnr} dB, the study's WebP quality 5 "
+        f"in a quarter of its bytes{measured})"
     )
     points = table[table.kind == "variant"].dropna(subset=["psnr_pooled"])
     small = points[points.bytes_per_image <= target_bytes]
@@ -143,10 +150,12 @@ def quality_target_findings(means: pd.DataFrame, budget_flops: int) -> list[str]
 
 
 def _quality_target_finding(means: pd.DataFrame, budget_flops: int, suffix: str) -> str:
-    """The best variant with a 32-dim latent within model01's training FLOPs per image, by per-image PSNR (of the
-    reconstructions named by suffix), against 27.0 dB and SSIM 0.985."""
+    """The best variant with a 32-dim latent within model01's training FLOPs per image against 27.0 dB per-image PSNR
+    and SSIM 0.985 (of the reconstructions named by suffix): by PSNR among those that meet both, else among all."""
     t = QUALITY_TARGET
+    psnr_key, ssim_key = f"psnr{suffix}", f"ssim{suffix}"
     eligible = means[(means.latent_dim == t["latent_dim"]) & (means.train_flops_per_image <= budget_flops)]
+    eligible = eligible.dropna(subset=[psnr_key, ssim_key])
     how = "with the codec's encode-time latent refinement" if suffix else "in one encoder pass"
     head = (
         f"- Quality target {how} ({t['latent_dim']}-number latent, ≤ {budget_flops / 1e6:.0f} MFLOP per training "
@@ -154,12 +163,13 @@ def _quality_target_finding(means: pd.DataFrame, budget_flops: int, suffix: str)
     )
     if eligible.empty:
         return f"{head}: no variant here has a {t['latent_dim']}-dim latent within that budget."
-    best = eligible.loc[eligible[f"psnr{suffix}"].idxmax()]
-    psnr, ssim = best[f"psnr{suffix}"], best[f"ssim{suffix}"]
-    met = psnr >= t["psnr"] and ssim >= t["ssim"]
-    verdict = (
-        "met" if met else f"not met ({max(t['psnr'] - psnr, 0):.2f} dB, {max(t['ssim'] - ssim, 0):.4f} SSIM short)"
-    )
+    meeting = eligible[(eligible[psnr_key] >= t["psnr"]) & (eligible[ssim_key] >= t["ssim"])]
+    candidates = meeting if len(meeting) else eligible  # a variant that meets both beats one with a higher PSNR alone
+    best = candidates.loc[candidates[psnr_key].idxmax()]
+    psnr, ssim = best[psnr_key], best[ssim_key]
+    shortfalls = [f"{t['psnr'] - psnr:.2f} dB"] if psnr < t["psnr"] else []
+    shortfalls += [f"{t['ssim'] - ssim:.4f} SSIM"] if ssim < t["ssim"] else []
+    verdict = f"not met ({', '.join(shortfalls)} short)" if shortfalls else "met"
     steps = f", up to {int(best.refine_steps)} refinement steps per image" if suffix else ""
     return (
         f"{head}: {verdict}; the best is {best.name} at {psnr:.2f} dB, SSIM {ssim:.4f}, "
