@@ -282,3 +282,21 @@ def test_a_missing_run_outside_the_matrix_names_the_experiment_that_adds_it(copy
         f"{outside}: model missing: models/{outside}.pt does not exist (outside params.yaml's matrix and seeds: "
         f"dvc exp run -S 'matrix=[{VARIANT}]' -S 'seeds=[5]')"
     ]
+
+
+def test_model_files_and_runs_of_other_stages_are_refused_by_what_they_are(copy, capsys):
+    classifier = copy / "models" / "classifier.pt"
+    assert lineage.main([str(classifier), "--root", str(copy)]) == 2
+    assert f"{classifier}: not a training run's model file (no variant; the classifier's?)" in capsys.readouterr().err
+    study = copy / "models" / "study" / f"{VARIANT}.pt"  # the study stage's file: its seed is unknown, saved as -1
+    study.parent.mkdir()
+    torch.save({**saved_model(copy), "seed": -1}, study)
+    assert lineage.main([str(study), "--root", str(copy)]) == 2
+    assert f"{study}: the study's published weights for {VARIANT}, not a training run; stage study@{VARIANT}" in (
+        capsys.readouterr().err
+    )
+    store = client(copy)
+    experiment = store.get_run(saved_model(copy)["mlflow_run_id"]).info.experiment_id
+    run = store.create_run(experiment, tags={"stage": f"study@{VARIANT}", "variant": VARIANT})  # no seed tag
+    assert lineage.main([run.info.run_id, "--root", str(copy)]) == 2
+    assert f"{run.info.run_id}: an MLflow run of stage study@{VARIANT}, not a variant" in capsys.readouterr().err

@@ -104,8 +104,7 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
     path = next((p for p in (Path(target), project.root / target) if p.suffix == ".pt" and p.is_file()), None)
     if path:
         saved = load_model_meta(path)
-        if "seed" not in saved:
-            raise LookupError(f"{path}: a model file from before seeds (no 'seed' key); retrain it with dvc repro")
+        _refuse_if_not_trained(path, saved)
         name = run_name(saved["variant"], saved["seed"])
         if path.name.endswith(BEST_SUFFIX):  # nothing records its digest: checked as the run's model it would fail
             raise LookupError(
@@ -128,13 +127,27 @@ def resolve(target: str, project: Project) -> list[tuple[str, Path]]:
     else:
         run = project.run(target)
         tags = run.data.tags if run else {}
-        if "variant" not in tags:
+        if "seed" not in tags:
+            what = f"an MLflow run of stage {tags['stage']}, not" if "stage" in tags else "not a model file,"
             raise LookupError(
-                f"{target}: not a model file, a variant in params.yaml, a run name like "
-                f"model01-seed0, nor a training run in {project.uri}"
+                f"{target}: {what} a variant in params.yaml, a run name like model01-seed0, nor a training run in "
+                f"{project.uri}"
             )
         names = [run_name(tags["variant"], int(tags["seed"]))]
     return [(name, paths.under(project.root, paths.model_file(name))) for name in names]
+
+
+def _refuse_if_not_trained(path: Path, saved: dict) -> None:
+    """Lineage traces a training run's model; the classifier's and the study's weights have records of their own."""
+    if "variant" not in saved:
+        raise LookupError(f"{path}: not a training run's model file (no variant; the classifier's?)")
+    if "seed" not in saved:
+        raise LookupError(f"{path}: a model file from before seeds (no 'seed' key); retrain it with dvc repro")
+    if saved["seed"] < 0:
+        raise LookupError(
+            f"{path}: the study's published weights for {saved['variant']}, not a training run; stage "
+            f"study@{saved['variant']} measured them: {paths.study_metrics_file(saved['variant']).as_posix()}"
+        )
 
 
 def load_model_meta(path: Path) -> dict | None:
