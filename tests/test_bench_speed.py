@@ -102,8 +102,10 @@ def test_a_fresh_clone_is_measured_on_random_images_and_every_row_is_written(pro
     assert [row["option"] for row in result["rows"]] == [*options, *evaluate]
     for row in result["rows"]:
         assert row["images_per_s"] > 0 and row["utilisation"] == pytest.approx(row["gflops_per_s"] / 100.0)
-    assert all(row["page_faults_per_step"] >= 0 for row in result["rows"][:2])
-    assert all(row["page_faults_per_image"] >= 0 for row in result["rows"][3:])
+    counted = [row["page_faults_per_step"] for row in result["rows"][:2]] + [
+        row["page_faults_per_image"] for row in result["rows"][3:]
+    ]  # a count for every training option and every evaluation row, whatever the machine makes of it
+    assert len(counted) == 5 and all(isinstance(n, (int, float)) and n >= 0 for n in counted)
     assert json.loads((project_root / "reports" / "benchmarks.json").read_text())["rows"] == result["rows"]
     assert "batch 2048" in (project_root / "reports" / "benchmarks.md").read_text()
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -81,6 +82,20 @@ def test_budget_picks_whole_epochs(project, tmp_path: Path, capsys, monkeypatch)
     assert device_run.main(["train", "tiny", str(tmp_path / "b"), "--budget-s", "1e9", *project["args"]]) == 0
     assert "-> 3 epochs in" in capsys.readouterr().out  # a huge budget is capped
     assert torch.load(tmp_path / "b" / "models" / "tiny-seed0.pt", weights_only=False)["epochs"] == 3
+
+
+def test_an_epochs_time_is_the_timed_steps_scaled_to_a_full_epochs_steps(project, monkeypatch):
+    timed = []  # the images each train_epoch call ran, warm-up first
+    monkeypatch.setattr(
+        device_run.Trainer, "train_epoch", lambda self, x, epoch, progress: timed.append(self.images_per_epoch)
+    )
+    clock = iter([100.0, 106.0])  # the timed steps took 6 s
+    monkeypatch.setattr(device_run.time, "perf_counter", lambda: next(clock))
+    params = load_params(Path(project["args"][1]))  # batch 64; the stand-in's train split below
+    train_images = len(np.load(Path(project["args"][3]) / "train_images.npy"))
+    seconds = device_run.seconds_per_epoch(params, "tiny", Path(project["args"][3]), steps=3)
+    assert timed == [20 * 64, 3 * 64]
+    assert seconds == pytest.approx(6.0 / 3 * math.ceil(train_images / 64))  # per step, times a full epoch's steps
 
 
 def own_epochs_params(project, tmp_path: Path) -> Path:

@@ -53,6 +53,30 @@ def test_ssim_matches_scikit_image_on_the_reconstructions(workspace):
     assert result["ssim"] == pytest.approx(expected, abs=1e-5)  # model output is float32
 
 
+def test_protocol_per_class_and_samples_describe_the_images_they_name(workspace):
+    """Each number recomputed here from the model's own reconstructions of the images the metrics JSON names."""
+    saved = torch.load(model_path(), weights_only=False)  # the tiny model outputs about 0.5 for every image: with
+    weights = {k: 2 * v if v.dim() > 1 else v for k, v in saved["state_dict"].items()}  # its weights doubled, the
+    torch.save({**saved, "state_dict": weights}, model_path())  # reconstructions differ by tens of grey levels
+    result = run_evaluate(workspace, "tinyA")
+    model, _ = load_model(model_path(), torch.device("cpu"))
+    images = np.load(paths.prepared_dir() / "test_images.npy").astype(np.float64) / 255
+    labels = np.load(paths.prepared_dir() / "test_labels.npy")
+    with torch.no_grad():
+        recon = model(torch.from_numpy(images).float().unsqueeze(1)).squeeze(1).double().numpy()
+    mse = ((images - recon) ** 2).mean(axis=(1, 2))
+    protocol = result["seed_protocol"]
+    assert len(protocol["indices"]) < len(images)  # a subset, so the whole split's mean would not match
+    assert protocol["mse"] == pytest.approx(mse[protocol["indices"]].mean(), rel=1e-4)
+    psnr = 10 * np.log10((images.max(axis=(1, 2)) - images.min(axis=(1, 2))) ** 2 / mse)
+    for row in result["per_class"][:3]:
+        assert row["psnr"] == pytest.approx(psnr[labels == row["label"]].mean(), rel=1e-4), row["char"]
+        assert row["n"] == (labels == row["label"]).sum()
+    samples = np.load(paths.samples_file("tinyA-seed0")).astype(int)
+    expected = np.round(np.clip(recon[result["sample_indices"]], 0, 1) * 255)  # float32 rounding: 1 level at most
+    assert samples.shape == expected.shape and np.abs(samples - expected).max() <= 1
+
+
 def test_the_library_evaluation_is_deterministic_and_the_stage_adds_only_the_run_block(workspace, tmp_path):
     """evaluate_model on files anywhere (no project layout) measures what the stage writes, apart from "run"."""
     elsewhere = tmp_path / "elsewhere"

@@ -141,11 +141,11 @@ def test_adam_epsilon_is_exact_after_a_resume():
     torch.testing.assert_close(resumed, straight, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # reads ../shared, which the fast suite never does; the slow suite runs beside it
 def test_the_study_weights_reproduce_the_studys_keras_forward_pass():
     """Outputs of the study's own Keras model on its published weights (benchmarks/keras_side_by_side.py golden)
     against the port loaded with the same files: within 1e-5 for every model."""
-    if not STUDY_WEIGHTS.is_dir():
-        pytest.skip(f"the study's published weights are not at {STUDY_WEIGHTS}")
+    assert STUDY_WEIGHTS.is_dir(), f"the study's published weights are not at {STUDY_WEIGHTS}: run beside ../shared"
     params, golden = load_params(REPO / "params.yaml"), np.load(GOLDEN)
     images = torch.from_numpy(golden["images"][:, None])
     for model in params.study.models:

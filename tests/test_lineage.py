@@ -300,3 +300,24 @@ def test_model_files_and_runs_of_other_stages_are_refused_by_what_they_are(copy,
     run = store.create_run(experiment, tags={"stage": f"study@{VARIANT}", "variant": VARIANT})  # no seed tag
     assert lineage.main([run.info.run_id, "--root", str(copy)]) == 2
     assert f"{run.info.run_id}: an MLflow run of stage study@{VARIANT}, not a variant" in capsys.readouterr().err
+
+
+def test_what_dvc_recorded_in_the_model_and_metrics_is_checked_against_dvc_lock(built):
+    """Under DVC the train and evaluate stages record dvc.lock's data/prepared md5 and train entry; outside it (this
+    project's stages ran in-process) they record `unknown`, so the recorded values are set here."""
+    project = lineage.Project.open(built)
+    chain = lineage.gather(project, RUN, built / MODEL)
+    prepared_md5 = provenance.out_md5(project.lock, "data/prepared")
+    train_entry = provenance.entry_digest(project.lock, TRAIN)
+
+    def recorded(prepared: str, train_lock: str) -> lineage.Chain:
+        metrics = {**chain.metrics, "run": {**chain.metrics["run"], "dvc": {"train_lock_sha256": train_lock}}}
+        return dataclasses.replace(chain, saved={**chain.saved, "dvc": {"prepared_md5": prepared}}, metrics=metrics)
+
+    assert lineage_checks.check(recorded(prepared_md5, train_entry), project) == []
+    assert lineage_checks.check(recorded("0" * 32 + ".dir", "f" * 64), project) == [
+        f"data changed: {MODEL} was trained on data/prepared with dvc md5 000000000000, dvc.lock now records "
+        f"{prepared_md5[:12]}",
+        f"metrics stale: reports/metrics/{RUN}.json was computed when dvc.lock's {TRAIN} entry had sha256 "
+        f"ffffffffffff, it now has {train_entry[:12]}",
+    ]

@@ -70,9 +70,9 @@ def test_identical_and_constant_images():
     assert torch.isnan(psnr[4:]).all()  # constant references reproduced exactly: 0/0, as skimage
 
 
+@pytest.mark.slow  # reads ../shared, which the fast suite never does; the slow suite runs beside it
 def test_real_emnist_images_match_skimage():
-    if not REAL_IMAGES.exists():
-        pytest.skip(f"real EMNIST test images not available at {REAL_IMAGES}")
+    assert REAL_IMAGES.exists(), f"real EMNIST test images not at {REAL_IMAGES}: run the slow suite beside ../shared"
     from pipeline.lib.idx import read_idx
 
     images = read_idx(REAL_IMAGES, "images")[:50].transpose(0, 2, 1) / 255.0

@@ -266,3 +266,13 @@ def test_params_edited_since_the_commit_are_noticed_and_outside_git_nothing_is(t
     (tmp_path / "params.yaml").write_text("seeds: [0]\n")  # as `make repro-quick` leaves it
     assert plan.params_edited(tmp_path)
     assert "`git checkout params.yaml` returns to the default" in plan.EDITED_PARAMS
+
+
+def test_the_estimate_counts_every_epoch_of_every_run_at_the_probes_rates(project_root, monkeypatch):
+    rates = {"step": 1e-3, "val": 1e-4, "encode": 1e-5, "evaluate": 2e-4}  # seconds per image, as if probed
+    monkeypatch.setattr(plan_probe, "variant_seconds", lambda params, variant, device: rates)
+    runs = {"train": [("tiny", 0), ("tiny", 1)], "evaluate": [("tiny", 0)]}
+    for epochs in (1, 3):
+        est = plan_probe.estimate(tiny_params(epochs=epochs), SIZES, runs, [], startup=0.0)
+        one_run = epochs * (SIZES["train"] * 1e-3 + SIZES["val"] * 1e-4) + SIZES["train"] * 1e-5  # + calibration
+        assert est.train == pytest.approx(2 * one_run) and est.evaluate == pytest.approx(SIZES["test"] * 2e-4)

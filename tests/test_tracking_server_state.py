@@ -144,8 +144,8 @@ def test_a_health_answer_from_another_server_is_not_taken_for_the_one_started(fo
         process.wait()
 
 
-@pytest.mark.skipif(not POSTGRES_INSTALLED, reason="needs PostgreSQL's server (initdb, pg_ctl)")
 def test_ctrl_c_during_start_stops_what_it_had_started(server_dir, monkeypatch):
+    assert POSTGRES_INSTALLED, "needs PostgreSQL's server (initdb, pg_ctl): the Debian image's postgresql package"
     started = []
 
     def interrupted(url, process, timeout):

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.lib.device import processor_name
 from pipeline.lib.models import build_model
+from pipeline.lib.trainer import Trainer
 from tests.conftest import TINY_SPEC
 from tests.train_support import (
     EXPERIMENT,
@@ -25,6 +26,7 @@ from tests.train_support import (
     clean_environment,
     load,
     make_params,
+    run_files,
     spy_batches,
     spy_epochs,
     train,
@@ -198,3 +200,23 @@ def test_model_files_and_history(baseline, prepared):
     if best["best_epoch"] == 3:
         assert_same_weights(best["state_dict"], saved["state_dict"])
     assert not (baseline["out"] / "checkpoints" / f"{RUN}.ckpt").exists()
+
+
+def test_the_best_file_holds_the_weights_of_the_epoch_with_the_lowest_val_loss_not_the_last(
+    prepared, tmp_path, monkeypatch
+):
+    after_epoch = []  # the model's weights as each epoch is validated
+    validate = Trainer.validate
+
+    def lowest_first(self, val_x, batch_size=256):
+        after_epoch.append({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
+        _, output_range = validate(self, val_x, batch_size)
+        return [0.01, 0.03, 0.02][len(after_epoch) - 1], output_range  # epoch 1 lowest, epoch 3 below epoch 2
+
+    monkeypatch.setattr(Trainer, "validate", lowest_first)
+    final = train_untracked(make_params(), prepared, tmp_path)
+    best = load(run_files(tmp_path).best_model)
+    assert best["best_epoch"] == 1 and len(after_epoch) == 3
+    assert_same_weights(best["state_dict"], after_epoch[0])
+    assert_same_weights(load(final)["state_dict"], after_epoch[2])
+    assert any(not torch.equal(best["state_dict"][k], after_epoch[2][k]) for k in after_epoch[2])  # it trained on
