@@ -3,15 +3,20 @@
 
     python -m scripts.keep_root_run build/rootrun
 
-Refuses, copying nothing, when the checkout's dvc.lock changes or drops a stage the record keeps (prepare's
-data/prepared and the classifier most of all: every kept run was measured against them). Then, for each run the
-record did not have, it prints whether its history (epoch, losses, LR) and its test metrics equal its twin's in the
-2026-12-02/03 matrices, and a row for the results README's table of kept runs.
+A run is kept once the checkout's dvc.lock holds both its train and its evaluate entry. The record keeps those
+entries, prepare's and the classifier's (every run was measured against their outputs), and the files under
+reports/ that they name; a run trained but not evaluated is left out and trains again next time (its model is not
+kept). Refuses, copying nothing, when the checkout's dvc.lock changes or drops a stage the record keeps, when a
+file differs from the md5 its entry records, when params.yaml differs from what a kept stage ran with, or when a
+run has metrics but no lock entries (the executor stopped before recording it). Then, for each new run, it prints
+whether its history (epoch, losses, LR) and its test metrics equal its twin's in the 2026-12-02/03 matrices, and a
+row for the results README's table of kept runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import statistics
@@ -23,15 +28,14 @@ import yaml
 from dvc.utils.serialize import dump_yaml, load_yaml
 
 from pipeline.provenance import stage_name
+from pipeline.tools.lineage_checks import params_drift
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "results"
 RECORD = RESULTS / "rootrun-cpu"
 TWINS = {"": RESULTS / "standin-study4-cpu-15ep", "_linear": RESULTS / "standin-linear4-cpu-15ep"}
 REFERENCE = Path(__file__).resolve().parents[1] / "pipeline" / "reference.yaml"
-COPIED = ("params.yaml", "reports/classifier.json")  # and dvc.lock, less the entries of runs not kept (write_lock)
-DIRS = ("reports/metrics", "reports/history", "reports/per_class", "reports/samples")
+RECORDED_STAGES = ("prepare", "classifier")  # besides the runs' own stages
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_objective", "val_loss", "lr"]
-RUN_STAGES = ("train@", "evaluate@")  # a (variant, seed) run's stages
 WRITTEN_SINCE = {"collapsed", "output_range", "run", "data_manifest_sha256"}  # not in the twins, or not comparable
 
 
@@ -46,11 +50,26 @@ def variant_and_seed(run: str) -> tuple[str, int]:
     return variant, int(seed)
 
 
+def run_stages(run: str) -> list[str]:
+    return [stage_name(kind, *variant_and_seed(run)) for kind in ("train", "evaluate")]
+
+
+def evaluated_runs(stages: dict) -> set[str]:
+    """The runs whose train and evaluate entries are both in dvc.lock, named by the metrics file evaluate wrote."""
+    metrics = {
+        Path(out["path"]).stem
+        for name, entry in stages.items()
+        if name.startswith("evaluate@")
+        for out in entry.get("outs", [])
+        if out["path"].startswith("reports/metrics/")
+    }
+    return {run for run in metrics if all(name in stages for name in run_stages(run))}
+
+
 def kept_entries(stages: dict, runs: set[str]) -> dict:
-    """The dvc.lock entries the record keeps: a run's train and evaluate entries only once its metrics are kept (a
-    run trained but not evaluated is trained again next time: its model is not kept), every other stage's."""
-    of_runs = {stage_name(kind, *variant_and_seed(run)) for run in runs for kind in ("train", "evaluate")}
-    return {name: entry for name, entry in stages.items() if not name.startswith(RUN_STAGES) or name in of_runs}
+    """The dvc.lock entries the record keeps, in dvc.lock's order: prepare's, the classifier's and the runs'."""
+    keep = {*RECORDED_STAGES, *(name for run in runs for name in run_stages(run))}
+    return {name: entry for name, entry in stages.items() if name in keep}
 
 
 def changed_stages(record: Path, checkout: Path) -> list[str]:
@@ -59,10 +78,30 @@ def changed_stages(record: Path, checkout: Path) -> list[str]:
     return [name for name, entry in kept.items() if now.get(name) != entry]
 
 
-def write_lock(checkout: Path, record: Path, runs: set[str]) -> None:
-    """The checkout's dvc.lock, as DVC writes it, less the entries of runs the record does not keep."""
-    lock = load_yaml(checkout / "dvc.lock")
-    dump_yaml(record / "dvc.lock", {**lock, "stages": kept_entries(lock["stages"], runs)})
+def recorded_files(entries: dict) -> dict[str, str]:
+    """Path -> md5 of each file under reports/ that the entries name as an output: what the record copies."""
+    return {
+        out["path"]: out.get("md5")
+        for entry in entries.values()
+        for out in entry.get("outs", [])
+        if out["path"].startswith("reports/")
+    }
+
+
+def inconsistencies(checkout: Path, entries: dict) -> list[str]:
+    """Files that differ from their entry's md5, and params.yaml values that differ from what a stage ran with."""
+    params = yaml.safe_load((checkout / "params.yaml").read_text())
+    problems = [
+        f"{key}: {stage} ran with {old!r}, params.yaml has {new!r}"
+        for stage in entries
+        for key, old, new in params_drift(entries, stage, params)
+    ]
+    for path, md5 in recorded_files(entries).items():
+        file = checkout / path
+        actual = hashlib.md5(file.read_bytes()).hexdigest() if file.is_file() else "no such file"
+        if actual != md5:
+            problems.append(f"{path} has md5 {actual}, dvc.lock records {md5}")
+    return problems
 
 
 def history_matches(new: Path, twin: Path) -> bool:
@@ -107,22 +146,31 @@ def table_row(run: str, checkout: Path, published: dict[str, float]) -> str:
 
 def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
     """Copies the checkout's record files into the record; returns what to print. ValueError: nothing copied."""
-    missing = [name for name in (*COPIED, "dvc.lock", *DIRS) if not (checkout / name).exists()]
+    missing = [name for name in ("params.yaml", "dvc.lock") if not (checkout / name).is_file()]
     if missing:
         raise ValueError(f"{checkout}: not a checkout that ran the matrix: no {', '.join(missing)}")
     if changed := changed_stages(record, checkout):
         raise ValueError(f"{checkout}/dvc.lock changes or drops kept stages: {', '.join(changed)}; nothing copied")
-    kept = {path.stem for path in (record / "reports" / "metrics").glob("*.json")}
-    new = sorted(path.stem for path in (checkout / "reports" / "metrics").glob("*.json") if path.stem not in kept)
+    stages = lock_stages(checkout)
+    kept, evaluated = evaluated_runs(lock_stages(record)), evaluated_runs(stages)
+    unrecorded = sorted(p.stem for p in (checkout / "reports" / "metrics").glob("*.json") if p.stem not in evaluated)
+    if unrecorded:
+        commit = " ".join(name for run in unrecorded for name in run_stages(run))
+        raise ValueError(
+            f"{', '.join(unrecorded)}: metrics but no dvc.lock entries; record them (dvc commit {commit})"
+            " or remove them; nothing copied"
+        )
+    entries = kept_entries(stages, evaluated)
+    if problems := inconsistencies(checkout, entries):
+        raise ValueError(f"{checkout} is not what its dvc.lock records: {'; '.join(problems)}; nothing copied")
+    new = sorted(evaluated - kept)
     published = {model: row["mse"] for model, row in yaml.safe_load(REFERENCE.read_text())["published_weights"].items()}
     lines = [line for run in new for line in (twin_report(run, checkout, twins), table_row(run, checkout, published))]
-    for name in DIRS:
-        shutil.copytree(checkout / name, record / name, dirs_exist_ok=True)
-    for name in COPIED:
-        (record / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(checkout / name, record / name)
-    write_lock(checkout, record, kept | set(new))  # last: once what it names is there
-    return [*lines, f"kept {len(kept) + len(new)} runs in {record} ({len(new)} new)"]
+    for path in ["params.yaml", *recorded_files(entries)]:
+        (record / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkout / path, record / path)
+    dump_yaml(record / "dvc.lock", {**load_yaml(checkout / "dvc.lock"), "stages": entries})  # last: it names the runs
+    return [*lines, f"kept {len(evaluated)} runs in {record} ({len(new)} new)"]
 
 
 def main(argv: list[str] | None = None) -> int:

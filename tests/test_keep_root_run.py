@@ -1,7 +1,9 @@
-"""scripts.keep_root_run: a finished run of the root matrix copied into its record, checked against its twin."""
+"""scripts.keep_root_run: a finished run of the root matrix copied into its record, checked against its twin and
+against what the checkout's dvc.lock records."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import yaml
 from scripts import keep_root_run
 
 HISTORY = "epoch,train_loss,train_objective,val_loss,lr,seconds,images_per_s,val_output_range\n"
-LOCK = {"prepare": {"outs": [{"path": "data/prepared", "md5": "a.dir"}]}, "classifier": {"outs": [{"md5": "b"}]}}
+PARAMS = {"seeds": [0, 1, 2], "train": {"lr": 0.003}}
+TRAIN_OUT, EVALUATE_OUTS = "history/{}.csv", ("metrics/{}.json", "per_class/{}.csv", "samples/{}.npy")
 
 
 def write_run(root: Path, run: str, mse: float, train_loss: str = "0.5", reports: str = "reports/") -> None:
@@ -19,22 +22,45 @@ def write_run(root: Path, run: str, mse: float, train_loss: str = "0.5", reports
     rows = "".join(
         f"{epoch},{train_loss},{train_loss},0.25,0.001,{s},100,0.9\n" for epoch, s in enumerate((10, 30, 20), 1)
     )
-    for name, text in (
-        (f"{reports}history/{run}.csv", HISTORY + rows),
-        (f"{reports}metrics/{run}.json", json.dumps({"mse": mse, "psnr": 25.0, "dead_latent_units": 2, "run": {}})),
-        (f"{reports}per_class/{run}.csv", "class,mse\n"),
-        (f"{reports}samples/{run}.npy", ""),
-    ):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
+    texts = (HISTORY + rows, json.dumps({"mse": mse, "psnr": 25.0, "dead_latent_units": 2, "run": {}}), "c,m\n", "")
+    for name, text in zip((TRAIN_OUT, *EVALUATE_OUTS), texts):
+        (root / reports / name.format(run)).parent.mkdir(parents=True, exist_ok=True)
+        (root / reports / name.format(run)).write_text(text)
 
 
-def write_checkout(root: Path, lock: dict, runs: dict[str, float]) -> Path:
+def outs(root: Path, *paths: str) -> list[dict]:
+    return [{"path": path, "hash": "md5", "md5": hashlib.md5((root / path).read_bytes()).hexdigest()} for path in paths]
+
+
+def entries(root: Path, run: str, evaluated: bool = True) -> dict:
+    """The train (and evaluate) entries dvc.lock would hold for the run's files under root."""
+    variant, seed = keep_root_run.variant_and_seed(run)
+    params = {"params.yaml": {"train": PARAMS["train"]}}
+    found = {f"train@{variant}-{seed}": {"params": params, "outs": outs(root, f"reports/{TRAIN_OUT.format(run)}")}}
+    if evaluated:
+        found[f"evaluate@{variant}-{seed}"] = {"outs": outs(root, *(f"reports/{n.format(run)}" for n in EVALUATE_OUTS))}
+    return found
+
+
+def write_checkout(root: Path, runs: dict[str, float], extra: dict | None = None, trained: str | None = None) -> Path:
+    """A checkout whose dvc.lock records prepare, the classifier, each run's entries and `extra` ones; `trained`:
+    a run trained but not evaluated."""
     for run, mse in runs.items():
         write_run(root, run, mse)
-    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": lock}, sort_keys=False))
-    (root / "params.yaml").write_text("seeds: [0, 1, 2]\n")
     (root / "reports" / "classifier.json").write_text("{}")
+    lock = {
+        "prepare": {"outs": [{"path": "data/prepared", "md5": "a.dir"}]},
+        "classifier": {"outs": outs(root, "reports/classifier.json")},
+    }
+    for run in runs:
+        lock.update(entries(root, run))
+    if trained:
+        write_run(root, trained, 0.1)
+        (root / "reports" / "metrics" / f"{trained}.json").unlink()
+        lock.update(entries(root, trained, evaluated=False))
+    lock.update(extra or {})
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": lock}, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     return root
 
 
@@ -46,11 +72,14 @@ def twins(tmp_path: Path) -> dict[str, Path]:
     return twins
 
 
-def test_a_new_run_is_copied_in_checked_against_its_twin_and_given_its_table_row(tmp_path, twins):
-    record = write_checkout(tmp_path / "record", LOCK, {"model01-seed0": 0.00446})
-    later = {**LOCK, "train@model04-0": {"outs": [{"md5": "c"}]}}
+@pytest.fixture
+def record(tmp_path: Path) -> Path:
+    return write_checkout(tmp_path / "record", {"model01-seed0": 0.00446})
+
+
+def test_a_new_run_is_copied_in_checked_against_its_twin_and_given_its_table_row(tmp_path, twins, record):
     runs = {"model01-seed0": 0.00446, "model04-seed0": 0.0038, "model04_linear-seed0": 0.0032}
-    checkout = write_checkout(tmp_path / "checkout", later, runs)
+    checkout = write_checkout(tmp_path / "checkout", runs)
     lines = keep_root_run.keep(checkout, record, twins)
     assert lines[0] == "model04-seed0: history equal to its twin's (study4), test metrics equal"
     assert lines[1] == "| model04 seed 0 | 0.00380 | 0.73 | 2 | 25.00 dB | 60 (20.0) |"  # 0.0038 / model04's 0.00520
@@ -58,37 +87,77 @@ def test_a_new_run_is_copied_in_checked_against_its_twin_and_given_its_table_row
         lines[2] == "model04_linear-seed0: history DIFFERENT from its twin's (linear4), test metrics DIFFERENT in mse"
     )
     assert lines[-1].endswith("(2 new)")
-    assert keep_root_run.lock_stages(record) == later
-    assert list(keep_root_run.lock_stages(record)) == list(later)  # in the checkout's order
+    assert keep_root_run.lock_stages(record) == keep_root_run.lock_stages(checkout)
+    assert list(keep_root_run.lock_stages(record)) == list(keep_root_run.lock_stages(checkout))  # in its order
     assert sorted(p.name for p in (record / "reports" / "metrics").iterdir()) == [f"{run}.json" for run in runs]
 
 
-def test_a_run_trained_but_not_evaluated_is_left_out_of_the_record_and_may_train_again(tmp_path, twins):
-    record = write_checkout(tmp_path / "record", LOCK, {"model01-seed0": 0.00446})
-    unfinished = {**LOCK, "train@model03-1": {"outs": [{"md5": "history as first trained"}]}}
-    checkout = write_checkout(tmp_path / "checkout", unfinished, {"model01-seed0": 0.00446})
+def test_a_run_trained_but_not_evaluated_is_left_out_of_the_record_and_may_train_again(tmp_path, twins, record):
+    before = keep_root_run.lock_stages(record)
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446}, trained="model03-seed1")
     assert keep_root_run.keep(checkout, record, twins)[-1].endswith("(0 new)")
-    assert keep_root_run.lock_stages(record) == LOCK  # its model is not kept: the next session trains it again
-    retrained = {**unfinished, "train@model03-1": {"outs": [{"md5": "history with other seconds"}]}}
-    later = write_checkout(tmp_path / "later", retrained, {"model01-seed0": 0.00446, "model03-seed1": 0.004})
+    assert keep_root_run.lock_stages(record) == before  # its model is not kept: the next session trains it again
+    assert not (record / "reports" / "history" / "model03-seed1.csv").exists()  # nor its history
+    later = write_checkout(tmp_path / "later", {"model01-seed0": 0.00446, "model03-seed1": 0.004})
     assert keep_root_run.keep(later, record, twins)[-1].endswith("(1 new)")
-    assert keep_root_run.lock_stages(record) == retrained
+    assert "evaluate@model03-1" in keep_root_run.lock_stages(record)
 
 
-def test_a_checkout_whose_lock_changes_a_kept_stage_is_refused_and_nothing_is_copied(tmp_path, twins):
-    record = write_checkout(tmp_path / "record", LOCK, {"model01-seed0": 0.00446})
+def test_only_the_runs_prepares_and_the_classifiers_entries_are_kept(tmp_path, twins, record):
+    baselines = {"baselines": {"outs": [{"path": "reports/baselines.json", "md5": "not copied"}]}}
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446}, extra=baselines)
+    (checkout / "reports" / "baselines.json").write_text("{}")
+    keep_root_run.keep(checkout, record, twins)
+    assert "baselines" not in keep_root_run.lock_stages(record)  # an entry whose output the record would not hold
+
+
+def test_a_checkout_whose_lock_changes_a_kept_stage_is_refused_and_nothing_is_copied(tmp_path, twins, record):
     before = (record / "dvc.lock").read_text()
-    changed = {**LOCK, "prepare": {"outs": [{"path": "data/prepared", "md5": "other.dir"}]}}
-    checkout = write_checkout(tmp_path / "checkout", changed, {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
+    changed = {"prepare": {"outs": [{"path": "data/prepared", "md5": "other.dir"}]}}
+    runs = {"model01-seed0": 0.00446, "model04-seed0": 0.0038}
+    checkout = write_checkout(tmp_path / "checkout", runs, extra=changed)
     with pytest.raises(ValueError, match="changes or drops kept stages: prepare; nothing copied"):
         keep_root_run.keep(checkout, record, twins)
     assert (record / "dvc.lock").read_text() == before
     assert not (record / "reports" / "metrics" / "model04-seed0.json").exists()
 
 
+def test_metrics_without_their_lock_entries_are_refused_naming_the_commit_that_records_them(tmp_path, twins, record):
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446})
+    write_run(checkout, "model04-seed2", 0.004)  # evaluated, but the executor stopped before recording it
+    with pytest.raises(
+        ValueError,
+        match=r"model04-seed2: metrics but no dvc.lock entries; record them \(dvc commit "
+        r"train@model04-2 evaluate@model04-2\) or remove them; nothing copied",
+    ):
+        keep_root_run.keep(checkout, record, twins)
+    assert not (record / "reports" / "metrics" / "model04-seed2.json").exists()
+
+
+def test_a_file_or_a_param_other_than_dvc_lock_records_is_refused(tmp_path, twins, record):
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
+    (checkout / "reports" / "metrics" / "model01-seed0.json").write_text('{"mse": 0.999}')  # edited after evaluate
+    with pytest.raises(ValueError, match="reports/metrics/model01-seed0.json has md5 [0-9a-f]{32}, dvc.lock records [0-9a-f]{32}"):
+        keep_root_run.keep(checkout, record, twins)
+    edited = write_checkout(tmp_path / "edited", {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
+    (edited / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "train": {"lr": 0.01}}))  # dvc exp run -S, say
+    with pytest.raises(ValueError, match=r"train.lr: train@model01-0 ran with 0.003, params.yaml has 0.01"):
+        keep_root_run.keep(edited, record, twins)
+    assert yaml.safe_load((record / "params.yaml").read_text()) == PARAMS
+    assert not (record / "reports" / "metrics" / "model04-seed0.json").exists()
+
+
+def test_a_copy_stopped_before_the_lock_is_written_is_done_again_in_full(tmp_path, twins, record, monkeypatch):
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
+    monkeypatch.setattr(keep_root_run, "dump_yaml", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        keep_root_run.keep(checkout, record, twins)
+    assert (record / "reports" / "metrics" / "model04-seed0.json").exists()  # copied, but not in the record's lock
+    monkeypatch.undo()
+    lines = keep_root_run.keep(checkout, record, twins)
+    assert lines[0].startswith("model04-seed0: history equal") and lines[-1].endswith("(1 new)")
+
+
 def test_the_command_says_what_is_missing_from_a_directory_that_is_not_a_checkout(tmp_path, capsys):
     assert keep_root_run.main([str(tmp_path), "--record", str(tmp_path / "record")]) == 1
-    assert (
-        "not a checkout that ran the matrix: no params.yaml, reports/classifier.json, dvc.lock"
-        in capsys.readouterr().err
-    )
+    assert "not a checkout that ran the matrix: no params.yaml, dvc.lock" in capsys.readouterr().err
