@@ -127,3 +127,39 @@ def test_images_that_cannot_all_be_written_leave_nothing_behind(tmp_path, monkey
     with pytest.raises(OSError, match="No space left"):
         codec_cli.write_images(np.zeros((3, 28, 28), np.uint8), tmp_path / "decoded")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_16_bit_png_keeps_its_grey_levels_and_a_transparent_one_is_refused(tmp_path):
+    levels = np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) % 256
+    deep = tmp_path / "deep.png"
+    Image.fromarray(levels * 257).save(deep)  # 16 bits per pixel: 0..65535
+    assert codec_cli.read_png(deep).tolist() == levels.tolist()
+    glyph_in_alpha = tmp_path / "alpha.png"
+    Image.fromarray(np.dstack([np.zeros((28, 28), np.uint8), levels.astype(np.uint8)]), mode="LA").save(glyph_in_alpha)
+    with pytest.raises(codec.CodecError, match="has transparent pixels; save it as an opaque grayscale PNG"):
+        codec_cli.read_png(glyph_in_alpha)
+    opaque = tmp_path / "opaque.png"
+    Image.fromarray(np.full((28, 28, 4), 255, np.uint8), mode="RGBA").save(opaque)
+    assert codec_cli.read_png(opaque).min() == 255
+
+
+def test_writing_images_leaves_a_directory_of_a_similar_name_alone(tmp_path):
+    mine = tmp_path / "decoded.partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    codec_cli.write_images(np.zeros((2, 28, 28), np.uint8), tmp_path / "decoded")
+    assert (mine / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoded", "decoded.partial"]
+    assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == ["000000.png", "000001.png"]
+
+
+def test_ctrl_c_and_a_full_disk_are_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(codec_cli, "load_params", lambda path: type("P", (), {"variant": len, "seeds": [0]})())
+    argv = ["compress", "model01", str(tmp_path / "in"), str(tmp_path / "out.cnz")]
+    for error, code, line in [
+        (KeyboardInterrupt(), 130, "codec: interrupted\n"),
+        (OSError(28, "No space left on device"), 1, f"codec: error: {tmp_path / 'out.cnz'}: No space left on device\n"),
+    ]:
+        monkeypatch.setattr(codec_cli, "compress", lambda *args, error=error: (_ for _ in ()).throw(error))
+        assert codec_cli.main(argv) == code
+        assert capsys.readouterr().err == line

@@ -14,12 +14,14 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pipeline import paths
+from pipeline.cli import os_error_line
 from pipeline.lib import codec, encoding
 from pipeline.lib.codec import CodecError
 from pipeline.lib.config import IMAGE_SIZE, ConfigError, Params, load_params, run_name
@@ -53,9 +55,19 @@ def read_png(path: Path) -> np.ndarray:
                 raise CodecError(
                     f"{path}: expected {IMAGE_SIZE}x{IMAGE_SIZE} pixels, got {image.size[0]}x{image.size[1]}"
                 )
-            return np.asarray(image.convert("L"))
+            return _grayscale(image, path)
     except (Image.UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
         raise CodecError(f"{path}: not a readable PNG ({err})") from None
+
+
+def _grayscale(image: Image.Image, path: Path) -> np.ndarray:
+    """uint8 grey levels: 16-bit PNGs scaled down, not clipped to black and white; transparency refused, since what
+    shows through it is not in the file."""
+    if image.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I" holding 0..65535)
+        return (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
+    if "A" in image.getbands() and image.getchannel("A").getextrema()[0] < 255:
+        raise CodecError(f"{path}: has transparent pixels; save it as an opaque grayscale PNG")
+    return np.asarray(image.convert("L"))
 
 
 def write_images(images: np.ndarray, out_dir: Path) -> None:
@@ -65,9 +77,8 @@ def write_images(images: np.ndarray, out_dir: Path) -> None:
         raise CodecError(f"{out_dir}: the working directory or one holding it; choose a new directory")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise CodecError(f"{out_dir}: exists and is not an empty directory; choose a new one")
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))  # its own
     try:
         for i, image in enumerate(images):
             Image.fromarray(image).save(tmp / f"{i:06d}.png")
@@ -133,9 +144,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             count = decompress(params, args.variant, seed, args.source, args.out)
             print(f"codec: wrote {count} images to {args.out}")
-    except (CodecError, ConfigError, DataError, OSError) as err:
+    except (CodecError, ConfigError, DataError) as err:
         print(f"codec: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a full disk names no file: the output it was writing
+        print(
+            f"codec: error: {os_error_line(err) if err.filename else f'{args.out}: {err.strerror or err}'}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:  # nothing half-written is left: the outputs are renamed into place when complete
+        print("codec: interrupted", file=sys.stderr)
+        return 130
     except MemoryError:
         print("codec: error: out of memory (the input is larger than this machine can hold)", file=sys.stderr)
         return 1
