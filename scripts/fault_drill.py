@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from dvc.repo import Repo
 
-from tests.conftest import TINY_SPEC, make_project
+from tests.conftest import REPO, TINY_SPEC, make_project
 from tests.fakedata import make_emnist_dir
 
 STAGES = ["prepare", "classifier", "baselines", "train@tiny-0", "evaluate@tiny-0", "report"]
@@ -143,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m scripts.fault_drill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", default="768m", help="the tmpfs the project lives on")
-    parser.add_argument("--out", type=Path, default=Path("reports/results/fault_drill.md"))
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "results" / "fault_drill.md")
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="fault-drill-"))
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.size}", "tmpfs", str(base)]).returncode:
-        print("fault_drill: cannot mount a tmpfs (needs root): no full disk to test on", file=sys.stderr)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.size}", "tmpfs", str(base)], capture_output=True)
+    if mount.returncode:
+        base.rmdir()
+        reason = (mount.stderr.decode(errors="replace").strip() or "needs root").splitlines()[0]
+        print(f"fault_drill: cannot mount a tmpfs ({reason}): no full disk to test on", file=sys.stderr)
         return 2
     rows = []
     try:
@@ -161,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["umount", "-l", str(base)])
         shutil.rmtree(base, ignore_errors=True)
     table = pd.DataFrame(rows).fillna("n/a").to_markdown(index=False)
+    print(table)  # first: an --out that cannot be written loses nothing of the drill
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(f"# Fault drill\n\n`python -m scripts.fault_drill`\n\n{COLUMNS}\n\n{table}\n")
-    print(table)
     return 0
 
 

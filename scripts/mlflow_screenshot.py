@@ -54,7 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "mlflow_compare.png")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
     parser.add_argument("--width", type=int, default=1800)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not shutil.which(args.chromium):  # before the server starts, not as a traceback after it
+        parser.error(f"no Chromium at {args.chromium!r}: apt-get install chromium, or --chromium PATH")
+    return args
 
 
 def snapshot(store: str, directory: Path) -> str:
@@ -71,11 +74,17 @@ def snapshot(store: str, directory: Path) -> str:
 
 
 def pick_runs(client: MlflowClient, experiment: str, names: list[str]) -> tuple[str, list]:
-    """The named FINISHED runs, in the given order; only the evaluated ones (test_* metrics) if two or more are."""
+    """The named FINISHED runs, the latest of each name, in the given order; only the evaluated ones (test_* metrics)
+    if two or more are."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise SystemExit(f"no experiment {experiment!r} in the store")
-    runs = {r.info.run_name: r for r in client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'")}
+    newest_first = client.search_runs(
+        [found.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"]
+    )
+    runs = {}
+    for run in newest_first:  # a retrained run's name comes again, older
+        runs.setdefault(run.info.run_name, run)
     chosen = [runs[name] for name in names if name in runs]
     evaluated = [r for r in chosen if "test_mse" in r.data.metrics]
     picked = evaluated if len(evaluated) >= 2 else chosen

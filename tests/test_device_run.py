@@ -98,6 +98,25 @@ def test_an_epochs_time_is_the_timed_steps_scaled_to_a_full_epochs_steps(project
     assert seconds == pytest.approx(6.0 / 3 * math.ceil(train_images / 64))  # per step, times a full epoch's steps
 
 
+def test_a_budget_under_one_epoch_says_so_and_a_budget_below_zero_is_refused(project, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(device_run, "seconds_per_epoch", lambda *_: 10.0)
+    monkeypatch.setattr(device_run, "train_run", lambda *args: tmp_path / "never written")
+    monkeypatch.setattr(device_run, "sha256_file", lambda path: "")
+    assert device_run.main(["train", "tiny", str(tmp_path / "a"), "--budget-s", "5", *project["args"]]) == 0
+    assert "-> 1 epochs in 5 s (the budget is under one epoch with its 30% margin: one epoch anyway)" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit) as exit_:
+        device_run.main(["train", "tiny", str(tmp_path / "b"), "--budget-s", "-5", *project["args"]])
+    assert exit_.value.code == 2 and "--budget-s must be a number of seconds > 0, not -5.0" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line(project, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(device_run, "run_evaluate", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert device_run.main(["evaluate", "tiny", str(tmp_path), *project["args"]]) == 130
+    assert capsys.readouterr().err == "device_run: interrupted\n"
+
+
 def own_epochs_params(project, tmp_path: Path) -> Path:
     """The project's params with the variant setting its own train.epochs."""
     raw = yaml.safe_load(Path(project["args"][1]).read_text())

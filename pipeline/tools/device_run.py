@@ -79,7 +79,14 @@ def run_train(args) -> None:
     if epochs is None:
         per_epoch = seconds_per_epoch(train_params(args, 1), args.variant, args.prepared)
         epochs = max(1, min(MAX_EPOCHS, int(args.budget_s / (per_epoch * 1.3))))
-        print(f"{args.variant}: {per_epoch:.1f} s per epoch -> {epochs} epochs in {args.budget_s:.0f} s", flush=True)
+        over = (
+            " (the budget is under one epoch with its 30% margin: one epoch anyway)"
+            if epochs * per_epoch * 1.3 > args.budget_s
+            else ""
+        )
+        print(
+            f"{args.variant}: {per_epoch:.1f} s per epoch -> {epochs} epochs in {args.budget_s:.0f} s{over}", flush=True
+        )
     params = train_params(args, epochs)
     device = pick_device(params.train_for(args.variant).device)
     name, started = config.run_name(args.variant, args.seed), time.perf_counter()
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and (args.epochs is None) == (args.budget_s is None):
         parser.error("train needs exactly one of --epochs and --budget-s")
+    if args.budget_s is not None and not args.budget_s > 0:
+        parser.error(f"--budget-s must be a number of seconds > 0, not {args.budget_s}")
     args.outdir.mkdir(parents=True, exist_ok=True)
     try:
         (run_train if args.command == "train" else run_evaluate)(args)
@@ -148,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"device_run: {os_error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("device_run: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
