@@ -78,7 +78,7 @@ def draw_all(
     samples = {name: originals for name in results.groupby("variant", sort=False).head(1).index}
     figures.report_figures(
         results,
-        stats.aggregate(results, report_text.SEED_COLUMNS, report_text.SEED_FLOORS),
+        stats.aggregate(results, report_text.SEED_COLUMNS, report_text.SEED_FLOORS, report_text.SEED_CEILINGS),
         means,
         rate_distortion.assemble(means, [baseline]),
         histories,
@@ -129,9 +129,16 @@ def test_bars_start_at_zero(monkeypatch, tmp_path, values):
             assert all(bar.get_height() <= ax.get_ylim()[1] for bar in ax.patches if hasattr(bar, "get_height"))
 
 
-def test_each_seed_is_a_dot_on_its_variants_mean_bar(monkeypatch, tmp_path):
+@pytest.fixture(scope="module")
+def three(tmp_path_factory) -> dict:
+    """THREE_VARIANTS' figures with nothing published, drawn once for the tests that only read them."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return draw_all(monkeypatch, tmp_path_factory.mktemp("three"), make_results(THREE_VARIANTS))
+
+
+def test_each_seed_is_a_dot_on_its_variants_mean_bar(three):
     results = make_results(THREE_VARIANTS)
-    fig = draw_all(monkeypatch, tmp_path, results)["study_comparison"]
+    fig = three["study_comparison"]
     variants = list(THREE_VARIANTS)
     for ax in fig.axes:
         assert sum(len(c.get_offsets()) for c in ax.collections) == 2 * len(results)  # two bars per variant
@@ -176,25 +183,24 @@ def test_the_study_comparison_legends_cover_no_bar_dot_or_published_line(monkeyp
         assert ax.get_legend().get_window_extent().y0 > top, ax.get_title()
 
 
-def test_the_per_class_legend_sits_beside_the_bars_whose_right_end_reaches_the_top(monkeypatch, tmp_path):
-    fig = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS))["per_class_psnr"]
+def test_the_per_class_legend_sits_beside_the_bars_whose_right_end_reaches_the_top(three):
+    fig = three["per_class_psnr"]
     fig.canvas.draw()
     ((ax,), (legend,)) = fig.axes, fig.legends
     assert [t.get_text() for t in legend.get_texts()] == list(THREE_VARIANTS)
     assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
 
 
-def test_the_rate_distortion_legend_sits_below_both_panels(monkeypatch, tmp_path):
-    fig = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS))["rate_distortion"]
+def test_the_rate_distortion_legend_sits_below_both_panels(three):
+    fig = three["rate_distortion"]
     fig.canvas.draw()
     (legend,) = fig.legends
     assert "jpeg" in [t.get_text() for t in legend.get_texts()]
     assert all(legend.get_window_extent().y1 <= ax.get_window_extent().y0 for ax in fig.axes)
 
 
-def test_the_seed_spread_figure_has_a_dot_per_seed(monkeypatch, tmp_path):
-    results = make_results(THREE_VARIANTS)
-    fig = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"]
+def test_the_seed_spread_figure_has_a_dot_per_seed(three):
+    fig = three["findings_seed_spread"]
     for ax in fig.axes:
         assert [len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)] == [3, 3, 3]
 
@@ -213,9 +219,8 @@ def test_the_seed_spread_figure_puts_each_seed_beside_its_mean_not_on_it(monkeyp
             assert dots_x.max() < tick + 0.5  # and in the same slot
 
 
-def test_the_interval_of_a_count_stops_at_zero(monkeypatch, tmp_path):
-    results = make_results(THREE_VARIANTS)  # dead units 0, 1, 0: a t-interval of the mean from -1.1 to 1.8
-    *_, dead = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"].axes
+def test_the_interval_of_a_count_stops_at_zero(three):
+    *_, dead = three["findings_seed_spread"].axes  # dead units 0, 1, 0: a t-interval of the mean from -1.1 to 1.8
     (errorbar,) = dead.containers
     lows = [segment[:, 1].min() for segment in errorbar.lines[2][0].get_segments()]
     assert lows == pytest.approx([0.0] * len(THREE_VARIANTS))
