@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import paths, tracking
-from pipeline.lib import schema
+from pipeline.lib import report_text, schema
 from pipeline.lib.io import DataError
 from pipeline.lib.models import COLLAPSED_RANGE
 from pipeline.stages import report as report_stage
@@ -147,3 +147,18 @@ def test_report_refuses_metrics_that_do_not_follow_the_schema(workspace):
     path.write_text(json.dumps(broken))
     with pytest.raises(DataError, match=r"tinyB-seed0\.json: no key ssim"):
         report_stage.write_report(workspace["params"])
+
+
+def test_the_report_hands_its_collapsed_runs_and_its_columns_ceilings_to_the_findings(workspace, monkeypatch):
+    for variant in ("tinyA", "tinyB"):
+        run_evaluate(workspace, variant)
+    metrics_file = paths.metrics_file("tinyB-seed0")
+    metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "collapsed": True}))
+    seen, findings, aggregate = {}, report_text.findings, report_stage.stats.aggregate
+    monkeypatch.setattr(report_text, "findings", lambda *args: seen.update(collapsed=args[4]) or findings(*args))
+    monkeypatch.setattr(
+        report_stage.stats, "aggregate", lambda *args: seen.update(ceilings=args[3]) or aggregate(*args)
+    )
+    path, *_ = report_stage.write_report(workspace["params"])
+    assert seen == {"collapsed": frozenset({"tinyB"}), "ceilings": report_text.SEED_CEILINGS}
+    assert "- Collapsed (every test image decodes to the same image): tinyB seed 0" in path.read_text()

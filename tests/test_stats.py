@@ -132,8 +132,8 @@ def test_findings_state_the_best_variant_and_which_differences_are_real():
     assert "Significantly worse than model01" in text and ": model02, model04." in text
     assert "Not distinguishable from model01 with 3 seeds: model03." in text
     assert (
-        "model01 (layer 3) < model03 (layer 2) < model04 (layer 1) < model02 (layer 4), "
-        "the same order as the study's (layer 3 < 2 < 1 < 4)"
+        "model01 (layer 3) < model03 (layer 2) < model04 (layer 1) < model02 (layer 4) (the last 172.7% above the "
+        "first), the same order as the study's (layer 3 < 2 < 1 < 4)"
     ) in text
     assert (
         "5 of 6 pairs significant (model01–model02, model01–model04, model02–model03, model02–model04, "
@@ -159,8 +159,8 @@ def test_findings_say_when_nothing_exceeds_the_seed_spread():
 def test_a_matrix_with_some_of_the_positions_is_compared_on_those():
     text = "\n".join(study_case({"model01": [0.010, 0.011, 0.012], "model03": [0.020, 0.021, 0.022]}))
     assert (
-        "model01 (layer 3) < model03 (layer 2), the same order as the study's among these positions (layer 3 < 2)"
-        in text
+        "model01 (layer 3) < model03 (layer 2) (the last 90.9% above the first), the same order as the study's "
+        "among these positions (layer 3 < 2)" in text
     )
 
 
@@ -186,7 +186,8 @@ def test_a_pair_without_spread_is_named_untestable_not_indistinguishable():
     text = "\n".join(study_case({"model01": [0.25] * 3, "model02": [0.5] * 3, "model03": [0.3, 0.4, 0.5]}))
     assert "Not distinguishable from model01 with 3 seeds: model03." in text  # tested: model03 has a spread
     assert "Not testable against it (no spread over seeds on either side): model02." in text
-    assert "0 of 3 pairs significant, 1 not testable (no spread over seeds)" in text
+    assert "0 of 3 pairs significant, 1 not testable (no spread over seeds), so no tested difference between " in text
+    assert "exceeds the seed spread; the others are unknown." in text
 
 
 def test_differences_that_only_collapsed_runs_make_are_not_credited_to_the_upsampling_position():
@@ -222,3 +223,51 @@ def test_a_variant_mean_is_missing_where_a_seed_lacks_the_value():
         math.isnan(means.loc["a", "bytes_per_image_uint8_range"])
         and means.loc["b", "bytes_per_image_uint8_range"] == 30
     )
+
+
+def test_each_model_is_set_beside_its_linear_twin_with_the_pairs_own_test():
+    runs = runs_table({"model01": [0.0042, 0.0045, 0.0040], "model01_linear": [0.0031, 0.00309, 0.00308], "m": [1.0]})
+    summary, tests = stats.aggregate(runs, ["mse"]), stats.pairwise_welch(runs, "mse")
+    (line,) = report_findings.twin_finding(summary, tests)
+    adjusted = tests.set_index(["a", "b"]).p_adjusted["model01", "model01_linear"]
+    assert f"model01 0.00423 → model01_linear 0.00309 (-27%, adjusted p {adjusted:.3f}" in line
+    assert report_findings.twin_finding(summary.loc[["m"]], tests) == []  # no twins: nothing to say
+
+
+def test_dead_units_are_correlated_with_mse_over_the_runs_of_the_variants_that_have_any():
+    runs = runs_table({"a": [0.004, 0.005, 0.006], "b": [0.003, 0.003, 0.003]}).assign(
+        dead_latent_units=[2, 4, 6, 0, 0, 0]
+    )
+    study = pd.DataFrame({"dead_latent_units": [4.0, 18.0]}, index=["a", "other"])
+    (line,) = report_findings.dead_units_finding(runs, study)
+    assert (
+        line == "- Test MSE tracks dead latent units over the 3 runs of the variants that have any: Pearson r = "
+        "1.00; the published weights have a 4."
+    )
+    assert report_findings.dead_units_finding(runs.assign(dead_latent_units=0), study) == []
+
+
+def test_runs_far_better_than_the_published_weights_are_named_too():
+    check = pd.DataFrame(
+        {
+            "variant": ["model01", "model02", "model02"],
+            "seed": [0, 0, 1],
+            "ratio": [1.1, 0.31, 0.36],
+            "at_most_15%_above": [True, True, True],
+            "dead_latent_units": [5, 3, 1],
+            "dead_latent_units_published": [4, 18, 18],
+        }
+    )
+    (line,) = report_findings.published_weights_finding(check, 0.15)
+    assert line.endswith(
+        "3 of 3 runs of the study's models reach a test MSE at most 15% above theirs; far below theirs (under "
+        "0.85×): model02 seeds 0, 1 (0.31–0.36×, 1–3 dead latent units against 18)."
+    )
+
+
+def test_the_pairwise_table_reads_in_fixed_point_with_the_relative_difference():
+    table = report_text.pairwise_markdown(
+        stats.pairwise_welch(runs_table({"a": [0.0042, 0.0044], "b": [0.004, 0.0041]}), "mse")
+    )
+    row = table.splitlines()[2]
+    assert "0.004300" in row and "0.004050" in row and "+0.000250" in row and "+6.2%" in row

@@ -31,21 +31,7 @@ def findings(
             "- With one seed per variant no difference can be told from seed-to-seed luck; "
             "list more `seeds:` in params.yaml."
         ]
-    involving = tests[(tests.a == best) | (tests.b == best)]
-    others = lambda frame: [b if a == best else a for a, b in zip(frame.a, frame.b)]  # noqa: E731
-    tested = involving.p.notna()
-    worse, tied = others(involving[involving.significant]), others(involving[tested & ~involving.significant])
-    untested = others(involving[~tested])
-    lines.append(
-        f"- Significantly worse than {best} (Welch's t-test on per-seed test MSE, Benjamini-Hochberg "
-        f"adjusted p < {stats.ALPHA}): {', '.join(worse) or 'none'}. "
-        f"Not distinguishable from {best} with {n} seeds: {', '.join(tied) or 'none'}."
-        + (
-            f" Not testable against it (no spread over seeds on either side): {', '.join(untested)}."
-            if untested
-            else ""
-        )
-    )
+    lines.append(_against_the_best(tests, best, n))
     for label, members in stats.families(specs).items():
         lines.append(_family_finding(label, members, summary, tests, specs, reference, collapsed))
     dead = summary[summary.dead_latent_units_mean > 0]
@@ -56,6 +42,25 @@ def findings(
             + ("; every other variant 0." if len(dead) < len(summary) else ".")
         )
     return lines
+
+
+def _against_the_best(tests: pd.DataFrame, best: str, n: int) -> str:
+    """Which variants are significantly worse than the best, which cannot be told from it, which were not tested."""
+    involving = tests[(tests.a == best) | (tests.b == best)]
+    others = lambda frame: [b if a == best else a for a, b in zip(frame.a, frame.b)]  # noqa: E731
+    tested = involving.p.notna()
+    worse, tied = others(involving[involving.significant]), others(involving[tested & ~involving.significant])
+    untested = others(involving[~tested])
+    return (
+        f"- Significantly worse than {best} (Welch's t-test on per-seed test MSE, Benjamini-Hochberg "
+        f"adjusted p < {stats.ALPHA}): {', '.join(worse) or 'none'}. "
+        f"Not distinguishable from {best} with {n} seeds: {', '.join(tied) or 'none'}."
+        + (
+            f" Not testable against it (no spread over seeds on either side): {', '.join(untested)}."
+            if untested
+            else ""
+        )
+    )
 
 
 def _family_finding(
@@ -79,15 +84,18 @@ def _family_finding(
     pairs = f" ({', '.join(f'{a}–{b}' for a, b in zip(hits.a, hits.b))})" if len(hits) else ""
     untested = int(inside.p.isna().sum())
     untested_note = f", {untested} not testable (no spread over seeds)" if untested else ""
+    means = summary.mse_mean[ordered]
     return (
         f"- Decoder family ({label}): by mean MSE "
         + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
+        + f" (the last {means.iloc[-1] / means.iloc[0] - 1:.1%} above the first)"
         + f", {same_order} the study's{among} (layer {' < '.join(map(str, compared))}); "
-        + f"{len(hits)} of {len(inside)} pairs significant{pairs}{untested_note}, so {_verdict(hits, collapsed)}."
+        + f"{len(hits)} of {len(inside)} pairs significant{pairs}{untested_note}, "
+        + f"so {_verdict(hits, collapsed, untested)}."
     )
 
 
-def _verdict(hits: pd.DataFrame, collapsed: frozenset[str]) -> str:
+def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int) -> str:
     """What the significant pairs of one decoder family say about the upsampling position."""
     sound = hits[~hits.a.isin(collapsed) & ~hits.b.isin(collapsed)]
     if len(sound):
@@ -95,6 +103,8 @@ def _verdict(hits: pd.DataFrame, collapsed: frozenset[str]) -> str:
     if len(hits):
         named = ", ".join(sorted(set(hits.a).union(hits.b) & collapsed))
         return f"only pairs with collapsed runs ({named}) differ: failed training, not the upsampling position"
+    if untested:
+        return "no tested difference between upsampling positions exceeds the seed spread; the others are unknown"
     return "no difference between upsampling positions exceeds the seed spread"
 
 
@@ -123,14 +133,71 @@ def published_weights_finding(check: pd.DataFrame, band: float) -> list[str]:
     if check.empty:
         return []
     outside = check[~check[f"at_most_{band:.0%}_above"]]
-    named = ", ".join(
-        f"{r.variant} seed {r.seed} ({r.ratio:.2f}×, {int(r.dead_latent_units)} dead latent units against "
-        f"{int(r.dead_latent_units_published)})"
-        for r in outside.itertuples()
-    )
+    below = check[check.ratio < 1 - band]
     return [
         f"- Against the study's published weights: {len(check) - len(outside)} of {len(check)} runs of the study's "
-        f"models reach a test MSE at most {band:.0%} above theirs" + (f"; above that: {named}." if named else ".")
+        f"models reach a test MSE at most {band:.0%} above theirs"
+        + (f"; above that: {_runs_against_published(outside)}" if len(outside) else "")
+        + (f"; far below theirs (under {1 - band:.2f}×): {_runs_against_published(below)}" if len(below) else "")
+        + "."
+    ]
+
+
+def _runs_against_published(check: pd.DataFrame) -> str:
+    """Per variant: its seeds, their MSE over the published weights' and dead units against the published ones."""
+    parts = []
+    for variant, runs in check.groupby("variant", sort=False):
+        ratio, dead = runs.ratio, runs.dead_latent_units.astype(int)
+        parts.append(
+            f"{variant} seed{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs.seed))} "
+            f"({_span(ratio, '.2f')}×, {_span(dead, 'd')} dead latent units against "
+            f"{int(runs.dead_latent_units_published.iloc[0])})"
+        )
+    return ", ".join(parts)
+
+
+def _span(values: pd.Series, fmt: str) -> str:
+    low, high = values.min(), values.max()
+    return f"{low:{fmt}}" if low == high else f"{low:{fmt}}–{high:{fmt}}"
+
+
+def twin_finding(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
+    """Each variant beside its `_linear` twin: the same model with a linear latent, where no unit can die."""
+    cells = [
+        f"{relu} {summary.mse_mean[relu]:.5f} → {relu}_linear {summary.mse_mean[f'{relu}_linear']:.5f} "
+        f"({summary.mse_mean[f'{relu}_linear'] / summary.mse_mean[relu] - 1:+.0%}, "
+        f"{_pair_verdict(tests, relu, f'{relu}_linear')})"
+        for relu in summary.index
+        if f"{relu}_linear" in summary.index
+    ]
+    if not cells:
+        return []
+    return [
+        "- Each model against its `_linear` twin (a linear latent: no unit can die), mean test MSE: "
+        + "; ".join(cells)
+        + "."
+    ]
+
+
+def _pair_verdict(tests: pd.DataFrame, a: str, b: str) -> str:
+    row = tests[((tests.a == a) & (tests.b == b)) | ((tests.a == b) & (tests.b == a))]
+    if row.empty or pd.isna(row.p_adjusted.iloc[0]):
+        return "not testable"
+    return f"adjusted p {row.p_adjusted.iloc[0]:.3f}" + ("" if row.significant.iloc[0] else ", not significant")
+
+
+def dead_units_finding(results: pd.DataFrame, study: pd.DataFrame) -> list[str]:
+    """How closely test MSE tracks dead latent units over the runs of the variants that have any (the study's
+    confounder), beside the published weights' counts."""
+    dying = results[results.variant.isin(results.variant[results.dead_latent_units > 0])]
+    if len(dying) < 3 or dying.dead_latent_units.nunique() < 2 or dying.mse.nunique() < 2:
+        return []
+    r = np.corrcoef(dying.dead_latent_units.astype(float), dying.mse.astype(float))[0, 1]
+    published = study.dead_latent_units.dropna() if "dead_latent_units" in study else pd.Series(dtype=float)
+    theirs = ", ".join(f"{v} {int(n)}" for v, n in published.items() if v in set(dying.variant))
+    return [
+        f"- Test MSE tracks dead latent units over the {len(dying)} runs of the variants that have any: Pearson "
+        f"r = {r:.2f}" + (f"; the published weights have {theirs}" if theirs else "") + "."
     ]
 
 

@@ -12,10 +12,12 @@ from pipeline.lib.report_findings import (
     collapsed_finding,
     collapsed_variants,
     counted,
+    dead_units_finding,
     findings,
     plus_minus,
     published_weights_finding,
     spread_format,
+    twin_finding,
 )
 
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
@@ -150,6 +152,8 @@ def render_markdown(
         "## Findings",
         "",
         *findings(summary, tests, specs, reference, collapsed_variants(results)),
+        *twin_finding(summary, tests),
+        *dead_units_finding(results, study),
         *published_weights_finding(check, band),
         *collapsed_finding(results),
         rate_distortion.moonshot_finding(rd),
@@ -162,7 +166,8 @@ def render_markdown(
         "",
         _markdown(seed_table(summary)),
         "",
-        "## Pairwise differences in test MSE (Welch's t-test, Benjamini-Hochberg adjusted)",
+        "## Pairwise differences in test MSE (Welch's t-test, Benjamini-Hochberg adjusted over all "
+        f"{len(tests)} pairs)",
         "",
         pairwise_markdown(tests),
         "",
@@ -245,9 +250,9 @@ def study_sections(study: pd.DataFrame, check: pd.DataFrame, band: float) -> lis
     ]
 
 
-def _markdown(table: pd.DataFrame, index: bool = True) -> str:
+def _markdown(table: pd.DataFrame, index: bool = True, **tabulate) -> str:
     blanked = table.astype(object).where(table.notna(), None)  # tabulate shows None as missingval
-    return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–")
+    return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–", **tabulate)
 
 
 def pairwise_markdown(tests: pd.DataFrame) -> str:
@@ -255,4 +260,15 @@ def pairwise_markdown(tests: pd.DataFrame) -> str:
         return "One variant: no pair to compare."
     if tests.p.isna().all():
         return "No pair can be tested: each variant needs two or more seeds with a spread (`seeds:` in params.yaml)."
-    return _markdown(tests.assign(significant=tests.significant.where(tests.p.notna())), index=False)  # untested: –
+    shown = tests.assign(
+        mean_a=tests.mean_a.map("{:.6f}".format),  # fixed point: "0.0042372" beside "-1.2993e-05" misleads
+        mean_b=tests.mean_b.map("{:.6f}".format),
+        difference=tests.difference.map("{:+.6f}".format),
+        p=tests.p.map("{:.4g}".format).where(tests.p.notna()),
+        p_adjusted=tests.p_adjusted.map("{:.4g}".format).where(tests.p.notna()),
+        significant=tests.significant.where(tests.p.notna()),  # untested: –
+    )
+    shown.insert(
+        shown.columns.get_loc("difference") + 1, "a_over_b", (tests.mean_a / tests.mean_b - 1).map("{:+.1%}".format)
+    )
+    return _markdown(shown, index=False, disable_numparse=True)  # the strings as formatted above
