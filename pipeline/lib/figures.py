@@ -135,21 +135,32 @@ def _min_span(ax, fraction: float = 0.01) -> None:
         ax.set_ylim((low + high - span) / 2, (low + high + span) / 2)
 
 
+BAR_COLOURS = {"train_loss": "C2", "val_loss": "C4", "autoencoder": "C0", "encoder→decoder": "C1"}
+
+
 def study_comparison(runs: pd.DataFrame, published: pd.DataFrame, out: Path) -> None:
     """The study's 2x2 figure (means over seeds, each seed a dot): losses, MSE, SSIM, PSNR; autoencoder vs
-    encoder->decoder; the study's published weights (indexed by variant) as a line across their model's bars."""
+    encoder->decoder; the study's published weights (indexed by variant) as a line across their model's bars, and
+    its Keras log's final losses in the loss panel. One legend below the panels: none covers a bar."""
     n_variants = runs.variant.nunique()
     fig, axes = plt.subplots(2, 2, figsize=(max(10, 0.8 * n_variants), 7))
-    _seed_bars(axes[0, 0], runs, {"train_loss": "train_loss", "val_loss": "val_loss"}, published)
+    keras_log = "the study's Keras log (its val set is its test set)"
+    _seed_bars(axes[0, 0], runs, {"train_loss": "train_loss", "val_loss": "val_loss"}, published, keras_log)
     axes[0, 0].set_title("final-epoch loss (MSE)")
     for ax, metric in zip(axes.flat[1:], ("mse", "ssim", "psnr")):
-        _seed_bars(ax, runs, {metric: "autoencoder", f"{metric}_decoder": "encoder→decoder"}, published)
-        ax.set_title(f"test {metric.upper()}")
+        columns = {metric: "autoencoder", f"{metric}_decoder": "encoder→decoder"}
+        _seed_bars(ax, runs, columns, published, "published weights")
+        ax.set_title(f"test {'per-image mean ' if metric == 'psnr' else ''}{metric.upper()}")
     fig.tight_layout()
-    _save(fig, out)
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=3)
+    _save(fig, out, bbox_inches="tight")
 
 
-def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.DataFrame) -> None:
+def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.DataFrame, published_label: str) -> None:
     """Per variant a bar per column (labelled) at its mean over seeds, from zero, and each seed's value as a dot on
     its bar, spread evenly across it; a published value of the variant (`published`: by variant) as a line across."""
     variants = list(dict.fromkeys(runs.variant))
@@ -159,15 +170,14 @@ def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.Da
     spread = ((by_variant.cumcount() + 0.5) / seeds - 0.5) * 0.6 * width  # within the middle 60% of the bar
     for j, (column, label) in enumerate(columns.items()):
         centres = np.arange(len(variants)) - 0.4 + width * (j + 0.5)
-        ax.bar(centres, by_variant[column].mean().reindex(variants), width, label=label)
+        ax.bar(centres, by_variant[column].mean().reindex(variants), width, label=label, color=BAR_COLOURS[label])
         centre_of = dict(zip(variants, centres))
         x = runs.variant.map(centre_of) + spread
         ax.scatter(x, runs[column], s=12, color="black", alpha=0.7, zorder=3, label=None if j else "each seed")
         values = published.get(column, pd.Series(dtype=float)).dropna()
-        _published_lines(ax, centre_of, values, width, label=None if j else "published weights")
+        _published_lines(ax, centre_of, values, width, label=None if j else published_label)
     ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.4)  # headroom: the legend sits above the bars, not over them
-    ax.legend(fontsize="small", loc="upper center", ncols=2)
+    ax.set_ylim(bottom=0)
 
 
 def _published_lines(ax, centres: dict[str, float], values: pd.Series, width: float, label: str | None) -> None:
