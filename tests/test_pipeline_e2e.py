@@ -49,7 +49,9 @@ def test_pipeline_produces_every_output(project):
     assert report.index("## Findings") < report.index("## Mean ± std over seeds")
     assert all(name in report for name in RUNS)
     assert len(list((root / "reports" / "figures").glob("*.png"))) == 6
-    assert "## Rate–distortion" in report and "- Moonshot (≤ 32 B/image at pooled PSNR ≥ 27.1 dB, the study" in report
+    assert (
+        "## Rate–distortion" in report and "- Moonshot (≤ 32 B/image at pooled PSNR ≥ 27.1 dB, the reference" in report
+    )
     assert "; here WebP quality 5 measures" in report  # the baselines stage's own figure beside the study's
 
 

@@ -173,3 +173,14 @@ def test_quality_target_names_a_variant_that_meets_both_over_one_with_a_higher_p
     assert ": met; the best is balanced at 27.10 dB" in finding
     [finding] = rate_distortion.quality_target_findings(means.loc[["sharp"]], budget_flops=332e6)
     assert "not met (0.0050 SSIM short)" in finding  # the PSNR passes, so no "0.00 dB short" beside it
+
+
+def test_a_variant_whose_seeds_lack_a_value_is_named_not_passed_over_in_silence():
+    keys = ["latent_dim", "train_flops_per_image", "psnr", "ssim"]
+    means = pd.DataFrame(
+        {"known": dict(zip(keys, [32, 300e6, 26.0, 0.98])), "partial": dict(zip(keys, [32, 300e6, np.nan, 0.99]))}
+    ).T
+    [finding] = rate_distortion.quality_target_findings(means, budget_flops=332e6)
+    assert "the best is known at 26.00 dB" in finding and "(not counted, a seed lacking the value: partial)" in finding
+    [alone] = rate_distortion.quality_target_findings(means.loc[["partial"]], budget_flops=332e6)
+    assert "no variant here has a 32-dim latent within that budget (not counted, a seed lacking" in alone
