@@ -7,10 +7,11 @@ A run is kept once the checkout's dvc.lock holds both its train and its evaluate
 entries, prepare's and the classifier's (every run was measured against their outputs), and the files under
 reports/ that they name; a run trained but not evaluated is left out and trains again next time (its model is not
 kept). Refuses, copying nothing, when the checkout's dvc.lock changes or drops a stage the record keeps, when a
-file differs from the md5 its entry records, when params.yaml differs from what a kept stage ran with, or when a
-run has metrics but no lock entries (the executor stopped before recording it). Then, for each new run, it prints
-whether its history (epoch, losses, LR) and its test metrics equal its twin's in the 2026-12-02/03 matrices, and a
-row for the results README's table of kept runs.
+file differs from the md5 its entry records, when params.yaml differs from what a kept stage ran with, when a stage
+read another version of a kept stage's output than that stage's entry records (evaluate on a model train replaced
+since), or when a run has metrics but no lock entries (the executor stopped before recording it). Then, for each
+new run, it prints whether its history (epoch, losses, LR) and its test metrics equal its twin's in the 2026-12-02/03
+matrices, and a row for the results README's table of kept runs.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from dvc.utils.serialize import dump_yaml, load_yaml
+from dvc.utils.serialize import dump_yaml, parse_yaml
 
-from pipeline.provenance import stage_name
+from pipeline.provenance import lock_guard, stage_name
 from pipeline.tools.lineage_checks import params_drift
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "results"
@@ -39,9 +40,19 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_objective", "val_loss", "lr"]
 WRITTEN_SINCE = {"collapsed", "output_range", "run", "data_manifest_sha256"}  # not in the twins, or not comparable
 
 
-def lock_stages(root: Path) -> dict:
+def read_lock(root: Path) -> dict:
+    """root's dvc.lock as DVC reads it ({} if none), read once under the lock the parallel executor holds while DVC
+    rewrites it: the checks and the copy see one version of it."""
     path = root / "dvc.lock"
-    return load_yaml(path)["stages"] if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    with lock_guard(root):
+        text = path.read_text()
+    return parse_yaml(text, path)
+
+
+def lock_stages(root: Path) -> dict:
+    return read_lock(root).get("stages", {})
 
 
 def variant_and_seed(run: str) -> tuple[str, int]:
@@ -72,9 +83,8 @@ def kept_entries(stages: dict, runs: set[str]) -> dict:
     return {name: entry for name, entry in stages.items() if name in keep}
 
 
-def changed_stages(record: Path, checkout: Path) -> list[str]:
+def changed_stages(kept: dict, now: dict) -> list[str]:
     """The record's stages whose dvc.lock entry the checkout does not have as it is."""
-    kept, now = lock_stages(record), lock_stages(checkout)
     return [name for name, entry in kept.items() if now.get(name) != entry]
 
 
@@ -89,12 +99,20 @@ def recorded_files(entries: dict) -> dict[str, str]:
 
 
 def inconsistencies(checkout: Path, entries: dict) -> list[str]:
-    """Files that differ from their entry's md5, and params.yaml values that differ from what a stage ran with."""
+    """Files that differ from their entry's md5, params.yaml values that differ from what a stage ran with, and
+    stages that read another version of a kept stage's output (evaluate a model train has since replaced)."""
     params = yaml.safe_load((checkout / "params.yaml").read_text())
     problems = [
         f"{key}: {stage} ran with {old!r}, params.yaml has {new!r}"
         for stage in entries
         for key, old, new in params_drift(entries, stage, params)
+    ]
+    made = {out["path"]: (stage, out.get("md5")) for stage, entry in entries.items() for out in entry.get("outs", [])}
+    problems += [
+        f"{stage} read {dep['path']} with md5 {dep.get('md5')}, {made[dep['path']][0]} wrote {made[dep['path']][1]}"
+        for stage, entry in entries.items()
+        for dep in entry.get("deps", [])
+        if dep["path"] in made and dep.get("md5") != made[dep["path"]][1]
     ]
     for path, md5 in recorded_files(entries).items():
         file = checkout / path
@@ -149,16 +167,18 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
     missing = [name for name in ("params.yaml", "dvc.lock") if not (checkout / name).is_file()]
     if missing:
         raise ValueError(f"{checkout}: not a checkout that ran the matrix: no {', '.join(missing)}")
-    if changed := changed_stages(record, checkout):
+    lock, record_stages = read_lock(checkout), lock_stages(record)
+    stages = lock.get("stages", {})
+    if changed := changed_stages(record_stages, stages):
         raise ValueError(f"{checkout}/dvc.lock changes or drops kept stages: {', '.join(changed)}; nothing copied")
-    stages = lock_stages(checkout)
-    kept, evaluated = evaluated_runs(lock_stages(record)), evaluated_runs(stages)
+    kept, evaluated = evaluated_runs(record_stages), evaluated_runs(stages)
     unrecorded = sorted(p.stem for p in (checkout / "reports" / "metrics").glob("*.json") if p.stem not in evaluated)
     if unrecorded:
-        commit = " ".join(name for run in unrecorded for name in run_stages(run))
+        absent = [name for run in unrecorded for name in run_stages(run) if name not in stages]
         raise ValueError(
-            f"{', '.join(unrecorded)}: metrics but no dvc.lock entries; record them (dvc commit {commit})"
-            " or remove them; nothing copied"
+            f"{', '.join(unrecorded)}: metrics, but dvc.lock has no {', '.join(absent)}; rerun "
+            f"{' '.join(stage_name('evaluate', *variant_and_seed(run)) for run in unrecorded)} through the executor "
+            "(or `dvc commit` the stage the executor named as not recorded); nothing copied"
         )
     entries = kept_entries(stages, evaluated)
     if problems := inconsistencies(checkout, entries):
@@ -169,7 +189,7 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
     for path in ["params.yaml", *recorded_files(entries)]:
         (record / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(checkout / path, record / path)
-    dump_yaml(record / "dvc.lock", {**load_yaml(checkout / "dvc.lock"), "stages": entries})  # last: it names the runs
+    dump_yaml(record / "dvc.lock", {**lock, "stages": entries})  # last: it names the runs
     return [*lines, f"kept {len(evaluated)} runs in {record} ({len(new)} new)"]
 
 

@@ -15,6 +15,7 @@ from scripts import keep_root_run
 HISTORY = "epoch,train_loss,train_objective,val_loss,lr,seconds,images_per_s,val_output_range\n"
 PARAMS = {"seeds": [0, 1, 2], "train": {"lr": 0.003}}
 TRAIN_OUT, EVALUATE_OUTS = "history/{}.csv", ("metrics/{}.json", "per_class/{}.csv", "samples/{}.npy")
+PREPARED, CLASSIFIER = {"path": "data/prepared", "md5": "a.dir"}, {"path": "models/classifier.pt", "md5": "b"}
 
 
 def write_run(root: Path, run: str, mse: float, train_loss: str = "0.5", reports: str = "reports/") -> None:
@@ -33,12 +34,22 @@ def outs(root: Path, *paths: str) -> list[dict]:
 
 
 def entries(root: Path, run: str, evaluated: bool = True) -> dict:
-    """The train (and evaluate) entries dvc.lock would hold for the run's files under root."""
+    """The train (and evaluate) entries dvc.lock would hold for the run's files under root: train reads prepare's
+    output and writes the model, evaluate reads the model and the classifier's."""
     variant, seed = keep_root_run.variant_and_seed(run)
-    params = {"params.yaml": {"train": PARAMS["train"]}}
-    found = {f"train@{variant}-{seed}": {"params": params, "outs": outs(root, f"reports/{TRAIN_OUT.format(run)}")}}
+    model = {"path": f"models/{run}.pt", "md5": f"model of {run}"}
+    found = {
+        f"train@{variant}-{seed}": {
+            "deps": [PREPARED],
+            "params": {"params.yaml": {"train": PARAMS["train"]}},
+            "outs": [model, *outs(root, f"reports/{TRAIN_OUT.format(run)}")],
+        }
+    }
     if evaluated:
-        found[f"evaluate@{variant}-{seed}"] = {"outs": outs(root, *(f"reports/{n.format(run)}" for n in EVALUATE_OUTS))}
+        found[f"evaluate@{variant}-{seed}"] = {
+            "deps": [PREPARED, model, CLASSIFIER],
+            "outs": outs(root, *(f"reports/{n.format(run)}" for n in EVALUATE_OUTS)),
+        }
     return found
 
 
@@ -49,8 +60,8 @@ def write_checkout(root: Path, runs: dict[str, float], extra: dict | None = None
         write_run(root, run, mse)
     (root / "reports" / "classifier.json").write_text("{}")
     lock = {
-        "prepare": {"outs": [{"path": "data/prepared", "md5": "a.dir"}]},
-        "classifier": {"outs": outs(root, "reports/classifier.json")},
+        "prepare": {"outs": [PREPARED]},
+        "classifier": {"deps": [PREPARED], "outs": [CLASSIFIER, *outs(root, "reports/classifier.json")]},
     }
     for run in runs:
         lock.update(entries(root, run))
@@ -127,8 +138,8 @@ def test_metrics_without_their_lock_entries_are_refused_naming_the_commit_that_r
     write_run(checkout, "model04-seed2", 0.004)  # evaluated, but the executor stopped before recording it
     with pytest.raises(
         ValueError,
-        match=r"model04-seed2: metrics but no dvc.lock entries; record them \(dvc commit "
-        r"train@model04-2 evaluate@model04-2\) or remove them; nothing copied",
+        match=r"model04-seed2: metrics, but dvc.lock has no train@model04-2, evaluate@model04-2; rerun "
+        r"evaluate@model04-2 through the executor",
     ):
         keep_root_run.keep(checkout, record, twins)
     assert not (record / "reports" / "metrics" / "model04-seed2.json").exists()
@@ -162,3 +173,18 @@ def test_a_copy_stopped_before_the_lock_is_written_is_done_again_in_full(tmp_pat
 def test_the_command_says_what_is_missing_from_a_directory_that_is_not_a_checkout(tmp_path, capsys):
     assert keep_root_run.main([str(tmp_path), "--record", str(tmp_path / "record")]) == 1
     assert "not a checkout that ran the matrix: no params.yaml, dvc.lock" in capsys.readouterr().err
+
+
+def test_a_run_evaluated_on_a_model_train_has_since_replaced_is_refused(tmp_path, twins, record):
+    retrained = {"path": "models/model04-seed0.pt", "md5": "the model trained again"}
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
+    lock = yaml.safe_load((checkout / "dvc.lock").read_text())
+    train = lock["stages"]["train@model04-0"]
+    train["outs"] = [retrained, *train["outs"][1:]]  # train ran again after evaluate
+    (checkout / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    with pytest.raises(
+        ValueError,
+        match="evaluate@model04-0 read models/model04-seed0.pt with md5 model of "
+        "model04-seed0, train@model04-0 wrote the model trained again",
+    ):
+        keep_root_run.keep(checkout, record, twins)
