@@ -109,6 +109,9 @@ def test_a_budget_under_one_epoch_says_so_and_a_budget_below_zero_is_refused(pro
     with pytest.raises(SystemExit) as exit_:
         device_run.main(["train", "tiny", str(tmp_path / "b"), "--budget-s", "-5", *project["args"]])
     assert exit_.value.code == 2 and "--budget-s must be a number of seconds > 0, not -5.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        device_run.main(["train", "tiny", str(tmp_path / "c"), "--budget-s", "inf", *project["args"]])
+    assert "--budget-s must be a number of seconds > 0, not inf" in capsys.readouterr().err
 
 
 def test_ctrl_c_is_one_line(project, tmp_path, capsys, monkeypatch):

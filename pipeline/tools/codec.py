@@ -65,6 +65,8 @@ def _grayscale(image: Image.Image, path: Path) -> np.ndarray:
     shows through it is not in the file."""
     if image.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I" holding 0..65535)
         return (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
+    if image.has_transparency_data:  # an alpha channel, or a palette index or key colour marked transparent
+        image = image.convert("RGBA")
     if "A" in image.getbands() and image.getchannel("A").getextrema()[0] < 255:
         raise CodecError(f"{path}: has transparent pixels; save it as an opaque grayscale PNG")
     return np.asarray(image.convert("L"))

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and (args.epochs is None) == (args.budget_s is None):
         parser.error("train needs exactly one of --epochs and --budget-s")
-    if args.budget_s is not None and not args.budget_s > 0:
+    if args.budget_s is not None and not (math.isfinite(args.budget_s) and args.budget_s > 0):
         parser.error(f"--budget-s must be a number of seconds > 0, not {args.budget_s}")
     args.outdir.mkdir(parents=True, exist_ok=True)
     try:
