@@ -1,7 +1,7 @@
 """What the evaluate and report tests share: a project with prepared data, two tiny variants trained with MLflow
-tracking, the classifier and the baselines, made once per test module (fixture `trained`); a private copy of it
-per test, which also puts mlflow's process-wide tracking URI back afterwards (`workspace`; both registered in
-conftest.py); and running evaluate in it, its store's client and a run's model file."""
+tracking, the classifier and the baselines, made once per test session (fixture `trained`: no test changes it); a
+private copy of it per test, which also puts mlflow's process-wide tracking URI back afterwards (`workspace`; both
+registered in conftest.py); and running evaluate in it, its store's client and a run's model file."""
 
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ RAW_PARAMS = {
 LAYOUT = ("data", "models", "reports")  # what the module's project holds besides its store
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> dict:
     """A project with prepared data, two tiny variants trained with MLflow tracking, the classifier and the
-    baselines, made once for the module by the stage functions (the store: <base>/mlruns/mlflow.db)."""
+    baselines, made once for the session by the stage functions (the store: <base>/mlruns/mlflow.db); tests work
+    in copies of it (`workspace`)."""
     base = tmp_path_factory.mktemp("trained")
     root, store = base / "project", base / "mlruns"
     root.mkdir(), store.mkdir()

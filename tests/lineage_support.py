@@ -1,9 +1,12 @@
 """What the lineage tests share: the tiny run's names, a hand-made dvc.lock as `dvc repro` writes it, the run's
-model and MLflow run, what a clean chain prints, and the fixture `isolated_store` (registered in conftest.py), which
-points lineage at the checked project's own store and puts mlflow's process-wide tracking URI back afterwards."""
+model and MLflow run, what a clean chain prints, the fixtures (registered in conftest.py) `built`, a project whose
+stages ran in-process, and `copy`, a private copy of it, and `isolated_store`, which points lineage at the checked
+project's own store and puts mlflow's process-wide tracking URI back afterwards."""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import mlflow.tracking._tracking_service.utils as mlflow_uri
@@ -12,9 +15,16 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline import paths, tracking
 from pipeline.lib import prepared
+from pipeline.lib.config import load_params, parse_params
 from pipeline.lib.io import md5_file, sha256_file
-from tests.conftest import REPO
+from pipeline.stages.classifier import train_classifier
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import train
+from tests.conftest import REPO, TINY_SPEC
+from tests.fakedata import make_emnist_dir
 
 VARIANT, RUN, MODEL = "tiny", "tiny-seed0", "models/tiny-seed0.pt"
 TRAIN, EVALUATE = "train@tiny-0", "evaluate@tiny-0"
@@ -88,3 +98,39 @@ def assert_clean_chain(root: Path, out: str) -> None:
     ]:
         assert link in out
     assert out.endswith("lineage: every link matches\n")
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    """A project whose stages ran in-process, tracked in <root>/mlflow.db, with a hand-made dvc.lock; made once per
+    session: a test that changes it works in a copy (`copy`)."""
+    base = tmp_path_factory.mktemp("lineage")
+    root = base / "project"
+    root.mkdir()
+    raw = {
+        "data": {"source": str(make_emnist_dir(base / "emnist"))},
+        "train": {"epochs": 1, "batch_size": 64, "threads": 1},
+        "classifier": {"epochs": 1},
+        "mlflow": {"log_model": False},
+        "variants": {VARIANT: TINY_SPEC},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(dataclasses.asdict(parse_params(raw)), sort_keys=False))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COMPRESSNET_ROOT", str(root))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("DVC_ROOT", raising=False)
+        patch.setattr(mlflow_uri, "_tracking_uri", None)
+        params = load_params(paths.params_file())
+        prepare(params)
+        tracker = tracking.MlflowTracker()
+        train(params, VARIANT, 0, tracker)
+        train_classifier(params, tracker)
+        evaluate(params, VARIANT, 0, tracker)
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": hand_made_lock(root)}, sort_keys=False))
+    return root
+
+
+@pytest.fixture
+def copy(built, tmp_path) -> Path:
+    """A private copy of the in-process project, store included, for a test to break."""
+    return Path(shutil.copytree(built, tmp_path / "project", symlinks=True))
