@@ -18,7 +18,7 @@ metrics = {
     for path in sorted((RESULTS / snapshot / "metrics").glob("*.json"))
 }
 runs = report_text.results_table(metrics)
-summary = stats.aggregate(runs, report_text.SEED_COLUMNS, report_text.SEED_FLOORS)
+summary = stats.aggregate(runs, report_text.SEED_COLUMNS, report_text.SEED_FLOORS, report_text.SEED_CEILINGS)
 study = report_text.results_table(
     {path.stem: schema.load(path) for path in sorted((RESULTS / RUNS[0] / "study").glob("*.json"))}
 )
