@@ -168,6 +168,7 @@ def test_the_report_shows_the_measured_study_row_beside_its_variant():
     table = report_text.study_table(means, 3, reference, study.set_index(pd.Index([MODEL])))
     row = table.loc[(MODEL, "study, published weights (94 img)")]
     assert row.mse == 0.0042 and row.dead_latent_units == 4
+    assert pd.isna(row.train_loss) and pd.isna(row.val_loss)  # the study's logged losses: its reported row's, not ours
     assert (MODEL, "study, reported (10 img)") in table.index
     assert report_text.study_table(means, 3, reference, study.iloc[:0]).index.get_level_values(1).tolist() == [
         "CompressNet (2 ep, 3 seeds, 94 img)",

@@ -89,6 +89,9 @@ def study_table(means: pd.DataFrame, n_seeds: int, reference: dict, study: pd.Da
                     "variant": variant,
                     "source": f"study, published weights ({int(published.n_test)} img)",
                     **{c: published[c] for c in [*STUDY_COLUMNS, "dead_latent_units"]},
+                    # the study's logged losses (its reported row), not measured here on these images
+                    "train_loss": None,
+                    "val_loss": None,
                 }
             )
     return pd.DataFrame(rows).set_index(["variant", "source"])
