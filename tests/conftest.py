@@ -1,5 +1,6 @@
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,21 @@ def make_project(
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         run(cmd, root, env)
     return root, env
+
+
+ARTIFACT_COLUMNS = {
+    "experiments": "artifact_location",
+    "runs": "artifact_uri",
+    "logged_models": "artifact_location",
+    "model_versions": "storage_location",
+}
+
+
+def repoint_artifacts(db: Path, old: Path, new: Path) -> None:
+    """A copied MLflow sqlite store still names its original's artifact directories: point them at the copy's, so
+    that a test's artifacts land in its own copy, never in a tree that other tests read."""
+    with sqlite3.connect(db) as store:
+        tables = {row[0] for row in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column in ARTIFACT_COLUMNS.items():
+            if table in tables:
+                store.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (str(old), str(new)))

@@ -6,6 +6,7 @@ registered in conftest.py); and running evaluate in it, its store's client and a
 from __future__ import annotations
 
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import mlflow.tracking._tracking_service.utils as mlflow_uri
@@ -20,7 +21,7 @@ from pipeline.stages import baselines as baselines_stage
 from pipeline.stages import classifier as classifier_stage
 from pipeline.stages import evaluate as evaluate_stage
 from pipeline.stages import train as train_stage
-from tests.conftest import TINY_SPEC
+from tests.conftest import TINY_SPEC, repoint_artifacts
 from tests.fakedata import make_emnist_dir
 
 RAW_PARAMS = {
@@ -30,7 +31,7 @@ RAW_PARAMS = {
     "mlflow": {"log_model": False},
     "variants": {"tinyA": TINY_SPEC, "tinyB": {**TINY_SPEC, "latent_dim": 4, "rate_weight": 0.01}},
 }
-LAYOUT = ("data", "models", "reports")  # what the module's project holds besides its store
+LAYOUT = ("data", "models", "reports")  # what the session's project holds besides its store
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +60,15 @@ def trained(tmp_path_factory) -> dict:
 
 @pytest.fixture
 def workspace(trained, project_root: Path, tmp_path: Path, monkeypatch) -> dict:
-    """A private copy of the module's project (tests may delete or rewrite files) and of its tracking store."""
+    """A private copy of the session's project (tests may delete or rewrite files) and of its tracking store."""
     monkeypatch.setattr(mlflow_uri, "_tracking_uri", None)  # MlflowTracker sets it process-wide: put it back after
+    # every copy has the same run ids, and MLflow caches each run's artifact directory by its id, process-wide
+    monkeypatch.setattr(mlflow_uri, "_artifact_repos_cache", OrderedDict())
     for name in LAYOUT:
         shutil.copytree(trained["root"] / name, project_root / name)
     (project_root / "params.yaml").write_text(yaml.safe_dump(trained["raw"], sort_keys=False))
     store = Path(shutil.copytree(trained["store"], tmp_path / "mlruns"))
+    repoint_artifacts(store / "mlflow.db", trained["store"], store)
     uri = f"sqlite:///{store / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("DVC_ROOT", raising=False)  # not run by DVC: provenance is "unknown"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import mlflow.tracking._tracking_service.utils as mlflow_uri
@@ -23,7 +24,7 @@ from pipeline.stages.classifier import train_classifier
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import train
-from tests.conftest import REPO, TINY_SPEC
+from tests.conftest import REPO, TINY_SPEC, repoint_artifacts
 from tests.fakedata import make_emnist_dir
 
 VARIANT, RUN, MODEL = "tiny", "tiny-seed0", "models/tiny-seed0.pt"
@@ -37,6 +38,8 @@ def isolated_store(monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.setattr(mlflow_uri, "_tracking_uri", None)
+    # the project's copies have the same run ids, and MLflow caches each run's artifact directory by its id
+    monkeypatch.setattr(mlflow_uri, "_artifact_repos_cache", OrderedDict())
 
 
 def lookup(tree: dict, dotted: str) -> object:
@@ -133,4 +136,6 @@ def built(tmp_path_factory) -> Path:
 @pytest.fixture
 def copy(built, tmp_path) -> Path:
     """A private copy of the in-process project, store included, for a test to break."""
-    return Path(shutil.copytree(built, tmp_path / "project", symlinks=True))
+    copied = Path(shutil.copytree(built, tmp_path / "project", symlinks=True))
+    repoint_artifacts(copied / "mlflow.db", built, copied)
+    return copied

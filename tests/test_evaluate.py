@@ -1,5 +1,5 @@
-"""The evaluate stage (pipeline.lib.evaluation + pipeline.stages.evaluate) on tiny models trained once for the
-module and generated data, in a project under a tmp COMPRESSNET_ROOT with its own MLflow store; and the latent
+"""The evaluate stage (pipeline.lib.evaluation + pipeline.stages.evaluate) on tiny models trained once per
+test session and generated data, in a project under a tmp COMPRESSNET_ROOT with its own MLflow store; and the latent
 diagnostics on constructed models."""
 
 from __future__ import annotations
@@ -262,3 +262,10 @@ def test_effective_dims_count_the_directions_holding_99_percent_of_variance():
     latents = (torch.randn(5000, 6, generator=generator) * scales) @ basis.T
     assert latent_diagnostics(latents)["effective_latent_dims"] == 3
     assert latent_diagnostics(torch.zeros(10, 4))["effective_latent_dims"] == 0
+
+
+def test_a_workspace_keeps_its_artifacts_in_its_own_copy_of_the_store(workspace):
+    """The session's project is shared: a test's logged artifacts must not land where another test reads them."""
+    run_id = run_evaluate(workspace, "tinyA", tracking.MlflowTracker())["run"]["mlflow_run_id"]
+    store = Path(workspace["uri"].removeprefix("sqlite:///")).parent
+    assert client(workspace).get_run(run_id).info.artifact_uri.removeprefix("file://").startswith(str(store))

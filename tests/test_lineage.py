@@ -1,6 +1,6 @@
 """Lineage: DVC hashes in the outputs and MLflow runs, and `python -m pipeline.tools.lineage`, on a project whose
 stages ran in-process (prepare, train, classifier, evaluate, tracked in the project's own <root>/mlflow.db) with
-a hand-made dvc.lock, one per module; every test that breaks a link does so in its own copy.
+a hand-made dvc.lock, made once per test session; every test that breaks a link does so in its own copy.
 """
 
 from __future__ import annotations
