@@ -183,4 +183,4 @@ def test_a_variant_whose_seeds_lack_a_value_is_named_not_passed_over_in_silence(
     [finding] = rate_distortion.quality_target_findings(means, budget_flops=332e6)
     assert "the best is known at 26.00 dB" in finding and "(not counted, a seed lacking the value: partial)" in finding
     [alone] = rate_distortion.quality_target_findings(means.loc[["partial"]], budget_flops=332e6)
-    assert "no variant here has a 32-dim latent within that budget (not counted, a seed lacking" in alone
+    assert "no variant with a 32-dim latent within that budget has its values from every seed (partial)." in alone

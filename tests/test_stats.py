@@ -230,7 +230,7 @@ def test_each_model_is_set_beside_its_linear_twin_with_the_pairs_own_test():
     summary, tests = stats.aggregate(runs, ["mse"]), stats.pairwise_welch(runs, "mse")
     (line,) = report_findings.twin_finding(summary, tests)
     adjusted = tests.set_index(["a", "b"]).p_adjusted["model01", "model01_linear"]
-    assert f"model01 0.00423 → model01_linear 0.00309 (-27%, adjusted p {adjusted:.3f}" in line
+    assert f"model01 0.00423 → model01_linear 0.00309 (-27.0%, adjusted p {adjusted:.3f}" in line
     assert report_findings.twin_finding(summary.loc[["m"]], tests) == []  # no twins: nothing to say
 
 
@@ -240,11 +240,20 @@ def test_dead_units_are_correlated_with_mse_over_the_runs_of_the_variants_that_h
     )
     study = pd.DataFrame({"dead_latent_units": [4.0, 18.0]}, index=["a", "other"])
     (line,) = report_findings.dead_units_finding(runs, study)
-    assert (
-        line == "- Test MSE tracks dead latent units over the 3 runs of the variants that have any: Pearson r = "
-        "1.00; the published weights have a 4."
+    assert line == (
+        "- Dead latent units against test MSE over the 3 runs of the 1 variant that have any: Pearson r = 1.00 "
+        "pooled, 1.00 within variants; the published weights have a 4."
     )
     assert report_findings.dead_units_finding(runs.assign(dead_latent_units=0), study) == []
+
+
+def test_a_correlation_that_only_the_differences_between_variants_make_is_told_apart():
+    # within each variant more dead units go with a lower MSE; the variant with more of both makes the pooled r
+    runs = runs_table({"a": [0.006, 0.005, 0.004], "b": [0.016, 0.015, 0.014]}).assign(
+        dead_latent_units=[1, 2, 3, 11, 12, 13]
+    )
+    (line,) = report_findings.dead_units_finding(runs, pd.DataFrame())
+    assert "over the 6 runs of the 2 variants that have any: Pearson r = 0.95 pooled, -1.00 within variants." in line
 
 
 def test_runs_far_better_than_the_published_weights_are_named_too():
@@ -260,8 +269,8 @@ def test_runs_far_better_than_the_published_weights_are_named_too():
     )
     (line,) = report_findings.published_weights_finding(check, 0.15)
     assert line.endswith(
-        "3 of 3 runs of the study's models reach a test MSE at most 15% above theirs; far below theirs (under "
-        "0.85×): model02 seeds 0, 1 (0.31–0.36×, 1–3 dead latent units against 18)."
+        "3 of 3 runs of the study's models reach a test MSE at most 15% above theirs; more than 15% below: model02 "
+        "seeds 0, 1 (0.31–0.36×, 1–3 dead latent units against 18)."
     )
 
 
@@ -271,3 +280,8 @@ def test_the_pairwise_table_reads_in_fixed_point_with_the_relative_difference():
     )
     row = table.splitlines()[2]
     assert "0.004300" in row and "0.004050" in row and "+0.000250" in row and "+6.2%" in row
+
+
+def test_a_family_whose_pairs_cannot_be_tested_says_nothing_of_the_position():
+    text = "\n".join(study_case({"model01": [0.25] * 3, "model02": [0.5] * 3}))
+    assert "0 of 1 pairs significant, 1 not testable (no spread over seeds), so nothing can be said of the " in text

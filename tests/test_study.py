@@ -204,14 +204,14 @@ def test_the_report_checks_each_study_model_run_against_its_published_weights():
     assert check["at_most_15%_above"].tolist() == [True, False, True]
     assert report_findings.published_weights_finding(check, band=0.15) == [
         "- Against the study's published weights: 2 of 3 runs of the study's models reach a test MSE at most 15% "
-        "above theirs; above that: model01 seed 1 (1.20×, 6 dead latent units against 4); far below theirs (under "
-        "0.85×): model02 seed 0 (0.36×, 3 dead latent units against 18)."
+        "above theirs; above that: model01 seed 1 (1.20×, 6 dead latent units against 4); more than 15% below: "
+        "model02 seed 0 (0.36×, 3 dead latent units against 18)."
     ]
     check = report_text.published_weights_check(runs, study, band=0.25)
     assert check["at_most_25%_above"].all()
     assert report_findings.published_weights_finding(check, band=0.25) == [
         "- Against the study's published weights: 3 of 3 runs of the study's models reach a test MSE at most 25% "
-        "above theirs; far below theirs (under 0.75×): model02 seed 0 (0.36×, 3 dead latent units against 18)."
+        "above theirs; more than 25% below: model02 seed 0 (0.36×, 3 dead latent units against 18)."
     ]
     assert report_findings.published_weights_finding(check.iloc[:0], band=0.25) == []  # no study model in the matrix
 

@@ -164,8 +164,13 @@ def _quality_target_finding(means: pd.DataFrame, budget_flops: int, suffix: str)
         f"image like model01: per-image PSNR ≥ {t['psnr']} dB and SSIM ≥ {t['ssim']})"
     )
     missing = f" (not counted, a seed lacking the value: {', '.join(unknown)})" if len(unknown) else ""
+    if eligible.empty and len(unknown):
+        return (
+            f"{head}: no variant with a {t['latent_dim']}-dim latent within that budget has its values from every "
+            f"seed ({', '.join(unknown)})."
+        )
     if eligible.empty:
-        return f"{head}: no variant here has a {t['latent_dim']}-dim latent within that budget{missing}."
+        return f"{head}: no variant here has a {t['latent_dim']}-dim latent within that budget."
     meeting = eligible[(eligible[psnr_key] >= t["psnr"]) & (eligible[ssim_key] >= t["ssim"])]
     candidates = meeting if len(meeting) else eligible  # a variant that meets both beats one with a higher PSNR alone
     best = candidates.loc[candidates[psnr_key].idxmax()]

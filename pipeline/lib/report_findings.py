@@ -91,18 +91,21 @@ def _family_finding(
         + f" (the last {means.iloc[-1] / means.iloc[0] - 1:.1%} above the first)"
         + f", {same_order} the study's{among} (layer {' < '.join(map(str, compared))}); "
         + f"{len(hits)} of {len(inside)} pairs significant{pairs}{untested_note}, "
-        + f"so {_verdict(hits, collapsed, untested)}."
+        + f"so {_verdict(hits, collapsed, untested, len(inside))}."
     )
 
 
-def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int) -> str:
+def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int, pairs: int) -> str:
     """What the significant pairs of one decoder family say about the upsampling position."""
     sound = hits[~hits.a.isin(collapsed) & ~hits.b.isin(collapsed)]
     if len(sound):
         return "the upsampling position makes a difference larger than the seed spread"
+    if untested == pairs:
+        return "nothing can be said of the upsampling position"
     if len(hits):
         named = ", ".join(sorted(set(hits.a).union(hits.b) & collapsed))
-        return f"only pairs with collapsed runs ({named}) differ: failed training, not the upsampling position"
+        unknown = "; the untested pairs are unknown" if untested else ""
+        return f"only pairs with collapsed runs ({named}) differ: failed training, not the upsampling position{unknown}"
     if untested:
         return "no tested difference between upsampling positions exceeds the seed spread; the others are unknown"
     return "no difference between upsampling positions exceeds the seed spread"
@@ -138,7 +141,7 @@ def published_weights_finding(check: pd.DataFrame, band: float) -> list[str]:
         f"- Against the study's published weights: {len(check) - len(outside)} of {len(check)} runs of the study's "
         f"models reach a test MSE at most {band:.0%} above theirs"
         + (f"; above that: {_runs_against_published(outside)}" if len(outside) else "")
-        + (f"; far below theirs (under {1 - band:.2f}×): {_runs_against_published(below)}" if len(below) else "")
+        + (f"; more than {band:.0%} below: {_runs_against_published(below)}" if len(below) else "")
         + "."
     ]
 
@@ -165,7 +168,7 @@ def twin_finding(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
     """Each variant beside its `_linear` twin: the same model with a linear latent, where no unit can die."""
     cells = [
         f"{relu} {summary.mse_mean[relu]:.5f} → {relu}_linear {summary.mse_mean[f'{relu}_linear']:.5f} "
-        f"({summary.mse_mean[f'{relu}_linear'] / summary.mse_mean[relu] - 1:+.0%}, "
+        f"({summary.mse_mean[f'{relu}_linear'] / summary.mse_mean[relu] - 1:+.1%}, "
         f"{_pair_verdict(tests, relu, f'{relu}_linear')})"
         for relu in summary.index
         if f"{relu}_linear" in summary.index
@@ -183,21 +186,30 @@ def _pair_verdict(tests: pd.DataFrame, a: str, b: str) -> str:
     row = tests[((tests.a == a) & (tests.b == b)) | ((tests.a == b) & (tests.b == a))]
     if row.empty or pd.isna(row.p_adjusted.iloc[0]):
         return "not testable"
-    return f"adjusted p {row.p_adjusted.iloc[0]:.3f}" + ("" if row.significant.iloc[0] else ", not significant")
+    p = row.p_adjusted.iloc[0]
+    return f"adjusted p {'< 0.001' if p < 0.001 else f'{p:.3f}'}" + (
+        "" if row.significant.iloc[0] else ", not significant"
+    )
 
 
 def dead_units_finding(results: pd.DataFrame, study: pd.DataFrame) -> list[str]:
-    """How closely test MSE tracks dead latent units over the runs of the variants that have any (the study's
-    confounder), beside the published weights' counts."""
+    """The correlation of dead latent units and test MSE over the runs of the variants that have any (the study's
+    confounder): pooled, and within variants (each variant's mean taken out, so that differences between the
+    variants cannot make it), beside the published weights' counts."""
     dying = results[results.variant.isin(results.variant[results.dead_latent_units > 0])]
-    if len(dying) < 3 or dying.dead_latent_units.nunique() < 2 or dying.mse.nunique() < 2:
+    dead, mse = dying.dead_latent_units.astype(float), dying.mse.astype(float)
+    if len(dying) < 3 or dead.nunique() < 2 or mse.nunique() < 2:
         return []
-    r = np.corrcoef(dying.dead_latent_units.astype(float), dying.mse.astype(float))[0, 1]
+    pooled = np.corrcoef(dead, mse)[0, 1]
+    centred = [column - column.groupby(dying.variant).transform("mean") for column in (dead, mse)]
+    within = f", {np.corrcoef(*centred)[0, 1]:.2f} within variants" if all(c.std() > 0 for c in centred) else ""
     published = study.dead_latent_units.dropna() if "dead_latent_units" in study else pd.Series(dtype=float)
     theirs = ", ".join(f"{v} {int(n)}" for v, n in published.items() if v in set(dying.variant))
     return [
-        f"- Test MSE tracks dead latent units over the {len(dying)} runs of the variants that have any: Pearson "
-        f"r = {r:.2f}" + (f"; the published weights have {theirs}" if theirs else "") + "."
+        f"- Dead latent units against test MSE over the {len(dying)} runs of the "
+        f"{counted(dying.variant.nunique(), 'variant')} that have any: Pearson r = {pooled:.2f} pooled{within}"
+        + (f"; the published weights have {theirs}" if theirs else "")
+        + "."
     ]
 
 

@@ -169,8 +169,8 @@ def render_markdown(
         "",
         _markdown(seed_table(summary)),
         "",
-        "## Pairwise differences in test MSE (Welch's t-test, Benjamini-Hochberg adjusted over all "
-        f"{len(tests)} pairs)",
+        "## Pairwise differences in test MSE (Welch's t-test, Benjamini-Hochberg adjusted over the "
+        f"{int(tests.p.notna().sum())} testable pairs)",
         "",
         pairwise_markdown(tests),
         "",
