@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import statistics
 import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from dvc.exceptions import DvcException
 from dvc.utils.serialize import dump_yaml, parse_yaml
 
 from pipeline.provenance import lock_guard, stage_name
@@ -98,10 +98,15 @@ def recorded_files(entries: dict) -> dict[str, str]:
     }
 
 
-def inconsistencies(checkout: Path, entries: dict) -> list[str]:
+def read_files(checkout: Path, paths: list[str]) -> dict[str, bytes | None]:
+    """Each file's bytes, read once: what is checked is what is copied (None: no such file)."""
+    return {path: (checkout / path).read_bytes() if (checkout / path).is_file() else None for path in paths}
+
+
+def inconsistencies(contents: dict[str, bytes | None], entries: dict) -> list[str]:
     """Files that differ from their entry's md5, params.yaml values that differ from what a stage ran with, and
     stages that read another version of a kept stage's output (evaluate a model train has since replaced)."""
-    params = yaml.safe_load((checkout / "params.yaml").read_text())
+    params = yaml.safe_load(contents["params.yaml"])
     problems = [
         f"{key}: {stage} ran with {old!r}, params.yaml has {new!r}"
         for stage in entries
@@ -115,8 +120,7 @@ def inconsistencies(checkout: Path, entries: dict) -> list[str]:
         if dep["path"] in made and dep.get("md5") != made[dep["path"]][1]
     ]
     for path, md5 in recorded_files(entries).items():
-        file = checkout / path
-        actual = hashlib.md5(file.read_bytes()).hexdigest() if file.is_file() else "no such file"
+        actual = hashlib.md5(contents[path]).hexdigest() if contents[path] is not None else "no such file"
         if actual != md5:
             problems.append(f"{path} has md5 {actual}, dvc.lock records {md5}")
     return problems
@@ -181,14 +185,15 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
             "(or `dvc commit` the stage the executor named as not recorded); nothing copied"
         )
     entries = kept_entries(stages, evaluated)
-    if problems := inconsistencies(checkout, entries):
+    contents = read_files(checkout, ["params.yaml", *recorded_files(entries)])
+    if problems := inconsistencies(contents, entries):
         raise ValueError(f"{checkout} is not what its dvc.lock records: {'; '.join(problems)}; nothing copied")
     new = sorted(evaluated - kept)
     published = {model: row["mse"] for model, row in yaml.safe_load(REFERENCE.read_text())["published_weights"].items()}
     lines = [line for run in new for line in (twin_report(run, checkout, twins), table_row(run, checkout, published))]
-    for path in ["params.yaml", *recorded_files(entries)]:
+    for path, data in contents.items():
         (record / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(checkout / path, record / path)
+        (record / path).write_bytes(data)
     dump_yaml(record / "dvc.lock", {**lock, "stages": entries})  # last: it names the runs
     return [*lines, f"kept {len(evaluated)} runs in {record} ({len(new)} new)"]
 
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         lines = keep(args.checkout, args.record, TWINS)
-    except (ValueError, OSError, yaml.YAMLError) as err:
+    except (ValueError, OSError, yaml.YAMLError, DvcException) as err:  # DVC's: a corrupt dvc.lock
         print(f"keep_root_run: {err}", file=sys.stderr)
         return 1
     print("\n".join(lines))

@@ -138,6 +138,10 @@ def test_a_16_bit_png_keeps_its_grey_levels_and_a_transparent_one_is_refused(tmp
     Image.fromarray(np.dstack([np.zeros((28, 28), np.uint8), levels.astype(np.uint8)]), mode="LA").save(glyph_in_alpha)
     with pytest.raises(codec.CodecError, match="has transparent pixels; save it as an opaque grayscale PNG"):
         codec_cli.read_png(glyph_in_alpha)
+    deep_keyed = tmp_path / "deep-keyed.png"  # 16 bits, level 0 marked transparent
+    Image.fromarray(levels * 257).save(deep_keyed, transparency=0)
+    with pytest.raises(codec.CodecError, match="has transparent pixels"):
+        codec_cli.read_png(deep_keyed)
     keyed = tmp_path / "keyed.png"  # a palette image whose index 0 is transparent: no alpha channel to see
     palette = Image.fromarray((levels % 2).astype(np.uint8), mode="P")
     palette.putpalette([0, 0, 0, 255, 255, 255])

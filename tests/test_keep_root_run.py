@@ -188,3 +188,10 @@ def test_a_run_evaluated_on_a_model_train_has_since_replaced_is_refused(tmp_path
         "model04-seed0, train@model04-0 wrote the model trained again",
     ):
         keep_root_run.keep(checkout, record, twins)
+
+
+def test_a_corrupt_dvc_lock_is_one_line(tmp_path, capsys):
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446})
+    (checkout / "dvc.lock").write_text("stages: [\n")
+    assert keep_root_run.main([str(checkout), "--record", str(tmp_path / "record")]) == 1
+    assert capsys.readouterr().err.count("\n") == 1

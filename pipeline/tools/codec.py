@@ -63,13 +63,18 @@ def read_png(path: Path) -> np.ndarray:
 def _grayscale(image: Image.Image, path: Path) -> np.ndarray:
     """uint8 grey levels: 16-bit PNGs scaled down, not clipped to black and white; transparency refused, since what
     shows through it is not in the file."""
-    if image.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I" holding 0..65535)
-        return (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
-    if image.has_transparency_data:  # an alpha channel, or a palette index or key colour marked transparent
-        image = image.convert("RGBA")
-    if "A" in image.getbands() and image.getchannel("A").getextrema()[0] < 255:
+    if image.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I" holding 0..65535), perhaps a key level
+        levels = np.asarray(image, dtype=np.uint32)
+        transparent = "transparency" in image.info and bool((levels == image.info["transparency"]).any())
+        grey = (levels >> 8).astype(np.uint8)
+    else:
+        if image.has_transparency_data:  # an alpha channel, or a palette index or key colour marked transparent
+            image = image.convert("RGBA")
+        transparent = "A" in image.getbands() and image.getchannel("A").getextrema()[0] < 255
+        grey = np.asarray(image.convert("L"))
+    if transparent:
         raise CodecError(f"{path}: has transparent pixels; save it as an opaque grayscale PNG")
-    return np.asarray(image.convert("L"))
+    return grey
 
 
 def write_images(images: np.ndarray, out_dir: Path) -> None:
