@@ -57,7 +57,12 @@ NO_PUBLISHED = make_published({})
 
 
 def draw_all(
-    monkeypatch, tmp_path, results: pd.DataFrame, published: pd.DataFrame = NO_PUBLISHED, keras_log: dict | None = None
+    monkeypatch,
+    tmp_path,
+    results: pd.DataFrame,
+    published: pd.DataFrame = NO_PUBLISHED,
+    keras_log: dict | None = None,
+    labels: dict | None = None,
 ) -> dict:
     """Every figure of the report, by name, drawn (so tick labels and offset texts are final)."""
     drawn = {}
@@ -87,6 +92,7 @@ def draw_all(
         published,
         keras_log or {},
         tmp_path,
+        labels,
     )
     assert sorted(drawn) == sorted(figures.REPORT_FIGURES)
     assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in drawn)
@@ -277,3 +283,12 @@ def test_the_seed_spread_legend_names_an_interval_only_where_one_is_drawn(monkey
     results = make_results({variant: mses[:seeds] for variant, mses in THREE_VARIANTS.items()})
     legend = draw_all(monkeypatch, tmp_path, results)["findings_seed_spread"].axes[0].get_legend()
     assert label in [t.get_text() for t in legend.get_texts()]
+
+
+def test_the_at_a_glance_figures_name_each_variant_as_labelled(monkeypatch, tmp_path):
+    labels = {"a": "a (layer 3)", "c": "c (layer 1)"}  # "b" has none: its own name
+    published = make_published({"a": 0.0035})
+    drawn = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS), published, labels=labels)
+    for fig in (drawn["findings_seed_spread"], drawn["study_comparison"]):
+        assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == ["a (layer 3)", "b", "c (layer 1)"]
+    assert len(drawn["study_comparison"].axes[1].lines) == 2  # the published lines still find their variant

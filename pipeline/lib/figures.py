@@ -42,14 +42,18 @@ def report_figures(
     published: pd.DataFrame,
     keras_log: dict[str, dict[str, dict[int, float]]],
     out: Path,
+    labels: dict[str, str] | None = None,
 ) -> list[Path]:
     """Every figure of the report into `out`; histories per variant, samples (reconstructions) per run, published:
     the study's published weights as the study stage measured them (a row per model, with its `variant`);
-    keras_log: the study's own losses per model, {"train_loss": {epoch: loss}, "val_loss": ...}."""
+    keras_log: the study's own losses per model, {"train_loss": {epoch: loss}, "val_loss": ...}; labels: a variant's
+    name on the two at-a-glance figures' axes, e.g. "model01 (layer 3)" (default: its name)."""
     paths = {name: out / f"{name}.png" for name in REPORT_FIGURES}
-    seed_spread(results, summary, paths["findings_seed_spread"])
+    label = lambda variant: (labels or {}).get(variant, variant)  # noqa: E731
+    named = lambda frame: frame.assign(variant=frame.variant.map(label))  # noqa: E731
+    seed_spread(named(results), summary.rename(index=label), paths["findings_seed_spread"])
     rate_distortion(rd, paths["rate_distortion"])
-    study_comparison(results, published.set_index("variant"), paths["study_comparison"])
+    study_comparison(named(results), named(published).set_index("variant"), paths["study_comparison"])
     loss_curves(histories, keras_log, paths["loss_curves"])
     reconstructions(originals, samples, paths["reconstructions"])
     per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})

@@ -43,7 +43,17 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
     samples = {name: np.load(paths.samples_file(name)) for name in first_seed}
     paths.figures_dir().mkdir(parents=True, exist_ok=True)
     figure_paths = figures.report_figures(
-        results, summary, means, rd, histories, originals, samples, study, reference["keras_log"], paths.figures_dir()
+        results,
+        summary,
+        means,
+        rd,
+        histories,
+        originals,
+        samples,
+        study,
+        reference["keras_log"],
+        paths.figures_dir(),
+        stats.position_labels(specs),
     )
     report = paths.reports_dir() / "report.md"
     names = [p.name for p in figure_paths]
