@@ -4,9 +4,11 @@ report figures, from the metrics kept in the two snapshots. From the repo root:
     PYTHONPATH=. python reports/results/answer-figures-2026-12-06/make_figures.py
 """
 
+import dataclasses
 from pathlib import Path
 
 from pipeline.lib import figures, report_text, schema, stats
+from pipeline.lib.config import load_params
 
 RESULTS = Path("reports/results")
 RUNS = ("standin-study4-cpu-15ep", "standin-linear4-cpu-15ep")
@@ -22,6 +24,14 @@ summary = stats.aggregate(runs, report_text.SEED_COLUMNS, report_text.SEED_FLOOR
 study = report_text.results_table(
     {path.stem: schema.load(path) for path in sorted((RESULTS / RUNS[0] / "study").glob("*.json"))}
 )
-figures.seed_spread(runs, summary, OUT / "findings_seed_spread.png")
-figures.study_comparison(runs, study.set_index("variant"), OUT / "study_comparison.png")
+params = load_params(Path("params.yaml"))
+labels = stats.position_labels({v: dataclasses.asdict(params.variant(v)) for v in dict.fromkeys(runs.variant)})
+figures.seed_spread(
+    runs.assign(variant=runs.variant.map(labels)), summary.rename(index=labels), OUT / "findings_seed_spread.png"
+)
+figures.study_comparison(
+    runs.assign(variant=runs.variant.map(labels)),
+    study.assign(variant=study.variant.map(labels)).set_index("variant"),
+    OUT / "study_comparison.png",
+)
 print(summary[["n", "mse_mean", "mse_std", "dead_latent_units_mean"]].to_string())
