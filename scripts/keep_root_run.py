@@ -29,7 +29,7 @@ from dvc.exceptions import DvcException
 from dvc.utils.serialize import dump_yaml, parse_yaml
 
 from pipeline.provenance import lock_guard, stage_name
-from pipeline.tools.lineage_checks import params_drift
+from pipeline.tools.lineage_checks import RUN_NAME, params_drift
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "results"
 RECORD = RESULTS / "rootrun-cpu"
@@ -57,8 +57,8 @@ def lock_stages(root: Path) -> dict:
 
 def variant_and_seed(run: str) -> tuple[str, int]:
     """model04_linear-seed2 -> ("model04_linear", 2): the run names of pipeline.lib.config.run_name."""
-    variant, _, seed = run.rpartition("-seed")
-    return variant, int(seed)
+    match = RUN_NAME.fullmatch(run)
+    return match["variant"], int(match["seed"])
 
 
 def run_stages(run: str) -> list[str]:

@@ -35,6 +35,7 @@ from pipeline.lib.trainer import Trainer
 from pipeline.lib.training import RunFiles, train_run
 
 MAX_EPOCHS = 150
+BUDGET_MARGIN = 1.3  # an epoch's time is extrapolated from a few steps: room for the rest to run slower
 
 
 def params_with(args, section: str, **keys) -> config.Params:
@@ -78,10 +79,10 @@ def run_train(args) -> None:
     epochs, outdir = args.epochs, args.outdir
     if epochs is None:
         per_epoch = seconds_per_epoch(train_params(args, 1), args.variant, args.prepared)
-        epochs = max(1, min(MAX_EPOCHS, int(args.budget_s / (per_epoch * 1.3))))
+        epochs = max(1, min(MAX_EPOCHS, int(args.budget_s / (per_epoch * BUDGET_MARGIN))))
         over = (
             " (the budget is under one epoch with its 30% margin: one epoch anyway)"
-            if epochs * per_epoch * 1.3 > args.budget_s
+            if epochs * per_epoch * BUDGET_MARGIN > args.budget_s
             else ""
         )
         print(

@@ -9,7 +9,6 @@ metrics JSON, the MLflow run and dvc.lock). Exit status 0: every link matches; 1
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,9 @@ from pipeline import paths, provenance, tracking
 from pipeline.lib import prepared, schema
 from pipeline.lib.config import ConfigError, Params, load_params, run_name
 from pipeline.lib.io import DataError, load_torch, md5_file, sha256_file
-from pipeline.tools.lineage_checks import check
+from pipeline.tools.lineage_checks import RUN_NAME, check
 from pipeline.tools.server_process import answers_health
 
-RUN_NAME = re.compile(r"(?P<variant>.+)-seed(?P<seed>[0-9]+)")
 KEY_METRICS = ("mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "n_test")
 UNKNOWN = provenance.UNKNOWN
 BEST_SUFFIX = paths.best_model_file("run").name.removeprefix("run")  # ".best.pt"

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from pipeline.tools.lineage import Chain, Project
 
 UNKNOWN = provenance.UNKNOWN
+RUN_NAME = re.compile(r"(?P<variant>.+)-seed(?P<seed>[0-9]+)")  # pipeline.lib.config.run_name's names, read back
 
 
 def check(c: Chain, p: Project) -> list[str]:
