@@ -4,101 +4,12 @@ no offset or scientific multiplier on any axis. Built from small synthetic resul
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer
 
-from pipeline.lib import figures, rate_distortion, report_text, stats
-
-CHARS = list("0aB")
-STUDY_METRICS = ["train_loss", "val_loss", "mse", "mse_decoder", "ssim", "ssim_decoder", "psnr", "psnr_decoder"]
-
-
-def make_results(values: dict[str, list[float]]) -> pd.DataFrame:
-    """One row per (variant, seed): `values` gives each variant's MSE per seed; the other metrics follow from it."""
-    rows = {}
-    for variant, mses in values.items():
-        for seed, mse in enumerate(mses):
-            psnr = 10 * np.log10(1 / mse)
-            rows[f"{variant}-seed{seed}"] = {
-                "variant": variant,
-                "seed": seed,
-                "train_loss": mse * 0.9,
-                "val_loss": mse * 1.01,
-                "mse": mse,
-                "mse_decoder": mse * 1.02,
-                "psnr": psnr,
-                "psnr_decoder": psnr - 0.05,
-                "psnr_pooled": psnr - 0.1,
-                "ssim": 1 - 10 * mse,
-                "ssim_decoder": 1 - 10.2 * mse,
-                "dead_latent_units": float(seed % 2),
-                "effective_latent_dims": 20.0,
-                "latent_dim": 32,
-                "bytes_per_image_uint8": 36.0,
-                "psnr_pooled_uint8": psnr - 0.2,
-                "psnr_uint8": psnr - 0.1,
-                "ssim_uint8": 1 - 11 * mse,
-                "mse_uint8": mse * 1.05,
-                "per_class": [{"char": c, "psnr": psnr + i} for i, c in enumerate(CHARS)],
-            }
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def make_published(values: dict[str, float]) -> pd.DataFrame:
-    """The study stage's table of published weights: a row per model with its variant; given here by MSE."""
-    if not values:
-        return pd.DataFrame(columns=["variant"])
-    return make_results({variant: [mse] for variant, mse in values.items()}).assign(seed=-1)
-
-
-NO_PUBLISHED = make_published({})
-
-
-def draw_all(
-    monkeypatch,
-    tmp_path,
-    results: pd.DataFrame,
-    published: pd.DataFrame = NO_PUBLISHED,
-    keras_log: dict | None = None,
-    labels: dict | None = None,
-) -> dict:
-    """Every figure of the report, by name, drawn (so tick labels and offset texts are final)."""
-    drawn = {}
-    save = figures._save
-
-    def keep(fig, out, **kwargs):
-        save(fig, out, **kwargs)
-        drawn[out.stem] = fig  # closed, but it can still be drawn and inspected
-
-    monkeypatch.setattr(figures, "_save", keep)
-    means = report_text.variant_means(results)
-    baseline = {"method": "jpeg", "setting": "quality 5", "bytes_per_image": 130.0, "psnr_pooled": 27.1, "ssim": 0.9}
-    histories = {
-        v: [pd.DataFrame({"epoch": [1, 2], "train_loss": [r.mse * 2, r.mse], "val_loss": [r.mse * 2, r.mse]})]
-        for v, r in means.iterrows()
-    }
-    originals = np.zeros((3, 28, 28), np.uint8)
-    samples = {name: originals for name in results.groupby("variant", sort=False).head(1).index}
-    figures.report_figures(
-        results,
-        stats.aggregate(results, report_text.SEED_COLUMNS, report_text.SEED_FLOORS, report_text.SEED_CEILINGS),
-        means,
-        rate_distortion.assemble(means, [baseline]),
-        histories,
-        originals,
-        samples,
-        published,
-        keras_log or {},
-        tmp_path,
-        labels,
-    )
-    assert sorted(drawn) == sorted(figures.REPORT_FIGURES)
-    assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in drawn)
-    for fig in drawn.values():
-        fig.canvas.draw()
-    return drawn
+from pipeline.lib import plotting
+from tests.figures_support import STUDY_METRICS, draw_all, make_published, make_results, spec
 
 
 def bar_axes(fig) -> list:
@@ -275,7 +186,7 @@ def test_many_variants_keep_a_colour_each_and_a_legend(monkeypatch, tmp_path):
     assert [t.get_text() for t in legend.get_texts()] == list(many)
     (ax,) = drawn["per_class_psnr"].axes
     assert len({tuple(c.patches[0].get_facecolor()) for c in ax.containers}) == 13
-    assert len(set(map(tuple, figures.palette(25)))) == 25
+    assert len(set(map(tuple, plotting.palette(25)))) == 25
 
 
 @pytest.mark.parametrize(("seeds", "label"), [(1, "mean"), (3, "mean, 95% CI")])
@@ -286,9 +197,9 @@ def test_the_seed_spread_legend_names_an_interval_only_where_one_is_drawn(monkey
 
 
 def test_the_at_a_glance_figures_name_each_variant_as_labelled(monkeypatch, tmp_path):
-    labels = {"a": "a (layer 3)", "c": "c (layer 1)"}  # "b" has none: its own name
+    specs = {"a": spec([1, 1, 2, 1]), "b": spec([2, 1, 1, 1], "linear"), "c": spec([2, 1, 1, 1])}  # b: no family
     published = make_published({"a": 0.0035})
-    drawn = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS), published, labels=labels)
+    drawn = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS), published, specs=specs)
     for fig in (drawn["findings_seed_spread"], drawn["study_comparison"]):
         assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == ["a (layer 3)", "b", "c (layer 1)"]
     assert len(drawn["study_comparison"].axes[1].lines) == 2  # the published lines still find their variant

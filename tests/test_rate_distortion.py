@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_hex
 
-from pipeline.lib import figures, rate_distortion
+from pipeline.lib import figures, plotting, rate_distortion
 
 
 def _means(**variants) -> pd.DataFrame:
@@ -148,7 +148,7 @@ def test_rd_figure_gives_each_method_its_own_colour_and_each_variant_one(monkeyp
         for q in (1, 2)
     ]
     saved = []
-    monkeypatch.setattr(figures, "_save", lambda fig, out, **kwargs: saved.append(fig))
+    monkeypatch.setattr(plotting, "save", lambda fig, out, **kwargs: saved.append(fig))
     figures.rate_distortion(rate_distortion.assemble(means, baseline_rows), tmp_path / "rd.png")
     axis = saved[0].axes[0]
     colours = [(line.get_label(), to_hex(line.get_color())) for line in axis.get_lines()]

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
-
-from pipeline.lib.io import atomic_write  # noqa: E402
-from pipeline.lib.rate_distortion import MOONSHOT  # noqa: E402
-from pipeline.lib.report_findings import counted  # noqa: E402
+from pipeline.lib import figures_study, plotting, stats
+from pipeline.lib.plotting import palette
+from pipeline.lib.rate_distortion import MOONSHOT
+from pipeline.lib.report_findings import counted
+from pipeline.lib.report_text import PUBLISHED_WEIGHTS_BAND
 
 REPORT_FIGURES = (
     "findings_seed_spread",
     "study_comparison",
+    "against_published",
     "loss_curves",
     "reconstructions",
     "per_class_psnr",
@@ -42,48 +41,44 @@ def report_figures(
     published: pd.DataFrame,
     keras_log: dict[str, dict[str, dict[int, float]]],
     out: Path,
-    labels: dict[str, str] | None = None,
+    specs: dict[str, dict] | None = None,
 ) -> list[Path]:
     """Every figure of the report into `out`; histories per variant, samples (reconstructions) per run, published:
     the study's published weights as the study stage measured them (a row per model, with its `variant`);
-    keras_log: the study's own losses per model, {"train_loss": {epoch: loss}, "val_loss": ...}; labels: a variant's
-    name on the two at-a-glance figures' axes, e.g. "model01 (layer 3)" (default: its name)."""
+    keras_log: the study's own losses per model, {"train_loss": {epoch: loss}, "val_loss": ...}; specs: each
+    variant's spec, which names a decoder family's variants by their upsampling layer ("model01 (layer 3)") on the
+    at-a-glance figures and pairs their colours (`plotting.variant_colours`)."""
+    specs = specs or {}
     paths = {name: out / f"{name}.png" for name in REPORT_FIGURES}
-    label = lambda variant: (labels or {}).get(variant, variant)  # noqa: E731
+    labels = stats.position_labels({v: specs[v] for v in dict.fromkeys(results.variant) if v in specs})
+    label = lambda variant: labels.get(variant, variant)  # noqa: E731
     named = lambda frame: frame.assign(variant=frame.variant.map(label))  # noqa: E731
-    seed_spread(named(results), summary.rename(index=label), paths["findings_seed_spread"])
+    colours = plotting.variant_colours(list(dict.fromkeys(results.variant)), specs)
+    seed_spread(named(results), summary.rename(index=label), paths["findings_seed_spread"], _keys(colours, label))
     rate_distortion(rd, paths["rate_distortion"])
-    study_comparison(named(results), named(published).set_index("variant"), paths["study_comparison"])
-    loss_curves(histories, keras_log, paths["loss_curves"])
+    figures_study.study_comparison(named(results), named(published).set_index("variant"), paths["study_comparison"])
+    figures_study.against_published(
+        results, published.set_index("variant"), specs, PUBLISHED_WEIGHTS_BAND, paths["against_published"], colours
+    )
+    loss_curves(histories, keras_log, paths["loss_curves"], colours)
     reconstructions(originals, samples, paths["reconstructions"])
     per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
     per_class_psnr(
-        per_class.T.groupby(results.variant, sort=False).mean().T, means.mse.idxmin(), paths["per_class_psnr"]
+        per_class.T.groupby(results.variant, sort=False).mean().T, means.mse.idxmin(), paths["per_class_psnr"], colours
     )
     return list(paths.values())
 
 
-def _save(fig: Figure, out: Path, **kwargs) -> None:
-    _plain_ticks(fig)
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip("."), dpi=110, **kwargs))
-    plt.close(fig)
-
-
-def _plain_ticks(fig: Figure) -> None:
-    """Tick labels that read as they are: no offset ("1e-10 + 2.94e-3") and no scientific multiplier on any axis."""
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            formatter = axis.get_major_formatter()
-            if isinstance(formatter, ScalarFormatter):  # log axes have their own formatter, without an offset
-                formatter.set_useOffset(False)
-                formatter.set_scientific(False)
+def _keys(colours: dict, label) -> dict:
+    return {label(variant): colour for variant, colour in colours.items()}
 
 
 SEED_SIDE = 0.14  # seed_spread: the interval this far left of a variant's tick, its seeds' dots as far right
 
 
-def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
-    """Every seed as a dot beside its variant's mean and 95% interval, for pooled PSNR, SSIM and dead units."""
+def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, colours: dict) -> None:
+    """Every seed as a dot beside its variant's mean and 95% interval, for pooled PSNR, SSIM and dead units; the
+    dots in their variant's colour (`colours`, by the name on the axis)."""
     panels = [
         ("psnr_pooled", "test pooled PSNR (dB)"),
         ("ssim", "test SSIM"),
@@ -109,94 +104,27 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> None:
         for i, variant in enumerate(variants):
             values = runs.loc[runs.variant == variant, column]
             spread = np.linspace(-0.06, 0.06, len(values)) if len(values) > 1 else np.zeros(len(values))
-            ax.scatter(i + SEED_SIDE + spread, values, s=18, alpha=0.7, label=None if i else "each seed")
+            colour = colours.get(variant, "black")
+            ax.scatter(i + SEED_SIDE + spread, values, s=18, color=colour)
         ax.set(ylabel=title)
         ax.grid(axis="y", alpha=0.3)
-        _min_span(ax)
-    axes[0].legend(loc="best")
+        plotting.min_span(ax)
+    seed = Line2D([], [], marker="o", ls="", color="grey")  # a legend entry only: no artist among the dots
+    handles, names = axes[0].get_legend_handles_labels()
+    axes[0].legend([*handles, seed], [*names, "each seed (in its variant's colour)"], loc="best")
     axes[-1].set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
     axes[-1].set_xlim(-0.5, len(variants) - 0.5)  # one variant's dots stay beside its mean, not at the edges
     fig.suptitle(f"seed-to-seed spread ({counted(int(summary.n.max()), 'seed')} per variant)")
     fig.tight_layout()
-    _save(fig, out)
+    plotting.save(fig, out)
 
 
-def palette(n: int) -> list:
-    """n colours, no two alike (the default cycle repeats after 10): tab20's ten hues first, then their light
-    shades, then evenly spaced hues beyond 20."""
-    tab20 = plt.get_cmap("tab20").colors
-    if n <= 20:
-        return list(tab20[0::2] + tab20[1::2])[:n]
-    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
-
-
-def _min_span(ax, fraction: float = 0.01) -> None:
-    """A y range of at least `fraction` of the values' size, so seeds that agree to 1e-9 read as agreeing (a flat
-    row of dots), not as a spread magnified to fill the axis."""
-    low, high = ax.get_ylim()
-    span = fraction * max(abs(low), abs(high))
-    if high - low < span:
-        ax.set_ylim((low + high - span) / 2, (low + high + span) / 2)
-
-
-BAR_COLOURS = {"train_loss": "C2", "val_loss": "C4", "autoencoder": "C0", "encoder→decoder": "C1"}
-
-
-def study_comparison(runs: pd.DataFrame, published: pd.DataFrame, out: Path) -> None:
-    """The study's 2x2 figure (means over seeds, each seed a dot): losses, MSE, SSIM, PSNR; autoencoder vs
-    encoder->decoder; the study's published weights (indexed by variant) as a line across their model's bars, and
-    its Keras log's final losses in the loss panel. One legend below the panels: none covers a bar."""
-    n_variants = runs.variant.nunique()
-    fig, axes = plt.subplots(2, 2, figsize=(max(10, 0.8 * n_variants), 7))
-    keras_log = "the study's Keras log (its val set is its test set)"
-    _seed_bars(axes[0, 0], runs, {"train_loss": "train_loss", "val_loss": "val_loss"}, published, keras_log)
-    axes[0, 0].set_title("final-epoch loss (MSE)")
-    for ax, metric in zip(axes.flat[1:], ("mse", "ssim", "psnr")):
-        columns = {metric: "autoencoder", f"{metric}_decoder": "encoder→decoder"}
-        _seed_bars(ax, runs, columns, published, "published weights")
-        ax.set_title(f"test {'per-image mean ' if metric == 'psnr' else ''}{metric.upper()}")
-    fig.tight_layout()
-    handles = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=3)
-    _save(fig, out, bbox_inches="tight")
-
-
-def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.DataFrame, published_label: str) -> None:
-    """Per variant a bar per column (labelled) at its mean over seeds, from zero, and each seed's value as a dot on
-    its bar, spread evenly across it; a published value of the variant (`published`: by variant) as a line across."""
-    variants = list(dict.fromkeys(runs.variant))
-    by_variant = runs.groupby("variant", sort=False)
-    width = 0.8 / len(columns)
-    seeds = runs.variant.map(runs.variant.value_counts())
-    spread = ((by_variant.cumcount() + 0.5) / seeds - 0.5) * 0.6 * width  # within the middle 60% of the bar
-    for j, (column, label) in enumerate(columns.items()):
-        centres = np.arange(len(variants)) - 0.4 + width * (j + 0.5)
-        ax.bar(centres, by_variant[column].mean().reindex(variants), width, label=label, color=BAR_COLOURS[label])
-        centre_of = dict(zip(variants, centres))
-        x = runs.variant.map(centre_of) + spread
-        ax.scatter(x, runs[column], s=12, color="black", alpha=0.7, zorder=3, label=None if j else "each seed")
-        values = published.get(column, pd.Series(dtype=float)).dropna()
-        _published_lines(ax, centre_of, values, width, label=None if j else published_label)
-    ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
-    ax.set_ylim(bottom=0)
-
-
-def _published_lines(ax, centres: dict[str, float], values: pd.Series, width: float, label: str | None) -> None:
-    """A red line across the bar of each variant that has a published value; `label` on the first only."""
-    for variant in [v for v in values.index if v in centres]:
-        x = centres[variant]
-        ax.plot([x - width / 2, x + width / 2], [values[variant]] * 2, color="red", lw=2, zorder=4, label=label)
-        label = None
-
-
-def loss_curves(histories: dict[str, list[pd.DataFrame]], keras_log: dict, out: Path) -> None:
+def loss_curves(histories: dict[str, list[pd.DataFrame]], keras_log: dict, out: Path, colours: dict) -> None:
     """Per variant: the mean over seeds of each epoch's loss, shaded between the seeds' min and max; beside a study
     model, the study's own Keras log as crosses on a dashed line of the same colour."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for (variant, frames), color in zip(histories.items(), palette(len(histories))):
+    for variant, frames in histories.items():
+        color = colours[variant]
         stacked = pd.concat(frames).groupby("epoch")
         for ax, column in zip(axes, ("train_loss", "val_loss")):
             mean = stacked[column].mean()
@@ -213,7 +141,7 @@ def loss_curves(histories: dict[str, list[pd.DataFrame]], keras_log: dict, out: 
         )
     fig.tight_layout()
     fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
-    _save(fig, out, bbox_inches="tight")
+    plotting.save(fig, out, bbox_inches="tight")
 
 
 def reconstructions(originals: np.ndarray, rows: dict[str, np.ndarray], out: Path) -> None:
@@ -226,14 +154,14 @@ def reconstructions(originals: np.ndarray, rows: dict[str, np.ndarray], out: Pat
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center")
-    _save(fig, out, bbox_inches="tight")
+    plotting.save(fig, out, bbox_inches="tight")
 
 
-def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) -> None:
+def per_class_psnr(table: pd.DataFrame, best: str, out: Path, colours: dict, worst: int = 8) -> None:
     """Per-character PSNR (rows: characters, columns: variants); the best variant's hardest are shaded."""
     table = table.sort_values(best)
     fig, ax = plt.subplots(figsize=(13, 4.5))
-    table.plot.bar(ax=ax, width=0.8, rot=0, legend=False, color=palette(len(table.columns)))
+    table.plot.bar(ax=ax, width=0.8, rot=0, legend=False, color=[colours[v] for v in table.columns])
     ax.set_ylim(bottom=0)
     for i in range(min(worst, len(table))):
         ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.08)
@@ -247,7 +175,7 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, worst: int = 8) ->
     fig.legend(
         *ax.get_legend_handles_labels(), title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=columns
     )
-    _save(fig, out, bbox_inches="tight")
+    plotting.save(fig, out, bbox_inches="tight")
 
 
 def rate_distortion(table: pd.DataFrame, out: Path) -> None:
@@ -289,7 +217,7 @@ def rate_distortion(table: pd.DataFrame, out: Path) -> None:
     fig.tight_layout()
     # below both panels: inside either it covers curves and the lossless codecs' labels
     fig.legend(*axes[1].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=4, fontsize=7)
-    _save(fig, out, bbox_inches="tight")
+    plotting.save(fig, out, bbox_inches="tight")
 
 
 # a variant's storage form -> marker; the default "*" is the entropy-coded stream

@@ -53,7 +53,7 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
         study,
         reference["keras_log"],
         paths.figures_dir(),
-        stats.position_labels(specs),
+        specs,
     )
     report = paths.reports_dir() / "report.md"
     names = [p.name for p in figure_paths]

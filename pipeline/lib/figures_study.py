@@ -1,0 +1,131 @@
+"""The report's figures beside the study: its 2x2 comparison, and each run's test MSE over the published weights'.
+
+Read at a glance as the other figures (pipeline.lib.figures): from zero, each seed a dot, no offset axis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from pipeline.lib import plotting, stats
+
+BAR_COLOURS = {"train_loss": "C2", "val_loss": "C4", "autoencoder": "C0", "encoder→decoder": "C1"}
+
+
+def study_comparison(runs: pd.DataFrame, published: pd.DataFrame, out: Path) -> None:
+    """The study's 2x2 figure (means over seeds, each seed a dot): losses, MSE, SSIM, PSNR; autoencoder vs
+    encoder->decoder; the study's published weights (indexed by variant) as a line across their model's bars, and
+    its Keras log's final losses in the loss panel. One legend below the panels: none covers a bar."""
+    n_variants = runs.variant.nunique()
+    fig, axes = plt.subplots(2, 2, figsize=(max(10, 0.8 * n_variants), 7))
+    keras_log = "the study's Keras log (its val set is its test set)"
+    _seed_bars(axes[0, 0], runs, {"train_loss": "train_loss", "val_loss": "val_loss"}, published, keras_log)
+    axes[0, 0].set_title("final-epoch loss (MSE)")
+    for ax, metric in zip(axes.flat[1:], ("mse", "ssim", "psnr")):
+        columns = {metric: "autoencoder", f"{metric}_decoder": "encoder→decoder"}
+        _seed_bars(ax, runs, columns, published, "published weights")
+        ax.set_title(f"test {'per-image mean ' if metric == 'psnr' else ''}{metric.upper()}")
+    fig.tight_layout()
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=3)
+    plotting.save(fig, out, bbox_inches="tight")
+
+
+def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.DataFrame, published_label: str) -> None:
+    """Per variant a bar per column (labelled) at its mean over seeds, from zero, and each seed's value as a dot on
+    its bar, spread evenly across it; a published value of the variant (`published`: by variant) as a line across."""
+    variants = list(dict.fromkeys(runs.variant))
+    by_variant = runs.groupby("variant", sort=False)
+    width = 0.8 / len(columns)
+    seeds = runs.variant.map(runs.variant.value_counts())
+    spread = ((by_variant.cumcount() + 0.5) / seeds - 0.5) * 0.6 * width  # within the middle 60% of the bar
+    for j, (column, label) in enumerate(columns.items()):
+        centres = np.arange(len(variants)) - 0.4 + width * (j + 0.5)
+        ax.bar(centres, by_variant[column].mean().reindex(variants), width, label=label, color=BAR_COLOURS[label])
+        centre_of = dict(zip(variants, centres))
+        x = runs.variant.map(centre_of) + spread
+        ax.scatter(x, runs[column], s=12, color="black", alpha=0.7, zorder=3, label=None if j else "each seed")
+        values = published.get(column, pd.Series(dtype=float)).dropna()
+        _published_lines(ax, centre_of, values, width, label=None if j else published_label)
+    ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
+    ax.set_ylim(bottom=0)
+
+
+def _published_lines(ax, centres: dict[str, float], values: pd.Series, width: float, label: str | None) -> None:
+    """A red line across the bar of each variant that has a published value; `label` on the first only."""
+    for variant in [v for v in values.index if v in centres]:
+        x = centres[variant]
+        ax.plot([x - width / 2, x + width / 2], [values[variant]] * 2, color="red", lw=2, zorder=4, label=label)
+        label = None
+
+
+FAMILY_MARKERS = ("o", "D", "s", "^")
+
+
+def against_published(
+    runs: pd.DataFrame, published: pd.DataFrame, specs: dict[str, dict], band: float, out: Path, colours: dict
+) -> None:
+    """Per study model (a tick, named by `specs`' upsampling layer): each seed's test MSE over that model's published
+    weights' (1: as good; above 1 + band: more than `band` worse), beside the same ratio for every variant of another
+    decoder family that upsamples at the same layer (model01_linear), with the published weights' dead units. A
+    marker per family, each variant in its colour (`colours`); published: the study stage's table by variant."""
+    models = [m for m in published.index if m in set(runs.variant)]
+    families = list(stats.families({v: specs[v] for v in dict.fromkeys(runs.variant) if v in specs}).items())
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(models)), 4.5))
+    if not models:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no study model of this matrix has published weights measured", ha="center")
+        plotting.save(fig, out)
+        return
+    for tick, model in enumerate(models):
+        beside = _same_layer(model, families, specs)
+        for slot, (family, variant) in enumerate(beside):
+            ratios = runs.loc[runs.variant == variant, "mse"] / published.mse[model]
+            x = tick + (slot - (len(beside) - 1) / 2) * 0.8 / len(beside) + np.linspace(-0.04, 0.04, len(ratios))
+            marker = FAMILY_MARKERS[family % len(FAMILY_MARKERS)]
+            ax.scatter(x, ratios, s=30, marker=marker, color=colours.get(variant, "black"), edgecolors="black", lw=0.4)
+        if "dead_latent_units" in published and pd.notna(published.dead_latent_units[model]):
+            ax.annotate(
+                f"{int(published.dead_latent_units[model])} dead",
+                (tick, 1),
+                ha="center",
+                va="bottom",
+                xytext=(0, 3),
+                textcoords="offset points",
+                fontsize=8,
+                color="red",
+            )
+    ax.axhline(1, color="red", lw=1.5, label="the published weights (their dead latent units above the line)")
+    ax.axhline(1 + band, color="red", lw=1, ls="--", label=f"{band:.0%} above them")
+    for index, (name, _) in enumerate(families):
+        ax.scatter([], [], marker=FAMILY_MARKERS[index % len(FAMILY_MARKERS)], color="grey", label=name)
+    labels = stats.position_labels({m: specs[m] for m in models if m in specs})
+    ax.set_xticks(np.arange(len(models)), [labels.get(m, m) for m in models], rotation=30, ha="right")
+    ax.set_xlim(-0.5, len(models) - 0.5)
+    ax.set_ylim(bottom=0)
+    ax.set(ylabel="test MSE / the published weights'", title="each seed's test MSE over the study's published weights'")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=2, fontsize=8)
+    plotting.save(fig, out, bbox_inches="tight")
+
+
+def _same_layer(model: str, families: list[tuple[str, list[str]]], specs: dict[str, dict]) -> list[tuple[int, str]]:
+    """(family index, variant) of the model itself and of each family's variant that upsamples at its layer; the
+    model alone when it is in no family."""
+    if model not in specs or not any(model in members for _, members in families):
+        return [(0, model)]
+    layer = stats.upsampling_position(specs[model])
+    return [
+        (index, variant)
+        for index, (_, members) in enumerate(families)
+        for variant in members
+        if stats.upsampling_position(specs[variant]) == layer
+    ]

@@ -1,0 +1,72 @@
+"""What the report's figures share: saving without offset axes, distinct colours, and colours that pair the variants
+of decoder families that upsample at the same layer (model01 beside model01_linear)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
+
+from pipeline.lib import stats  # noqa: E402
+from pipeline.lib.io import atomic_write  # noqa: E402
+
+
+def save(fig: Figure, out: Path, **kwargs) -> None:
+    plain_ticks(fig)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip("."), dpi=110, **kwargs))
+    plt.close(fig)
+
+
+def plain_ticks(fig: Figure) -> None:
+    """Tick labels that read as they are: no offset ("1e-10 + 2.94e-3") and no scientific multiplier on any axis."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, ScalarFormatter):  # log axes have their own formatter, without an offset
+                formatter.set_useOffset(False)
+                formatter.set_scientific(False)
+
+
+def palette(n: int) -> list:
+    """n colours, no two alike (the default cycle repeats after 10): tab20's ten hues first, then their light
+    shades, then evenly spaced hues beyond 20."""
+    tab20 = plt.get_cmap("tab20").colors
+    if n <= 20:
+        return list(tab20[0::2] + tab20[1::2])[:n]
+    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
+
+
+def min_span(ax, fraction: float = 0.01) -> None:
+    """A y range of at least `fraction` of the values' size, so seeds that agree to 1e-9 read as agreeing (a flat
+    row of dots), not as a spread magnified to fill the axis."""
+    low, high = ax.get_ylim()
+    span = fraction * max(abs(low), abs(high))
+    if high - low < span:
+        ax.set_ylim((low + high - span) / 2, (low + high + span) / 2)
+
+
+SHADES = 4  # tab20c and tab20b: five hues, each in four shades from dark to light
+
+
+def variant_colours(variants: list[str], specs: dict[str, dict]) -> dict[str, tuple]:
+    """A colour per variant. Members of decoder families (`stats.families`) take their upsampling layer's hue, in
+    their family's shade: model01 dark blue, model01_linear light blue. The other variants take tab20b's hues.
+    Beyond five layers, four families or ten other variants: `palette`'s distinct colours instead."""
+    families = list(stats.families({v: specs[v] for v in variants if v in specs}).values())
+    members = {v: i for i, family in enumerate(families) for v in family}
+    layers = list(dict.fromkeys(stats.upsampling_position(specs[v]) for v in members))  # first family's order
+    others = [v for v in variants if v not in members]
+    if len(layers) > 5 or len(families) > SHADES or len(others) > 10:
+        return dict(zip(variants, palette(len(variants))))
+    step = 2 if len(families) == 2 else 1  # two families: dark and light, not dark and nearly dark
+    by_layer = plt.get_cmap("tab20c").colors
+    colours = {
+        v: by_layer[SHADES * layers.index(stats.upsampling_position(specs[v])) + step * i] for v, i in members.items()
+    }
+    tab20b = plt.get_cmap("tab20b").colors
+    return colours | dict(zip(others, tab20b[0::SHADES] + tab20b[2::SHADES]))
