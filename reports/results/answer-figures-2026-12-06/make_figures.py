@@ -7,7 +7,7 @@ report figures, from the metrics kept in the two snapshots. From the repo root:
 import dataclasses
 from pathlib import Path
 
-from pipeline.lib import figures, report_text, schema, stats
+from pipeline.lib import figures, figures_study, plotting, report_text, schema, stats
 from pipeline.lib.config import load_params
 
 RESULTS = Path("reports/results")
@@ -23,15 +23,22 @@ runs = report_text.results_table(metrics)
 summary = stats.aggregate(runs, report_text.SEED_COLUMNS, report_text.SEED_FLOORS, report_text.SEED_CEILINGS)
 study = report_text.results_table(
     {path.stem: schema.load(path) for path in sorted((RESULTS / RUNS[0] / "study").glob("*.json"))}
-)
+).set_index("variant")
 params = load_params(Path("params.yaml"))
-labels = stats.position_labels({v: dataclasses.asdict(params.variant(v)) for v in dict.fromkeys(runs.variant)})
+variants = list(dict.fromkeys(runs.variant))
+specs = {v: dataclasses.asdict(params.variant(v)) for v in variants}
+labels = stats.position_labels(specs)
+colours = plotting.variant_colours(variants, specs)
 figures.seed_spread(
-    runs.assign(variant=runs.variant.map(labels)), summary.rename(index=labels), OUT / "findings_seed_spread.png"
-)
-figures.study_comparison(
     runs.assign(variant=runs.variant.map(labels)),
-    study.assign(variant=study.variant.map(labels)).set_index("variant"),
-    OUT / "study_comparison.png",
+    summary.rename(index=labels),
+    OUT / "findings_seed_spread.png",
+    {labels[v]: colour for v, colour in colours.items()},
+)
+figures_study.study_comparison(
+    runs.assign(variant=runs.variant.map(labels)), study.rename(index=labels), OUT / "study_comparison.png"
+)
+figures_study.against_published(
+    runs, study, specs, report_text.PUBLISHED_WEIGHTS_BAND, OUT / "against_published.png", colours
 )
 print(summary[["n", "mse_mean", "mse_std", "dead_latent_units_mean"]].to_string())
