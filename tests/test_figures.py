@@ -104,9 +104,24 @@ def test_the_study_comparison_has_one_legend_below_its_panels_and_no_headroom_be
 def test_the_per_class_legend_sits_beside_the_bars_whose_right_end_reaches_the_top(three):
     fig = three["per_class_psnr"]
     fig.canvas.draw()
-    ((ax,), (legend,)) = fig.axes, fig.legends
+    (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == list(THREE_VARIANTS)
-    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
+    assert all(legend.get_window_extent().x0 >= ax.get_window_extent().x1 for ax in fig.axes)
+
+
+def test_under_each_per_class_bar_a_dot_is_its_difference_from_the_best_variant(three):
+    bars, below = three["per_class_psnr"].axes
+    results = make_results(THREE_VARIANTS)
+    per_class = {v: [r[0]["psnr"] for r in group.per_class] for v, group in results.groupby("variant")}
+    best = np.mean(per_class["b"])  # b has the lowest MSE; character "0" (psnr + 0) is its hardest, first
+    for container, dots in zip(bars.containers, below.collections):
+        bar = container.patches[0]
+        (x, y) = dots.get_offsets()[0]
+        assert bar.get_x() <= x <= bar.get_x() + bar.get_width()
+        assert y == pytest.approx(bar.get_height() - best)
+    assert [np.mean(per_class[v]) for v in THREE_VARIANTS] == pytest.approx(
+        [c.patches[0].get_height() for c in bars.containers]
+    )
 
 
 def test_the_rate_distortion_legend_sits_below_both_panels(three):
@@ -184,7 +199,7 @@ def test_many_variants_keep_a_colour_each_and_a_legend(monkeypatch, tmp_path):
     assert len(colours) == 13 and len(set(map(str, colours.values()))) == 13
     (legend,) = drawn["per_class_psnr"].legends
     assert [t.get_text() for t in legend.get_texts()] == list(many)
-    (ax,) = drawn["per_class_psnr"].axes
+    ax = drawn["per_class_psnr"].axes[0]
     assert len({tuple(c.patches[0].get_facecolor()) for c in ax.containers}) == 13
     assert len(set(map(tuple, plotting.palette(25)))) == 25
 

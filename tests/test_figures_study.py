@@ -97,8 +97,9 @@ def test_the_other_figures_draw_each_variant_in_its_paired_colour(drawn):
     psnr = drawn["findings_seed_spread"].axes[0]
     dots = [to_hex(c.get_facecolor()[0]) for c in psnr.collections if isinstance(c, PathCollection)]
     assert dots == list(colours.values())
-    (bars,) = drawn["per_class_psnr"].axes
+    bars, below = drawn["per_class_psnr"].axes
     assert [to_hex(c.patches[0].get_facecolor()) for c in bars.containers] == list(colours.values())
+    assert [to_hex(c.get_facecolor()[0]) for c in below.collections] == list(colours.values())
 
 
 def test_without_published_weights_the_figure_says_so(monkeypatch, tmp_path):
