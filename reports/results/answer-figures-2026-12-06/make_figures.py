@@ -7,6 +7,8 @@ report figures, from the metrics kept in the two snapshots. From the repo root:
 import dataclasses
 from pathlib import Path
 
+import pandas as pd
+
 from pipeline.lib import figures, figures_study, plotting, report_text, schema, stats
 from pipeline.lib.config import load_params
 
@@ -41,4 +43,10 @@ figures_study.study_comparison(
 figures_study.against_published(
     runs, study, specs, report_text.PUBLISHED_WEIGHTS_BAND, OUT / "against_published.png", colours
 )
+per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in runs.per_class.items()})
+per_class = per_class.T.groupby(runs.variant, sort=False).mean().T
+figures.per_class_psnr(per_class, summary.mse_mean.idxmin(), OUT / "per_class_psnr.png", colours)
+for model in (v for v in variants if f"{v}_linear" in variants):
+    ahead = per_class[f"{model}_linear"] - per_class[model]
+    print(f"{model}_linear ahead of {model} on each character by {ahead.min():.2f}-{ahead.max():.2f} dB")
 print(summary[["n", "mse_mean", "mse_std", "dead_latent_units_mean"]].to_string())
