@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from matplotlib.colors import to_hex
 
-from pipeline.lib import figures, plotting, rate_distortion
+from pipeline.lib import rate_distortion
 
 
 def _means(**variants) -> pd.DataFrame:
@@ -105,60 +104,6 @@ def test_quality_target_is_answered_again_for_refined_latents():
         "met; the best is refined at 28.40 dB, SSIM 0.9870" in refined
         and "up to 100 refinement steps per image" in refined
     )
-
-
-def test_rd_figure_keeps_refined_points_apart_from_the_encoders():
-    settings = [
-        "float32, 32 dims",
-        "float32, refined ≤100 steps, 32 dims",
-        "uint8, 32 dims",
-        "uint8, refined ≤100 steps, 32 dims",
-        "uint8 range-coded, refined ≤100 steps, 32 dims",
-        "entropy-coded one file per image, 16 dims",
-    ]
-    table = pd.DataFrame({"method": "m", "setting": settings, "kind": "variant"})
-    assert list(figures._variant_points(table)) == [
-        ("m", "float32"),
-        ("m", "float32, refined ≤100 steps"),
-        ("m", "uint8"),
-        ("m", "uint8, refined ≤100 steps"),
-        ("m", "uint8 range-coded, refined ≤100 steps"),
-        ("m", "entropy-coded one file per image"),
-    ]
-
-
-def test_rd_figure_gives_each_method_its_own_colour_and_each_variant_one(monkeypatch, tmp_path):
-    means = _means(
-        **{
-            f"v{i}": [32, 24.0 + i, 25.0, 0.97, 0.004, 0.8, 32.1, 23.9, 24.9, 0.969, 0.0041, np.nan, np.nan]
-            for i in range(8)
-        }
-    )
-    baseline_rows = [
-        {
-            "method": m,
-            "setting": f"quality {q}",
-            "bytes_per_image": 100.0 + q,
-            "psnr_pooled": 20.0 + q,
-            "psnr": 21.0 + q,
-            "ssim": 0.9,
-            "mse": 0.01,
-        }
-        for m in ("jpeg", "webp", "pca")
-        for q in (1, 2)
-    ]
-    saved = []
-    monkeypatch.setattr(plotting, "save", lambda fig, out, **kwargs: saved.append(fig))
-    figures.rate_distortion(rate_distortion.assemble(means, baseline_rows), tmp_path / "rd.png")
-    axis = saved[0].axes[0]
-    colours = [(line.get_label(), to_hex(line.get_color())) for line in axis.get_lines()]
-    colours += [(points.get_label(), to_hex(points.get_facecolor()[0])) for points in axis.collections]
-    by_method: dict[str, set] = {}
-    for label, colour in colours:
-        if not label.startswith("_"):  # the moonshot guides are unlabelled
-            by_method.setdefault(label.split()[0], set()).add(colour)
-    assert len(by_method) == 11 and all(len(c) == 1 for c in by_method.values())  # float32 and uint8 share one
-    assert len(set().union(*by_method.values())) == 11
 
 
 def test_quality_target_names_a_variant_that_meets_both_over_one_with_a_higher_psnr_alone():

@@ -13,9 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from pipeline.lib import figures_study, plotting, stats
-from pipeline.lib.plotting import palette
-from pipeline.lib.rate_distortion import MOONSHOT
+from pipeline.lib import figures_rd, figures_study, plotting, stats
 from pipeline.lib.report_findings import counted
 from pipeline.lib.report_text import PUBLISHED_WEIGHTS_BAND
 
@@ -55,7 +53,7 @@ def report_figures(
     named = lambda frame: frame.assign(variant=frame.variant.map(label))  # noqa: E731
     colours = plotting.variant_colours(list(dict.fromkeys(results.variant)), specs)
     seed_spread(named(results), summary.rename(index=label), paths["findings_seed_spread"], _keys(colours, label))
-    rate_distortion(rd, paths["rate_distortion"])
+    figures_rd.rate_distortion(rd, paths["rate_distortion"], colours)
     figures_study.study_comparison(named(results), named(published).set_index("variant"), paths["study_comparison"])
     figures_study.against_published(
         results, published.set_index("variant"), specs, PUBLISHED_WEIGHTS_BAND, paths["against_published"], colours
@@ -180,54 +178,3 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, colours: dict, wor
         *ax.get_legend_handles_labels(), title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=columns
     )
     plotting.save(fig, out, bbox_inches="tight")
-
-
-def rate_distortion(table: pd.DataFrame, out: Path) -> None:
-    """Bytes per image against pooled PSNR and SSIM: each baseline a line over its settings, each variant's
-    storage forms as markers in the variant's one colour; lossless codecs (infinite PSNR) as vertical lines."""
-    methods = table.method.drop_duplicates().tolist()
-    color = dict(zip(methods, palette(len(methods))))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for ax, metric in zip(axes, ("psnr_pooled", "ssim")):
-        for method, group in table[table.kind == "baseline"].groupby("method", sort=False):
-            lossy = group.dropna(subset=["psnr_pooled"]).sort_values("bytes_per_image")
-            if len(lossy):
-                ax.plot(lossy.bytes_per_image, lossy[metric], "o-", ms=3, color=color[method], label=method)
-            for size in group[group.psnr_pooled.isna()].bytes_per_image:
-                ax.axvline(size, ls=":", color="gray")
-                ax.text(size, 0.02, f" {method} lossless", rotation=90, transform=ax.get_xaxis_transform(), fontsize=7)
-        for (method, form), point in _variant_points(table).items():
-            hollow = "refined" in form  # the codec's refined latents: the same marker, not filled
-            ax.scatter(
-                point.bytes_per_image,
-                point[metric],
-                marker=MARKERS.get(form.split(",")[0], "*"),
-                edgecolors=color[method],
-                facecolors="none" if hollow else color[method],
-                s=60 if form == "entropy-coded" else 30,
-                label=f"{method} {form}",
-            )
-        ax.set(
-            xscale="log", xlabel="bytes per image (log)", ylabel={"psnr_pooled": "pooled PSNR (dB)"}.get(metric, "SSIM")
-        )
-        ax.grid(alpha=0.3, which="both")
-    axes[0].axhline(MOONSHOT["psnr_pooled"], color="red", lw=0.8, ls="--")
-    axes[0].axvline(MOONSHOT["bytes_per_image"], color="red", lw=0.8, ls="--")
-    fig.suptitle(
-        "rate–distortion on the test set (red: the moonshot, ≤ {bytes_per_image} B at ≥ {psnr_pooled} dB)".format(
-            **MOONSHOT
-        )
-    )
-    fig.tight_layout()
-    # below both panels: inside either it covers curves and the lossless codecs' labels
-    fig.legend(*axes[1].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=4, fontsize=7)
-    plotting.save(fig, out, bbox_inches="tight")
-
-
-# a variant's storage form -> marker; the default "*" is the entropy-coded stream
-MARKERS = {"float32": "s", "uint8": "^", "uint8 range-coded": "v", "entropy-coded one file per image": "P"}
-
-
-def _variant_points(table: pd.DataFrame) -> dict:
-    variants = table[table.kind == "variant"]
-    return {(row.method, row.setting.rsplit(",", 1)[0]): row for _, row in variants.iterrows()}  # drop ", N dims"
