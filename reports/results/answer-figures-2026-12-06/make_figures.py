@@ -1,15 +1,17 @@
 """The answer's 24 runs (the study's four models and their _linear twins, seeds 0-2, 15 epochs) drawn by today's
-report figures, from the metrics kept in the two snapshots. From the repo root:
+report figures, from the metrics kept in the two snapshots; the classical codecs' points from standin-rd's
+rate_distortion.json (the baselines stage on the same stand-in test split). From the repo root:
 
     PYTHONPATH=. python reports/results/answer-figures-2026-12-06/make_figures.py
 """
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.lib import figures, figures_study, plotting, report_text, schema, stats
+from pipeline.lib import figures, figures_rd, figures_study, plotting, rate_distortion, report_text, schema, stats
 from pipeline.lib.config import load_params
 
 RESULTS = Path("reports/results")
@@ -46,6 +48,13 @@ figures_study.against_published(
 per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in runs.per_class.items()})
 per_class = per_class.T.groupby(runs.variant, sort=False).mean().T
 figures.per_class_psnr(per_class, summary.mse_mean.idxmin(), OUT / "per_class_psnr.png", colours)
+codecs = [
+    row
+    for row in json.loads((RESULTS / "standin-rd" / "rate_distortion.json").read_text())
+    if row["kind"] == "baseline"
+]
+rd = rate_distortion.assemble(report_text.variant_means(runs), codecs)
+figures_rd.rate_distortion(rd, OUT / "rate_distortion.png", colours)
 for model in (v for v in variants if f"{v}_linear" in variants):
     ahead = per_class[f"{model}_linear"] - per_class[model]
     print(f"{model}_linear ahead of {model} on each character by {ahead.min():.2f}-{ahead.max():.2f} dB")
