@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from pipeline import paths
-from pipeline.lib import prepared, report_findings, report_text, schema
+from pipeline.lib import prepared, report_findings, report_tables, report_text, schema
 from pipeline.lib.config import parse_params
 from pipeline.lib.dataset import prepare_from_directory
 from pipeline.lib.keras_weights import study_files
@@ -165,12 +165,12 @@ def test_the_report_shows_the_measured_study_row_beside_its_variant():
     measured = {"variant": MODEL, "n_test": 94, "train_loss": 0.00379, "val_loss": 0.00401, "mse": 0.0042}
     study = pd.DataFrame([{**measured, "ssim": 0.97, "psnr": 25.0, "psnr_pooled": 24.0}])
     study["dead_latent_units"] = 4
-    table = report_text.study_table(means, 3, reference, study.set_index(pd.Index([MODEL])))
+    table = report_tables.study_table(means, 3, reference, study.set_index(pd.Index([MODEL])))
     row = table.loc[(MODEL, "study, published weights (94 img)")]
     assert row.mse == 0.0042 and row.dead_latent_units == 4
     assert pd.isna(row.train_loss) and pd.isna(row.val_loss)  # the study's logged losses: its reported row's, not ours
     assert (MODEL, "study, reported (10 img)") in table.index
-    assert report_text.study_table(means, 3, reference, study.iloc[:0]).index.get_level_values(1).tolist() == [
+    assert report_tables.study_table(means, 3, reference, study.iloc[:0]).index.get_level_values(1).tolist() == [
         "CompressNet (2 ep, 3 seeds, 94 img)",
         "study, reported (10 img)",
     ]
@@ -197,7 +197,7 @@ def test_the_report_checks_each_study_model_run_against_its_published_weights():
         }
     )
     study = pd.DataFrame({"mse": [0.0040, 0.0110], "dead_latent_units": [4, 18]}, index=[MODEL, "model02"])
-    check = report_text.published_weights_check(runs, study, band=0.15)
+    check = report_tables.published_weights_check(runs, study, band=0.15)
 
     assert check.variant.tolist() == [MODEL, MODEL, "model02"]  # only the study's own models have published weights
     assert check.ratio.round(3).tolist() == [1.1, 1.2, 0.364]
@@ -207,7 +207,7 @@ def test_the_report_checks_each_study_model_run_against_its_published_weights():
         "above theirs; above that: model01 seed 1 (1.20×, 6 dead latent units against 4); more than 15% below: "
         "model02 seed 0 (0.36×, 3 dead latent units against 18)."
     ]
-    check = report_text.published_weights_check(runs, study, band=0.25)
+    check = report_tables.published_weights_check(runs, study, band=0.25)
     assert check["at_most_25%_above"].all()
     assert report_findings.published_weights_finding(check, band=0.25) == [
         "- Against the study's published weights: 3 of 3 runs of the study's models reach a test MSE at most 25% "
@@ -219,9 +219,31 @@ def test_the_report_checks_each_study_model_run_against_its_published_weights():
 def test_a_report_without_study_weights_says_so_instead_of_showing_empty_tables():
     runs = pd.DataFrame({"variant": [MODEL], "seed": [0], "epochs": 1, "mse": [0.01], "dead_latent_units": [3]})
     none = pd.DataFrame(columns=["mse", "dead_latent_units"])
-    lines = report_text.study_sections(none, report_text.published_weights_check(runs, none, 0.15), 0.15)
+    lines = report_text.study_sections(none, report_tables.published_weights_check(runs, none, 0.15), 0.15)
     assert "Not measured in this experiment (`study.models` is empty), so no run is compared with them." in lines
     assert not any(line.startswith("|") for line in lines)
     study = pd.DataFrame({"mse": [0.0110], "dead_latent_units": [18]}, index=["model02"])
-    lines = report_text.study_sections(study, report_text.published_weights_check(runs, study, 0.15), 0.15)
+    lines = report_text.study_sections(study, report_tables.published_weights_check(runs, study, 0.15), 0.15)
     assert "No variant of the matrix is a study model whose published weights were measured." in lines
+
+
+def test_the_protocol_table_follows_a_study_models_runs_with_its_published_weights_on_the_same_images():
+    protocol = lambda mse: {"indices": [3, 7], "mse": mse, "psnr": 25.0, "psnr_pooled": 24.0, "ssim": 0.97}  # noqa: E731
+    runs = pd.DataFrame(
+        {
+            "variant": [MODEL, MODEL, "model01_linear"],
+            "seed_protocol": [protocol(0.004), protocol(0.005), protocol(0.003)],
+        },
+        index=[f"{MODEL}-seed0", f"{MODEL}-seed1", "model01_linear-seed0"],
+    )
+    study = pd.DataFrame({"seed_protocol": [protocol(0.0031)]}, index=[MODEL])
+    table = report_tables.protocol_table(runs, study)
+    assert table.index.tolist() == [
+        f"{MODEL}-seed0",
+        f"{MODEL}-seed1",
+        f"{MODEL} published weights",
+        "model01_linear-seed0",
+    ]
+    assert table.mse.tolist() == [0.004, 0.005, 0.0031, 0.003]
+    assert table.columns.tolist() == ["mse", "psnr", "psnr_pooled", "ssim"]
+    assert report_tables.protocol_table(runs, pd.DataFrame(columns=["variant"])).index.tolist() == runs.index.tolist()

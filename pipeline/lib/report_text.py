@@ -11,7 +11,6 @@ from pipeline.lib import rate_distortion
 from pipeline.lib.report_findings import (
     collapsed_finding,
     collapsed_variants,
-    counted,
     dead_units_finding,
     findings,
     plus_minus,
@@ -19,8 +18,8 @@ from pipeline.lib.report_findings import (
     spread_format,
     twin_finding,
 )
+from pipeline.lib.report_tables import compression_table, protocol_table, published_weights_check, study_table
 
-STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
 SEED_FLOORS = {"mse": 0.0, "dead_latent_units": 0.0, "effective_latent_dims": 0.0, "val_loss": 0.0}
 SEED_CEILINGS = {"ssim": 1.0, "dead_latent_units": "latent_dim", "effective_latent_dims": "latent_dim"}
@@ -34,22 +33,6 @@ RUN_COLUMNS = [
     "dead_latent_units",
     "active_latent_units_per_image",
     "effective_latent_dims",
-]
-COMPRESSION_COLUMNS = [
-    "latent_dim",
-    "bytes_per_image_float32",
-    "bytes_per_image_uint8",
-    "bytes_per_image_uint8_range",
-    "psnr_pooled_uint8",
-    "bytes_per_image_entropy",
-    "prior_bits_per_image",
-    "max_abs_diff_decoder",
-    "eval_seconds",
-    "refine_steps",
-    "refine_seconds",
-    "psnr_refined",
-    "ssim_refined",
-    "psnr_pooled_refined",
 ]
 FIDELITY_COLUMNS = ["classifier_accuracy", "classifier_accuracy_originals", "psnr", "ssim"]
 # A run of a study model matches the study when its test MSE is at most this fraction above its published weights'
@@ -68,54 +51,16 @@ def variant_means(results: pd.DataFrame) -> pd.DataFrame:
     return numeric.groupby(results.variant, sort=False).mean(skipna=False)
 
 
-def study_table(means: pd.DataFrame, n_seeds: int, reference: dict, study: pd.DataFrame) -> pd.DataFrame:
-    """Ours (full test set, mean over seeds) beside the study's reported numbers and its published weights as the
-    study stage measured them (`study`: their metrics, indexed by variant)."""
-    rows = []
-    for variant, ours in means.iterrows():
-        rows.append(
-            {
-                "variant": variant,
-                "source": f"CompressNet ({int(ours.epochs)} ep, {counted(n_seeds, 'seed')}, {int(ours.n_test)} img)",
-                **{c: ours[c] for c in [*STUDY_COLUMNS, "dead_latent_units"]},
-            }
-        )
-        if variant in reference["reported"]:
-            rows.append({"variant": variant, "source": "study, reported (10 img)", **reference["reported"][variant]})
-        if variant in study.index:
-            published = study.loc[variant]
-            rows.append(
-                {
-                    "variant": variant,
-                    "source": f"study, published weights ({int(published.n_test)} img)",
-                    **{c: published[c] for c in [*STUDY_COLUMNS, "dead_latent_units"]},
-                    # the study's logged losses (its reported row), not measured here on these images
-                    "train_loss": None,
-                    "val_loss": None,
-                }
-            )
-    return pd.DataFrame(rows).set_index(["variant", "source"])
-
-
-def published_weights_check(results: pd.DataFrame, study: pd.DataFrame, band: float) -> pd.DataFrame:
-    """Each run of a study model beside that model's published weights (as the study stage measured them): its test
-    MSE over theirs, whether it is at most `band` above it, and both dead-unit counts (the study's confounder)."""
-    runs = results[results.variant.isin(study.index)]
-    published = study.reindex(index=runs.variant, columns=["mse", "dead_latent_units"])  # columns: none if no models
-    ratio = runs.mse.to_numpy() / published.mse.to_numpy()
-    return pd.DataFrame(
-        {
-            "variant": runs.variant,
-            "seed": runs.seed,
-            "epochs": runs.epochs,
-            "mse": runs.mse,
-            "mse_published": published.mse.to_numpy(),
-            "ratio": ratio,
-            f"at_most_{band:.0%}_above": ratio <= 1 + band,
-            "dead_latent_units": runs.dead_latent_units,
-            "dead_latent_units_published": published.dead_latent_units.to_numpy(),
-        }
-    )
+def decoder_section(means: pd.DataFrame) -> list[str]:
+    """The encoder -> decoder pass's numbers, or where it reproduces the autoencoder to the bit, a sentence saying so
+    instead of the same numbers again."""
+    decoder = means[["mse_decoder", "psnr_decoder", "ssim_decoder", "max_abs_diff_decoder"]]
+    if (decoder.max_abs_diff_decoder == 0).all():
+        return [
+            "Every variant's encoder → decoder pass reconstructs each test image to the bit as its autoencoder does "
+            "(max_abs_diff_decoder 0), so its MSE, PSNR and SSIM are the autoencoder's above."
+        ]
+    return [_markdown(decoder)]
 
 
 def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -146,8 +91,7 @@ def render_markdown(
     means = variant_means(results)
     band = PUBLISHED_WEIGHTS_BAND
     check = published_weights_check(results, study, band)
-    decoder = means[["mse_decoder", "psnr_decoder", "ssim_decoder", "max_abs_diff_decoder"]]
-    protocol = pd.DataFrame(list(results.seed_protocol), index=results.index)[["mse", "psnr", "psnr_pooled", "ssim"]]
+    protocol = protocol_table(results, study)
     n_seeds = int(summary.n.min())
     parts = [
         "# CompressNet report",
@@ -188,15 +132,16 @@ def render_markdown(
         "",
         "## Encoder → decoder run separately (mean over seeds)",
         "",
-        _markdown(decoder),
+        *decoder_section(means),
         "",
-        "## The study's protocol (10 seeded test images), per run",
+        f"## The study's protocol ({len(results.seed_protocol.iloc[0]['indices'])} seeded test images), per run and "
+        "for the published weights",
         "",
         _markdown(protocol),
         "",
         "## Compression (mean over seeds)",
         "",
-        _markdown(means.reindex(columns=COMPRESSION_COLUMNS)),
+        _markdown(compression_table(means)),
         "",
         "Bytes per image are real streams (pipeline.lib.codec) of the whole test split, headers and side information "
         "included. uint8: per-dimension scale/offset calibrated on the train split, carried in the stream; "

@@ -1,0 +1,96 @@
+"""The report's tables beside the study and of compression: ours against the study's reported numbers and published
+weights, run by run against those weights, on the study's protocol images, and the streams' sizes."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.lib.report_findings import counted
+
+STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
+COMPRESSION_COLUMNS = [
+    "latent_dim",
+    "bytes_per_image_float32",
+    "bytes_per_image_uint8",
+    "bytes_per_image_uint8_range",
+    "psnr_pooled_uint8",
+    "bytes_per_image_entropy",
+    "prior_bits_per_image",
+    "max_abs_diff_decoder",
+    "eval_seconds",
+    "refine_steps",
+    "refine_seconds",
+    "psnr_refined",
+    "ssim_refined",
+    "psnr_pooled_refined",
+]
+
+
+def study_table(means: pd.DataFrame, n_seeds: int, reference: dict, study: pd.DataFrame) -> pd.DataFrame:
+    """Ours (full test set, mean over seeds) beside the study's reported numbers and its published weights as the
+    study stage measured them (`study`: their metrics, indexed by variant)."""
+    rows = []
+    for variant, ours in means.iterrows():
+        rows.append(
+            {
+                "variant": variant,
+                "source": f"CompressNet ({int(ours.epochs)} ep, {counted(n_seeds, 'seed')}, {int(ours.n_test)} img)",
+                **{c: ours[c] for c in [*STUDY_COLUMNS, "dead_latent_units"]},
+            }
+        )
+        if variant in reference["reported"]:
+            rows.append({"variant": variant, "source": "study, reported (10 img)", **reference["reported"][variant]})
+        if variant in study.index:
+            published = study.loc[variant]
+            rows.append(
+                {
+                    "variant": variant,
+                    "source": f"study, published weights ({int(published.n_test)} img)",
+                    **{c: published[c] for c in [*STUDY_COLUMNS, "dead_latent_units"]},
+                    # the study's logged losses (its reported row), not measured here on these images
+                    "train_loss": None,
+                    "val_loss": None,
+                }
+            )
+    return pd.DataFrame(rows).set_index(["variant", "source"])
+
+
+def published_weights_check(results: pd.DataFrame, study: pd.DataFrame, band: float) -> pd.DataFrame:
+    """Each run of a study model beside that model's published weights (as the study stage measured them): its test
+    MSE over theirs, whether it is at most `band` above it, and both dead-unit counts (the study's confounder)."""
+    runs = results[results.variant.isin(study.index)]
+    published = study.reindex(index=runs.variant, columns=["mse", "dead_latent_units"])  # columns: none if no models
+    ratio = runs.mse.to_numpy() / published.mse.to_numpy()
+    return pd.DataFrame(
+        {
+            "variant": runs.variant,
+            "seed": runs.seed,
+            "epochs": runs.epochs,
+            "mse": runs.mse,
+            "mse_published": published.mse.to_numpy(),
+            "ratio": ratio,
+            f"at_most_{band:.0%}_above": ratio <= 1 + band,
+            "dead_latent_units": runs.dead_latent_units,
+            "dead_latent_units_published": published.dead_latent_units.to_numpy(),
+        }
+    )
+
+
+def protocol_table(results: pd.DataFrame, study: pd.DataFrame) -> pd.DataFrame:
+    """The study's protocol (its seeded test images) per run, each study model's runs followed by its published
+    weights on the same images (`study`: by variant), the comparison the study's own table makes."""
+    frames = []
+    for variant, runs in results.groupby("variant", sort=False):
+        frames.append(pd.DataFrame(list(runs.seed_protocol), index=runs.index))
+        if isinstance(study.get("seed_protocol", {}).get(variant), dict):
+            frames.append(pd.DataFrame([study.seed_protocol[variant]], index=[f"{variant} published weights"]))
+    return pd.concat(frames)[["mse", "psnr", "psnr_pooled", "ssim"]]
+
+
+def compression_table(means: pd.DataFrame) -> pd.DataFrame:
+    """COMPRESSION_COLUMNS that some variant fills: no entropy-coding columns without an entropy-coded variant, no
+    refinement columns where no variant refines."""
+    table = means.reindex(columns=COMPRESSION_COLUMNS).dropna(axis="columns", how="all")
+    if (table.get("refine_steps", pd.Series(0.0)).fillna(0) == 0).all():
+        table = table.drop(columns=[c for c in table if "refine" in c])
+    return table

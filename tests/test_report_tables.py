@@ -1,0 +1,40 @@
+"""The report's compression table and encoder -> decoder section show what the variants measured, not columns
+nobody fills or the autoencoder's numbers a second time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.lib import report_tables, report_text
+
+PLAIN = {
+    "latent_dim": 32,
+    "bytes_per_image_uint8": 32.0,
+    "max_abs_diff_decoder": 0.0,
+    "refine_steps": 0,
+    "refine_seconds": 1e-5,
+}
+
+
+def test_the_compression_table_leaves_out_what_no_variant_measured():
+    means = pd.DataFrame({"a": PLAIN, "b": PLAIN}).T.assign(bytes_per_image_entropy=np.nan, psnr_refined=np.nan)
+    assert report_tables.compression_table(means).columns.tolist() == [
+        "latent_dim",
+        "bytes_per_image_uint8",
+        "max_abs_diff_decoder",
+    ]
+    means.loc["b", ["bytes_per_image_entropy", "refine_steps", "psnr_refined"]] = [20.0, 100, 27.0]
+    table = report_tables.compression_table(means)
+    assert {"bytes_per_image_entropy", "refine_steps", "refine_seconds", "psnr_refined"} <= set(table.columns)
+    assert pd.isna(table.loc["a", "bytes_per_image_entropy"])  # a variant without it shows a blank, not a zero
+
+
+def test_the_decoder_section_is_a_sentence_where_the_passes_agree_to_the_bit_and_a_table_where_they_do_not():
+    decoder = {"mse_decoder": 0.004, "psnr_decoder": 25.0, "ssim_decoder": 0.97, "max_abs_diff_decoder": 0.0}
+    means = pd.DataFrame({"a": decoder, "b": decoder}).T
+    (sentence,) = report_text.decoder_section(means)
+    assert "to the bit" in sentence and not sentence.startswith("|")
+    means.loc["b", "max_abs_diff_decoder"] = 1e-6
+    (table,) = report_text.decoder_section(means)
+    assert table.startswith("|") and "1e-06" in table
