@@ -1,5 +1,5 @@
-"""The report's runs against the study's published weights (pipeline.lib.figures_study.against_published), and the
-colours that pair the variants of decoder families upsampling at the same layer (pipeline.lib.plotting)."""
+"""The report's runs against the study's published weights (pipeline.lib.figures_study.against_published): each
+seed's test MSE over its study model's published weights', beside the other groups' variants at the same layer."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
 
-from pipeline.lib import plotting
+from pipeline.lib import figures_study, plotting
 from tests.figures_support import draw_all, make_published, make_results, spec
 
-# two decoder families of two layers each (m1/m2 and their _linear twins) and a variant in no family
+# two decoder families of two layers each (m1/m2 and their _linear twins) and a variant alone at its own layer
 SPECS = {
     "m1": spec([1, 1, 2, 1]),
     "m2": spec([2, 1, 1, 1]),
@@ -27,67 +27,57 @@ MSES = {
     "m2_linear": [0.0029, 0.0030],
     "solo": [0.005, 0.0052],
 }
-PUBLISHED = {"m1": 0.004, "m2": 0.010}
+PUBLISHED = {"m1": 0.004, "m2": 0.010, "m9": 0.002}  # m9: published, but not in the matrix
+DEAD = [4, 18, 7]
+
+
+def published(values: dict = PUBLISHED) -> pd.DataFrame:
+    return make_published(values).assign(dead_latent_units=DEAD[: len(values)])
 
 
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as monkeypatch:
         path = tmp_path_factory.mktemp("study")
-        return draw_all(monkeypatch, path, make_results(MSES), make_published(PUBLISHED), specs=SPECS)
+        return draw_all(monkeypatch, path, make_results(MSES), published(), specs=SPECS)
 
 
-def hexes(colours) -> list[str]:
-    return [to_hex(c) for c in colours]
-
-
-def test_variants_at_the_same_layer_share_a_hue_in_their_familys_shade():
-    colours = {v: to_hex(c) for v, c in plotting.variant_colours(list(SPECS), SPECS).items()}
-    assert len(set(colours.values())) == len(SPECS)
-    shades = plotting.SHADES
-    tab20c = hexes(plotting.plt.get_cmap("tab20c").colors)
-    hue = {v: tab20c.index(colours[v]) // shades for v in ("m1", "m2", "m1_linear", "m2_linear")}
-    assert hue["m1"] == hue["m1_linear"] != hue["m2"] == hue["m2_linear"]
-    assert tab20c.index(colours["m1"]) < tab20c.index(colours["m1_linear"])  # the first family the darker
-    assert colours["solo"] not in tab20c
-
-
-def test_beyond_four_families_each_variant_takes_a_distinct_colour():
-    specs = {
-        f"f{f}l{layer}": spec([2 if i == layer else 1 for i in range(4)], f"act{f}")
-        for f in range(5)
-        for layer in range(2)
-    }
-    colours = plotting.variant_colours(list(specs), specs)
-    assert hexes(colours.values()) == hexes(plotting.palette(len(specs)))
-
-
-def test_without_specs_the_colours_are_the_palettes():
-    colours = plotting.variant_colours(["a", "b", "c"], {})
-    assert list(colours) == ["a", "b", "c"] and len(set(hexes(colours.values()))) == 3
+def dots(ax) -> list[PathCollection]:
+    return [c for c in ax.collections if len(c.get_offsets())]
 
 
 def test_each_seed_is_its_mse_over_the_published_weights_beside_its_twin_at_the_same_layer(drawn):
-    fig = drawn["against_published"]
-    (ax,) = fig.axes
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["m1 (layer 3)", "m2 (layer 1)"]
-    points = [c for c in ax.collections if len(c.get_offsets())]
-    colours = plotting.variant_colours(list(SPECS), SPECS)
-    for variant, model in [("m1", "m1"), ("m1_linear", "m1"), ("m2", "m2"), ("m2_linear", "m2")]:
-        (dots,) = [c for c in points if to_hex(c.get_facecolor()[0]) == to_hex(colours[variant])]
-        np.testing.assert_allclose(sorted(dots.get_offsets()[:, 1]), sorted(np.array(MSES[variant]) / PUBLISHED[model]))
-        assert abs(dots.get_offsets()[:, 0].mean() - ["m1", "m2"].index(model)) < 0.5  # in its model's slot
-    assert not [c for c in points if to_hex(c.get_facecolor()[0]) == to_hex(colours["solo"])]  # no published weights
-
-
-def test_the_published_weights_and_the_band_above_them_are_lines_from_a_zero_axis(drawn):
     (ax,) = drawn["against_published"].axes
-    levels = sorted(line.get_ydata()[0] for line in ax.lines)
-    assert levels == pytest.approx([1.0, 1.15])
-    assert ax.get_ylim()[0] == 0
-    assert [t.get_text() for t in ax.texts] == ["0 dead", "0 dead"]  # make_published's weights have none
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["m1 (layer 3)", "m2 (layer 1)"]  # not m9: not run
+    colours = plotting.variant_colours(list(SPECS), SPECS)
+    markers = {}
+    for variant, model in [("m1", "m1"), ("m1_linear", "m1"), ("m2", "m2"), ("m2_linear", "m2")]:
+        (points,) = [c for c in dots(ax) if to_hex(c.get_facecolor()[0]) == to_hex(colours[variant])]
+        x, y = points.get_offsets().T
+        np.testing.assert_allclose(sorted(y), sorted(np.array(MSES[variant]) / PUBLISHED[model]))
+        slot = -0.2 if variant == model else 0.2  # two groups at the layer: 0.8 wide, halves centred at ±0.2
+        assert x.mean() == pytest.approx(["m1", "m2"].index(model) + slot)
+        markers[variant] = points.get_paths()[0].vertices.tobytes()
+    assert markers["m1"] == markers["m2"] != markers["m1_linear"] == markers["m2_linear"]  # a marker per group
+    assert len(dots(ax)) == 4  # solo upsamples at a layer of no study model
+
+
+def test_the_lines_the_ranges_and_the_published_dead_units_are_marked_on_an_axis_from_zero(drawn):
+    (ax,) = drawn["against_published"].axes
+    assert sorted(line.get_ydata()[0] for line in ax.lines) == pytest.approx([1.0, 1.15])
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > 1.15 * 1.1
+    assert [t.get_text() for t in ax.texts] == ["1.000–1.150×", "4 dead", "0.300–0.310×", "18 dead"]
     legend = [t.get_text() for t in drawn["against_published"].legends[0].get_texts()]
     assert "latent relu, init glorot_uniform" in legend and "latent linear, init glorot_uniform" in legend
+
+
+def test_one_seed_sits_in_the_middle_of_its_slot_and_a_model_without_a_published_mse_is_left_out(monkeypatch, tmp_path):
+    results = make_results({v: MSES[v][:1] for v in ("m1", "m1_linear", "m2")})
+    weights = published({"m1": 0.004, "m2": np.nan})
+    (ax,) = draw_all(monkeypatch, tmp_path, results, weights, specs=SPECS)["against_published"].axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["m1 (layer 3)"]
+    assert sorted(c.get_offsets()[0, 0] for c in dots(ax)) == pytest.approx([-0.2, 0.2])
+    assert [t.get_text() for t in ax.texts] == ["1.000×", "4 dead"]
 
 
 def test_the_other_figures_draw_each_variant_in_its_paired_colour(drawn):
@@ -95,8 +85,9 @@ def test_the_other_figures_draw_each_variant_in_its_paired_colour(drawn):
     curves = {line.get_label(): to_hex(line.get_color()) for line in drawn["loss_curves"].axes[0].lines}
     assert {v: curves[v] for v in SPECS} == colours
     psnr = drawn["findings_seed_spread"].axes[0]
-    dots = [to_hex(c.get_facecolor()[0]) for c in psnr.collections if isinstance(c, PathCollection)]
-    assert dots == list(colours.values())
+    assert [to_hex(c.get_facecolor()[0]) for c in psnr.collections if isinstance(c, PathCollection)] == list(
+        colours.values()
+    )
     bars, below = drawn["per_class_psnr"].axes
     assert [to_hex(c.patches[0].get_facecolor()) for c in bars.containers] == list(colours.values())
     assert [to_hex(c.get_facecolor()[0]) for c in below.collections] == list(colours.values())
@@ -106,3 +97,9 @@ def test_without_published_weights_the_figure_says_so(monkeypatch, tmp_path):
     fig = draw_all(monkeypatch, tmp_path, make_results(MSES), pd.DataFrame(columns=["variant"]), specs=SPECS)
     (ax,) = fig["against_published"].axes
     assert [t.get_text() for t in ax.texts] == ["no study model of this matrix has published weights measured"]
+
+
+def test_a_model_in_no_group_stands_alone_at_its_tick():
+    assert figures_study._same_layer("m1", [], SPECS) == [(0, "m1")]
+    groups = [["m1", "m2"], ["m1_linear", "m2_linear"]]
+    assert figures_study._same_layer("m2", groups, SPECS) == [(0, "m2"), (1, "m2_linear")]

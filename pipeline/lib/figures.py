@@ -102,7 +102,7 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, colours: d
         for i, variant in enumerate(variants):
             values = runs.loc[runs.variant == variant, column]
             spread = np.linspace(-0.06, 0.06, len(values)) if len(values) > 1 else np.zeros(len(values))
-            colour = colours.get(variant, "black")
+            colour = colours[variant]
             ax.scatter(i + SEED_SIDE + spread, values, s=18, color=colour)
         ax.set(ylabel=title)
         ax.grid(axis="y", alpha=0.3)

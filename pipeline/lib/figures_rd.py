@@ -59,7 +59,7 @@ def _draw(ax, table: pd.DataFrame, points: dict, metric: str, colours: dict) -> 
             where = ax.get_xaxis_transform()
             ax.text(size, 0.02, f" {method} lossless", rotation=90, transform=where, fontsize=7, clip_on=True)
     for (method, form), point in points.items():
-        colour = colours.get(method, "black")
+        colour = colours[method]
         ax.scatter(
             point.bytes_per_image,
             point[metric],
@@ -97,7 +97,7 @@ def _legend(table: pd.DataFrame, points: dict, colours: dict, ax) -> tuple[list,
     """Each variant once in its colour, each storage form once as its marker in grey, each codec's line."""
     variants = list(dict.fromkeys(method for method, _ in points))
     forms = list(dict.fromkeys(form for _, form in points))
-    entries = [(Line2D([], [], ls="", marker="o", color=colours.get(v, "black")), v) for v in variants]
+    entries = [(Line2D([], [], ls="", marker="o", color=colours[v]), v) for v in variants]
     for form in forms:
         hollow = "refined" in form
         marker = MARKERS.get(form.split(",")[0], "*")

@@ -66,66 +66,83 @@ def _published_lines(ax, centres: dict[str, float], values: pd.Series, width: fl
         label = None
 
 
-FAMILY_MARKERS = ("o", "D", "s", "^")
+GROUP_MARKERS = ("o", "D", "s", "^")  # one per group of `plotting.paired_groups`
 
 
 def against_published(
     runs: pd.DataFrame, published: pd.DataFrame, specs: dict[str, dict], band: float, out: Path, colours: dict
 ) -> None:
-    """Per study model (a tick, named by `specs`' upsampling layer): each seed's test MSE over that model's published
-    weights' (1: as good; above 1 + band: more than `band` worse), beside the same ratio for every variant of another
-    decoder family that upsamples at the same layer (model01_linear), with the published weights' dead units. A
-    marker per family, each variant in its colour (`colours`); published: the study stage's table by variant."""
-    models = [m for m in published.index if m in set(runs.variant)]
-    families = list(stats.families({v: specs[v] for v in dict.fromkeys(runs.variant) if v in specs}).items())
+    """Per study model with a published test MSE (a tick, named by its upsampling layer): each seed's test MSE over
+    it (1: as good; above 1 + band: more than `band` worse), its seeds' range printed above them, and beside them the
+    same ratio for each other group's variant that upsamples at the model's layer (model01_linear over model01's
+    weights). A marker per group (`plotting.paired_groups`), each variant in its colour (`colours`), the published
+    weights' dead units on the line at 1. published: the study stage's table by variant."""
+    mse = published.get("mse", pd.Series(dtype=float)).reindex(published.index)
+    models = [m for m in published.index if m in set(runs.variant) and mse[m] > 0]  # NaN or 0: nothing to divide by
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(models)), 4.5))
     if not models:
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no study model of this matrix has published weights measured", ha="center")
         plotting.save(fig, out)
         return
+    groups = plotting.paired_groups(list(dict.fromkeys(runs.variant)), specs)
     for tick, model in enumerate(models):
-        beside = _same_layer(model, families, specs)
-        for slot, (family, variant) in enumerate(beside):
-            ratios = runs.loc[runs.variant == variant, "mse"] / published.mse[model]
-            x = tick + (slot - (len(beside) - 1) / 2) * 0.8 / len(beside) + np.linspace(-0.04, 0.04, len(ratios))
-            marker = FAMILY_MARKERS[family % len(FAMILY_MARKERS)]
-            ax.scatter(x, ratios, s=30, marker=marker, color=colours.get(variant, "black"), edgecolors="black", lw=0.4)
-        if "dead_latent_units" in published and pd.notna(published.dead_latent_units[model]):
-            ax.annotate(
-                f"{int(published.dead_latent_units[model])} dead",
-                (tick, 1),
-                ha="center",
-                va="bottom",
-                xytext=(0, 3),
-                textcoords="offset points",
-                fontsize=8,
-                color="red",
-            )
-    ax.axhline(1, color="red", lw=1.5, label="the published weights (their dead latent units above the line)")
+        _ratios_at(ax, tick, runs, model, mse[model], _same_layer(model, groups, specs), colours)
+        _dead_units(ax, tick, published.get("dead_latent_units", pd.Series(dtype=float)).get(model))
+    ax.axhline(1, color="red", lw=1.5, label="the published weights (their dead latent units below the line)")
     ax.axhline(1 + band, color="red", lw=1, ls="--", label=f"{band:.0%} above them")
-    for index, (name, _) in enumerate(families):
-        ax.scatter([], [], marker=FAMILY_MARKERS[index % len(FAMILY_MARKERS)], color="grey", label=name)
-    labels = stats.position_labels({m: specs[m] for m in models if m in specs})
+    for index, group in enumerate(groups):
+        name = next((label for label, members in stats.families(specs).items() if members == group), group[0])
+        ax.scatter([], [], marker=GROUP_MARKERS[index % len(GROUP_MARKERS)], color="grey", label=name)
+    labels = stats.position_labels({v: specs[v] for v in dict.fromkeys(runs.variant) if v in specs})
     ax.set_xticks(np.arange(len(models)), [labels.get(m, m) for m in models], rotation=30, ha="right")
     ax.set_xlim(-0.5, len(models) - 0.5)
-    ax.set_ylim(bottom=0)
-    ax.set(ylabel="test MSE / the published weights'", title="each seed's test MSE over the study's published weights'")
+    ax.set_ylim(0, max(ax.get_ylim()[1], (1 + band) * 1.12))  # room above the band's line for the ranges
+    ax.set(ylabel="test MSE / the study model's published weights'", title="each seed against the published weights")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=2, fontsize=8)
     plotting.save(fig, out, bbox_inches="tight")
 
 
-def _same_layer(model: str, families: list[tuple[str, list[str]]], specs: dict[str, dict]) -> list[tuple[int, str]]:
-    """(family index, variant) of the model itself and of each family's variant that upsamples at its layer; the
-    model alone when it is in no family."""
-    if model not in specs or not any(model in members for _, members in families):
+def _ratios_at(ax, tick: int, runs: pd.DataFrame, model: str, published: float, beside: list, colours: dict) -> None:
+    """Each (group index, variant) of `beside` in its slot around the tick, its seeds' test MSE over `published`;
+    the model's own range of ratios above its dots."""
+    width = 0.8 / len(beside)
+    for slot, (group, variant) in enumerate(beside):
+        ratios = runs.loc[runs.variant == variant, "mse"] / published
+        jitter = np.linspace(-0.04, 0.04, len(ratios)) if len(ratios) > 1 else np.zeros(len(ratios))
+        x = tick + (slot - (len(beside) - 1) / 2) * width + jitter
+        marker = GROUP_MARKERS[group % len(GROUP_MARKERS)]
+        ax.scatter(x, ratios, s=30, marker=marker, color=colours[variant], edgecolors="black", lw=0.4)
+        if variant == model and len(ratios):
+            low, high = ratios.min(), ratios.max()
+            text = f"{low:.3f}×" if low == high else f"{low:.3f}–{high:.3f}×"
+            ax.annotate(text, (x.mean(), high), xytext=(0, 5), textcoords="offset points", ha="center", fontsize=7)
+
+
+def _dead_units(ax, tick: int, count: float | None) -> None:
+    if count is not None and pd.notna(count):
+        ax.annotate(
+            f"{int(count)} dead",
+            (tick, 1),
+            xytext=(0, -10),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+            color="red",
+        )
+
+
+def _same_layer(model: str, groups: list[list[str]], specs: dict[str, dict]) -> list[tuple[int, str]]:
+    """(group index, variant) of each group's variant that upsamples at the model's layer, the model's among them;
+    the model alone (index 0) when it is in no group."""
+    if not any(model in group for group in groups):
         return [(0, model)]
     layer = stats.upsampling_position(specs[model])
     return [
         (index, variant)
-        for index, (_, members) in enumerate(families)
-        for variant in members
+        for index, group in enumerate(groups)
+        for variant in group
         if stats.upsampling_position(specs[variant]) == layer
     ]

@@ -50,23 +50,34 @@ def min_span(ax, fraction: float = 0.01) -> None:
         ax.set_ylim((low + high - span) / 2, (low + high + span) / 2)
 
 
-SHADES = 4  # tab20c and tab20b: five hues, each in four shades from dark to light
+SHADES = 4  # tab20c: five hues, each in four shades from dark to light
+
+
+def paired_groups(variants: list[str], specs: dict[str, dict]) -> list[list[str]]:
+    """The groups of `stats.decoder_groups` whose variants the figures pair by upsampling layer, in order of
+    appearance: those of two or more variants or whose layer another group shares, the largest SHADES of them."""
+    groups = stats.decoder_groups({v: specs[v] for v in variants if v in specs})
+    layers = [{stats.upsampling_position(specs[v]) for v in group} for group in groups]
+    pairable = [
+        g for i, g in enumerate(groups) if len(g) > 1 or any(layers[i] & s for s in layers[:i] + layers[i + 1 :])
+    ]
+    largest = sorted(pairable, key=len, reverse=True)[:SHADES]  # a stable sort: the first of equal sizes
+    return [g for g in groups if g in largest]
 
 
 def variant_colours(variants: list[str], specs: dict[str, dict]) -> dict[str, tuple]:
-    """A colour per variant. Members of decoder families (`stats.families`) take their upsampling layer's hue, in
-    their family's shade: model01 dark blue, model01_linear light blue. The other variants take tab20b's hues.
-    Beyond five layers, four families or ten other variants: `palette`'s distinct colours instead."""
-    families = list(stats.families({v: specs[v] for v in variants if v in specs}).values())
-    members = {v: i for i, family in enumerate(families) for v in family}
-    layers = list(dict.fromkeys(stats.upsampling_position(specs[v]) for v in members))  # first family's order
-    others = [v for v in variants if v not in members]
-    if len(layers) > 5 or len(families) > SHADES or len(others) > 10:
+    """A colour per variant. The variants of `paired_groups` take their upsampling layer's hue in their group's
+    shade: model01 dark blue, model01_linear light blue. The other variants take tab20b's dark hues. With no such
+    group, beyond five layers or five other variants, or where two variants of a group share a layer: `palette`'s
+    distinct colours."""
+    groups = paired_groups(variants, specs)
+    layer = {v: stats.upsampling_position(specs[v]) for group in groups for v in group}
+    hues = list(dict.fromkeys(layer.values()))  # the first group's order: model01's hue first
+    others = [v for v in variants if v not in layer]
+    slots = {(i, layer[v]) for i, group in enumerate(groups) for v in group}
+    if not groups or len(hues) > 5 or len(others) > 5 or len(slots) < len(layer):
         return dict(zip(variants, palette(len(variants))))
-    step = 2 if len(families) == 2 else 1  # two families: dark and light, not dark and nearly dark
-    by_layer = plt.get_cmap("tab20c").colors
-    colours = {
-        v: by_layer[SHADES * layers.index(stats.upsampling_position(specs[v])) + step * i] for v, i in members.items()
-    }
-    tab20b = plt.get_cmap("tab20b").colors
-    return colours | dict(zip(others, tab20b[0::SHADES] + tab20b[2::SHADES]))
+    step = 2 if len(groups) == 2 else 1  # two groups: dark and light, not dark and nearly dark
+    tab20c, tab20b = plt.get_cmap("tab20c").colors, plt.get_cmap("tab20b").colors
+    colours = {v: tab20c[SHADES * hues.index(layer[v]) + step * i] for i, group in enumerate(groups) for v in group}
+    return colours | dict(zip(others, tab20b[0::SHADES]))

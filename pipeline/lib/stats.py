@@ -73,17 +73,23 @@ def pairwise_welch(runs: pd.DataFrame, column: str, variants: list[str] | None =
     return table
 
 
+def decoder_groups(specs: dict[str, dict]) -> list[list[str]]:
+    """The variants grouped by everything but their decoder strides (where they upsample), in order of appearance; a
+    variant alike no other is a group of its own."""
+    grouped: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        shared = {k: v for k, v in spec.items() if k not in ("decoder_strides", "description")}
+        grouped.setdefault(repr(sorted(shared.items(), key=str)), []).append(name)
+    return list(grouped.values())
+
+
 def families(specs: dict[str, dict]) -> dict[str, list[str]]:
     """Groups of two or more variants that differ only in their decoder strides (where they upsample).
 
     Keyed by what the family's members share, e.g. "latent relu, init glorot_uniform".
     """
-    grouped: dict[str, list[str]] = {}
-    for name, spec in specs.items():
-        shared = {k: v for k, v in spec.items() if k not in ("decoder_strides", "description")}
-        grouped.setdefault(repr(sorted(shared.items(), key=str)), []).append(name)
     labelled = {}
-    for names in (n for n in grouped.values() if len(n) > 1):
+    for names in (n for n in decoder_groups(specs) if len(n) > 1):
         spec = specs[names[0]]
         label = f"latent {spec['latent_activation']}, init {spec['init']}"
         labelled[label if label not in labelled else f"{label} ({names[0]}, ...)"] = names
