@@ -38,3 +38,12 @@ def test_the_decoder_section_is_a_sentence_where_the_passes_agree_to_the_bit_and
     means.loc["b", "max_abs_diff_decoder"] = 1e-6
     (table,) = report_text.decoder_section(means)
     assert table.startswith("|") and "1e-06" in table
+
+
+def test_the_recipe_table_has_a_row_per_recipe_naming_the_variants_that_share_it():
+    ours = dict(zip(report_tables.RECIPE_KEYS, [15, None, 128, "adamw", 3e-3, "onecycle", 1e-4, "mse", "auto"]))
+    study = {**ours, "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "weight_decay": 0.0, "precision": "fp32"}
+    table = report_tables.recipe_table({"a": ours, "b": {**ours, "loss": "log_mse"}, "c": ours, "the study": study})
+    assert table.variants.tolist() == ["a, c", "b", "the study"]
+    assert table.loss.tolist() == ["mse", "log_mse", "mse"] and table.lr.tolist() == [3e-3, 3e-3, 1e-3]
+    assert report_tables.recipe_table({"a": study, "the study": study}).variants.tolist() == ["a, the study"]

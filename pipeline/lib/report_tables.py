@@ -1,5 +1,6 @@
 """The report's tables beside the study and of compression: ours against the study's reported numbers and published
-weights, run by run against those weights, on the study's protocol images, and the streams' sizes."""
+weights, run by run against those weights, on the study's protocol images, the streams' sizes, and the recipes the
+variants trained with."""
 
 from __future__ import annotations
 
@@ -94,3 +95,26 @@ def compression_table(means: pd.DataFrame) -> pd.DataFrame:
     if (table.get("refine_steps", pd.Series(0.0)).fillna(0) == 0).all():
         table = table.drop(columns=[c for c in table if "refine" in c])
     return table
+
+
+# the train: keys that make a recipe (the others say where and how fast it runs, not what it computes)
+RECIPE_KEYS = [
+    "epochs",
+    "steps_per_epoch",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "schedule",
+    "weight_decay",
+    "loss",
+    "precision",
+]
+
+
+def recipe_table(recipes: dict[str, dict]) -> pd.DataFrame:
+    """A row per distinct training recipe (each variant's train: with its overrides), naming the variants using it."""
+    shared: dict[tuple, list[str]] = {}
+    for variant, recipe in recipes.items():
+        shared.setdefault(tuple(recipe[key] for key in RECIPE_KEYS), []).append(variant)
+    rows = [{"variants": ", ".join(variants), **dict(zip(RECIPE_KEYS, key))} for key, variants in shared.items()]
+    return pd.DataFrame(rows, columns=["variants", *RECIPE_KEYS])

@@ -18,7 +18,13 @@ from pipeline.lib.report_findings import (
     spread_format,
     twin_finding,
 )
-from pipeline.lib.report_tables import compression_table, protocol_table, published_weights_check, study_table
+from pipeline.lib.report_tables import (
+    compression_table,
+    protocol_table,
+    published_weights_check,
+    recipe_table,
+    study_table,
+)
 
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
 SEED_FLOORS = {"mse": 0.0, "dead_latent_units": 0.0, "effective_latent_dims": 0.0, "val_loss": 0.0}
@@ -87,6 +93,7 @@ def render_markdown(
     figure_names: list[str],
     rd: pd.DataFrame,
     study: pd.DataFrame,
+    recipes: dict[str, dict],
 ) -> str:
     means = variant_means(results)
     band = PUBLISHED_WEIGHTS_BAND
@@ -108,6 +115,15 @@ def render_markdown(
         "",
         f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
         "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).",
+        "",
+        "## Training recipe",
+        "",
+        _markdown(
+            recipe_table({**recipes, "the study": {"epochs": reference["epochs"], **reference["recipe"]}}), index=False
+        ),
+        "",
+        "steps_per_epoch –: one full pass over the train split. precision auto: bf16 autocast where the hardware has "
+        "native bf16, fp32 elsewhere (each run's model file and MLflow run record what it used).",
         "",
         "## Mean ± std over seeds [95% t-interval of the mean]",
         "",

@@ -19,7 +19,7 @@ import yaml
 
 from pipeline import paths, provenance, tracking
 from pipeline.cli import run_stage
-from pipeline.lib import figures, prepared, rate_distortion, report_text, schema, stats
+from pipeline.lib import figures, prepared, rate_distortion, report_tables, report_text, schema, stats
 from pipeline.lib.config import Params, run_name
 from pipeline.lib.io import DataError, write_text
 from pipeline.lib.report_findings import counted
@@ -57,7 +57,8 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
     )
     report = paths.reports_dir() / "report.md"
     names = [p.name for p in figure_paths]
-    text = report_text.render_markdown(results, summary, tests, specs, reference, names, rd, study)
+    recipes = {v: {k: getattr(params.train_for(v), k) for k in report_tables.RECIPE_KEYS} for v in params.trained()}
+    text = report_text.render_markdown(results, summary, tests, specs, reference, names, rd, study, recipes)
     write_text(report, text)
     return report, figure_paths, results, summary
 
