@@ -131,16 +131,19 @@ def test_findings_state_the_best_variant_and_which_differences_are_real():
         dead={"model02": 19},
     )
     text = "\n".join(lines)
-    assert "Best variant by mean test MSE over 3 seeds: **model01** (MSE 0.01100 ± 0.00100" in text
+    assert "Lowest mean test MSE over 3 seeds: **model01** (MSE 0.01100 ± 0.00100" in text
     assert "Significantly worse than model01" in text and ": model02, model04." in text
     assert "Not distinguishable from model01 with 3 seeds: model03." in text
     assert (
         "model01 (layer 3) < model03 (layer 2) < model04 (layer 1) < model02 (layer 4) (the last 172.7% above the "
-        "first), the same order as the study's (layer 3 < 2 < 1 < 4)"
+        "first; the study's order: layer 3 < 2 < 1 < 4)"
     ) in text
     assert (
-        "5 of 6 pairs significant (model01–model02, model01–model04, model02–model03, model02–model04, "
-        "model03–model04), so the upsampling position makes a difference larger than the seed spread"
+        "5 of 6 pairs significant (model01 (layer 3) below model02 (layer 4), as in the study's order; model01 "
+        "(layer 3) below model04 (layer 1), as in the study's order; model03 (layer 2) below model02 (layer 4), as in "
+        "the study's order; model04 (layer 1) below model02 (layer 4), as in the study's order; model03 (layer 2) "
+        "below model04 (layer 1), as in the study's order), so the upsampling position makes a difference larger than "
+        "the seed spread"
     ) in text
     assert "Dead latent units (mean over seeds): model02 19.0; every other variant 0." in text
 
@@ -154,16 +157,19 @@ def test_findings_say_when_nothing_exceeds_the_seed_spread():
     }
     text = "\n".join(study_case(noisy))
     assert "Significantly worse than" in text and "): none." in text
-    assert "0 of 6 pairs significant, so no difference between upsampling positions exceeds the seed spread" in text
-    assert "a different order from the study's" in text
+    assert (
+        "0 of 6 pairs significant, so no difference between upsampling positions is detected with these seeds (each "
+        "variant's seed std is 28.6%–40.6% of its mean MSE)."
+    ) in text
+    assert "the study's order: layer 3 < 2 < 1 < 4" in text
     assert "Dead latent units" not in text
 
 
 def test_a_matrix_with_some_of_the_positions_is_compared_on_those():
     text = "\n".join(study_case({"model01": [0.010, 0.011, 0.012], "model03": [0.020, 0.021, 0.022]}))
     assert (
-        "model01 (layer 3) < model03 (layer 2) (the last 90.9% above the first), the same order as the study's "
-        "among these positions (layer 3 < 2)" in text
+        "model01 (layer 3) < model03 (layer 2) (the last 90.9% above the first; the study's order among these "
+        "positions: layer 3 < 2)" in text
     )
 
 
@@ -189,8 +195,12 @@ def test_a_pair_without_spread_is_named_untestable_not_indistinguishable():
     text = "\n".join(study_case({"model01": [0.25] * 3, "model02": [0.5] * 3, "model03": [0.3, 0.4, 0.5]}))
     assert "Not distinguishable from model01 with 3 seeds: model03." in text  # tested: model03 has a spread
     assert "Not testable against it (no spread over seeds on either side): model02." in text
-    assert "0 of 3 pairs significant, 1 not testable (no spread over seeds), so no tested difference between " in text
-    assert "exceeds the seed spread; the others are unknown." in text
+    assert "0 of 3 pairs significant, 1 not testable (no spread over seeds), so no difference between " in text
+    assert (
+        "is detected among the tested pairs with these seeds (each variant's seed std is 0.0%–25.0% of its mean MSE); "
+        in text
+    )
+    assert text.rstrip().endswith("the others unknown.")
 
 
 def test_differences_that_only_collapsed_runs_make_are_not_credited_to_the_upsampling_position():
@@ -288,3 +298,10 @@ def test_the_pairwise_table_reads_in_fixed_point_with_the_relative_difference():
 def test_a_family_whose_pairs_cannot_be_tested_says_nothing_of_the_position():
     text = "\n".join(study_case({"model01": [0.25] * 3, "model02": [0.5] * 3}))
     assert "0 of 1 pairs significant, 1 not testable (no spread over seeds), so nothing can be said of the " in text
+
+
+def test_a_significant_pair_is_said_to_agree_with_the_studys_order_or_to_go_against_it():
+    text = "\n".join(study_case({"model02": [0.010, 0.0101, 0.0099], "model04": [0.020, 0.0201, 0.0199]}))
+    assert "1 of 1 pairs significant (model02 (layer 4) below model04 (layer 1), against the study's order)" in text
+    text = "\n".join(study_case({"model01": [0.010, 0.0101, 0.0099], "model04": [0.020, 0.0201, 0.0199]}))
+    assert "1 of 1 pairs significant (model01 (layer 3) below model04 (layer 1), as in the study's order)" in text

@@ -23,7 +23,7 @@ def findings(
     n = int(summary.n.min())
     row = summary.loc[best]
     lines = [
-        f"- Best variant by mean test MSE over {counted(n, 'seed')}: **{best}** (MSE {plus_minus(row, 'mse', '.5f')}, "
+        f"- Lowest mean test MSE over {counted(n, 'seed')}: **{best}** (MSE {plus_minus(row, 'mse', '.5f')}, "
         f"pooled PSNR {plus_minus(row, 'psnr_pooled', '.2f')} dB, SSIM {plus_minus(row, 'ssim', '.4f')})."
     ]
     if n < 2:
@@ -78,25 +78,35 @@ def _family_finding(
     study = sorted(reference["upsampling_layer"], key=lambda m: reference["reported"][m]["mse"])
     study_positions = [reference["upsampling_layer"][m] for m in study]
     compared = [p for p in study_positions if p in positions]  # a matrix may hold only some of the positions
-    same_order = "the same order as" if positions == compared else "a different order from"
     among = "" if compared == study_positions else " among these positions"
     hits = inside[inside.significant]
-    pairs = f" ({', '.join(f'{a}–{b}' for a, b in zip(hits.a, hits.b))})" if len(hits) else ""
+    rank = {layer: i for i, layer in enumerate(compared)}
+    pairs = "; ".join(_against_the_study(a, b, summary, specs, rank) for a, b in zip(hits.a, hits.b))
     untested = int(inside.p.isna().sum())
     untested_note = f", {untested} not testable (no spread over seeds)" if untested else ""
     means = summary.mse_mean[ordered]
+    spread = (summary.mse_std / summary.mse_mean)[members]
     return (
         f"- Decoder family ({label}): by mean MSE "
         + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
-        + f" (the last {means.iloc[-1] / means.iloc[0] - 1:.1%} above the first)"
-        + f", {same_order} the study's{among} (layer {' < '.join(map(str, compared))}); "
-        + f"{len(hits)} of {len(inside)} pairs significant{pairs}{untested_note}, "
-        + f"so {_verdict(hits, collapsed, untested, len(inside))}."
+        + f" (the last {means.iloc[-1] / means.iloc[0] - 1:.1%} above the first; the study's order{among}: "
+        + f"layer {' < '.join(map(str, compared))}); "
+        + f"{len(hits)} of {len(inside)} pairs significant{f' ({pairs})' if len(hits) else ''}{untested_note}, "
+        + f"so {_verdict(hits, collapsed, untested, len(inside), _span(spread, '.1%'))}."
     )
 
 
-def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int, pairs: int) -> str:
-    """What the significant pairs of one decoder family say about the upsampling position."""
+def _against_the_study(a: str, b: str, summary: pd.DataFrame, specs: dict[str, dict], rank: dict[int, int]) -> str:
+    """A significant pair, better first, and whether the study's order of the two layers agrees."""
+    better, worse = sorted((a, b), key=lambda v: summary.mse_mean[v])
+    layers = [stats.upsampling_position(specs[v]) for v in (better, worse)]
+    agrees = "as in the study's order" if rank[layers[0]] < rank[layers[1]] else "against the study's order"
+    return f"{better} (layer {layers[0]}) below {worse} (layer {layers[1]}), {agrees}"
+
+
+def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int, pairs: int, spread: str) -> str:
+    """What the significant pairs of one decoder family say about the upsampling position; spread: the members' seed
+    std relative to their mean MSE, which bounds what these seeds can detect."""
     sound = hits[~hits.a.isin(collapsed) & ~hits.b.isin(collapsed)]
     if len(sound):
         return "the upsampling position makes a difference larger than the seed spread"
@@ -106,9 +116,12 @@ def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int, pairs
         named = ", ".join(sorted(set(hits.a).union(hits.b) & collapsed))
         unknown = "; the untested pairs are unknown" if untested else ""
         return f"only pairs with collapsed runs ({named}) differ: failed training, not the upsampling position{unknown}"
+    noise = f"with these seeds (each variant's seed std is {spread} of its mean MSE)"
     if untested:
-        return "no tested difference between upsampling positions exceeds the seed spread; the others are unknown"
-    return "no difference between upsampling positions exceeds the seed spread"
+        return (
+            f"no difference between upsampling positions is detected among the tested pairs {noise}; the others unknown"
+        )
+    return f"no difference between upsampling positions is detected {noise}"
 
 
 def counted(n: int, noun: str) -> str:
@@ -208,9 +221,14 @@ def dead_units_finding(results: pd.DataFrame, study: pd.DataFrame) -> list[str]:
     return [
         f"- Dead latent units against test MSE over the {len(dying)} runs of the "
         f"{counted(dying.variant.nunique(), 'variant')} that have any: Pearson r = {pooled:.2f} pooled{within}"
-        + (f"; the published weights have {theirs}" if theirs else "")
+        + (f"; the published weights have {theirs}{_on_images(results)}" if theirs else "")
         + "."
     ]
+
+
+def _on_images(results: pd.DataFrame) -> str:
+    """Where the runs' test split is known: dead units counted on other images (the study's text: 4,000) differ."""
+    return f" (counted on the same {int(results.n_test.iloc[0])} test images)" if "n_test" in results else ""
 
 
 def collapsed_runs(results: pd.DataFrame) -> pd.DataFrame:

@@ -134,6 +134,11 @@ def render_markdown(
         "",
         pairwise_markdown(tests),
         "",
+        "a_vs_b: (mean_a − mean_b) / mean_b, relative to b (a at +25% is b 20% below a). Every pair of variants is in "
+        "the adjustment, not only those of one decoder family."
+        if len(tests)
+        else "",
+        "",
         "## Every run",
         "",
         _markdown(results[RUN_COLUMNS], index=False),
@@ -144,7 +149,8 @@ def render_markdown(
         _markdown(study_table(means, n_seeds, reference, study).reset_index(), index=False),
         "",
         f"The study trained {reference['epochs']} epochs, one run per model, and measured 10 random unseeded "
-        "test images.",
+        "test images. Its val loss is on its test set, ours on images held out of the train split: set our test MSE "
+        "(mse) beside its val loss, not our val_loss.",
         "",
         "## Encoder → decoder run separately (mean over seeds)",
         "",
@@ -233,6 +239,6 @@ def pairwise_markdown(tests: pd.DataFrame) -> str:
         significant=tests.significant.where(tests.p.notna()),  # untested: –
     )
     shown.insert(
-        shown.columns.get_loc("difference") + 1, "a_over_b", (tests.mean_a / tests.mean_b - 1).map("{:+.1%}".format)
+        shown.columns.get_loc("difference") + 1, "a_vs_b", (tests.mean_a / tests.mean_b - 1).map("{:+.1%}".format)
     )
     return _markdown(shown, index=False, disable_numparse=True)  # the strings as formatted above
