@@ -103,3 +103,29 @@ def test_a_model_in_no_group_stands_alone_at_its_tick():
     assert figures_study._same_layer("m1", [], SPECS) == [(0, "m1")]
     groups = [["m1", "m2"], ["m1_linear", "m2_linear"]]
     assert figures_study._same_layer("m2", groups, SPECS) == [(0, "m2"), (1, "m2_linear")]
+
+
+def test_each_run_is_a_dot_at_its_dead_units_and_mse_beside_the_published_weights_as_named_stars(drawn):
+    (ax,) = drawn["dead_units"].axes
+    results = make_results(MSES)
+    colours = plotting.variant_colours(list(SPECS), SPECS)
+    *runs, stars = ax.collections
+    for points, variant in zip(runs, MSES):
+        x, y = points.get_offsets().T
+        assert to_hex(points.get_facecolor()[0]) == to_hex(colours[variant])
+        np.testing.assert_allclose(y, MSES[variant])
+        dead = results.loc[results.variant == variant, "dead_latent_units"].to_numpy()
+        assert np.abs(x - dead).max() <= 0.2 and len(set(np.round(x - dead, 9))) == 1  # whole counts, side by side
+    np.testing.assert_allclose(stars.get_offsets(), [[4, 0.004], [18, 0.010], [7, 0.002]])
+    assert sorted(t.get_text() for t in ax.texts) == ["m1", "m2", "m9"]
+    assert ax.get_ylim()[0] == 0
+
+
+def test_published_models_with_the_same_dead_units_share_one_label(monkeypatch, tmp_path):
+    saved = []
+    monkeypatch.setattr(plotting, "save", lambda fig, out, **kwargs: saved.append(fig))
+    weights = pd.DataFrame({"mse": [0.004, 0.0041, 0.005], "dead_latent_units": [4, 4, 8]}, index=["m1", "m3", "m4"])
+    runs = make_results({"m1": [0.004]})
+    figures_study.dead_units(runs, weights, tmp_path / "dead.png", {"m1": "black"})
+    (ax,) = saved[0].axes
+    assert sorted(t.get_text() for t in ax.texts) == ["m1, m3", "m4"]

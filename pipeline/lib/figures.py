@@ -21,6 +21,7 @@ REPORT_FIGURES = (
     "findings_seed_spread",
     "study_comparison",
     "against_published",
+    "dead_units",
     "loss_curves",
     "reconstructions",
     "per_class_psnr",
@@ -58,6 +59,7 @@ def report_figures(
     figures_study.against_published(
         results, published.set_index("variant"), specs, PUBLISHED_WEIGHTS_BAND, paths["against_published"], colours
     )
+    figures_study.dead_units(results, published.set_index("variant"), paths["dead_units"], colours)
     loss_curves(histories, keras_log, paths["loss_curves"], colours)
     reconstructions(originals, samples, paths["reconstructions"])
     per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
@@ -78,7 +80,7 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, colours: d
     """Every seed as a dot beside its variant's mean and 95% interval, for pooled PSNR, SSIM and dead units; the
     dots in their variant's colour (`colours`, by the name on the axis)."""
     panels = [
-        ("psnr_pooled", "test pooled PSNR (dB)"),
+        ("psnr_pooled", "test pooled PSNR (dB)\n= 10·log10(1 / MSE)"),  # the tested MSE, in dB
         ("ssim", "test SSIM"),
         ("dead_latent_units", "dead latent units"),
     ]

@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.lib import plotting, stats
 
@@ -64,6 +65,31 @@ def _published_lines(ax, centres: dict[str, float], values: pd.Series, width: fl
         x = centres[variant]
         ax.plot([x - width / 2, x + width / 2], [values[variant]] * 2, color="red", lw=2, zorder=4, label=label)
         label = None
+
+
+def dead_units(runs: pd.DataFrame, published: pd.DataFrame, out: Path, colours: dict) -> None:
+    """The study's confounder at a glance: each run's test MSE against its dead latent units, in its variant's colour,
+    with each study model's published weights as a red star named by its model (published: by variant)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    variants = list(dict.fromkeys(runs.variant))
+    offsets = np.linspace(-0.2, 0.2, len(variants)) if len(variants) > 1 else [0.0]  # counts are whole: side by side
+    for offset, variant in zip(offsets, variants):
+        group = runs[runs.variant == variant]
+        ax.scatter(group.dead_latent_units + offset, group.mse, s=30, color=colours[variant], label=variant)
+    theirs = published.reindex(columns=["dead_latent_units", "mse"]).dropna()
+    ax.scatter(theirs.dead_latent_units, theirs.mse, marker="*", s=120, color="red", label="published weights")
+    for dead, models in theirs.groupby("dead_latent_units"):  # one label for models with the same count
+        where = (dead, models.mse.max())
+        ax.annotate(", ".join(models.index), where, xytext=(6, 4), textcoords="offset points", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="dead latent units (output 0 for every test image)", ylabel="test MSE")
+    ax.set_xlim(left=-0.5)
+    ax.set_ylim(bottom=0)
+    ax.set_title("test MSE against dead latent units, each run a dot")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    plotting.save(fig, out, bbox_inches="tight")
 
 
 GROUP_MARKERS = ("o", "D", "s", "^")  # one per group of `plotting.paired_groups`
