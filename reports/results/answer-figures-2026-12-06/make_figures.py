@@ -55,6 +55,7 @@ codecs = [
 ]
 rd = rate_distortion.assemble(report_text.variant_means(runs), codecs)
 figures_rd.rate_distortion(rd, OUT / "rate_distortion.png", colours)
+figures_study.dead_units(runs, study, OUT / "dead_units.png", colours)
 for model in (v for v in variants if f"{v}_linear" in variants):
     ahead = per_class[f"{model}_linear"] - per_class[model]
     print(f"{model}_linear ahead of {model} on each character by {ahead.min():.2f}-{ahead.max():.2f} dB")
