@@ -47,3 +47,14 @@ def test_the_recipe_table_has_a_row_per_recipe_naming_the_variants_that_share_it
     assert table.variants.tolist() == ["a, c", "b", "the study"]
     assert table.loss.tolist() == ["mse", "log_mse", "mse"] and table.lr.tolist() == [3e-3, 3e-3, 1e-3]
     assert report_tables.recipe_table({"a": study, "the study": study}).variants.tolist() == ["a, the study"]
+
+
+def test_the_data_line_says_whether_the_runs_measured_the_official_emnist_balanced_or_a_stand_in():
+    pinned = {"emnist-balanced-train-images-idx3-ubyte.gz": "a1", "emnist-balanced-test-images-idx3-ubyte.gz": "b2"}
+    counts = {"train": 90, "val": 10, "test": 47}
+    official = {"source": "pipeline/emnist_balanced.sha256", "inputs": {"x.gz": "a1", "y.gz": "b2"}, "counts": counts}
+    line = report_tables.data_line(official, pinned)
+    assert line.startswith("Data: pipeline/emnist_balanced.sha256, the official EMNIST-Balanced files")
+    assert line.endswith("; 90 train, 10 val, 47 test images.")
+    stand_in = {**official, "source": "../shared/data/resplit", "inputs": {"x.gz": "a1", "y.gz": "c3"}}
+    assert "not the official EMNIST-Balanced files" in report_tables.data_line(stand_in, pinned)

@@ -94,6 +94,7 @@ def render_markdown(
     rd: pd.DataFrame,
     study: pd.DataFrame,
     recipes: dict[str, dict],
+    data: str,
 ) -> str:
     means = variant_means(results)
     band = PUBLISHED_WEIGHTS_BAND
@@ -112,6 +113,8 @@ def render_markdown(
         *collapsed_finding(results),
         rate_distortion.moonshot_finding(rd),
         *rate_distortion.quality_target_findings(means, reference["train_flops_per_image"]["model01"]),
+        "",
+        data,
         "",
         f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
         "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).",

@@ -21,8 +21,11 @@ from pipeline import paths, provenance, tracking
 from pipeline.cli import run_stage
 from pipeline.lib import figures, prepared, rate_distortion, report_tables, report_text, schema, stats
 from pipeline.lib.config import Params, run_name
+from pipeline.lib.idx import parse_sha256sums
 from pipeline.lib.io import DataError, write_text
 from pipeline.lib.report_findings import counted
+
+OFFICIAL_SUMS = Path(__file__).resolve().parents[1] / "emnist_balanced.sha256"  # the code's, whatever the project
 
 
 def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.DataFrame]:
@@ -58,7 +61,9 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
     report = paths.reports_dir() / "report.md"
     names = [p.name for p in figure_paths]
     recipes = {v: {k: getattr(params.train_for(v), k) for k in report_tables.RECIPE_KEYS} for v in params.trained()}
-    text = report_text.render_markdown(results, summary, tests, specs, reference, names, rd, study, recipes)
+    pinned = parse_sha256sums(OFFICIAL_SUMS)
+    data = report_tables.data_line(prepared.load_manifest(paths.prepared_dir()), pinned)
+    text = report_text.render_markdown(results, summary, tests, specs, reference, names, rd, study, recipes, data)
     write_text(report, text)
     return report, figure_paths, results, summary
 
