@@ -84,6 +84,8 @@ def test_the_other_figures_draw_each_variant_in_its_paired_colour(drawn):
     colours = {v: to_hex(c) for v, c in plotting.variant_colours(list(SPECS), SPECS).items()}
     curves = {line.get_label(): to_hex(line.get_color()) for line in drawn["loss_curves"].axes[0].lines}
     assert {v: curves[v] for v in SPECS} == colours
+    markers = {line.get_label(): line.get_marker() for line in drawn["loss_curves"].axes[0].lines}
+    assert [markers[v] for v in SPECS] == ["o", "o", "s", "s", "o"]  # the twins' group its own marker; solo none
     psnr = drawn["findings_seed_spread"].axes[0]
     assert [to_hex(c.get_facecolor()[0]) for c in psnr.collections if isinstance(c, PathCollection)] == list(
         colours.values()

@@ -60,7 +60,8 @@ def report_figures(
         results, published.set_index("variant"), specs, PUBLISHED_WEIGHTS_BAND, paths["against_published"], colours
     )
     figures_study.dead_units(results, published.set_index("variant"), paths["dead_units"], colours)
-    loss_curves(histories, keras_log, paths["loss_curves"], colours)
+    markers = plotting.variant_markers(list(dict.fromkeys(results.variant)), specs)
+    loss_curves(histories, keras_log, paths["loss_curves"], colours, markers)
     reconstructions(originals, samples, paths["reconstructions"])
     per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
     per_class_psnr(
@@ -119,7 +120,9 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, colours: d
     plotting.save(fig, out)
 
 
-def loss_curves(histories: dict[str, list[pd.DataFrame]], keras_log: dict, out: Path, colours: dict) -> None:
+def loss_curves(
+    histories: dict[str, list[pd.DataFrame]], keras_log: dict, out: Path, colours: dict, markers: dict
+) -> None:
     """Per variant: the mean over seeds of each epoch's loss, shaded between the seeds' min and max; beside a study
     model, the study's own Keras log as crosses on a dashed line of the same colour."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -128,7 +131,7 @@ def loss_curves(histories: dict[str, list[pd.DataFrame]], keras_log: dict, out: 
         stacked = pd.concat(frames).groupby("epoch")
         for ax, column in zip(axes, ("train_loss", "val_loss")):
             mean = stacked[column].mean()
-            ax.plot(mean.index, mean, "o-", color=color, label=variant)
+            ax.plot(mean.index, mean, "-", marker=markers[variant], color=color, label=variant)
             ax.fill_between(mean.index, stacked[column].min(), stacked[column].max(), color=color, alpha=0.2)
             if variant in keras_log:
                 logged = pd.Series(keras_log[variant][column]).sort_index()

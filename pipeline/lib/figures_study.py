@@ -24,7 +24,8 @@ def study_comparison(runs: pd.DataFrame, published: pd.DataFrame, out: Path) -> 
     n_variants = runs.variant.nunique()
     fig, axes = plt.subplots(2, 2, figsize=(max(10, 0.8 * n_variants), 7))
     keras_log = "the study's Keras log (its val set is its test set)"
-    _seed_bars(axes[0, 0], runs, {"train_loss": "train_loss", "val_loss": "val_loss"}, published, keras_log)
+    losses = {"train_loss": "train_loss", "val_loss": "val_loss"}
+    _seed_bars(axes[0, 0], runs, losses, published, keras_log, line_style="--")  # not the published weights' line
     axes[0, 0].set_title("final-epoch loss (MSE)")
     for ax, metric in zip(axes.flat[1:], ("mse", "ssim", "psnr")):
         columns = {metric: "autoencoder", f"{metric}_decoder": "encoder→decoder"}
@@ -39,7 +40,9 @@ def study_comparison(runs: pd.DataFrame, published: pd.DataFrame, out: Path) -> 
     plotting.save(fig, out, bbox_inches="tight")
 
 
-def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.DataFrame, published_label: str) -> None:
+def _seed_bars(
+    ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.DataFrame, published_label: str, line_style="-"
+) -> None:
     """Per variant a bar per column (labelled) at its mean over seeds, from zero, and each seed's value as a dot on
     its bar, spread evenly across it; a published value of the variant (`published`: by variant) as a line across."""
     variants = list(dict.fromkeys(runs.variant))
@@ -54,16 +57,19 @@ def _seed_bars(ax, runs: pd.DataFrame, columns: dict[str, str], published: pd.Da
         x = runs.variant.map(centre_of) + spread
         ax.scatter(x, runs[column], s=12, color="black", alpha=0.7, zorder=3, label=None if j else "each seed")
         values = published.get(column, pd.Series(dtype=float)).dropna()
-        _published_lines(ax, centre_of, values, width, label=None if j else published_label)
+        _published_lines(ax, centre_of, values, width, None if j else published_label, line_style)
     ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
     ax.set_ylim(bottom=0)
 
 
-def _published_lines(ax, centres: dict[str, float], values: pd.Series, width: float, label: str | None) -> None:
+def _published_lines(
+    ax, centres: dict[str, float], values: pd.Series, width: float, label: str | None, line_style: str
+) -> None:
     """A red line across the bar of each variant that has a published value; `label` on the first only."""
     for variant in [v for v in values.index if v in centres]:
         x = centres[variant]
-        ax.plot([x - width / 2, x + width / 2], [values[variant]] * 2, color="red", lw=2, zorder=4, label=label)
+        ends, value = [x - width / 2, x + width / 2], [values[variant]] * 2
+        ax.plot(ends, value, color="red", ls=line_style, lw=2, zorder=4, label=label)
         label = None
 
 
@@ -92,9 +98,6 @@ def dead_units(runs: pd.DataFrame, published: pd.DataFrame, out: Path, colours: 
     plotting.save(fig, out, bbox_inches="tight")
 
 
-GROUP_MARKERS = ("o", "D", "s", "^")  # one per group of `plotting.paired_groups`
-
-
 def against_published(
     runs: pd.DataFrame, published: pd.DataFrame, specs: dict[str, dict], band: float, out: Path, colours: dict
 ) -> None:
@@ -119,7 +122,7 @@ def against_published(
     ax.axhline(1 + band, color="red", lw=1, ls="--", label=f"{band:.0%} above them")
     for index, group in enumerate(groups):
         name = next((label for label, members in stats.families(specs).items() if members == group), group[0])
-        ax.scatter([], [], marker=GROUP_MARKERS[index % len(GROUP_MARKERS)], color="grey", label=name)
+        ax.scatter([], [], marker=plotting.GROUP_MARKERS[index], color="grey", label=name)
     labels = stats.position_labels({v: specs[v] for v in dict.fromkeys(runs.variant) if v in specs})
     ax.set_xticks(np.arange(len(models)), [labels.get(m, m) for m in models], rotation=30, ha="right")
     ax.set_xlim(-0.5, len(models) - 0.5)
@@ -139,7 +142,7 @@ def _ratios_at(ax, tick: int, runs: pd.DataFrame, model: str, published: float, 
         ratios = runs.loc[runs.variant == variant, "mse"] / published
         jitter = np.linspace(-0.04, 0.04, len(ratios)) if len(ratios) > 1 else np.zeros(len(ratios))
         x = tick + (slot - (len(beside) - 1) / 2) * width + jitter
-        marker = GROUP_MARKERS[group % len(GROUP_MARKERS)]
+        marker = plotting.GROUP_MARKERS[group]
         ax.scatter(x, ratios, s=30, marker=marker, color=colours[variant], edgecolors="black", lw=0.4)
         if variant == model and len(ratios):
             low, high = ratios.min(), ratios.max()

@@ -81,3 +81,13 @@ def variant_colours(variants: list[str], specs: dict[str, dict]) -> dict[str, tu
     tab20c, tab20b = plt.get_cmap("tab20c").colors, plt.get_cmap("tab20b").colors
     colours = {v: tab20c[SHADES * hues.index(layer[v]) + step * i] for i, group in enumerate(groups) for v in group}
     return colours | dict(zip(others, tab20b[0::SHADES]))
+
+
+GROUP_MARKERS = ("o", "s", "D", "^")  # one per group of `paired_groups`
+
+
+def variant_markers(variants: list[str], specs: dict[str, dict]) -> dict[str, str]:
+    """A marker per variant, its group's (`paired_groups`): where two shades of a hue are hard to tell apart, the
+    marker tells model01 from model01_linear; "o" for the other variants."""
+    groups = paired_groups(variants, specs)
+    return {v: "o" for v in variants} | {v: GROUP_MARKERS[i] for i, group in enumerate(groups) for v in group}
