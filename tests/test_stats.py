@@ -1,4 +1,5 @@
-"""Seed aggregation, Welch tests and the generated findings, on inputs whose answers are known."""
+"""Seed aggregation, Welch tests and the generated findings (a decoder family's: tests/test_report_findings.py), on
+inputs whose answers are known."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import math
 
 import pandas as pd
 import pytest
-import yaml
 
-from pipeline import paths
 from pipeline.lib import report_findings, report_text, stats
 
 STUDY_SPEC = {
@@ -109,76 +108,6 @@ def test_families_group_variants_that_differ_only_in_decoder_strides():
     assert "lonely" not in labels  # in no family: its name alone
 
 
-def study_case(mse: dict[str, list[float]], dead: dict[str, float] | None = None, collapsed: frozenset = frozenset()):
-    runs = runs_table(mse)
-    runs["dead_latent_units"] = runs.variant.map(dead or {}).fillna(0)
-    for column in ("psnr_pooled", "ssim"):
-        runs[column] = 1.0
-    summary = stats.aggregate(runs, ["mse", "psnr_pooled", "ssim", "dead_latent_units"])
-    specs = {name: {**STUDY_SPEC, "decoder_strides": STRIDES[name]} for name in mse}
-    reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
-    return report_findings.findings(summary, stats.pairwise_welch(runs, "mse"), specs, reference, collapsed)
-
-
-def test_findings_state_the_best_variant_and_which_differences_are_real():
-    lines = study_case(
-        {
-            "model01": [0.010, 0.011, 0.012],
-            "model02": [0.030, 0.031, 0.029],
-            "model03": [0.0115, 0.0125, 0.0100],
-            "model04": [0.020, 0.021, 0.022],
-        },
-        dead={"model02": 19},
-    )
-    text = "\n".join(lines)
-    assert "Lowest mean test MSE over 3 seeds: **model01** (MSE 0.01100 ± 0.00100" in text
-    assert "Significantly worse than model01" in text and ": model02, model04." in text
-    assert "Not distinguishable from model01 with 3 seeds: model03." in text
-    assert (
-        "model01 (layer 3) < model03 (layer 2) < model04 (layer 1) < model02 (layer 4) (the last 172.7% above the "
-        "first; the study's order: layer 3 < 2 < 1 < 4)"
-    ) in text
-    assert (
-        "5 of 6 pairs significant (model01 (layer 3) below model02 (layer 4), as in the study's order; model01 "
-        "(layer 3) below model04 (layer 1), as in the study's order; model03 (layer 2) below model02 (layer 4), as in "
-        "the study's order; model04 (layer 1) below model02 (layer 4), as in the study's order; model03 (layer 2) "
-        "below model04 (layer 1), as in the study's order), so the upsampling position makes a difference larger than "
-        "the seed spread"
-    ) in text
-    assert "Dead latent units (mean over seeds): model02 19.0; every other variant 0." in text
-
-
-def test_findings_say_when_nothing_exceeds_the_seed_spread():
-    noisy = {
-        "model01": [0.010, 0.020, 0.015],
-        "model02": [0.012, 0.022, 0.011],
-        "model03": [0.019, 0.009, 0.016],
-        "model04": [0.014, 0.018, 0.010],
-    }
-    text = "\n".join(study_case(noisy))
-    assert "Significantly worse than" in text and "): none." in text
-    assert (
-        "0 of 6 pairs significant, so no difference between upsampling positions is detected with these seeds (each "
-        "variant's seed std is 28.6%–40.6% of its mean MSE)."
-    ) in text
-    assert "the study's order: layer 3 < 2 < 1 < 4" in text
-    assert "Dead latent units" not in text
-
-
-def test_a_matrix_with_some_of_the_positions_is_compared_on_those():
-    text = "\n".join(study_case({"model01": [0.010, 0.011, 0.012], "model03": [0.020, 0.021, 0.022]}))
-    assert (
-        "model01 (layer 3) < model03 (layer 2) (the last 90.9% above the first; the study's order among these "
-        "positions: layer 3 < 2)" in text
-    )
-
-
-def test_a_variant_with_a_dead_unit_in_some_seeds_is_not_counted_as_none():
-    mse = {"model01": [0.010, 0.011, 0.012], "model03": [0.020, 0.021, 0.022]}
-    text = "\n".join(study_case(mse, dead={"model03": 1 / 3}))
-    assert "Dead latent units (mean over seeds): model03 0.3; every other variant 0." in text
-
-
 def test_a_spread_below_the_shown_digits_is_shown_to_its_first_digit_not_as_zero():
     summary = stats.aggregate(runs_table({"tight": [0.003061, 0.003058, 0.003064], "same": [0.003, 0.003]}), ["mse"])
     assert report_findings.plus_minus(summary.loc["tight"], "mse", ".5f") == "0.003061 ± 0.000003"
@@ -189,32 +118,6 @@ def test_a_spread_below_the_shown_digits_is_shown_to_its_first_digit_not_as_zero
     cells = report_text.seed_table(stats.aggregate(runs, report_text.SEED_COLUMNS))
     assert cells.mse["tight"] == "0.003061 ± 0.000003 [0.003054, 0.003068]"
     assert cells.ssim["tight"] == "1.0000 ± 0.0000 [1.0000, 1.0000]"
-
-
-def test_a_pair_without_spread_is_named_untestable_not_indistinguishable():
-    text = "\n".join(study_case({"model01": [0.25] * 3, "model02": [0.5] * 3, "model03": [0.3, 0.4, 0.5]}))
-    assert "Not distinguishable from model01 with 3 seeds: model03." in text  # tested: model03 has a spread
-    assert "Not testable against it (no spread over seeds on either side): model02." in text
-    assert "0 of 3 pairs significant, 1 not testable (no spread over seeds), so no difference between " in text
-    assert (
-        "is detected among the tested pairs with these seeds (each variant's seed std is 0.0%–25.0% of its mean MSE); "
-        in text
-    )
-    assert text.rstrip().endswith("the others unknown.")
-
-
-def test_differences_that_only_collapsed_runs_make_are_not_credited_to_the_upsampling_position():
-    mse = {"model01": [0.0100, 0.0110, 0.0105], "model02": [0.110, 0.112, 0.111], "model03": [0.0104, 0.0112, 0.0101]}
-    text = "\n".join(study_case(mse, collapsed=frozenset({"model02"})))
-    assert "only pairs with collapsed runs (model02) differ: failed training, not the upsampling position" in text
-    assert "the upsampling position makes a difference" not in text
-    assert "the upsampling position makes a difference" in "\n".join(study_case(mse))  # the same numbers, not collapsed
-
-
-def test_dead_units_in_every_variant_claim_no_other_variant():
-    mse = {"model01": [0.010, 0.011, 0.012], "model03": [0.020, 0.021, 0.022]}
-    text = "\n".join(study_case(mse, dead={"model01": 2, "model03": 1}))
-    assert "Dead latent units (mean over seeds): model01 2.0, model03 1.0." in text and "every other" not in text
 
 
 def test_an_interval_stops_at_the_ceiling_a_column_names():
@@ -293,15 +196,3 @@ def test_the_pairwise_table_reads_in_fixed_point_with_the_relative_difference():
     )
     row = table.splitlines()[2]
     assert "0.004300" in row and "0.004050" in row and "+0.000250" in row and "+6.2%" in row
-
-
-def test_a_family_whose_pairs_cannot_be_tested_says_nothing_of_the_position():
-    text = "\n".join(study_case({"model01": [0.25] * 3, "model02": [0.5] * 3}))
-    assert "0 of 1 pairs significant, 1 not testable (no spread over seeds), so nothing can be said of the " in text
-
-
-def test_a_significant_pair_is_said_to_agree_with_the_studys_order_or_to_go_against_it():
-    text = "\n".join(study_case({"model02": [0.010, 0.0101, 0.0099], "model04": [0.020, 0.0201, 0.0199]}))
-    assert "1 of 1 pairs significant (model02 (layer 4) below model04 (layer 1), against the study's order)" in text
-    text = "\n".join(study_case({"model01": [0.010, 0.0101, 0.0099], "model04": [0.020, 0.0201, 0.0199]}))
-    assert "1 of 1 pairs significant (model01 (layer 3) below model04 (layer 1), as in the study's order)" in text

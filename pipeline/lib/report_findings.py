@@ -97,11 +97,17 @@ def _family_finding(
 
 
 def _against_the_study(a: str, b: str, summary: pd.DataFrame, specs: dict[str, dict], rank: dict[int, int]) -> str:
-    """A significant pair, better first, and whether the study's order of the two layers agrees."""
+    """A significant pair, better first, and whether the study's order of the two layers agrees (`rank`: the study's
+    place of each layer it has a model at)."""
     better, worse = sorted((a, b), key=lambda v: summary.mse_mean[v])
     layers = [stats.upsampling_position(specs[v]) for v in (better, worse)]
-    agrees = "as in the study's order" if rank[layers[0]] < rank[layers[1]] else "against the study's order"
-    return f"{better} (layer {layers[0]}) below {worse} (layer {layers[1]}), {agrees}"
+    pair = f"{better} (layer {layers[0]}) below {worse} (layer {layers[1]})"
+    if layers[0] == layers[1]:
+        return f"{pair}, the same layer"
+    unranked = [layer for layer in layers if layer not in rank]
+    if unranked:
+        return f"{pair}, the study has no model at layer {unranked[0]}"
+    return f"{pair}, {'as in' if rank[layers[0]] < rank[layers[1]] else 'against'} the study's order"
 
 
 def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int, pairs: int, spread: str) -> str:
