@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from pipeline import paths
 from pipeline.lib import report_tables, report_text
+from tests.conftest import REPO
 
 PLAIN = {
     "latent_dim": 32,
@@ -41,7 +44,7 @@ def test_the_decoder_section_is_a_sentence_where_the_passes_agree_to_the_bit_and
 
 
 def test_the_recipe_table_has_a_row_per_recipe_naming_the_variants_that_share_it():
-    ours = dict(zip(report_tables.RECIPE_KEYS, [15, None, 128, "adamw", 3e-3, "onecycle", 1e-4, "mse", "auto"]))
+    ours = dict(zip(report_tables.RECIPE_KEYS, [15, None, 128, "adamw", 3e-3, 1e-7, "onecycle", 1e-4, "mse", "auto"]))
     study = {**ours, "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "weight_decay": 0.0, "precision": "fp32"}
     table = report_tables.recipe_table({"a": ours, "b": {**ours, "loss": "log_mse"}, "c": ours, "the study": study})
     assert table.variants.tolist() == ["a, c", "b", "the study"]
@@ -58,3 +61,27 @@ def test_the_data_line_says_whether_the_runs_measured_the_official_emnist_balanc
     assert line.endswith("; 90 train, 10 val, 47 test images.")
     stand_in = {**official, "source": "../shared/data/resplit", "inputs": {"x.gz": "a1", "y.gz": "c3"}}
     assert "not the official EMNIST-Balanced files" in report_tables.data_line(stand_in, pinned)
+
+
+def test_the_studys_recipe_in_reference_yaml_is_the_one_make_repro_study_recipe_trains_with():
+    reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
+    profile = yaml.safe_load((paths.REFERENCE_FILE.parent / "study_recipe.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    trained = {**params, **{key.removeprefix("train."): v for key, v in profile.items() if key.startswith("train.")}}
+    recipe = {"epochs": reference["epochs"], **reference["recipe"]}
+    assert sorted(recipe) == sorted(report_tables.RECIPE_KEYS)
+    assert {key: trained[key] for key in report_tables.RECIPE_KEYS} == recipe
+
+
+def test_the_recipe_notes_explain_only_the_cells_the_table_has():
+    reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
+    ours = {**reference["recipe"], "epochs": 15, "precision": "auto"}
+    (note,) = [
+        line for line in report_text.recipe_section({"a": ours}, reference) if line.startswith(("steps", "prec"))
+    ]
+    assert note.startswith("steps_per_epoch –") and "precision auto" in note
+    fixed = {**ours, "steps_per_epoch": 100, "precision": "fp32"}
+    lines = report_text.recipe_section(
+        {"a": fixed}, {**reference, "recipe": {**reference["recipe"], "steps_per_epoch": 5}}
+    )
+    assert not [line for line in lines if "precision auto" in line or "steps_per_epoch –" in line]

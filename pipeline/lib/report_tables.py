@@ -104,6 +104,7 @@ RECIPE_KEYS = [
     "batch_size",
     "optimizer",
     "lr",
+    "adam_eps",
     "schedule",
     "weight_decay",
     "loss",

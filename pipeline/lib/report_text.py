@@ -119,15 +119,7 @@ def render_markdown(
         f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
         "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).",
         "",
-        "## Training recipe",
-        "",
-        _markdown(
-            recipe_table({**recipes, "the study": {"epochs": reference["epochs"], **reference["recipe"]}}), index=False
-        ),
-        "",
-        "steps_per_epoch –: one full pass over the train split. precision auto: bf16 autocast where the hardware has "
-        "native bf16, fp32 elsewhere (each run's model file and MLflow run record what it used).",
-        "",
+        *recipe_section(recipes, reference),
         "## Mean ± std over seeds [95% t-interval of the mean]",
         "",
         _markdown(seed_table(summary)),
@@ -190,6 +182,24 @@ def render_markdown(
         "",
     ]
     return "\n".join(parts)
+
+
+def recipe_section(recipes: dict[str, dict], reference: dict) -> list[str]:
+    """The recipes the variants trained with beside the study's, and what a cell that is not a number means."""
+    table = recipe_table({**recipes, "the study": {"epochs": reference["epochs"], **reference["recipe"]}})
+    notes = {
+        "steps_per_epoch –: one full pass over the train split.": table.steps_per_epoch.isna().any(),
+        "precision auto: bf16 autocast where the hardware has native bf16, fp32 elsewhere (each run's model file and "
+        "MLflow run record what it used).": (table.precision == "auto").any(),
+    }
+    return [
+        "## Training recipe",
+        "",
+        _markdown(table, index=False),
+        "",
+        *[" ".join(n for n, on in notes.items() if on)],
+        "",
+    ]
 
 
 def study_sections(study: pd.DataFrame, check: pd.DataFrame, band: float) -> list[str]:

@@ -1,7 +1,7 @@
 """DVC stage `report`: compare every evaluated run in reports/report.md and reports/figures/*.png.
 
-Runs are (variant, seed) pairs. The report opens with findings generated from the numbers: the best
-variant by mean test MSE over seeds, and which differences exceed the seed-to-seed spread (Welch's t-test,
+Runs are (variant, seed) pairs. The report opens with findings generated from the numbers: the variant
+with the lowest mean test MSE over seeds, and which differences exceed the seed-to-seed spread (Welch's t-test,
 Benjamini-Hochberg adjusted). It also logs to MLflow as a `report` run and becomes the parent of the runs
 it compares, so the MLflow UI groups one pipeline's runs together.
 """
@@ -21,11 +21,12 @@ from pipeline import paths, provenance, tracking
 from pipeline.cli import run_stage
 from pipeline.lib import figures, prepared, rate_distortion, report_tables, report_text, schema, stats
 from pipeline.lib.config import Params, run_name
+from pipeline.lib.config_sections import OFFICIAL_SOURCE
 from pipeline.lib.idx import parse_sha256sums
 from pipeline.lib.io import DataError, write_text
 from pipeline.lib.report_findings import counted
 
-OFFICIAL_SUMS = Path(__file__).resolve().parents[1] / "emnist_balanced.sha256"  # the code's, whatever the project
+OFFICIAL_SUMS = Path(__file__).resolve().parents[2] / OFFICIAL_SOURCE  # the code's copy, whatever the project root
 
 
 def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.DataFrame]:
