@@ -128,6 +128,6 @@ def test_published_models_with_the_same_dead_units_share_one_label(monkeypatch, 
     monkeypatch.setattr(plotting, "save", lambda fig, out, **kwargs: saved.append(fig))
     weights = pd.DataFrame({"mse": [0.004, 0.0041, 0.005], "dead_latent_units": [4, 4, 8]}, index=["m1", "m3", "m4"])
     runs = make_results({"m1": [0.004]})
-    figures_study.dead_units(runs, weights, tmp_path / "dead.png", {"m1": "black"})
+    figures_study.dead_units(runs, weights, tmp_path / "dead.png", {"m1": "black"}, {"m1": "o"})
     (ax,) = saved[0].axes
     assert sorted(t.get_text() for t in ax.texts) == ["m1, m3", "m4"]

@@ -56,11 +56,11 @@ def test_the_data_line_says_whether_the_runs_measured_the_official_emnist_balanc
     pinned = {"emnist-balanced-train-images-idx3-ubyte.gz": "a1", "emnist-balanced-test-images-idx3-ubyte.gz": "b2"}
     counts = {"train": 90, "val": 10, "test": 47}
     official = {"source": "pipeline/emnist_balanced.sha256", "inputs": {"x.gz": "a1", "y.gz": "b2"}, "counts": counts}
-    line = report_tables.data_line(official, pinned)
+    line = report_text.data_line(official, pinned)
     assert line.startswith("Data: pipeline/emnist_balanced.sha256, the official EMNIST-Balanced files")
     assert line.endswith("; 90 train, 10 val, 47 test images.")
     stand_in = {**official, "source": "../shared/data/resplit", "inputs": {"x.gz": "a1", "y.gz": "c3"}}
-    assert "not the official EMNIST-Balanced files" in report_tables.data_line(stand_in, pinned)
+    assert "not the official EMNIST-Balanced files" in report_text.data_line(stand_in, pinned)
 
 
 def test_the_studys_recipe_in_reference_yaml_is_the_one_make_repro_study_recipe_trains_with():

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
 from pipeline.lib import figures_rd, figures_study, plotting, stats
+from pipeline.lib.plotting import plt  # plotting sets the backend before pyplot loads
 from pipeline.lib.report_findings import counted
-from pipeline.lib.report_text import PUBLISHED_WEIGHTS_BAND
+from pipeline.lib.report_tables import PUBLISHED_WEIGHTS_BAND
 
 REPORT_FIGURES = (
     "findings_seed_spread",
@@ -49,29 +49,36 @@ def report_figures(
     at-a-glance figures and pairs their colours (`plotting.variant_colours`)."""
     specs = specs or {}
     paths = {name: out / f"{name}.png" for name in REPORT_FIGURES}
-    labels = stats.position_labels({v: specs[v] for v in dict.fromkeys(results.variant) if v in specs})
-    label = lambda variant: labels.get(variant, variant)  # noqa: E731
-    named = lambda frame: frame.assign(variant=frame.variant.map(label))  # noqa: E731
-    colours = plotting.variant_colours(list(dict.fromkeys(results.variant)), specs)
-    seed_spread(named(results), summary.rename(index=label), paths["findings_seed_spread"], _keys(colours, label))
+    variants = list(dict.fromkeys(results.variant))
+    labels = stats.position_labels({v: specs[v] for v in variants if v in specs})
+    colours, markers = plotting.variant_colours(variants, specs), plotting.variant_markers(variants, specs)
+    by_variant = published.set_index("variant")
+    summary = summary.rename(index=labels)
+    seed_spread(named(results, labels), summary, paths["findings_seed_spread"], relabelled(colours, labels))
     figures_rd.rate_distortion(rd, paths["rate_distortion"], colours)
-    figures_study.study_comparison(named(results), named(published).set_index("variant"), paths["study_comparison"])
-    figures_study.against_published(
-        results, published.set_index("variant"), specs, PUBLISHED_WEIGHTS_BAND, paths["against_published"], colours
-    )
-    figures_study.dead_units(results, published.set_index("variant"), paths["dead_units"], colours)
-    markers = plotting.variant_markers(list(dict.fromkeys(results.variant)), specs)
+    figures_study.study_comparison(named(results, labels), by_variant.rename(index=labels), paths["study_comparison"])
+    band = PUBLISHED_WEIGHTS_BAND
+    figures_study.against_published(results, by_variant, specs, band, paths["against_published"], colours)
+    figures_study.dead_units(results, by_variant, paths["dead_units"], colours, markers)
     loss_curves(histories, keras_log, paths["loss_curves"], colours, markers)
     reconstructions(originals, samples, paths["reconstructions"])
-    per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
-    per_class_psnr(
-        per_class.T.groupby(results.variant, sort=False).mean().T, means.mse.idxmin(), paths["per_class_psnr"], colours
-    )
+    per_class_psnr(per_class_means(results), means.mse.idxmin(), paths["per_class_psnr"], colours)
     return list(paths.values())
 
 
-def _keys(colours: dict, label) -> dict:
-    return {label(variant): colour for variant, colour in colours.items()}
+def named(frame: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """The frame with each variant under its label (`stats.position_labels`), a variant without one under its name."""
+    return frame.assign(variant=frame.variant.map(lambda v: labels.get(v, v)))
+
+
+def relabelled(by_variant: dict, labels: dict[str, str]) -> dict:
+    return {labels.get(variant, variant): value for variant, value in by_variant.items()}
+
+
+def per_class_means(results: pd.DataFrame) -> pd.DataFrame:
+    """Per-character test PSNR (rows: characters) of each variant (columns), the mean over its seeds."""
+    per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in results.per_class.items()})
+    return per_class.T.groupby(results.variant, sort=False).mean().T
 
 
 SEED_SIDE = 0.14  # seed_spread: the interval this far left of a variant's tick, its seeds' dots as far right
@@ -104,7 +111,7 @@ def seed_spread(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, colours: d
         )
         for i, variant in enumerate(variants):
             values = runs.loc[runs.variant == variant, column]
-            spread = np.linspace(-0.06, 0.06, len(values)) if len(values) > 1 else np.zeros(len(values))
+            spread = plotting.spread(len(values), 0.06)
             colour = colours[variant]
             ax.scatter(i + SEED_SIDE + spread, values, s=18, color=colour)
         ax.set(ylabel=title)

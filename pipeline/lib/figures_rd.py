@@ -7,12 +7,12 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
 from pipeline.lib import plotting
+from pipeline.lib.plotting import plt  # plotting sets the backend before pyplot loads
 from pipeline.lib.rate_distortion import MOONSHOT
 
 # a variant's storage form -> marker; the default "*" is the entropy-coded stream
@@ -63,9 +63,9 @@ def _draw(ax, table: pd.DataFrame, points: dict, metric: str, colours: dict) -> 
         ax.scatter(
             point.bytes_per_image,
             point[metric],
-            marker=MARKERS.get(form.split(",")[0], "*"),
+            marker=_marker(form),
             edgecolors=colour,
-            facecolors="none" if "refined" in form else colour,  # the codec's refined latents: hollow
+            facecolors="none" if _hollow(form) else colour,
             s=60 if form == "entropy-coded" else 30,
             label=f"{method} {form}",
             zorder=3,
@@ -99,14 +99,19 @@ def _legend(table: pd.DataFrame, points: dict, colours: dict, ax) -> tuple[list,
     forms = list(dict.fromkeys(form for _, form in points))
     entries = [(Line2D([], [], ls="", marker="o", color=colours[v]), v) for v in variants]
     for form in forms:
-        hollow = "refined" in form
-        marker = MARKERS.get(form.split(",")[0], "*")
-        entries.append(
-            (Line2D([], [], ls="", marker=marker, color="grey", fillstyle="none" if hollow else "full"), form)
-        )
+        fill = "none" if _hollow(form) else "full"
+        entries.append((Line2D([], [], ls="", marker=_marker(form), color="grey", fillstyle=fill), form))
     codecs = set(table.method[table.kind == "baseline"])
     entries += [(line, line.get_label()) for line in ax.get_lines() if line.get_label() in codecs]
     return [handle for handle, _ in entries], [label for _, label in entries]
+
+
+def _marker(form: str) -> str:
+    return MARKERS.get(form.split(",")[0], "*")
+
+
+def _hollow(form: str) -> bool:
+    return "refined" in form  # the codec's refined latents: the same marker as the encoder's, not filled
 
 
 def _variant_points(table: pd.DataFrame) -> dict:

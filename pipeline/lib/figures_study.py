@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.lib import plotting, stats
+from pipeline.lib.plotting import plt  # plotting sets the backend before pyplot loads
 
 BAR_COLOURS = {"train_loss": "C2", "val_loss": "C4", "autoencoder": "C0", "encoder→decoder": "C1"}
 
@@ -73,15 +73,16 @@ def _published_lines(
         label = None
 
 
-def dead_units(runs: pd.DataFrame, published: pd.DataFrame, out: Path, colours: dict) -> None:
+def dead_units(runs: pd.DataFrame, published: pd.DataFrame, out: Path, colours: dict, markers: dict) -> None:
     """The study's confounder at a glance: each run's test MSE against its dead latent units, in its variant's colour,
-    with each study model's published weights as a red star named by its model (published: by variant)."""
+    in its group's marker, with each study model's published weights as a red star named by its model (published: by
+    variant)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     variants = list(dict.fromkeys(runs.variant))
-    offsets = np.linspace(-0.2, 0.2, len(variants)) if len(variants) > 1 else [0.0]  # counts are whole: side by side
-    for offset, variant in zip(offsets, variants):
+    for offset, variant in zip(plotting.spread(len(variants), 0.2), variants):  # whole counts: side by side
         group = runs[runs.variant == variant]
-        ax.scatter(group.dead_latent_units + offset, group.mse, s=30, color=colours[variant], label=variant)
+        x, colour = group.dead_latent_units + offset, colours[variant]
+        ax.scatter(x, group.mse, s=30, marker=markers[variant], color=colour, label=variant)
     theirs = published.reindex(columns=["dead_latent_units", "mse"]).dropna()
     ax.scatter(theirs.dead_latent_units, theirs.mse, marker="*", s=120, color="red", label="published weights")
     for dead, models in theirs.groupby("dead_latent_units"):  # one label for models with the same count
@@ -117,7 +118,7 @@ def against_published(
     groups = plotting.paired_groups(list(dict.fromkeys(runs.variant)), specs)
     for tick, model in enumerate(models):
         _ratios_at(ax, tick, runs, model, mse[model], _same_layer(model, groups, specs), colours)
-        _dead_units(ax, tick, published.get("dead_latent_units", pd.Series(dtype=float)).get(model))
+        _published_dead_label(ax, tick, published.get("dead_latent_units", pd.Series(dtype=float)).get(model))
     ax.axhline(1, color="red", lw=1.5, label="the published weights (their dead latent units below the line)")
     ax.axhline(1 + band, color="red", lw=1, ls="--", label=f"{band:.0%} above them")
     for index, group in enumerate(groups):
@@ -140,8 +141,7 @@ def _ratios_at(ax, tick: int, runs: pd.DataFrame, model: str, published: float, 
     width = 0.8 / len(beside)
     for slot, (group, variant) in enumerate(beside):
         ratios = runs.loc[runs.variant == variant, "mse"] / published
-        jitter = np.linspace(-0.04, 0.04, len(ratios)) if len(ratios) > 1 else np.zeros(len(ratios))
-        x = tick + (slot - (len(beside) - 1) / 2) * width + jitter
+        x = tick + (slot - (len(beside) - 1) / 2) * width + plotting.spread(len(ratios), 0.04)
         marker = plotting.GROUP_MARKERS[group]
         ax.scatter(x, ratios, s=30, marker=marker, color=colours[variant], edgecolors="black", lw=0.4)
         if variant == model and len(ratios):
@@ -150,7 +150,7 @@ def _ratios_at(ax, tick: int, runs: pd.DataFrame, model: str, published: float, 
             ax.annotate(text, (x.mean(), high), xytext=(0, 5), textcoords="offset points", ha="center", fontsize=7)
 
 
-def _dead_units(ax, tick: int, count: float | None) -> None:
+def _published_dead_label(ax, tick: int, count: float | None) -> None:
     if count is not None and pd.notna(count):
         ax.annotate(
             f"{int(count)} dead",

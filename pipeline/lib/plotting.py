@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
@@ -48,6 +49,11 @@ def min_span(ax, fraction: float = 0.01) -> None:
     span = fraction * max(abs(low), abs(high))
     if high - low < span:
         ax.set_ylim((low + high - span) / 2, (low + high + span) / 2)
+
+
+def spread(n: int, half_width: float) -> np.ndarray:
+    """n offsets evenly across ±half_width, side by side; one alone in the middle."""
+    return np.linspace(-half_width, half_width, n) if n > 1 else np.zeros(n)
 
 
 SHADES = 4  # tab20c: five hues, each in four shades from dark to light

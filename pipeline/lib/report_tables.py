@@ -8,6 +8,8 @@ import pandas as pd
 
 from pipeline.lib.report_findings import counted
 
+# A run of a study model matches the study when its test MSE is at most this fraction above its published weights'
+PUBLISHED_WEIGHTS_BAND = 0.15
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 COMPRESSION_COLUMNS = [
     "latent_dim",
@@ -119,17 +121,3 @@ def recipe_table(recipes: dict[str, dict]) -> pd.DataFrame:
         shared.setdefault(tuple(recipe[key] for key in RECIPE_KEYS), []).append(variant)
     rows = [{"variants": ", ".join(variants), **dict(zip(RECIPE_KEYS, key))} for key, variants in shared.items()]
     return pd.DataFrame(rows, columns=["variants", *RECIPE_KEYS])
-
-
-def data_line(manifest: dict, pinned: dict[str, str]) -> str:
-    """Which data the runs measured (the prepared manifest), and whether it is the official EMNIST-Balanced: each
-    input file's SHA-256 among `pinned`, the official files' (a stand-in's numbers are not the study's)."""
-    official = set(manifest["inputs"].values()) <= set(pinned.values())
-    what = (
-        "the official EMNIST-Balanced files (their pinned SHA-256s)"
-        if official
-        else "not the official EMNIST-Balanced files (other SHA-256s than the pinned): a stand-in for the study's data"
-    )
-    counts = manifest["counts"]
-    sizes = f"{counts['train']} train, {counts['val']} val, {counts['test']} test images"
-    return f"Data: {manifest['source']}, {what}; {sizes}."

@@ -19,6 +19,7 @@ from pipeline.lib.report_findings import (
     twin_finding,
 )
 from pipeline.lib.report_tables import (
+    PUBLISHED_WEIGHTS_BAND,
     compression_table,
     protocol_table,
     published_weights_check,
@@ -41,8 +42,6 @@ RUN_COLUMNS = [
     "effective_latent_dims",
 ]
 FIDELITY_COLUMNS = ["classifier_accuracy", "classifier_accuracy_originals", "psnr", "ssim"]
-# A run of a study model matches the study when its test MSE is at most this fraction above its published weights'
-PUBLISHED_WEIGHTS_BAND = 0.15
 
 
 def results_table(metrics: dict[str, dict]) -> pd.DataFrame:
@@ -128,11 +127,6 @@ def render_markdown(
         f"{int(tests.p.notna().sum())} testable pairs)",
         "",
         pairwise_markdown(tests),
-        "",
-        "a_vs_b: (mean_a − mean_b) / mean_b, relative to b (a at +25% is b 20% below a). Every pair of variants is in "
-        "the adjustment, not only those of one decoder family."
-        if len(tests)
-        else "",
         "",
         "## Every run",
         "",
@@ -254,4 +248,22 @@ def pairwise_markdown(tests: pd.DataFrame) -> str:
     shown.insert(
         shown.columns.get_loc("difference") + 1, "a_vs_b", (tests.mean_a / tests.mean_b - 1).map("{:+.1%}".format)
     )
-    return _markdown(shown, index=False, disable_numparse=True)  # the strings as formatted above
+    table = _markdown(shown, index=False, disable_numparse=True)  # the strings as formatted above
+    return (
+        f"{table}\n\na_vs_b: (mean_a − mean_b) / mean_b, relative to b (a at +25% is b 20% below a). Every pair of "
+        "variants is in the adjustment, not only those of one decoder family."
+    )
+
+
+def data_line(manifest: dict, pinned: dict[str, str]) -> str:
+    """Which data the runs measured (the prepared manifest), and whether it is the official EMNIST-Balanced: each
+    input file's SHA-256 among `pinned`, the official files' (a stand-in's numbers are not the study's)."""
+    official = set(manifest["inputs"].values()) <= set(pinned.values())
+    what = (
+        "the official EMNIST-Balanced files (their pinned SHA-256s)"
+        if official
+        else "not the official EMNIST-Balanced files (other SHA-256s than the pinned): a stand-in for the study's data"
+    )
+    counts = manifest["counts"]
+    sizes = f"{counts['train']} train, {counts['val']} val, {counts['test']} test images"
+    return f"Data: {manifest['source']}, {what}; {sizes}."

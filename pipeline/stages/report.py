@@ -63,7 +63,7 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
     names = [p.name for p in figure_paths]
     recipes = {v: {k: getattr(params.train_for(v), k) for k in report_tables.RECIPE_KEYS} for v in params.trained()}
     pinned = parse_sha256sums(OFFICIAL_SUMS)
-    data = report_tables.data_line(prepared.load_manifest(paths.prepared_dir()), pinned)
+    data = report_text.data_line(prepared.load_manifest(paths.prepared_dir()), pinned)
     text = report_text.render_markdown(results, summary, tests, specs, reference, names, rd, study, recipes, data)
     write_text(report, text)
     return report, figure_paths, results, summary
