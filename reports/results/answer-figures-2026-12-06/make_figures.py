@@ -1,6 +1,6 @@
 """The answer's 24 runs (the study's four models and their _linear twins, seeds 0-2, 15 epochs) drawn by today's
-report figures, from the metrics kept in the two snapshots; the classical codecs' points from standin-rd's
-rate_distortion.json (the baselines stage on the same stand-in test split). From the repo root:
+report figures, from the metrics and histories kept in the two snapshots; the classical codecs' points from
+standin-rd's rate_distortion.json (the baselines stage on the same stand-in test split). From the repo root:
 
     PYTHONPATH=. python reports/results/answer-figures-2026-12-06/make_figures.py
 """
@@ -10,8 +10,20 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from pipeline.lib import figures, figures_rd, figures_study, plotting, rate_distortion, report_text, schema, stats
+from pipeline import paths
+from pipeline.lib import (
+    figures,
+    figures_rd,
+    figures_study,
+    plotting,
+    rate_distortion,
+    report_tables,
+    report_text,
+    schema,
+    stats,
+)
 from pipeline.lib.config import load_params
 
 RESULTS = Path("reports/results")
@@ -28,25 +40,27 @@ summary = stats.aggregate(runs, report_text.SEED_COLUMNS, report_text.SEED_FLOOR
 study = report_text.results_table(
     {path.stem: schema.load(path) for path in sorted((RESULTS / RUNS[0] / "study").glob("*.json"))}
 ).set_index("variant")
+histories = {}
+for snapshot in RUNS:
+    for path in sorted((RESULTS / snapshot / "history").glob("*.csv")):
+        histories.setdefault(path.stem.rsplit("-", 1)[0], []).append(pd.read_csv(path))
 params = load_params(Path("params.yaml"))
 variants = list(dict.fromkeys(runs.variant))
 specs = {v: dataclasses.asdict(params.variant(v)) for v in variants}
 labels = stats.position_labels(specs)
-colours = plotting.variant_colours(variants, specs)
+colours, markers = plotting.variant_colours(variants, specs), plotting.variant_markers(variants, specs)
+
+spread_summary = summary.rename(index=labels)
 figures.seed_spread(
-    runs.assign(variant=runs.variant.map(labels)),
-    summary.rename(index=labels),
-    OUT / "findings_seed_spread.png",
-    {labels[v]: colour for v, colour in colours.items()},
+    figures.named(runs, labels), spread_summary, OUT / "findings_seed_spread.png", figures.relabelled(colours, labels)
 )
-figures_study.study_comparison(
-    runs.assign(variant=runs.variant.map(labels)), study.rename(index=labels), OUT / "study_comparison.png"
-)
-figures_study.against_published(
-    runs, study, specs, report_text.PUBLISHED_WEIGHTS_BAND, OUT / "against_published.png", colours
-)
-per_class = pd.DataFrame({name: pd.DataFrame(r).set_index("char").psnr for name, r in runs.per_class.items()})
-per_class = per_class.T.groupby(runs.variant, sort=False).mean().T
+figures_study.study_comparison(figures.named(runs, labels), study.rename(index=labels), OUT / "study_comparison.png")
+band = report_tables.PUBLISHED_WEIGHTS_BAND
+figures_study.against_published(runs, study, specs, band, OUT / "against_published.png", colours)
+figures_study.dead_units(runs, study, OUT / "dead_units.png", colours, markers)
+keras_log = yaml.safe_load(paths.REFERENCE_FILE.read_text())["keras_log"]
+figures.loss_curves(histories, keras_log, OUT / "loss_curves.png", colours, markers)
+per_class = figures.per_class_means(runs)
 figures.per_class_psnr(per_class, summary.mse_mean.idxmin(), OUT / "per_class_psnr.png", colours)
 codecs = [
     row
@@ -55,7 +69,7 @@ codecs = [
 ]
 rd = rate_distortion.assemble(report_text.variant_means(runs), codecs)
 figures_rd.rate_distortion(rd, OUT / "rate_distortion.png", colours)
-figures_study.dead_units(runs, study, OUT / "dead_units.png", colours)
+
 for model in (v for v in variants if f"{v}_linear" in variants):
     ahead = per_class[f"{model}_linear"] - per_class[model]
     print(f"{model}_linear ahead of {model} on each character by {ahead.min():.2f}-{ahead.max():.2f} dB")
