@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.lib import schema
+from pipeline.lib import figures, schema
 from tests.conftest import TINY_SPEC as TINY
 from tests.conftest import make_project, run
 from tests.fakedata import make_emnist_dir
@@ -48,7 +48,8 @@ def test_pipeline_produces_every_output(project):
     report = (root / "reports" / "report.md").read_text()
     assert report.index("## Findings") < report.index("## Mean ± std over seeds")
     assert all(name in report for name in RUNS)
-    assert len(list((root / "reports" / "figures").glob("*.png"))) == 6
+    assert sorted(p.stem for p in (root / "reports" / "figures").glob("*.png")) == sorted(figures.REPORT_FIGURES)
+    assert "## Training recipe" in report and "Data: " in report  # what the runs trained with, and on which data
     assert (
         "## Rate–distortion" in report and "- Moonshot (≤ 32 B/image at pooled PSNR ≥ 27.1 dB, the reference" in report
     )
@@ -183,9 +184,11 @@ def test_stage_edits_rerun_exactly_their_stages(project):
     # (c) the report's text: report only
     status = _status_after_touching(root, env, "pipeline/lib/report_text.py")
     assert set(status) == {"report"}, status
-    # (d) a training hyperparameter: every train stage, nothing else
+    # (d) a training hyperparameter: every train stage, and the report, whose recipe table prints it
     lr = yaml.safe_load((root / "params.yaml").read_text())["train"]["lr"]
-    assert _status_after_editing(root, env, lambda p: p["train"].update(lr=lr / 2)) == TRAIN
+    assert _status_after_editing(root, env, lambda p: p["train"].update(lr=lr / 2)) == TRAIN | {"report"}
+    # (d') one that is not in a recipe (where and how a run computes): every train stage, nothing else
+    assert _status_after_editing(root, env, lambda p: p["train"].update(channels_last=False)) == TRAIN
     # (e) the codec's encoder-side search: every evaluate stage, no train stage
     assert (
         _status_after_editing(root, env, lambda p: p["codec"].update(refine_steps=p["codec"]["refine_steps"] + 3))
