@@ -212,9 +212,9 @@ def test_the_seed_spread_legend_names_an_interval_only_where_one_is_drawn(monkey
 
 
 def test_the_at_a_glance_figures_name_each_variant_as_labelled(monkeypatch, tmp_path):
-    specs = {"a": spec([1, 1, 2, 1]), "b": spec([2, 1, 1, 1], "linear"), "c": spec([2, 1, 1, 1])}  # b: no family
+    specs = {"a": spec([1, 1, 2, 1]), "b": spec([2, 1, 1, 1], "linear"), "c": spec([2, 1, 1, 1])}  # b: c's twin
     published = make_published({"a": 0.0035})
     drawn = draw_all(monkeypatch, tmp_path, make_results(THREE_VARIANTS), published, specs=specs)
     for fig in (drawn["findings_seed_spread"], drawn["study_comparison"]):
-        assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == ["a (layer 3)", "b", "c (layer 1)"]
+        assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == ["a (layer 3)", "b (layer 1)", "c (layer 1)"]
     assert len(drawn["study_comparison"].axes[1].lines) == 2  # the published lines still find their variant

@@ -59,3 +59,15 @@ def test_where_pairing_cannot_hold_each_variant_takes_a_distinct_colour():
 
 def test_without_specs_the_colours_are_the_palettes():
     assert list(colours_of({}, ["a", "b", "c"]).values()) == [to_hex(c) for c in plotting.palette(3)]
+
+
+def test_a_variant_is_labelled_by_its_layer_where_its_family_or_its_colour_pairs_it():
+    specs = {
+        "m1": spec(at(2)),
+        "m2": spec(at(0)),
+        "m1_linear": spec(at(2), "linear"),  # no family of its own, but m1's hue in a lighter shade
+        "lonely": spec(at(1), "linear") | {"latent_dim": 8},  # no family, no layer shared: its name alone
+    }
+    labels = plotting.layer_labels(list(specs), specs)
+    assert labels == {"m1": "m1 (layer 3)", "m2": "m2 (layer 1)", "m1_linear": "m1_linear (layer 3)"}
+    assert plotting.layer_labels(["m1"], specs) == {}  # one variant: nothing to pair it with

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from pipeline.lib import figures_rd, figures_study, plotting, stats
+from pipeline.lib import figures_rd, figures_study, plotting
 from pipeline.lib.plotting import plt  # plotting sets the backend before pyplot loads
 from pipeline.lib.report_findings import counted
 from pipeline.lib.report_tables import PUBLISHED_WEIGHTS_BAND
@@ -50,7 +50,7 @@ def report_figures(
     specs = specs or {}
     paths = {name: out / f"{name}.png" for name in REPORT_FIGURES}
     variants = list(dict.fromkeys(results.variant))
-    labels = stats.position_labels({v: specs[v] for v in variants if v in specs})
+    labels = plotting.layer_labels(variants, specs)
     colours, markers = plotting.variant_colours(variants, specs), plotting.variant_markers(variants, specs)
     by_variant = published.set_index("variant")
     summary = summary.rename(index=labels)
@@ -67,7 +67,7 @@ def report_figures(
 
 
 def named(frame: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """The frame with each variant under its label (`stats.position_labels`), a variant without one under its name."""
+    """The frame with each variant under its label (`plotting.layer_labels`), a variant without one under its name."""
     return frame.assign(variant=frame.variant.map(lambda v: labels.get(v, v)))
 
 

@@ -124,7 +124,7 @@ def against_published(
     for index, group in enumerate(groups):
         name = next((label for label, members in stats.families(specs).items() if members == group), group[0])
         ax.scatter([], [], marker=plotting.GROUP_MARKERS[index], color="grey", label=name)
-    labels = stats.position_labels({v: specs[v] for v in dict.fromkeys(runs.variant) if v in specs})
+    labels = plotting.layer_labels(list(dict.fromkeys(runs.variant)), specs)
     ax.set_xticks(np.arange(len(models)), [labels.get(m, m) for m in models], rotation=30, ha="right")
     ax.set_xlim(-0.5, len(models) - 0.5)
     ax.set_ylim(0, max(ax.get_ylim()[1], (1 + band) * 1.12))  # room above the band's line for the ranges

@@ -100,8 +100,3 @@ def upsampling_position(spec: dict) -> int:
     """1-based index of the decoder layer that upsamples (the first with the largest stride)."""
     strides = spec["decoder_strides"]
     return strides.index(max(strides)) + 1
-
-
-def position_labels(specs: dict[str, dict]) -> dict[str, str]:
-    """ "model01 (layer 3)" for each variant of a decoder family: where it upsamples, on a figure's axis."""
-    return {v: f"{v} (layer {upsampling_position(specs[v])})" for members in families(specs).values() for v in members}

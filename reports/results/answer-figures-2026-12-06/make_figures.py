@@ -47,7 +47,7 @@ for snapshot in RUNS:
 params = load_params(Path("params.yaml"))
 variants = list(dict.fromkeys(runs.variant))
 specs = {v: dataclasses.asdict(params.variant(v)) for v in variants}
-labels = stats.position_labels(specs)
+labels = plotting.layer_labels(variants, specs)
 colours, markers = plotting.variant_colours(variants, specs), plotting.variant_markers(variants, specs)
 
 spread_summary = summary.rename(index=labels)
