@@ -11,12 +11,14 @@ file differs from the md5 its entry records, when params.yaml differs from what 
 read another version of a kept stage's output than that stage's entry records (evaluate on a model train replaced
 since), or when a run has metrics but no lock entries (the executor stopped before recording it). Then, for each
 new run, it prints whether its history (epoch, losses, LR) and its test metrics equal its twin's in the 2026-12-02/03
-matrices, and a row for the results README's table of kept runs.
+matrices, and a row for the results README's table of kept runs. Last, the executor's command for the runs left, in
+the order to run them: the study's four seed by seed, then their twins.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -28,6 +30,8 @@ import yaml
 from dvc.exceptions import DvcException
 from dvc.utils.serialize import dump_yaml, parse_yaml
 
+from pipeline.lib import stats
+from pipeline.lib.config import Params, load_params, run_name
 from pipeline.provenance import lock_guard, stage_name
 from pipeline.tools.lineage_checks import RUN_NAME, params_drift
 
@@ -198,13 +202,34 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
     return [*lines, f"kept {len(evaluated)} runs in {record} ({len(new)} new)"]
 
 
+def runs_left(params: Params, kept: set[str]) -> list[str]:
+    """The evaluate targets of the matrix's runs not kept, in the order to run them: each group of variants alike but
+    for their strides (the study's four, then their twins), seed by seed, so that every layer has a seed early."""
+    specs = {variant: dataclasses.asdict(params.variant(variant)) for variant in params.trained()}
+    return [
+        stage_name("evaluate", variant, seed)
+        for group in stats.decoder_groups(specs)
+        for seed in params.seeds
+        for variant in group
+        if run_name(variant, seed) not in kept
+    ]
+
+
+def continue_line(checkout: Path, record: Path) -> str:
+    """The executor's command for the runs the record does not keep yet, to run from the checkout."""
+    left = runs_left(load_params(checkout / "params.yaml"), evaluated_runs(lock_stages(record)))
+    if not left:
+        return "every run of the matrix is kept: next the targets baselines and study, then the report"
+    return f"{len(left)} runs left; from {checkout}: python -m pipeline.tools.parallel --jobs 1 {' '.join(left)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.keep_root_run", description=__doc__)
     parser.add_argument("checkout", type=Path, help="the checkout running the matrix, e.g. build/rootrun")
     parser.add_argument("--record", type=Path, default=RECORD, help="where the record is kept (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        lines = keep(args.checkout, args.record, TWINS)
+        lines = [*keep(args.checkout, args.record, TWINS), continue_line(args.checkout, args.record)]
     except (ValueError, OSError, yaml.YAMLError, DvcException) as err:  # DVC's: a corrupt dvc.lock
         print(f"keep_root_run: {err}", file=sys.stderr)
         return 1

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.lib.config import parse_params
 from scripts import keep_root_run
+from tests import params_support
 
 HISTORY = "epoch,train_loss,train_objective,val_loss,lr,seconds,images_per_s,val_output_range\n"
 PARAMS = {"seeds": [0, 1, 2], "train": {"lr": 0.003}}
@@ -195,3 +197,35 @@ def test_a_corrupt_dvc_lock_is_one_line(tmp_path, capsys):
     (checkout / "dvc.lock").write_text("stages: [\n")
     assert keep_root_run.main([str(checkout), "--record", str(tmp_path / "record")]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def study_and_twins(raw: dict, names: tuple[str, str]) -> dict:
+    """raw's two variants under `names`, each with a linear-latent twin (`<name>_linear`), all four in the matrix."""
+    study = dict(zip(names, raw["variants"].values()))
+    twins = {f"{name}_linear": {**spec, "latent_activation": "linear"} for name, spec in study.items()}
+    return {**raw, "variants": study | twins, "matrix": [*study, *twins]}
+
+
+def test_the_runs_left_come_study_variants_first_seed_by_seed_then_their_twins():
+    params = parse_params(study_and_twins(params_support.valid(), ("up3", "up4")))
+    assert keep_root_run.runs_left(params, {"up3-seed0", "up4_linear-seed1"}) == [
+        "evaluate@up4-0",
+        "evaluate@up3-1",
+        "evaluate@up4-1",
+        "evaluate@up3_linear-0",
+        "evaluate@up4_linear-0",
+        "evaluate@up3_linear-1",
+    ]
+
+
+def test_the_last_line_is_the_executors_command_for_the_runs_the_record_lacks(tmp_path, record):
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    raw = study_and_twins(params_support.valid(), ("model01", "model04"))  # the record keeps model01-seed0
+    (checkout / "params.yaml").write_text(yaml.safe_dump(raw))
+    targets = "evaluate@model04-0 evaluate@model01-1 evaluate@model04-1 evaluate@model01_linear-0"
+    assert keep_root_run.continue_line(checkout, record).startswith(
+        f"7 runs left; from {checkout}: python -m pipeline.tools.parallel --jobs 1 {targets}"
+    )
+    (checkout / "params.yaml").write_text(yaml.safe_dump({**raw, "seeds": [0], "matrix": ["model01"]}))
+    assert keep_root_run.continue_line(checkout, record).startswith("every run of the matrix is kept")
