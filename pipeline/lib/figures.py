@@ -145,6 +145,7 @@ def loss_curves(
                 ax.plot(logged.index, logged, "x--", color=color)
     for ax, title in zip(axes, ("train loss", "val loss")):
         ax.set(title=f"{title} (mean over seeds, min–max shaded)", xlabel="epoch", yscale="log")
+    axes[0].set_ylabel("pixel MSE (log scale)")  # whatever the objective: train_loss and val_loss are MSE
     if histories.keys() & keras_log.keys():
         axes[0].plot(
             [], [], "x--", color="grey", label="the study's Keras log,\nsame colour (its val set\nis its test set)"
@@ -177,12 +178,12 @@ def per_class_psnr(table: pd.DataFrame, best: str, out: Path, colours: dict, wor
     for i in range(min(worst, len(table))):
         ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.08)
     ax.set(title=f"test PSNR per character, mean over seeds (sorted by {best}; shaded: its {worst} hardest)")
-    ax.set(ylabel="PSNR (dB)")
+    ax.set(ylabel="per-image PSNR (dB)")
     offsets = (np.arange(len(table.columns)) - (len(table.columns) - 1) / 2) * 0.8 / len(table.columns)
     for offset, variant in zip(offsets, table.columns):
         below.scatter(np.arange(len(table)) + offset, table[variant] - table[best], s=10, color=colours[variant])
     below.axhline(0, color="black", lw=0.8)
-    below.set(ylabel=f"PSNR − {best}'s (dB)", xlabel="character")
+    below.set(ylabel=f"per-image PSNR − {best}'s (dB)", xlabel="character")
     below.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     columns = -(-len(table.columns) // 12)  # beside the axes (the sorted bars' right end reaches the top), 12 a column
