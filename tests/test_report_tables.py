@@ -85,3 +85,23 @@ def test_the_recipe_notes_explain_only_the_cells_the_table_has():
         {"a": fixed}, {**reference, "recipe": {**reference["recipe"], "steps_per_epoch": 5}}
     )
     assert not [line for line in lines if "precision auto" in line or "steps_per_epoch –" in line]
+
+
+def test_the_protocol_table_says_how_far_its_few_images_read_from_the_whole_split():
+    protocol = [{"indices": [3, 9], "psnr": psnr} for psnr in (26.0, 27.5, 25.0)]
+    results = pd.DataFrame({"psnr": [25.0, 26.0, 25.5], "seed_protocol": protocol})
+    sentence = report_tables.protocol_offset(results)
+    assert sentence.startswith("On these 2 images a run's per-image PSNR differs from its whole test split's by")
+    assert "by -0.50 to +1.50 dB (mean +0.67 dB)" in sentence
+
+
+def test_a_column_with_one_value_in_every_row_is_said_once_under_its_table():
+    table = pd.DataFrame(
+        {"variant": ["a", "a"], "seed": [0, 1], "epochs": [15, 15], "mse": [0.004, 0.005], "gap": [np.nan, np.nan]}
+    )
+    text = report_text._varying_markdown(table, index=False)
+    header = text.splitlines()[0]
+    assert "variant" in header and "seed" in header and "mse" in header  # naming a row, or varying: kept
+    assert "epochs" not in header and "gap" not in header
+    assert text.endswith("\n\nIn every row: epochs 15; gap –.")
+    assert report_text._varying_markdown(table.head(1), index=False) == report_text._markdown(table.head(1), False)

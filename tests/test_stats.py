@@ -63,6 +63,8 @@ def test_welch_matches_the_textbook_formula():
     assert (row.a, row.b, row.difference) == ("x", "y", -1.5)
     assert row.p == pytest.approx(2 * student.sf(abs(t_value), df), rel=1e-10)
     assert row.p_adjusted == pytest.approx(row.p)  # one pair: nothing to adjust
+    half = student.ppf(0.975, df) * math.sqrt(se2)
+    assert (row.ci_low, row.ci_high) == (pytest.approx(-1.5 - half, rel=1e-10), pytest.approx(-1.5 + half, rel=1e-10))
 
 
 def test_benjamini_hochberg_adjusts_over_all_pairs():
@@ -90,6 +92,8 @@ def test_the_report_marks_untested_pairs_instead_of_calling_them_not_significant
     text = report_text.pairwise_markdown(table)
     rows = [line for line in text.splitlines()[2:] if line.startswith("|")]
     assert [row.split("|")[-2].strip() for row in rows] == ["True", "–", "–"]
+    assert [row.split("|")[7].strip() for row in rows][1:] == ["–", "–"]  # no interval where nothing is tested
+    assert rows[0].split("|")[7].strip().startswith("[-4.")  # a − b is about −4: its interval, in fixed point
     assert text.splitlines()[-1].startswith("a_vs_b: (mean_a − mean_b) / mean_b")  # explained under its table only
     one_variant = stats.pairwise_welch(runs_table({"a": [1.0, 1.1]}), "mse")
     assert report_text.pairwise_markdown(one_variant) == "One variant: no pair to compare."
@@ -143,10 +147,27 @@ def test_a_variant_mean_is_missing_where_a_seed_lacks_the_value():
 def test_each_model_is_set_beside_its_linear_twin_with_the_pairs_own_test():
     runs = runs_table({"model01": [0.0042, 0.0045, 0.0040], "model01_linear": [0.0031, 0.00309, 0.00308], "m": [1.0]})
     summary, tests = stats.aggregate(runs, ["mse"]), stats.pairwise_welch(runs, "mse")
-    (line,) = report_findings.twin_finding(summary, tests)
+    (line,) = report_findings.twin_finding(summary, tests, runs)
     adjusted = tests.set_index(["a", "b"]).p_adjusted["model01", "model01_linear"]
     assert f"model01 0.00423 → model01_linear 0.00309 (-27.0%, adjusted p {adjusted:.3f}" in line
-    assert report_findings.twin_finding(summary.loc[["m"]], tests) == []  # no twins: nothing to say
+    assert "Pooled" not in line  # one pair: nothing to pool
+    assert report_findings.twin_finding(summary.loc[["m"]], tests, runs) == []  # no twins: nothing to say
+
+
+@pytest.mark.parametrize(
+    ("model02_linear", "said"),
+    [
+        ([0.0031, 0.0030, 0.0032], "every `_linear` run below every run of the models (Mann-Whitney U = 0, "),
+        ([0.0031, 0.0041, 0.0043], "a `_linear` run below a run of the models in 81% of the 36 run pairs (Mann-"),
+    ],
+)
+def test_with_two_or_more_twins_their_runs_are_pooled_against_the_models(model02_linear, said):
+    mse = {"model01": [0.0042, 0.0045, 0.0040], "model02": [0.0038, 0.0040, 0.0044]}
+    runs = runs_table(mse | {"model01_linear": [0.0031, 0.00309, 0.00308], "model02_linear": model02_linear})
+    summary, tests = stats.aggregate(runs, ["mse"]), stats.pairwise_welch(runs, "mse")
+    (line,) = report_findings.twin_finding(summary, tests, runs)
+    assert f" Pooled over the 2 positions: {said}" in line
+    assert line.endswith("a test of its own, outside the pairs' adjustment).")
 
 
 def test_dead_units_are_correlated_with_mse_over_the_runs_of_the_variants_that_have_any():

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.stats import mannwhitneyu
 
 from pipeline.lib import stats
 
@@ -92,8 +93,19 @@ def _family_finding(
         + f" (the last {means.iloc[-1] / means.iloc[0] - 1:.1%} above the first; the study's order{among}: "
         + f"layer {' < '.join(map(str, compared))}); "
         + f"{len(hits)} of {len(inside)} pairs significant{f' ({pairs})' if len(hits) else ''}{untested_note}, "
-        + f"so {_verdict(hits, collapsed, untested, len(inside), _span(spread, '.1%'))}."
+        + f"so {_verdict(hits, collapsed, untested, len(inside), _noise(spread, inside))}."
     )
+
+
+def _noise(spread: pd.Series, pairs: pd.DataFrame) -> str:
+    """What these seeds can detect: the members' seed std relative to their mean MSE, and the largest difference
+    (relative to the pair's better mean) inside a tested pair's 95% interval."""
+    noise = f"each variant's seed std is {_span(spread, '.1%')} of its mean MSE"
+    tested = pairs[pairs.p.notna()]
+    if tested.empty:
+        return noise
+    reach = np.maximum(tested.ci_low.abs(), tested.ci_high.abs()) / np.minimum(tested.mean_a, tested.mean_b)
+    return f"{noise}; differences of up to {reach.max():.0%} lie inside the pairs' 95% intervals"
 
 
 def _against_the_study(a: str, b: str, summary: pd.DataFrame, specs: dict[str, dict], rank: dict[int, int]) -> str:
@@ -110,19 +122,20 @@ def _against_the_study(a: str, b: str, summary: pd.DataFrame, specs: dict[str, d
     return f"{pair}, {'as in' if rank[layers[0]] < rank[layers[1]] else 'against'} the study's order"
 
 
-def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int, pairs: int, spread: str) -> str:
-    """What the significant pairs of one decoder family say about the upsampling position; spread: the members' seed
-    std relative to their mean MSE, which bounds what these seeds can detect."""
+def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int, pairs: int, noise: str) -> str:
+    """What the significant pairs of one decoder family say about the upsampling position; noise: what these seeds
+    can detect (`_noise`)."""
     sound = hits[~hits.a.isin(collapsed) & ~hits.b.isin(collapsed)]
     if len(sound):
-        return "the upsampling position makes a difference larger than the seed spread"
+        apart = np.maximum(sound.mean_a, sound.mean_b) / np.minimum(sound.mean_a, sound.mean_b) - 1
+        return f"the upsampling position makes a difference larger than the seed spread ({_span(apart, '.1%')} in MSE)"
     if untested == pairs:
         return "nothing can be said of the upsampling position"
     if len(hits):
         named = ", ".join(sorted(set(hits.a).union(hits.b) & collapsed))
         unknown = "; the untested pairs are unknown" if untested else ""
         return f"only pairs with collapsed runs ({named}) differ: failed training, not the upsampling position{unknown}"
-    noise = f"with these seeds (each variant's seed std is {spread} of its mean MSE)"
+    noise = f"with these seeds ({noise})"
     if untested:
         return (
             f"no difference between upsampling positions is detected among the tested pairs {noise}; the others unknown"
@@ -183,22 +196,43 @@ def _span(values: pd.Series, fmt: str) -> str:
     return f"{low:{fmt}}" if low == high else f"{low:{fmt}}–{high:{fmt}}"
 
 
-def twin_finding(summary: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
-    """Each variant beside its `_linear` twin: the same model with a linear latent, where no unit can die."""
+def twin_finding(summary: pd.DataFrame, tests: pd.DataFrame, results: pd.DataFrame) -> list[str]:
+    """Each variant beside its `_linear` twin: the same model with a linear latent, where no unit can die; with two
+    or more such pairs, their runs pooled (`_pooled_twins`)."""
+    models = [relu for relu in summary.index if f"{relu}_linear" in summary.index]
     cells = [
         f"{relu} {summary.mse_mean[relu]:.5f} → {relu}_linear {summary.mse_mean[f'{relu}_linear']:.5f} "
         f"({summary.mse_mean[f'{relu}_linear'] / summary.mse_mean[relu] - 1:+.1%}, "
         f"{_pair_verdict(tests, relu, f'{relu}_linear')})"
-        for relu in summary.index
-        if f"{relu}_linear" in summary.index
+        for relu in models
     ]
     if not cells:
         return []
     return [
         "- Each model against its `_linear` twin (a linear latent: no unit can die), mean test MSE: "
         + "; ".join(cells)
-        + "."
+        + f".{_pooled_twins(results, models)}"
     ]
+
+
+def _pooled_twins(results: pd.DataFrame, models: list[str]) -> str:
+    """The twins' runs against the models' runs, all positions pooled (each position as many runs on both sides):
+    how often a twin's run is below a model's, and a Mann-Whitney U test of its own, outside the pairs' adjustment."""
+    relu = results.mse[results.variant.isin(models)].to_numpy(dtype=float)
+    linear = results.mse[results.variant.isin([f"{m}_linear" for m in models])].to_numpy(dtype=float)
+    if len(models) < 2 or min(len(relu), len(linear)) < 2:
+        return ""
+    test = mannwhitneyu(linear, relu)  # U: the run pairs where the twin's is above, ties counted half
+    pairs = len(linear) * len(relu)
+    share = (
+        "every `_linear` run below every run of the models"
+        if test.statistic == 0
+        else f"a `_linear` run below a run of the models in {1 - test.statistic / pairs:.0%} of the {pairs} run pairs"
+    )
+    return (
+        f" Pooled over the {len(models)} positions: {share} (Mann-Whitney U = {test.statistic:g}, "
+        f"two-sided p = {test.pvalue:.2g}, a test of its own, outside the pairs' adjustment)."
+    )
 
 
 def _pair_verdict(tests: pd.DataFrame, a: str, b: str) -> str:

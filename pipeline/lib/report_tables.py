@@ -13,6 +13,7 @@ PUBLISHED_WEIGHTS_BAND = 0.15
 STUDY_COLUMNS = ["train_loss", "val_loss", "mse", "ssim", "psnr", "psnr_pooled"]
 COMPRESSION_COLUMNS = [
     "latent_dim",
+    "train_flops_per_image",  # what a position costs: the quality target's budget is model01's
     "bytes_per_image_float32",
     "bytes_per_image_uint8",
     "bytes_per_image_uint8_range",
@@ -88,6 +89,18 @@ def protocol_table(results: pd.DataFrame, study: pd.DataFrame) -> pd.DataFrame:
         if isinstance(study.get("seed_protocol", {}).get(variant), dict):
             frames.append(pd.DataFrame([study.seed_protocol[variant]], index=[f"{variant} published weights"]))
     return pd.concat(frames)[["mse", "psnr", "psnr_pooled", "ssim"]]
+
+
+def protocol_offset(results: pd.DataFrame) -> str:
+    """How far the protocol's few images read above the whole test split, in each run's per-image PSNR: a sentence
+    for under the protocol table, so that its numbers are not set beside the whole split's."""
+    offset = results.seed_protocol.map(lambda protocol: protocol["psnr"]) - results.psnr
+    images = len(results.seed_protocol.iloc[0]["indices"])
+    return (
+        f"On these {images} images a run's per-image PSNR differs from its whole test split's by {offset.min():+.2f} "
+        f"to {offset.max():+.2f} dB (mean {offset.mean():+.2f} dB): compare them with each other and with the study's "
+        "own table, not with the whole split's numbers."
+    )
 
 
 def compression_table(means: pd.DataFrame) -> pd.DataFrame:

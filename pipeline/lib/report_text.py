@@ -21,6 +21,7 @@ from pipeline.lib.report_findings import (
 from pipeline.lib.report_tables import (
     PUBLISHED_WEIGHTS_BAND,
     compression_table,
+    protocol_offset,
     protocol_table,
     published_weights_check,
     recipe_table,
@@ -106,7 +107,7 @@ def render_markdown(
         "## Findings",
         "",
         *findings(summary, tests, specs, reference, collapsed_variants(results)),
-        *twin_finding(summary, tests),
+        *twin_finding(summary, tests, results),
         *dead_units_finding(results, study),
         *published_weights_finding(check, band),
         *collapsed_finding(results),
@@ -130,10 +131,10 @@ def render_markdown(
         "",
         "## Every run",
         "",
-        _markdown(results[RUN_COLUMNS], index=False),
+        _varying_markdown(results[RUN_COLUMNS], index=False),
         "",
         *study_sections(study, check, band),
-        "## The study's six quantities, and dead latent units, ours beside theirs",
+        "## The study's table beside ours: its five numbers, with pooled PSNR and dead latent units measured here",
         "",
         _markdown(study_table(means, n_seeds, reference, study).reset_index(), index=False),
         "",
@@ -150,9 +151,11 @@ def render_markdown(
         "",
         _markdown(protocol),
         "",
+        protocol_offset(results),
+        "",
         "## Compression (mean over seeds)",
         "",
-        _markdown(compression_table(means)),
+        _varying_markdown(compression_table(means)),
         "",
         "Bytes per image are real streams (pipeline.lib.codec) of the whole test split, headers and side information "
         "included. uint8: per-dimension scale/offset calibrated on the train split, carried in the stream; "
@@ -167,7 +170,7 @@ def render_markdown(
         "",
         "## Semantic fidelity: the classifier stage's test accuracy (mean over seeds)",
         "",
-        _markdown(means.reindex(columns=FIDELITY_COLUMNS)),
+        _varying_markdown(means.reindex(columns=FIDELITY_COLUMNS)),
         "",
         "",
         "## Figures",
@@ -207,7 +210,7 @@ def study_sections(study: pd.DataFrame, check: pd.DataFrame, band: float) -> lis
             "",
         ]
     against = (
-        f"{_markdown(check, index=False)}\n\nratio: the run's test MSE over the published weights'; "
+        f"{_varying_markdown(check, index=False)}\n\nratio: the run's test MSE over the published weights'; "
         f"at_most_{band:.0%}_above: ratio ≤ {1 + band:.2f}. Dead latent units are ReLU units that output 0 for "
         "every test image, the study's confounder."
         if not check.empty
@@ -216,9 +219,9 @@ def study_sections(study: pd.DataFrame, check: pd.DataFrame, band: float) -> lis
     return [
         "## The study's published weights, measured here (stage study: same code, same test images)",
         "",
-        _markdown(study.reindex(columns=[*RUN_COLUMNS, "psnr_pooled", "classifier_accuracy"]), index=False),
+        _varying_markdown(study.reindex(columns=[*RUN_COLUMNS, "psnr_pooled", "classifier_accuracy"]), index=False),
         "",
-        "Their train and val losses are the study's own log; the study's seed is unknown (-1).",
+        "The study's seed is unknown (-1). Its train and val losses are its own log, in the study's table below.",
         "",
         "## Each run of a study model against its published weights",
         "",
@@ -232,6 +235,27 @@ def _markdown(table: pd.DataFrame, index: bool = True, **tabulate) -> str:
     return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–", **tabulate)
 
 
+def _varying_markdown(table: pd.DataFrame, index: bool = True) -> str:
+    """The table without the columns that hold one value in every row (but the variant and seed that name a row),
+    those values said once below it; a table of one row as it is."""
+    constant = [
+        c
+        for c in table.columns
+        if c not in ("variant", "seed") and len(table) > 1 and table[c].nunique(dropna=False) == 1
+    ]
+    if not constant:
+        return _markdown(table, index)
+    values = "; ".join(f"{column} {_cell(value)}" for column, value in table[constant].iloc[0].items())
+    return f"{_markdown(table.drop(columns=constant), index)}\n\nIn every row: {values}."
+
+
+def _cell(value: object) -> str:
+    """A value as `_markdown` shows it in a cell."""
+    if pd.isna(value):
+        return "–"
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
 def pairwise_markdown(tests: pd.DataFrame) -> str:
     if tests.empty:
         return "One variant: no pair to compare."
@@ -241,17 +265,21 @@ def pairwise_markdown(tests: pd.DataFrame) -> str:
         mean_a=tests.mean_a.map("{:.6f}".format),  # fixed point: "0.0042372" beside "-1.2993e-05" misleads
         mean_b=tests.mean_b.map("{:.6f}".format),
         difference=tests.difference.map("{:+.6f}".format),
+        ci_low=[f"[{low:+.6f}, {high:+.6f}]" for low, high in zip(tests.ci_low, tests.ci_high)],
         p=tests.p.map("{:.4g}".format).where(tests.p.notna()),
         p_adjusted=tests.p_adjusted.map("{:.4g}".format).where(tests.p.notna()),
         significant=tests.significant.where(tests.p.notna()),  # untested: –
     )
+    shown = shown.drop(columns="ci_high").rename(columns={"ci_low": "difference_95%_ci"})
+    shown["difference_95%_ci"] = shown["difference_95%_ci"].where(tests.p.notna())
     shown.insert(
         shown.columns.get_loc("difference") + 1, "a_vs_b", (tests.mean_a / tests.mean_b - 1).map("{:+.1%}".format)
     )
     table = _markdown(shown, index=False, disable_numparse=True)  # the strings as formatted above
     return (
-        f"{table}\n\na_vs_b: (mean_a − mean_b) / mean_b, relative to b (a at +25% is b 20% below a). Every pair of "
-        "variants is in the adjustment, not only those of one decoder family."
+        f"{table}\n\na_vs_b: (mean_a − mean_b) / mean_b, relative to b (a at +25% is b 20% below a). "
+        "difference_95%_ci: Welch's 95% interval of the difference, the pair's own (not adjusted for the other "
+        "pairs). Every pair of variants is in the adjustment, not only those of one decoder family."
     )
 
 

@@ -50,7 +50,8 @@ def _mean_interval(values: np.ndarray) -> tuple[float, float, tuple[float, float
 
 
 def pairwise_welch(runs: pd.DataFrame, column: str, variants: list[str] | None = None) -> pd.DataFrame:
-    """Welch's t-test of `column` for each pair of variants, Benjamini-Hochberg adjusted over all pairs.
+    """Welch's t-test of `column` for each pair of variants, Benjamini-Hochberg adjusted over all pairs, with the
+    95% interval of the difference (`ci_low`, `ci_high`; the pair's own, not adjusted).
 
     A pair is `significant` when its adjusted p < 0.05; pairs with fewer than two seeds on a side, or no
     spread at all, get p = NaN and are never significant.
@@ -60,11 +61,13 @@ def pairwise_welch(runs: pd.DataFrame, column: str, variants: list[str] | None =
     rows = []
     for a, b in itertools.combinations(variants, 2):
         x, y = groups[a], groups[b]
-        p = float("nan")
+        p, interval = float("nan"), (float("nan"), float("nan"))
         if min(len(x), len(y)) >= 2 and (x.std() > 0 or y.std() > 0):
-            p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
-        rows.append({"a": a, "b": b, "mean_a": x.mean(), "mean_b": y.mean(), "difference": x.mean() - y.mean(), "p": p})
-    table = pd.DataFrame(rows, columns=["a", "b", "mean_a", "mean_b", "difference", "p"])
+            test = stats.ttest_ind(x, y, equal_var=False)
+            p, interval = float(test.pvalue), tuple(map(float, test.confidence_interval(1 - ALPHA)))
+        means = {"mean_a": x.mean(), "mean_b": y.mean(), "difference": x.mean() - y.mean()}
+        rows.append({"a": a, "b": b, **means, "ci_low": interval[0], "ci_high": interval[1], "p": p})
+    table = pd.DataFrame(rows, columns=["a", "b", "mean_a", "mean_b", "difference", "ci_low", "ci_high", "p"])
     tested = table.p.notna()
     table["p_adjusted"] = np.nan
     if tested.any():
