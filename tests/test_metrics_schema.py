@@ -11,6 +11,7 @@ import pytest
 
 from pipeline import paths, tracking
 from pipeline.lib import report_text, schema
+from pipeline.lib.figures import REPORT_FIGURES
 from pipeline.lib.io import DataError
 from pipeline.lib.models import COLLAPSED_RANGE
 from pipeline.stages import report as report_stage
@@ -108,7 +109,7 @@ def test_report_compares_every_variant_and_groups_their_runs_under_a_report_run(
     assert "No pair can be tested: each variant needs two or more seeds" in text  # not a table of "False"
     assert list(summary.index) == ["tinyA", "tinyB"] and list(summary.n) == [1, 1]
     assert all(f.parent == paths.figures_dir() and f.exists() and f.stat().st_size > 5000 for f in figures)
-    assert all(f"![{f.stem}](figures/{f.name})" in text for f in figures)
+    assert all(f"![{f.stem}](figures/{f.name})\n\n{REPORT_FIGURES[f.stem]}\n" in text for f in figures)
     rd = json.loads((paths.reports_dir() / "rate_distortion.json").read_text())
     assert {"uint8, 8 dims", "entropy-coded, 4 dims", "webp"} <= {row["setting"] for row in rd} | {
         row["method"] for row in rd

@@ -90,12 +90,13 @@ def render_markdown(
     tests: pd.DataFrame,
     specs: dict,
     reference: dict,
-    figure_names: list[str],
+    captions: dict[str, str],
     rd: pd.DataFrame,
     study: pd.DataFrame,
     recipes: dict[str, dict],
     data: str,
 ) -> str:
+    """reports/report.md; captions: each figure's file name and the caption to print under it."""
     means = variant_means(results)
     band = PUBLISHED_WEIGHTS_BAND
     check = published_weights_check(results, study, band)
@@ -175,8 +176,11 @@ def render_markdown(
         "",
         "## Figures",
         "",
-        *[f"![{Path(f).stem}](figures/{f})" for f in figure_names],
-        "",
+        *[
+            line
+            for name, caption in captions.items()
+            for line in (f"![{Path(name).stem}](figures/{name})", "", caption, "")
+        ],
     ]
     return "\n".join(parts)
 

@@ -60,11 +60,11 @@ def write_report(params: Params) -> tuple[Path, list[Path], pd.DataFrame, pd.Dat
         specs,
     )
     report = paths.reports_dir() / "report.md"
-    names = [p.name for p in figure_paths]
+    captions = {p.name: figures.REPORT_FIGURES[p.stem] for p in figure_paths}
     recipes = {v: {k: getattr(params.train_for(v), k) for k in report_tables.RECIPE_KEYS} for v in params.trained()}
     pinned = parse_sha256sums(OFFICIAL_SUMS)
     data = report_text.data_line(prepared.load_manifest(paths.prepared_dir()), pinned)
-    text = report_text.render_markdown(results, summary, tests, specs, reference, names, rd, study, recipes, data)
+    text = report_text.render_markdown(results, summary, tests, specs, reference, captions, rd, study, recipes, data)
     write_text(report, text)
     return report, figure_paths, results, summary
 
