@@ -121,6 +121,7 @@ def test_a_spread_below_the_shown_digits_is_shown_to_its_first_digit_not_as_zero
     cells = report_text.seed_table(stats.aggregate(runs, report_text.SEED_COLUMNS))
     assert cells.mse["tight"] == "0.003061 ± 0.000003 [0.003054, 0.003068]"
     assert cells.ssim["tight"] == "1.0000 ± 0.0000 [1.0000, 1.0000]"
+    assert cells.dead_latent_units["tight"] == "1.0 ± 0.0 [1.0, 1.0]"  # a count: to a tenth
 
 
 def test_an_interval_stops_at_the_ceiling_a_column_names():

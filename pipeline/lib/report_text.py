@@ -29,6 +29,13 @@ from pipeline.lib.report_tables import (
 )
 
 SEED_COLUMNS = ["mse", "psnr", "psnr_pooled", "ssim", "dead_latent_units", "effective_latent_dims", "val_loss"]
+SEED_FORMATS = {  # counts to a tenth: what a mean over a few seeds can say of them
+    "mse": ".5f",
+    "val_loss": ".5f",
+    "ssim": ".4f",
+    "dead_latent_units": ".1f",
+    "effective_latent_dims": ".1f",
+}
 SEED_FLOORS = {"mse": 0.0, "dead_latent_units": 0.0, "effective_latent_dims": 0.0, "val_loss": 0.0}
 SEED_CEILINGS = {"ssim": 1.0, "dead_latent_units": "latent_dim", "effective_latent_dims": "latent_dim"}
 RUN_COLUMNS = [
@@ -73,7 +80,7 @@ def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
     """mean ± std [95% interval] per variant, as text cells."""
     cells = {}
     for column in SEED_COLUMNS:
-        fmt = ".5f" if column in ("mse", "val_loss") else ".2f" if column != "ssim" else ".4f"
+        fmt = SEED_FORMATS.get(column, ".2f")
         cells[column] = [_seed_cell(row, column, fmt) for _, row in summary.iterrows()]
     return pd.DataFrame({"n": summary.n, **cells}, index=summary.index)
 
