@@ -121,6 +121,8 @@ def test_each_run_is_a_dot_at_its_dead_units_and_mse_beside_the_published_weight
     np.testing.assert_allclose(stars.get_offsets(), [[4, 0.004], [18, 0.010], [7, 0.002]])
     assert sorted(t.get_text() for t in ax.texts) == ["m1", "m2", "m9"]
     assert ax.get_ylim()[0] == 0
+    legend = [t.get_text() for t in drawn["dead_units"].legends[0].get_texts()]
+    assert legend[:2] == ["m1 (layer 3)", "m2 (layer 1)"] and "solo" in legend  # named as on the other figures
 
 
 def test_published_models_with_the_same_dead_units_share_one_label(monkeypatch, tmp_path):

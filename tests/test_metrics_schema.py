@@ -103,7 +103,7 @@ def test_report_compares_every_variant_and_groups_their_runs_under_a_report_run(
     text = path.read_text()
     best = results.set_index("variant").mse.idxmin()
     assert path == paths.reports_dir() / "report.md"
-    assert text.startswith("# CompressNet report\n\n## Findings")
+    assert text.startswith("# CompressNet report\n\nData: ") and "\n\n## Findings\n\n- Lowest" in text
     assert f"Lowest mean test MSE over 1 seed: **{best}**" in text
     assert "no difference can be told from seed-to-seed luck" in text
     assert "No pair can be tested: each variant needs two or more seeds" in text  # not a table of "False"

@@ -102,7 +102,7 @@ def dead_units(runs: pd.DataFrame, published: pd.DataFrame, out: Path, colours: 
     ax.set(xlabel="dead latent units (output 0 for every test image)", ylabel="test MSE")
     ax.set_xlim(left=-0.5)
     ax.set_ylim(bottom=0)
-    ax.set_title("test MSE against dead latent units, each run a dot")
+    ax.set_title("test MSE against dead latent units, each run a dot (variants side by side at each count)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.legend(*ax.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)

@@ -112,6 +112,11 @@ def render_markdown(
     parts = [
         "# CompressNet report",
         "",
+        data,  # first: which data every number below is of (a stand-in's are not the study's)
+        "",
+        f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
+        "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).",
+        "",
         "## Findings",
         "",
         *findings(summary, tests, specs, reference, collapsed_variants(results)),
@@ -121,11 +126,6 @@ def render_markdown(
         *collapsed_finding(results),
         rate_distortion.moonshot_finding(rd),
         *rate_distortion.quality_target_findings(means, reference["train_flops_per_image"]["model01"]),
-        "",
-        data,
-        "",
-        f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
-        "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).",
         "",
         *recipe_section(recipes, reference),
         "## Mean ± std over seeds [95% t-interval of the mean]",

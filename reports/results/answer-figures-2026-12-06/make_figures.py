@@ -57,7 +57,10 @@ figures.seed_spread(
 figures_study.study_comparison(figures.named(runs, labels), study.rename(index=labels), OUT / "study_comparison.png")
 band = report_tables.PUBLISHED_WEIGHTS_BAND
 figures_study.against_published(runs, study, specs, band, OUT / "against_published.png", colours)
-figures_study.dead_units(runs, study, OUT / "dead_units.png", colours, markers)
+labelled_markers = figures.relabelled(markers, labels)
+figures_study.dead_units(
+    figures.named(runs, labels), study, OUT / "dead_units.png", figures.relabelled(colours, labels), labelled_markers
+)
 keras_log = yaml.safe_load(paths.REFERENCE_FILE.read_text())["keras_log"]
 figures.loss_curves(histories, keras_log, OUT / "loss_curves.png", colours, markers)
 per_class = figures.per_class_means(runs)
