@@ -19,6 +19,7 @@ from pipeline.lib import (
     figures_study,
     plotting,
     rate_distortion,
+    report_findings,
     report_tables,
     report_text,
     schema,
@@ -77,3 +78,11 @@ for model in (v for v in variants if f"{v}_linear" in variants):
     ahead = per_class[f"{model}_linear"] - per_class[model]
     print(f"{model}_linear ahead of {model} on each character by {ahead.min():.2f}-{ahead.max():.2f} dB")
 print(summary[["n", "mse_mean", "mse_std", "dead_latent_units_mean"]].to_string())
+
+reference = yaml.safe_load(paths.REFERENCE_FILE.read_text())
+tests = stats.pairwise_welch(runs, "mse")
+collapsed = report_findings.collapsed_variants(runs)
+for line in report_findings.findings(summary, tests, specs, reference, collapsed)[2:]:  # the decoder families
+    print(line)
+print(*report_findings.twin_finding(summary, tests, runs))
+print(report_tables.protocol_offset(runs))
