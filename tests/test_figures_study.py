@@ -135,10 +135,15 @@ def test_published_models_with_the_same_dead_units_share_one_label(monkeypatch, 
     assert sorted(t.get_text() for t in ax.texts) == ["m1, m3", "m4"]
 
 
-def test_where_both_passes_agree_to_the_bit_one_bar_says_so_instead_of_two_alike(monkeypatch, tmp_path):
-    runs = make_results({"a": [0.004, 0.005], "b": [0.003, 0.0031]})
-    runs["mse_decoder"], runs["ssim_decoder"] = runs.mse, runs.ssim  # PSNR's passes still differ
-    drawn = draw_all(monkeypatch, tmp_path, runs)["study_comparison"]
+@pytest.mark.parametrize(("published_difference", "bars"), [(0.0, "one"), (1e-7, "two")])
+def test_where_both_passes_agree_to_the_bit_one_bar_says_so_instead_of_two_alike(
+    monkeypatch, tmp_path, published_difference, bars
+):
+    runs = make_results({"a": [0.004, 0.005], "b": [0.003, 0.0031]}).assign(max_abs_diff_decoder=0.0)
+    for metric in ("mse", "ssim", "psnr"):
+        runs[f"{metric}_decoder"] = runs[metric]
+    published = make_published({"a": 0.0035}).assign(max_abs_diff_decoder=published_difference)
+    drawn = draw_all(monkeypatch, tmp_path, runs, published)["study_comparison"]
     labels = [[c.get_label() for c in ax.containers] for ax in drawn.axes[:4]]
-    same, both = [figures_study.SAME_TO_THE_BIT], ["autoencoder", "encoder→decoder"]
-    assert labels == [["train_loss", "val_loss"], same, same, both]
+    tested = [figures_study.SAME_TO_THE_BIT] if bars == "one" else ["autoencoder", "encoder→decoder"]
+    assert labels == [["train_loss", "val_loss"], tested, tested, tested]  # one decision for the three panels

@@ -71,3 +71,11 @@ def test_a_variant_is_labelled_by_its_layer_where_its_family_or_its_colour_pairs
     labels = plotting.layer_labels(list(specs), specs)
     assert labels == {"m1": "m1 (layer 3)", "m2": "m2 (layer 1)", "m1_linear": "m1_linear (layer 3)"}
     assert plotting.layer_labels(["m1"], specs) == {}  # one variant: nothing to pair it with
+
+
+def test_every_family_is_labelled_by_layer_also_beyond_the_groups_the_colours_pair():
+    inits = ["glorot_uniform", "he_uniform", "a", "b", "c"]  # five families: one more than the shades
+    specs = {f"{init}-{layer}": spec(at(layer)) | {"init": init} for init in inits for layer in (0, 2)}
+    assert len(plotting.paired_groups(list(specs), specs)) == plotting.SHADES
+    labels = plotting.layer_labels(list(specs), specs)
+    assert labels["c-0"] == "c-0 (layer 1)" and len(labels) == len(specs)

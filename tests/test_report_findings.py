@@ -61,8 +61,8 @@ def test_findings_say_when_nothing_exceeds_the_seed_spread():
     assert "Significantly worse than" in text and "): none." in text
     assert (
         "0 of 6 pairs significant, so no difference between upsampling positions is detected with these seeds (each "
-        "variant's seed std is 28.6%–40.6% of its mean MSE; differences of up to 96% lie inside the pairs' 95% "
-        "intervals)."
+        "variant's seed std is 28.6%–40.6% of its mean MSE; a difference of up to 96% lies inside the widest pair's "
+        "unadjusted 95% interval)."
     ) in text
     assert "the study's order: layer 3 < 2 < 1 < 4" in text
     assert "Dead latent units" not in text
@@ -89,7 +89,7 @@ def test_a_pair_without_spread_is_named_untestable_not_indistinguishable():
     assert "0 of 3 pairs significant, 1 not testable (no spread over seeds), so no difference between " in text
     assert (
         "is detected among the tested pairs with these seeds (each variant's seed std is 0.0%–25.0% of its mean MSE; "
-        "differences of up to 159% lie inside the pairs' 95% intervals); " in text
+        "a difference of up to 159% lies inside the widest pair's unadjusted 95% interval); " in text
     )
     assert text.rstrip().endswith("the others unknown.")
 

@@ -97,11 +97,19 @@ def test_the_protocol_table_says_how_far_its_few_images_read_from_the_whole_spli
 
 def test_a_column_with_one_value_in_every_row_is_said_once_under_its_table():
     table = pd.DataFrame(
-        {"variant": ["a", "a"], "seed": [0, 1], "epochs": [15, 15], "mse": [0.004, 0.005], "gap": [np.nan, np.nan]}
+        {
+            "variant": ["a", "a"],
+            "seed": [0, 0],  # names the row: kept even where constant
+            "epochs": [15, 15],
+            "mse": [0.004, 0.005],
+            "gap": [np.nan, np.nan],
+            "flops": [1234567890, 1234567890],  # an int beside floats: said with every digit, as its cells are
+        }
     )
-    text = report_text._varying_markdown(table, index=False)
+    text = report_tables.markdown_varying(table, index=False)
     header = text.splitlines()[0]
     assert "variant" in header and "seed" in header and "mse" in header  # naming a row, or varying: kept
-    assert "epochs" not in header and "gap" not in header
-    assert text.endswith("\n\nIn every row: epochs 15; gap –.")
-    assert report_text._varying_markdown(table.head(1), index=False) == report_text._markdown(table.head(1), False)
+    assert "epochs" not in header and "gap" not in header and "flops" not in header
+    assert text.endswith("\n\nIn every row: epochs 15; gap –; flops 1234567890.")
+    one_row = table.head(1)
+    assert report_tables.markdown_varying(one_row, index=False) == report_tables.markdown_table(one_row, False)

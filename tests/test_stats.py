@@ -122,6 +122,7 @@ def test_a_spread_below_the_shown_digits_is_shown_to_its_first_digit_not_as_zero
     assert cells.mse["tight"] == "0.003061 ± 0.000003 [0.003054, 0.003068]"
     assert cells.ssim["tight"] == "1.0000 ± 0.0000 [1.0000, 1.0000]"
     assert cells.dead_latent_units["tight"] == "1.0 ± 0.0 [1.0, 1.0]"  # a count: to a tenth
+    assert cells.effective_latent_dims["tight"] == "1.0 ± 0.0 [1.0, 1.0]"
 
 
 def test_an_interval_stops_at_the_ceiling_a_column_names():
@@ -158,17 +159,32 @@ def test_each_model_is_set_beside_its_linear_twin_with_the_pairs_own_test():
 @pytest.mark.parametrize(
     ("model02_linear", "said"),
     [
-        ([0.0031, 0.0030, 0.0032], "every `_linear` run below every run of the models (Mann-Whitney U = 0, "),
-        ([0.0031, 0.0041, 0.0043], "a `_linear` run below a run of the models in 81% of the 36 run pairs (Mann-"),
+        ([0.00311, 0.0030, 0.0032], "every `_linear` run below every run of the models (Mann-Whitney U = 0, two-sided "
+         "p = 0.0022, "),  # no ties: exact, 2 / C(12, 6)
+        ([0.0031, 0.0041, 0.0043], "a `_linear` run below a run of the models in 82% of the 36 run pairs "
+         "(Mann-Whitney U = 6.5, "),  # ties (0.0031, 0.0041) counted half
     ],
-)
+)  # fmt: skip
 def test_with_two_or_more_twins_their_runs_are_pooled_against_the_models(model02_linear, said):
-    mse = {"model01": [0.0042, 0.0045, 0.0040], "model02": [0.0038, 0.0040, 0.0044]}
+    mse = {"model01": [0.0042, 0.0045, 0.0040], "model02": [0.0038, 0.0041, 0.0044]}
     runs = runs_table(mse | {"model01_linear": [0.0031, 0.00309, 0.00308], "model02_linear": model02_linear})
     summary, tests = stats.aggregate(runs, ["mse"]), stats.pairwise_welch(runs, "mse")
     (line,) = report_findings.twin_finding(summary, tests, runs)
-    assert f" Pooled over the 2 positions: {said}" in line
+    assert f" Pooled over the 2 model–twin pairs: {said}" in line
     assert line.endswith("a test of its own, outside the pairs' adjustment).")
+
+
+@pytest.mark.parametrize("flaw", ["a missing test MSE", "a model with more seeds than its twin"])
+def test_twins_are_not_pooled_over_a_missing_value_or_uneven_seeds(flaw):
+    mse = {"model01": [0.0042, 0.0045, 0.0040], "model02": [0.0038, 0.0041, 0.0044]}
+    mse |= {"model01_linear": [0.0031, 0.00309, 0.00308], "model02_linear": [0.00311, 0.0030, 0.0032]}
+    if flaw == "a missing test MSE":
+        mse["model02_linear"][0] = float("nan")
+    else:
+        mse["model02"].append(0.0043)
+    runs = runs_table(mse)
+    (line,) = report_findings.twin_finding(stats.aggregate(runs, ["mse"]), stats.pairwise_welch(runs, "mse"), runs)
+    assert "Pooled" not in line
 
 
 def test_dead_units_are_correlated_with_mse_over_the_runs_of_the_variants_that_have_any():

@@ -20,10 +20,12 @@ from pipeline.lib.report_tables import PUBLISHED_WEIGHTS_BAND
 REPORT_FIGURES = {  # each figure's caption in the report: what to read in it
     "findings_seed_spread": "Each variant's mean and 95% interval beside its seeds' dots, for pooled PSNR, SSIM and "
     "dead latent units (which differences are significant: the pairwise table).",
-    "study_comparison": "Ours beside the study: final-epoch losses against its Keras log, and the test metrics of the "
-    "autoencoder and of the encoder → decoder pass against its published weights (red), each seed a dot.",
-    "against_published": "Each seed's test MSE over its study model's published weights' (1: as good; dashed: 15% "
-    "worse), the published weights' dead latent units on the line, each variant upsampling at that layer beside it.",
+    "study_comparison": "Ours beside the study: final-epoch losses against its Keras log, and the test metrics (the "
+    "encoder → decoder pass's bar beside the autoencoder's unless they agree to the bit) against its published "
+    "weights (red), each seed a dot.",
+    "against_published": "Each seed's test MSE over its study model's published weights' (1: as good; dashed: "
+    f"{PUBLISHED_WEIGHTS_BAND:.0%} worse), the published weights' dead latent units on the line, each variant "
+    "upsampling at that layer beside it.",
     "dead_units": "Each run's test MSE against its dead latent units, the published weights as red stars: the study's "
     "confounder.",
     "loss_curves": "Train and val pixel MSE per epoch, mean over seeds with the seeds' range shaded, beside the "

@@ -91,7 +91,8 @@ def variant_colours(variants: list[str], specs: dict[str, dict]) -> dict[str, tu
 
 def layer_labels(variants: list[str], specs: dict[str, dict]) -> dict[str, str]:
     """ "model01 (layer 3)" on a figure's axis, where the variant upsamples: for each variant of a decoder family
-    (`stats.families`) and of `paired_groups`, whose colours share a hue by layer (a lone twin beside its model)."""
+    (`stats.families`, however many) and of `paired_groups`, the groups `variant_colours` pairs by layer (a lone twin
+    beside its model)."""
     known = {v: specs[v] for v in variants if v in specs}
     family = [v for members in stats.families(known).values() for v in members]
     paired = [v for group in paired_groups(variants, specs) for v in group]

@@ -98,14 +98,14 @@ def _family_finding(
 
 
 def _noise(spread: pd.Series, pairs: pd.DataFrame) -> str:
-    """What these seeds can detect: the members' seed std relative to their mean MSE, and the largest difference
-    (relative to the pair's better mean) inside a tested pair's 95% interval."""
-    noise = f"each variant's seed std is {_span(spread, '.1%')} of its mean MSE"
+    """What these seeds can miss, said where no pair is significant: the members' seed std relative to their mean
+    MSE, and the largest difference (relative to the pair's better mean) inside a tested pair's own 95% interval."""
     tested = pairs[pairs.p.notna()]
-    if tested.empty:
-        return noise
     reach = np.maximum(tested.ci_low.abs(), tested.ci_high.abs()) / np.minimum(tested.mean_a, tested.mean_b)
-    return f"{noise}; differences of up to {reach.max():.0%} lie inside the pairs' 95% intervals"
+    return (
+        f"each variant's seed std is {_span(spread, '.1%')} of its mean MSE; a difference of up to {reach.max():.0%} "
+        "lies inside the widest pair's unadjusted 95% interval"
+    )
 
 
 def _against_the_study(a: str, b: str, summary: pd.DataFrame, specs: dict[str, dict], rank: dict[int, int]) -> str:
@@ -216,13 +216,17 @@ def twin_finding(summary: pd.DataFrame, tests: pd.DataFrame, results: pd.DataFra
 
 
 def _pooled_twins(results: pd.DataFrame, models: list[str]) -> str:
-    """The twins' runs against the models' runs, all positions pooled (each position as many runs on both sides):
-    how often a twin's run is below a model's, and a Mann-Whitney U test of its own, outside the pairs' adjustment."""
-    relu = results.mse[results.variant.isin(models)].to_numpy(dtype=float)
-    linear = results.mse[results.variant.isin([f"{m}_linear" for m in models])].to_numpy(dtype=float)
-    if len(models) < 2 or min(len(relu), len(linear)) < 2:
+    """The twins' runs against the models' runs, pooled: how often a twin's run is below a model's, and a Mann-Whitney
+    U test of its own, outside the pairs' adjustment (exact where no two runs tie). Only where each model has as many
+    runs as its twin, so that no model weighs more on one side, and every run has a test MSE."""
+    twins = [f"{model}_linear" for model in models]
+    counts = results.variant.value_counts()
+    relu, linear = (results.mse[results.variant.isin(side)].to_numpy(dtype=float) for side in (models, twins))
+    balanced = all(counts[model] == counts[twin] for model, twin in zip(models, twins))
+    if len(models) < 2 or min(len(relu), len(linear)) < 2 or not balanced or np.isnan([*relu, *linear]).any():
         return ""
-    test = mannwhitneyu(linear, relu)  # U: the run pairs where the twin's is above, ties counted half
+    ties = len(np.unique([*relu, *linear])) < len(relu) + len(linear)
+    test = mannwhitneyu(linear, relu, method="asymptotic" if ties else "exact")  # U: pairs with the twin's above
     pairs = len(linear) * len(relu)
     share = (
         "every `_linear` run below every run of the models"
@@ -230,7 +234,7 @@ def _pooled_twins(results: pd.DataFrame, models: list[str]) -> str:
         else f"a `_linear` run below a run of the models in {1 - test.statistic / pairs:.0%} of the {pairs} run pairs"
     )
     return (
-        f" Pooled over the {len(models)} positions: {share} (Mann-Whitney U = {test.statistic:g}, "
+        f" Pooled over the {len(models)} model–twin pairs: {share} (Mann-Whitney U = {test.statistic:g}, "
         f"two-sided p = {test.pvalue:.2g}, a test of its own, outside the pairs' adjustment)."
     )
 

@@ -1,6 +1,6 @@
 """The report's tables beside the study and of compression: ours against the study's reported numbers and published
 weights, run by run against those weights, on the study's protocol images, the streams' sizes, and the recipes the
-variants trained with."""
+variants trained with; and how a table prints in markdown."""
 
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ def protocol_table(results: pd.DataFrame, study: pd.DataFrame) -> pd.DataFrame:
 
 
 def protocol_offset(results: pd.DataFrame) -> str:
-    """How far the protocol's few images read above the whole test split, in each run's per-image PSNR: a sentence
-    for under the protocol table, so that its numbers are not set beside the whole split's."""
+    """How far each run's per-image PSNR on the protocol's few images differs from its own on the whole test split:
+    a sentence for under the protocol table, so that its numbers are not set beside the whole split's."""
     offset = results.seed_protocol.map(lambda protocol: protocol["psnr"]) - results.psnr
     images = len(results.seed_protocol.iloc[0]["indices"])
     return (
@@ -134,3 +134,30 @@ def recipe_table(recipes: dict[str, dict]) -> pd.DataFrame:
         shared.setdefault(tuple(recipe[key] for key in RECIPE_KEYS), []).append(variant)
     rows = [{"variants": ", ".join(variants), **dict(zip(RECIPE_KEYS, key))} for key, variants in shared.items()]
     return pd.DataFrame(rows, columns=["variants", *RECIPE_KEYS])
+
+
+def markdown_table(table: pd.DataFrame, index: bool = True, **tabulate) -> str:
+    """The table in markdown, a missing value as "–"."""
+    blanked = table.astype(object).where(table.notna(), None)  # tabulate shows None as missingval
+    return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–", **tabulate)
+
+
+def markdown_varying(table: pd.DataFrame, index: bool = True) -> str:
+    """The table without the columns that hold one value in every row (but the variant and seed that name a row),
+    those values said once below it; a table of one row as it is."""
+    constant = [
+        c
+        for c in table.columns
+        if c not in ("variant", "seed") and len(table) > 1 and table[c].nunique(dropna=False) == 1
+    ]
+    if not constant:
+        return markdown_table(table, index)
+    values = "; ".join(f"{column} {_cell(table[column].iloc[0])}" for column in constant)  # each its own dtype
+    return f"{markdown_table(table.drop(columns=constant), index)}\n\nIn every row: {values}."
+
+
+def _cell(value: object) -> str:
+    """A value as `markdown_table` shows it in a cell."""
+    if pd.isna(value):
+        return "–"
+    return f"{value:.5g}" if isinstance(value, float) else str(value)

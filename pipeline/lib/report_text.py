@@ -21,6 +21,8 @@ from pipeline.lib.report_findings import (
 from pipeline.lib.report_tables import (
     PUBLISHED_WEIGHTS_BAND,
     compression_table,
+    markdown_table,
+    markdown_varying,
     protocol_offset,
     protocol_table,
     published_weights_check,
@@ -73,7 +75,7 @@ def decoder_section(means: pd.DataFrame) -> list[str]:
             "Every variant's encoder → decoder pass reconstructs each test image to the bit as its autoencoder does "
             "(max_abs_diff_decoder 0), so its MSE, PSNR and SSIM are the autoencoder's above."
         ]
-    return [_markdown(decoder)]
+    return [markdown_table(decoder)]
 
 
 def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -130,7 +132,7 @@ def render_markdown(
         *recipe_section(recipes, reference),
         "## Mean ± std over seeds [95% t-interval of the mean]",
         "",
-        _markdown(seed_table(summary)),
+        markdown_table(seed_table(summary)),
         "",
         "## Pairwise differences in test MSE (Welch's t-test, Benjamini-Hochberg adjusted over the "
         f"{int(tests.p.notna().sum())} testable pairs)",
@@ -139,12 +141,12 @@ def render_markdown(
         "",
         "## Every run",
         "",
-        _varying_markdown(results[RUN_COLUMNS], index=False),
+        markdown_varying(results[RUN_COLUMNS], index=False),
         "",
         *study_sections(study, check, band),
         "## The study's table beside ours: its five numbers, with pooled PSNR and dead latent units measured here",
         "",
-        _markdown(study_table(means, n_seeds, reference, study).reset_index(), index=False),
+        markdown_table(study_table(means, n_seeds, reference, study).reset_index(), index=False),
         "",
         f"The study trained {reference['epochs']} epochs, one run per model, and measured 10 random unseeded "
         "test images. Its val loss is on its test set, ours on images held out of the train split: set our test MSE "
@@ -157,13 +159,13 @@ def render_markdown(
         f"## The study's protocol ({len(results.seed_protocol.iloc[0]['indices'])} seeded test images), per run and "
         "for the published weights",
         "",
-        _markdown(protocol),
+        markdown_table(protocol),
         "",
         protocol_offset(results),
         "",
         "## Compression (mean over seeds)",
         "",
-        _varying_markdown(compression_table(means)),
+        markdown_varying(compression_table(means)),
         "",
         "Bytes per image are real streams (pipeline.lib.codec) of the whole test split, headers and side information "
         "included. uint8: per-dimension scale/offset calibrated on the train split, carried in the stream; "
@@ -174,11 +176,13 @@ def render_markdown(
         "",
         "## Rate–distortion: variants beside classical codecs (reports/rate_distortion.json)",
         "",
-        _markdown(rd.sort_values(["kind", "method", "bytes_per_image"], ascending=[False, True, True]), index=False),
+        markdown_table(
+            rd.sort_values(["kind", "method", "bytes_per_image"], ascending=[False, True, True]), index=False
+        ),
         "",
         "## Semantic fidelity: the classifier stage's test accuracy (mean over seeds)",
         "",
-        _varying_markdown(means.reindex(columns=FIDELITY_COLUMNS)),
+        markdown_varying(means.reindex(columns=FIDELITY_COLUMNS)),
         "",
         "",
         "## Figures",
@@ -203,7 +207,7 @@ def recipe_section(recipes: dict[str, dict], reference: dict) -> list[str]:
     return [
         "## Training recipe",
         "",
-        _markdown(table, index=False),
+        markdown_table(table, index=False),
         "",
         *[" ".join(n for n, on in notes.items() if on)],
         "",
@@ -221,7 +225,7 @@ def study_sections(study: pd.DataFrame, check: pd.DataFrame, band: float) -> lis
             "",
         ]
     against = (
-        f"{_varying_markdown(check, index=False)}\n\nratio: the run's test MSE over the published weights'; "
+        f"{markdown_varying(check, index=False)}\n\nratio: the run's test MSE over the published weights'; "
         f"at_most_{band:.0%}_above: ratio ≤ {1 + band:.2f}. Dead latent units are ReLU units that output 0 for "
         "every test image, the study's confounder."
         if not check.empty
@@ -230,7 +234,7 @@ def study_sections(study: pd.DataFrame, check: pd.DataFrame, band: float) -> lis
     return [
         "## The study's published weights, measured here (stage study: same code, same test images)",
         "",
-        _varying_markdown(study.reindex(columns=[*RUN_COLUMNS, "psnr_pooled", "classifier_accuracy"]), index=False),
+        markdown_varying(study.reindex(columns=[*RUN_COLUMNS, "psnr_pooled", "classifier_accuracy"]), index=False),
         "",
         "The study's seed is unknown (-1). Its train and val losses are its own log, in the study's table below.",
         "",
@@ -241,52 +245,28 @@ def study_sections(study: pd.DataFrame, check: pd.DataFrame, band: float) -> lis
     ]
 
 
-def _markdown(table: pd.DataFrame, index: bool = True, **tabulate) -> str:
-    blanked = table.astype(object).where(table.notna(), None)  # tabulate shows None as missingval
-    return blanked.to_markdown(index=index, floatfmt=".5g", missingval="–", **tabulate)
-
-
-def _varying_markdown(table: pd.DataFrame, index: bool = True) -> str:
-    """The table without the columns that hold one value in every row (but the variant and seed that name a row),
-    those values said once below it; a table of one row as it is."""
-    constant = [
-        c
-        for c in table.columns
-        if c not in ("variant", "seed") and len(table) > 1 and table[c].nunique(dropna=False) == 1
-    ]
-    if not constant:
-        return _markdown(table, index)
-    values = "; ".join(f"{column} {_cell(value)}" for column, value in table[constant].iloc[0].items())
-    return f"{_markdown(table.drop(columns=constant), index)}\n\nIn every row: {values}."
-
-
-def _cell(value: object) -> str:
-    """A value as `_markdown` shows it in a cell."""
-    if pd.isna(value):
-        return "–"
-    return f"{value:.5g}" if isinstance(value, float) else str(value)
-
-
 def pairwise_markdown(tests: pd.DataFrame) -> str:
     if tests.empty:
         return "One variant: no pair to compare."
     if tests.p.isna().all():
         return "No pair can be tested: each variant needs two or more seeds with a spread (`seeds:` in params.yaml)."
-    shown = tests.assign(
-        mean_a=tests.mean_a.map("{:.6f}".format),  # fixed point: "0.0042372" beside "-1.2993e-05" misleads
-        mean_b=tests.mean_b.map("{:.6f}".format),
-        difference=tests.difference.map("{:+.6f}".format),
-        ci_low=[f"[{low:+.6f}, {high:+.6f}]" for low, high in zip(tests.ci_low, tests.ci_high)],
-        p=tests.p.map("{:.4g}".format).where(tests.p.notna()),
-        p_adjusted=tests.p_adjusted.map("{:.4g}".format).where(tests.p.notna()),
-        significant=tests.significant.where(tests.p.notna()),  # untested: –
+    tested = tests.p.notna()
+    interval = pd.Series([f"[{low:+.6f}, {high:+.6f}]" for low, high in zip(tests.ci_low, tests.ci_high)], tests.index)
+    shown = pd.DataFrame(
+        {
+            "a": tests.a,
+            "b": tests.b,
+            "mean_a": tests.mean_a.map("{:.6f}".format),  # fixed point: "0.0042372" beside "-1.2993e-05" misleads
+            "mean_b": tests.mean_b.map("{:.6f}".format),
+            "difference": tests.difference.map("{:+.6f}".format),
+            "a_vs_b": (tests.mean_a / tests.mean_b - 1).map("{:+.1%}".format),
+            "difference_95%_ci": interval.where(tested),
+            "p": tests.p.map("{:.4g}".format).where(tested),
+            "p_adjusted": tests.p_adjusted.map("{:.4g}".format).where(tested),
+            "significant": tests.significant.where(tested),  # untested: –
+        }
     )
-    shown = shown.drop(columns="ci_high").rename(columns={"ci_low": "difference_95%_ci"})
-    shown["difference_95%_ci"] = shown["difference_95%_ci"].where(tests.p.notna())
-    shown.insert(
-        shown.columns.get_loc("difference") + 1, "a_vs_b", (tests.mean_a / tests.mean_b - 1).map("{:+.1%}".format)
-    )
-    table = _markdown(shown, index=False, disable_numparse=True)  # the strings as formatted above
+    table = markdown_table(shown, index=False, disable_numparse=True)  # the strings as formatted above
     return (
         f"{table}\n\na_vs_b: (mean_a − mean_b) / mean_b, relative to b (a at +25% is b 20% below a). "
         "difference_95%_ci: Welch's 95% interval of the difference, the pair's own (not adjusted for the other "
