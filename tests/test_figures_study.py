@@ -82,10 +82,12 @@ def test_one_seed_sits_in_the_middle_of_its_slot_and_a_model_without_a_published
 
 def test_the_other_figures_draw_each_variant_in_its_paired_colour(drawn):
     colours = {v: to_hex(c) for v, c in plotting.variant_colours(list(SPECS), SPECS).items()}
+    labels = plotting.layer_labels(list(SPECS), SPECS)  # the curves are named as on the other figures
     curves = {line.get_label(): to_hex(line.get_color()) for line in drawn["loss_curves"].axes[0].lines}
-    assert {v: curves[v] for v in SPECS} == colours
+    assert {v: curves[labels.get(v, v)] for v in SPECS} == colours
+    assert "m1 (layer 3)" in curves and "solo" in curves
     markers = {line.get_label(): line.get_marker() for line in drawn["loss_curves"].axes[0].lines}
-    assert [markers[v] for v in SPECS] == ["o", "o", "s", "s", "o"]  # the twins' group its own marker; solo none
+    assert [markers[labels.get(v, v)] for v in SPECS] == ["o", "o", "s", "s", "o"]  # the twins' own marker; solo none
     psnr = drawn["findings_seed_spread"].axes[0]
     assert [to_hex(c.get_facecolor()[0]) for c in psnr.collections if isinstance(c, PathCollection)] == list(
         colours.values()

@@ -33,7 +33,7 @@ def test_findings_state_the_best_variant_and_which_differences_are_real():
         dead={"model02": 19},
     )
     text = "\n".join(lines)
-    assert "Lowest mean test MSE over 3 seeds: **model01** (MSE 0.01100 ± 0.00100" in text
+    assert "Lowest mean test MSE over 3 seeds: **model01** (mean ± seed std: MSE 0.01100 ± 0.00100" in text
     assert "Significantly worse than model01" in text and ": model02, model04." in text
     assert "Not distinguishable from model01 with 3 seeds: model03." in text
     assert (
@@ -41,11 +41,12 @@ def test_findings_state_the_best_variant_and_which_differences_are_real():
         "first; the study's order: layer 3 < 2 < 1 < 4)"
     ) in text
     assert (
-        "5 of 6 pairs significant (model01 (layer 3) below model02 (layer 4), as in the study's order; model01 "
+        "5 of 6 pairs significant with p adjusted over all 6 tested pairs (model01 (layer 3) below model02 (layer 4), "
+        "as in the study's order; model01 "
         "(layer 3) below model04 (layer 1), as in the study's order; model03 (layer 2) below model02 (layer 4), as in "
         "the study's order; model04 (layer 1) below model02 (layer 4), as in the study's order; model03 (layer 2) "
         "below model04 (layer 1), as in the study's order), so the upsampling position makes a difference larger than "
-        "the seed spread (42.9%–172.7% in MSE)"  # the significant pairs apart, the better mean's share
+        "the seed spread (the significant pairs 42.9%–172.7% apart, of the better one's MSE)"
     ) in text
     assert "Dead latent units (mean over seeds): model02 19.0; every other variant 0." in text
 
@@ -60,9 +61,9 @@ def test_findings_say_when_nothing_exceeds_the_seed_spread():
     text = "\n".join(study_case(noisy))
     assert "Significantly worse than" in text and "): none." in text
     assert (
-        "0 of 6 pairs significant, so no difference between upsampling positions is detected with these seeds (each "
-        "variant's seed std is 28.6%–40.6% of its mean MSE; a difference of up to 96% lies inside the widest pair's "
-        "unadjusted 95% interval)."
+        "0 of 6 pairs significant with p adjusted over all 6 tested pairs, so no difference between upsampling "
+        "positions is detected with these seeds (each variant's seed std is 28.6%–40.6% of its mean MSE; a "
+        "difference of up to 96% of the better mean lies inside one pair's unadjusted 95% interval)."
     ) in text
     assert "the study's order: layer 3 < 2 < 1 < 4" in text
     assert "Dead latent units" not in text
@@ -86,10 +87,13 @@ def test_a_pair_without_spread_is_named_untestable_not_indistinguishable():
     text = "\n".join(study_case({"model01": [0.25] * 3, "model02": [0.5] * 3, "model03": [0.3, 0.4, 0.5]}))
     assert "Not distinguishable from model01 with 3 seeds: model03." in text  # tested: model03 has a spread
     assert "Not testable against it (no spread over seeds on either side): model02." in text
-    assert "0 of 3 pairs significant, 1 not testable (no spread over seeds), so no difference between " in text
+    assert (
+        "0 of 3 pairs significant with p adjusted over all 2 tested pairs, 1 not testable (no spread over seeds), so "
+        "no difference between " in text
+    )
     assert (
         "is detected among the tested pairs with these seeds (each variant's seed std is 0.0%–25.0% of its mean MSE; "
-        "a difference of up to 159% lies inside the widest pair's unadjusted 95% interval); " in text
+        "a difference of up to 159% of the better mean lies inside one pair's unadjusted 95% interval); " in text
     )
     assert text.rstrip().endswith("the others unknown.")
 
@@ -115,9 +119,15 @@ def test_a_family_whose_pairs_cannot_be_tested_says_nothing_of_the_position():
 
 def test_a_significant_pair_is_said_to_agree_with_the_studys_order_or_to_go_against_it():
     text = "\n".join(study_case({"model02": [0.010, 0.0101, 0.0099], "model04": [0.020, 0.0201, 0.0199]}))
-    assert "1 of 1 pairs significant (model02 (layer 4) below model04 (layer 1), against the study's order)" in text
+    assert (
+        "1 of 1 pairs significant with p adjusted over the 1 tested pair (model02 (layer 4) below model04 (layer 1), "
+        "against the study's order)" in text
+    )
     text = "\n".join(study_case({"model01": [0.010, 0.0101, 0.0099], "model04": [0.020, 0.0201, 0.0199]}))
-    assert "1 of 1 pairs significant (model01 (layer 3) below model04 (layer 1), as in the study's order)" in text
+    assert (
+        "1 of 1 pairs significant with p adjusted over the 1 tested pair (model01 (layer 3) below model04 (layer 1), "
+        "as in the study's order)" in text
+    )
 
 
 def test_a_pair_at_a_layer_the_study_has_no_model_at_or_at_one_layer_is_said_so():

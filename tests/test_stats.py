@@ -160,7 +160,7 @@ def test_each_model_is_set_beside_its_linear_twin_with_the_pairs_own_test():
     ("model02_linear", "said"),
     [
         ([0.00311, 0.0030, 0.0032], "every `_linear` run below every run of the models (Mann-Whitney U = 0, two-sided "
-         "p = 0.0022, "),  # no ties: exact, 2 / C(12, 6)
+         "p = 0.0022 with each side's runs of all 2 architectures taken as one sample; "),  # no ties: exact, 2/C(12, 6)
         ([0.0031, 0.0041, 0.0043], "a `_linear` run below a run of the models in 82% of the 36 run pairs "
          "(Mann-Whitney U = 6.5, "),  # ties (0.0031, 0.0041) counted half
     ],

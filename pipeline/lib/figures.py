@@ -24,7 +24,7 @@ REPORT_FIGURES = {  # each figure's caption in the report: what to read in it
     "encoder → decoder pass's bar beside the autoencoder's unless they agree to the bit) against its published "
     "weights (red), each seed a dot.",
     "against_published": "Each seed's test MSE over its study model's published weights' (1: as good; dashed: "
-    f"{PUBLISHED_WEIGHTS_BAND:.0%} worse), the published weights' dead latent units on the line, each variant "
+    f"{PUBLISHED_WEIGHTS_BAND:.0%} worse), the published weights' dead latent units below the line, each variant "
     "upsampling at that layer beside it.",
     "dead_units": "Each run's test MSE against its dead latent units, the published weights as red stars: the study's "
     "confounder.",
@@ -68,9 +68,15 @@ def report_figures(
     figures_study.study_comparison(runs_labelled, by_variant.rename(index=labels), paths["study_comparison"])
     band = PUBLISHED_WEIGHTS_BAND
     figures_study.against_published(results, by_variant, specs, band, paths["against_published"], colours)
-    dead_units_path, markers_labelled = paths["dead_units"], relabelled(markers, labels)
-    figures_study.dead_units(runs_labelled, by_variant, dead_units_path, colours_labelled, markers_labelled)
-    loss_curves(histories, keras_log, paths["loss_curves"], colours, markers)
+    markers_labelled = relabelled(markers, labels)
+    figures_study.dead_units(runs_labelled, by_variant, paths["dead_units"], colours_labelled, markers_labelled)
+    loss_curves(
+        relabelled(histories, labels),
+        relabelled(keras_log, labels),
+        paths["loss_curves"],
+        colours_labelled,
+        markers_labelled,
+    )
     reconstructions(originals, samples, paths["reconstructions"])
     per_class_psnr(per_class_means(results), means.mse.idxmin(), paths["per_class_psnr"], colours)
     return list(paths.values())

@@ -24,7 +24,8 @@ def findings(
     n = int(summary.n.min())
     row = summary.loc[best]
     lines = [
-        f"- Lowest mean test MSE over {counted(n, 'seed')}: **{best}** (MSE {plus_minus(row, 'mse', '.5f')}, "
+        f"- Lowest mean test MSE over {counted(n, 'seed')}: **{best}** ({'mean ± seed std: ' if n > 1 else ''}"
+        f"MSE {plus_minus(row, 'mse', '.5f')}, "
         f"pooled PSNR {plus_minus(row, 'psnr_pooled', '.2f')} dB, SSIM {plus_minus(row, 'ssim', '.4f')})."
     ]
     if n < 2:
@@ -85,6 +86,9 @@ def _family_finding(
     pairs = "; ".join(_against_the_study(a, b, summary, specs, rank) for a, b in zip(hits.a, hits.b))
     untested = int(inside.p.isna().sum())
     untested_note = f", {untested} not testable (no spread over seeds)" if untested else ""
+    tested = int(tests.p.notna().sum())  # the adjustment's pairs: every tested pair, not the family's alone
+    every = "all " if tested > 1 else "the "
+    adjusted = f" with p adjusted over {every}{counted(tested, 'tested pair')}" if untested < len(inside) else ""
     means = summary.mse_mean[ordered]
     spread = (summary.mse_std / summary.mse_mean)[members]
     return (
@@ -92,7 +96,8 @@ def _family_finding(
         + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
         + f" (the last {means.iloc[-1] / means.iloc[0] - 1:.1%} above the first; the study's order{among}: "
         + f"layer {' < '.join(map(str, compared))}); "
-        + f"{len(hits)} of {len(inside)} pairs significant{f' ({pairs})' if len(hits) else ''}{untested_note}, "
+        + f"{len(hits)} of {len(inside)} pairs significant{adjusted}{f' ({pairs})' if len(hits) else ''}"
+        + f"{untested_note}, "
         + f"so {_verdict(hits, collapsed, untested, len(inside), _noise(spread, inside))}."
     )
 
@@ -104,7 +109,7 @@ def _noise(spread: pd.Series, pairs: pd.DataFrame) -> str:
     reach = np.maximum(tested.ci_low.abs(), tested.ci_high.abs()) / np.minimum(tested.mean_a, tested.mean_b)
     return (
         f"each variant's seed std is {_span(spread, '.1%')} of its mean MSE; a difference of up to {reach.max():.0%} "
-        "lies inside the widest pair's unadjusted 95% interval"
+        "of the better mean lies inside one pair's unadjusted 95% interval"
     )
 
 
@@ -128,7 +133,10 @@ def _verdict(hits: pd.DataFrame, collapsed: frozenset[str], untested: int, pairs
     sound = hits[~hits.a.isin(collapsed) & ~hits.b.isin(collapsed)]
     if len(sound):
         apart = np.maximum(sound.mean_a, sound.mean_b) / np.minimum(sound.mean_a, sound.mean_b) - 1
-        return f"the upsampling position makes a difference larger than the seed spread ({_span(apart, '.1%')} in MSE)"
+        return (
+            "the upsampling position makes a difference larger than the seed spread (the significant pairs "
+            f"{_span(apart, '.1%')} apart, of the better one's MSE)"
+        )
     if untested == pairs:
         return "nothing can be said of the upsampling position"
     if len(hits):
@@ -235,7 +243,8 @@ def _pooled_twins(results: pd.DataFrame, models: list[str]) -> str:
     )
     return (
         f" Pooled over the {len(models)} model–twin pairs: {share} (Mann-Whitney U = {test.statistic:g}, "
-        f"two-sided p = {test.pvalue:.2g}, a test of its own, outside the pairs' adjustment)."
+        f"two-sided p = {test.pvalue:.2g} with each side's runs of all {len(models)} architectures taken as one "
+        "sample; a test of its own, outside the pairs' adjustment)."
     )
 
 

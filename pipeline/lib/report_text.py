@@ -116,7 +116,7 @@ def render_markdown(
         "",
         data,  # first: which data every number below is of (a stand-in's are not the study's)
         "",
-        f"Test split: {int(results.n_test.iloc[0])} images; SSIM window: {results.ssim_window.iloc[0]}. "
+        f"SSIM window: {results.ssim_window.iloc[0]}. "
         "PSNR is the study's per-image mean (data range = image max - min); pooled PSNR is 10·log10(1/MSE).",
         "",
         "## Findings",

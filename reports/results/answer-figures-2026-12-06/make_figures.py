@@ -63,7 +63,13 @@ figures_study.dead_units(
     figures.named(runs, labels), study, OUT / "dead_units.png", figures.relabelled(colours, labels), labelled_markers
 )
 keras_log = yaml.safe_load(paths.REFERENCE_FILE.read_text())["keras_log"]
-figures.loss_curves(histories, keras_log, OUT / "loss_curves.png", colours, markers)
+figures.loss_curves(
+    figures.relabelled(histories, labels),
+    figures.relabelled(keras_log, labels),
+    OUT / "loss_curves.png",
+    figures.relabelled(colours, labels),
+    labelled_markers,
+)
 per_class = figures.per_class_means(runs)
 figures.per_class_psnr(per_class, summary.mse_mean.idxmin(), OUT / "per_class_psnr.png", colours)
 codecs = [
