@@ -96,7 +96,7 @@ def layer_labels(variants: list[str], specs: dict[str, dict]) -> dict[str, str]:
     known = {v: specs[v] for v in variants if v in specs}
     family = [v for members in stats.families(known).values() for v in members]
     paired = [v for group in paired_groups(variants, specs) for v in group]
-    return {v: f"{v} (layer {stats.upsampling_position(specs[v])})" for v in dict.fromkeys(family + paired)}
+    return {v: stats.layer_label(v, specs[v]) for v in dict.fromkeys(family + paired)}
 
 
 GROUP_MARKERS = ("o", "s", "D", "^")  # one per group of `paired_groups`

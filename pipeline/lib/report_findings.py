@@ -93,7 +93,7 @@ def _family_finding(
     spread = (summary.mse_std / summary.mse_mean)[members]
     return (
         f"- Decoder family ({label}): by mean MSE "
-        + " < ".join(f"{v} (layer {p})" for v, p in zip(ordered, positions))
+        + " < ".join(stats.layer_label(v, specs[v]) for v in ordered)
         + f" (the last {means.iloc[-1] / means.iloc[0] - 1:.1%} above the first; the study's order{among}: "
         + f"layer {' < '.join(map(str, compared))}); "
         + f"{len(hits)} of {len(inside)} pairs significant{adjusted}{f' ({pairs})' if len(hits) else ''}"
@@ -118,7 +118,7 @@ def _against_the_study(a: str, b: str, summary: pd.DataFrame, specs: dict[str, d
     place of each layer it has a model at)."""
     better, worse = sorted((a, b), key=lambda v: summary.mse_mean[v])
     layers = [stats.upsampling_position(specs[v]) for v in (better, worse)]
-    pair = f"{better} (layer {layers[0]}) below {worse} (layer {layers[1]})"
+    pair = f"{stats.layer_label(better, specs[better])} below {stats.layer_label(worse, specs[worse])}"
     if layers[0] == layers[1]:
         return f"{pair}, the same layer"
     unranked = [layer for layer in layers if layer not in rank]

@@ -103,3 +103,8 @@ def upsampling_position(spec: dict) -> int:
     """1-based index of the decoder layer that upsamples (the first with the largest stride)."""
     strides = spec["decoder_strides"]
     return strides.index(max(strides)) + 1
+
+
+def layer_label(name: str, spec: dict) -> str:
+    """ "model01 (layer 3)": a variant named with the decoder layer that upsamples, in the findings and on figures."""
+    return f"{name} (layer {upsampling_position(spec)})"
