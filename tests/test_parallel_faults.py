@@ -37,10 +37,15 @@ if os.environ.get("FAULT") == "ctrl-c-at-start" and "pipeline.tools.parallel" in
         return _init(*args, **kwargs)
 
     ray.init = init
-ARGV = ["-m", "pipeline.stages.train", "tinyA", "--seed", "0"]
-if os.environ.get("FAULT") and sys.orig_argv[-5:] == ARGV:
+if os.environ.get("FAULT"):  # in every process: a forked stage (warm_stages.py) starts from the forkserver's
     from pathlib import Path
     _replace, _marker = os.replace, Path(os.environ["FAULT_MARKER"])
+
+    def in_the_target():  # sys.argv as `python -m pipeline.stages.train tinyA --seed 0` has it, forked or not
+        return sys.argv[0].endswith("pipeline/stages/train.py") and sys.argv[1:] == ["tinyA", "--seed", "0"]
+
+    def parent(pid):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
     def cmdline(pid):
         try:
@@ -56,8 +61,10 @@ if os.environ.get("FAULT") and sys.orig_argv[-5:] == ARGV:
 
     def strike():
         if os.environ["FAULT"] == "kill-worker":
-            worker = os.getppid()
-            assert "ray" in cmdline(worker), cmdline(worker)  # setpriv exec'd: the parent is the Ray worker
+            worker = os.getppid()  # setpriv exec'd a fresh stage: its parent is the Ray worker
+            if "multiprocessing.forkserver" in cmdline(worker):
+                worker = parent(worker)  # a forked stage's parent is the forkserver the Ray worker started
+            assert "ray" in cmdline(worker), cmdline(worker)
             os.kill(worker, signal.SIGKILL)
         else:  # ctrl-c (SIGINT, as a terminal sends it) or sigterm to the executor, then wait to be stopped
             pids = [p for p in os.listdir("/proc") if p.isdigit()]
@@ -66,7 +73,8 @@ if os.environ.get("FAULT") and sys.orig_argv[-5:] == ARGV:
         signal.pause()  # the executor or the kernel ends this process
 
     def replace(src, dst, *args, **kwargs):
-        if "checkpoints" in str(dst) and (os.environ.get("FAULT_EVERY_TIME") or not _marker.exists()):
+        again = os.environ.get("FAULT_EVERY_TIME") or not _marker.exists()
+        if "checkpoints" in str(dst) and in_the_target() and again:
             _marker.touch()
             strike()
         return _replace(src, dst, *args, **kwargs)

@@ -28,6 +28,7 @@ from filelock import FileLock
 
 from pipeline import provenance
 from pipeline.lib import io
+from pipeline.tools import warm_stages
 from pipeline.tools.child_path import path_with_this_python
 
 CHECKOUT_ENV = "COMPRESSNET_CHECKOUT"
@@ -157,14 +158,19 @@ def stage_log(root: Path, name: str) -> Path:
 
 
 def run_process(cmd: str, cwd: Path, env: dict, log: Path) -> tuple[int, str]:
-    """A stage's command, its output written to `log` as it runs (the previous run's kept as <stage>.log.1): its exit
-    code and the end of that output. A cancelled task stops it before returning, and a killed worker takes it along."""
+    """A stage's command (a `python -m` one forked from a process that has its libraries imported: warm_stages.py),
+    its output written to `log` as it runs (the previous run's kept as <stage>.log.1): its exit code and the end of
+    that output. A cancelled task stops it before returning, and a killed worker takes it along."""
     log.parent.mkdir(parents=True, exist_ok=True)
     if log.exists():
         log.replace(log.with_name(f"{log.name}.1"))
     env = {**env, "PYTHONUNBUFFERED": "1"}  # a file, unlike a terminal, gets Python's print()s only when it exits
+    module = warm_stages.python_module(cmd, env)
     with log.open("w") as out:
-        proc = subprocess.Popen(dies_with_parent(shlex.split(cmd)), cwd=cwd, env=env, stdout=out, stderr=out)
+        if module:
+            proc = warm_stages.start(*module, cwd, env, log)
+        else:
+            proc = subprocess.Popen(dies_with_parent(shlex.split(cmd)), cwd=cwd, env=env, stdout=out, stderr=out)
         try:
             wait_interruptibly(proc)
         except BaseException:  # ray.cancel raises KeyboardInterrupt here

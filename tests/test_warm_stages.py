@@ -1,0 +1,111 @@
+"""A `python -m` stage command under the executor runs in a child of a forkserver that has torch and MLflow imported:
+as a fresh interpreter would run it (its checkout's code, its arguments, environment and directory, its exit code,
+its exit handlers), its output in its log as it runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.tools import ray_tasks, warm_stages
+
+# a stand-in checkout: its own `pipeline` package, whose probe says where it runs and what it was given
+PROBE = """import atexit, os, sys
+from pathlib import Path
+import pipeline
+print("checkout", pipeline.MARK, "cwd", os.getcwd() == os.environ["EXPECTED_CWD"], "argv", sys.argv[1:])
+print("first on sys.path", sys.path[0] == os.getcwd(), "logged already", "checkout" in Path(sys.argv[1]).read_text())
+print("title", Path("/proc/self/cmdline").read_bytes().replace(b"\\0", b" ").decode().split(" -m ")[-1].strip())
+print("import path", sys.path[1:])
+atexit.register(lambda: Path("exit-handler-ran").touch())
+code = sys.argv[2]
+if code == "raise":
+    raise ValueError("the stage failed")
+sys.exit("probe: error: no data" if code == "message" else int(code))
+"""
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch) -> tuple[Path, dict]:
+    # the probe needs none of torch and MLflow: a forkserver without them starts in a fraction of a second (the slow
+    # suite's executor tests run the stages on the real preload)
+    monkeypatch.setattr(warm_stages, "PRELOAD", ["json"])
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "__init__.py").write_text("MARK = 'the stand-in'\n")
+    (tmp_path / "pipeline" / "probe.py").write_text(PROBE)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return tmp_path, {**env, "EXPECTED_CWD": str(tmp_path), warm_stages.FRESH_ENV: "0"}
+
+
+def run_probe(root: Path, env: dict, code: str) -> tuple[int, str]:
+    log = ray_tasks.stage_log(root, "probe")
+    return ray_tasks.run_process(f"python -m pipeline.probe {log} {code}", root, env, log)
+
+
+def test_a_module_command_of_this_environment_s_python_is_forked_and_others_are_not(checkout):
+    _, env = checkout
+    assert warm_stages.python_module("python -m pipeline.stages.train model01 --seed 0", env) == (
+        "pipeline.stages.train",
+        ["model01", "--seed", "0"],
+    )
+    assert warm_stages.python_module("python child.py", env) is None
+    assert warm_stages.python_module("echo -m pipeline.stages.train", env) is None
+    other = {**env, "PATH": "/usr/bin"}  # a python of another environment, or none
+    assert warm_stages.python_module(f"{Path(sys.executable).name} -m pipeline.stages.train", other) is None
+
+
+def test_a_stage_starts_fresh_when_asked_or_where_an_nvidia_gpu_is(checkout, monkeypatch, tmp_path):
+    _, env = checkout
+    assert warm_stages.python_module("python -m pipeline.stages.train", {**env, warm_stages.FRESH_ENV: "1"}) is None
+    (tmp_path / "nvidiactl").touch()
+    monkeypatch.setattr(warm_stages, "NVIDIA_DRIVER", str(tmp_path / "nvidiactl"))
+    assert warm_stages.python_module("python -m pipeline.stages.train", env) is None
+
+
+def test_the_forked_stage_runs_its_checkout_s_code_with_its_arguments_directory_and_title(checkout):
+    root, env = checkout
+    code, output = run_probe(root, env, "0")
+    assert code == 0, output
+    log = ray_tasks.stage_log(root, "probe")
+    assert output.splitlines()[:3] == [
+        f"checkout the stand-in cwd True argv ['{log}', '0']",
+        "first on sys.path True logged already True",
+        f"title pipeline.probe {log} 0",
+    ]
+    assert (root / "exit-handler-ran").exists()
+
+
+@pytest.mark.parametrize("code, expected", [("3", 3), ("message", 1), ("raise", 1)])
+def test_a_failing_stage_s_exit_code_and_message_come_back_and_its_exit_handlers_run(checkout, code, expected):
+    root, env = checkout
+    returned, output = run_probe(root, env, code)
+    assert returned == expected
+    if code == "raise":
+        assert "ValueError: the stage failed" in output
+    elif code == "message":
+        assert output.endswith("probe: error: no data\n")
+    assert (root / "exit-handler-ran").exists()
+
+
+def test_a_fresh_interpreter_runs_it_alike_when_asked(checkout, tmp_path):
+    root, env = checkout
+    env = {**env, "PYTHONPATH": str(tmp_path / "on-pythonpath")}  # in a fresh interpreter's import path, so here too
+    warm = run_probe(root, env, "0")
+    fresh = run_probe(root, {**env, warm_stages.FRESH_ENV: "1"}, "0")
+    assert fresh[0] == warm[0] == 0
+    assert fresh[1] == warm[1] and str(tmp_path / "on-pythonpath") in warm[1]
+
+
+def test_a_forked_stage_is_stopped_as_a_process_is(checkout):
+    root, env = checkout
+    (root / "pipeline" / "waits.py").write_text("import signal\nsignal.pause()\n")
+    stage = warm_stages.start("pipeline.waits", [], root, env, root / "waits.log")
+    with pytest.raises(subprocess.TimeoutExpired):
+        stage.wait(timeout=0.1)
+    assert stage.returncode is None
+    stage.terminate()
+    assert stage.wait() == -15 == stage.returncode
