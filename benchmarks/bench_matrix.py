@@ -2,9 +2,11 @@
 
     python -m benchmarks.bench_matrix            # make bench-matrix; ~10 min on 2 CPU cores
 
-Two identical generated projects (tests' tiny data and variants, train.threads 1) are reproduced from scratch, one
-with `dvc repro`, one with `python -m pipeline.tools.parallel --jobs N`; each wall time covers the whole command
-(process start-ups and DVC's commits included). Writes reports/benchmarks_matrix.json. GPU throughput for 1, 2, 4
+Three identical generated projects (tests' tiny data and variants, train.threads 1) are reproduced from scratch, one
+with `dvc repro`, one with `python -m pipeline.tools.parallel --jobs N` (its stages forked from a process that has
+imported torch and MLflow: pipeline/tools/warm_stages.py), one with the executor's stages started fresh
+(COMPRESSNET_FRESH_PROCESSES=1); each wall time covers the whole command (process start-ups and DVC's commits
+included). Writes reports/benchmarks_matrix.json. GPU throughput for 1, 2, 4
 and 8 concurrent runs is benchmarks/bench_share.py's (make bench-matrix runs both).
 """
 
@@ -26,6 +28,7 @@ from benchmarks.arguments import positive
 from pipeline import paths
 from pipeline.lib.device import processor_name
 from pipeline.lib.io import write_json
+from pipeline.tools import warm_stages
 from tests.conftest import TINY_SPEC, make_project
 from tests.fakedata import make_emnist_dir
 
@@ -53,20 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="bench-matrix-"))
     data = make_emnist_dir(base / "emnist")
     seeds = tuple(range(args.seeds))
-    commands = {
-        "sequential": ["dvc", "repro"],
-        "parallel": [sys.executable, "-m", "pipeline.tools.parallel", "--jobs", str(args.jobs)],
+    parallel = [sys.executable, "-m", "pipeline.tools.parallel", "--jobs", str(args.jobs)]
+    commands = {  # the executor's stages forked (warm_stages.py) unless the environment says otherwise
+        "sequential": (["dvc", "repro"], {}),
+        "parallel": (parallel, {warm_stages.FRESH_ENV: "0"}),
+        "parallel_fresh": (parallel, {warm_stages.FRESH_ENV: "1"}),
     }
     seconds = {}
     try:
-        for kind, cmd in commands.items():
+        for kind, (cmd, settings) in commands.items():
             root, env = make_project(base / kind, VARIANTS, epochs=1, data_source=str(data), seeds=seeds)
-            seconds[kind] = timed(cmd, root, env)
+            seconds[kind] = timed(cmd, root, {**env, **settings})
             print(f"{kind}: {seconds[kind]:.1f} s", flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     result = {
-        "what": "the tiny matrix from scratch: dvc repro against pipeline.tools.parallel, same params, threads 1",
+        "what": "the tiny matrix from scratch: dvc repro against pipeline.tools.parallel (stages forked, and fresh)",
         "runs": len(VARIANTS) * len(seeds),
         "stages": 3 + 2 * len(VARIANTS) * len(seeds) + 1,
         "jobs": args.jobs,
@@ -74,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": processor_name(torch.device("cpu")),
         "sequential_s": round(seconds["sequential"], 1),
         "parallel_s": round(seconds["parallel"], 1),
+        "parallel_fresh_s": round(seconds["parallel_fresh"], 1),
+        "stages_forked": warm_stages.python_module("python -m pipeline.stages.prepare", env) is not None,
         "speedup": round(seconds["sequential"] / seconds["parallel"], 2),
+        "speedup_forked_over_fresh": round(seconds["parallel_fresh"] / seconds["parallel"], 2),
     }
     existing = json.loads(args.out.read_text()) if args.out.exists() else {}
     kept = {key: existing[key] for key in ("device_sharing",) if key in existing}  # bench_share's GPU figures

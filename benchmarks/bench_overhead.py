@@ -5,7 +5,9 @@
 
 On the tests' tiny generated data (470 train images) with a study-sized variant and the default params otherwise
 (MLflow logging and model registration on), every stage runs as DVC runs it: a fresh `python -m
-pipeline.stages.<stage>` process. Work is what a stage records it spent computing (train: its training steps;
+pipeline.stages.<stage>` process; and this working tree's stages again as the parallel executor runs them
+("after, forked": children of a forkserver that has imported torch and MLflow once, whose start is timed on its own
+as forkserver_start_s). Work is what a stage records it spent computing (train: its training steps;
 evaluate: its timed passes; report: writing the report and its figures). On data this small it is a fraction of a
 second except for the report's figures, so the rest of the wall time is overhead: interpreter and imports, the
 tracking store, logging, files, and the little work a stage does not time (validation, uint8 streams).
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,10 +36,13 @@ from mlflow.tracking import MlflowClient
 from benchmarks.arguments import git_revision
 from pipeline import paths
 from pipeline.lib.io import write_json
+from pipeline.tools import ray_tasks, warm_stages
+from pipeline.tools.child_path import path_with_this_python
 from tests.conftest import REPO, make_project
 from tests.fakedata import make_emnist_dir
 
 STAGES = ("prepare", "classifier", "baselines", "train", "evaluate", "report")
+FORKED = "after, forked"  # this working tree's stages as the executor runs them (pipeline/tools/warm_stages.py)
 PER_RUN = {"train", "evaluate"}
 
 
@@ -71,11 +78,18 @@ def stage_command(stage: str, variant: str) -> list[str]:
     return [sys.executable, "-m", f"pipeline.stages.{stage}", *([variant, "--seed", "0"] if stage in PER_RUN else [])]
 
 
-def run_stage(root: Path, env: dict, stage: str, variant: str) -> float:
+def run_stage(root: Path, env: dict, stage: str, variant: str, forked: bool = False) -> float:
+    """The stage's wall time: a fresh process, or (forked) a child of the forkserver as the executor runs it."""
     started = time.perf_counter()
-    result = subprocess.run(stage_command(stage, variant), cwd=root, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"bench_overhead: {stage} failed ({root.name} version):\n{result.stderr[-3000:]}")
+    if forked:
+        command = shlex.join(["python", *stage_command(stage, variant)[1:]])  # PATH: this environment's python
+        log = ray_tasks.stage_log(root, stage)
+        code, output = ray_tasks.run_process(command, root, {**env, warm_stages.FRESH_ENV: "0"}, log)
+    else:
+        result = subprocess.run(stage_command(stage, variant), cwd=root, env=env, capture_output=True, text=True)
+        code, output = result.returncode, result.stderr
+    if code != 0:
+        sys.exit(f"bench_overhead: {stage} failed ({root.name} version):\n{output[-3000:]}")
     return time.perf_counter() - started
 
 
@@ -106,23 +120,40 @@ def import_floor(env: dict) -> float:
     return time.perf_counter() - started
 
 
+def forkserver_start(root: Path, env: dict) -> float:
+    """What the executor's first stage on a Ray worker pays once: the forkserver started and its libraries imported
+    (timed as a stage that imports nothing of its own)."""
+    started = time.perf_counter()
+    code, output = ray_tasks.run_process("python -m pipeline.tools.child_path", root, env, root / "forkserver.log")
+    if code != 0:
+        sys.exit(f"bench_overhead: the forkserver did not start:\n{output[-3000:]}")
+    return time.perf_counter() - started
+
+
 def measure(args, base: Path) -> dict:
-    """Every stage of each version's generated project under `base`, timed."""
+    """Every stage of each version's generated project under `base`, timed; this working tree's also as the executor
+    runs them (forked)."""
     data = make_emnist_dir(base / "emnist")
-    versions = {"after": None, **({"before": args.before} if args.before else {})}
+    here = {**os.environ, "PATH": path_with_this_python()}
+    forks = warm_stages.python_module("python -m pipeline.tools.child_path", here) is not None
+    if not forks:
+        print("bench_overhead: stages are not forked on this machine (warm_stages.python_module): fresh ones only")
+    versions = {"after": None, **({FORKED: None} if forks else {}), **({"before": args.before} if args.before else {})}
     projects = {name: project(base / name, rev, args.variant, data) for name, rev in versions.items()}
+    started = forkserver_start(*projects[FORKED]) if forks else None
     rows = []
-    for stage in STAGES:  # the versions interleaved stage by stage, so both see the same machine load
+    for stage in STAGES:  # the versions interleaved stage by stage, so all see the same machine load
         for name, (root, env) in projects.items():
-            wall = run_stage(root, env, stage, args.variant)
+            wall = run_stage(root, env, stage, args.variant, forked=name == FORKED)
             work = recorded_work(root, stage, args.variant)
             rows.append({"version": name, "stage": stage, "wall_s": wall, "work_s": work, "overhead_s": wall - work})
-            print(f"{name:6} {stage:10} wall {wall:6.1f} s  work {work:5.1f} s  overhead {wall - work:6.1f} s")
+            print(f"{name:13} {stage:10} wall {wall:6.1f} s  work {work:5.1f} s  overhead {wall - work:6.1f} s")
     return {
         "what": "per-stage wall time = work the stage records + overhead, tiny data, study-sized variant",
         "variant": args.variant,
         "before": args.before,
         "import_torch_s": round(import_floor(projects["after"][1]), 2),
+        "forkserver_start_s": started and round(started, 2),
         "stages": pd.DataFrame(rows).round(2).to_dict(orient="records"),
     }
 
