@@ -33,6 +33,7 @@ from dvc.utils.serialize import dump_yaml, parse_yaml
 from pipeline.lib import stats
 from pipeline.lib.config import Params, load_params, run_name
 from pipeline.provenance import lock_guard, stage_name
+from pipeline.tools import warm_stages
 from pipeline.tools.lineage_checks import RUN_NAME, params_drift
 
 RESULTS = Path(__file__).resolve().parents[1] / "reports" / "results"
@@ -216,11 +217,13 @@ def runs_left(params: Params, kept: set[str]) -> list[str]:
 
 
 def continue_line(checkout: Path, record: Path) -> str:
-    """The executor's command for the runs the record does not keep yet, to run from the checkout."""
+    """The executor's command for the runs the record does not keep yet, to run from the checkout: each stage in a
+    fresh interpreter, as the kept runs were (before the executor forked its stages), not forked."""
     left = runs_left(load_params(checkout / "params.yaml"), evaluated_runs(lock_stages(record)))
     if not left:
         return "every run of the matrix is kept: next the targets baselines and study, then the report"
-    return f"{len(left)} runs left; from {checkout}: python -m pipeline.tools.parallel --jobs 1 {' '.join(left)}"
+    command = f"{warm_stages.FRESH_ENV}=1 python -m pipeline.tools.parallel --jobs 1 {' '.join(left)}"
+    return f"{len(left)} runs left; from {checkout}: {command}"
 
 
 def main(argv: list[str] | None = None) -> int:
