@@ -30,8 +30,10 @@ from pathlib import Path
 import setproctitle
 
 # what the stages import (found by diffing sys.modules around each stage): torch, torch.export's compiler stack and
-# MLflow's SQL store make most of a stage's start-up; the stage's own code (pipeline.*) is never preloaded
+# MLflow's SQL store make most of a stage's start-up; of this project's code only the forkserver's own set-up (a
+# child imports its stage's code afresh)
 PRELOAD = [
+    "pipeline.tools.forkserver_dies_with_worker",
     *("torch", "torch._dynamo", "torch.export", "networkx", "sympy"),
     *("mlflow", "mlflow.pytorch", "mlflow.pyfunc", "mlflow.store.tracking.sqlalchemy_store", "alembic.command", "git"),
     *("pandas", "scipy.stats", "skimage.metrics", "matplotlib.pyplot", "PIL.Image", "filelock"),
@@ -134,8 +136,8 @@ def run_module(module: str, args: list[str], path: list[str], env: dict, log: st
 
 
 def die_with_parent() -> None:
-    """The kernel SIGKILLs this process when the forkserver exits, as it does when the Ray worker that started it dies:
-    a stage must never go on writing while its retry runs."""
+    """The kernel SIGKILLs this process when its parent dies: a stage when its forkserver does, the forkserver when
+    its Ray worker does."""
     parent = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
