@@ -105,8 +105,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_speed
 	$(BIN)/python -m benchmarks.bench_overhead
 
-# the tiny matrix: dvc repro against the Ray executor, side by side; on a GPU, images/s of 1-8 runs sharing it
-# and of 1-8 seeds batched in one process (reports/benchmarks_matrix.json)
+# the tiny matrix: dvc repro against the Ray executor (stages forked, and fresh), side by side; on a GPU, images/s
+# of 1-8 runs sharing it and of 1-8 seeds batched in one process (reports/benchmarks_matrix.json)
 bench-matrix: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_matrix
 	$(BIN)/python -m benchmarks.bench_share

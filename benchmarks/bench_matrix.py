@@ -1,4 +1,5 @@
-"""The tiny matrix run sequentially (`dvc repro`) and through the Ray executor (JOBS=N), side by side in one run.
+"""The tiny matrix run sequentially (`dvc repro`) and through the Ray executor (JOBS=N; its stages forked, then
+fresh), side by side in one run.
 
     python -m benchmarks.bench_matrix            # make bench-matrix; ~10 min on 2 CPU cores
 
