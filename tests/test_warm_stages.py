@@ -14,18 +14,31 @@ import pytest
 from pipeline.tools import ray_tasks, warm_stages
 
 # a stand-in checkout: its own `pipeline` package, whose probe says where it runs and what it was given
-PROBE = """import atexit, os, sys
+PROBE = """import atexit, ctypes, multiprocessing, os, sys
 from pathlib import Path
 import pipeline
-print("checkout", pipeline.MARK, "cwd", os.getcwd() == os.environ["EXPECTED_CWD"], "argv", sys.argv[1:])
-print("first on sys.path", sys.path[0] == os.getcwd(), "logged already", "checkout" in Path(sys.argv[1]).read_text())
-print("title", Path("/proc/self/cmdline").read_bytes().replace(b"\\0", b" ").decode().split(" -m ")[-1].strip())
-print("import path", sys.path[1:])
-atexit.register(lambda: Path("exit-handler-ran").touch())
-code = sys.argv[2]
-if code == "raise":
-    raise ValueError("the stage failed")
-sys.exit("probe: error: no data" if code == "message" else int(code))
+
+def main():
+    print("checkout", pipeline.MARK, "cwd", os.getcwd() == os.environ["EXPECTED_CWD"], "argv", sys.argv[1:])
+    logged = "checkout" in Path(sys.argv[1]).read_text()
+    print("first on sys.path", sys.path[0] == os.getcwd(), "logged already", logged)
+    print("title", Path("/proc/self/cmdline").read_bytes().replace(b"\\0", b" ").decode().split(" -m ")[-1].strip())
+    print("import path", sys.path[1:])
+    death_signal = ctypes.c_int()
+    ctypes.CDLL(None).prctl(2, ctypes.byref(death_signal))  # PR_GET_PDEATHSIG
+    # multiprocessing imports a parent's main module again as __mp_main__ unless told not to: here it never is
+    again = getattr(sys.modules.get("__mp_main__"), "__name__", "__main__") == "__mp_main__"
+    unset = multiprocessing.get_start_method(allow_none=True) is None  # the platform's default, not forkserver
+    fresh = not again and unset and "ONLY_IN_THE_PARENT" not in os.environ
+    print("as a fresh one", fresh, sys.argv[0].endswith("probe.py"), "dies with its parent", death_signal.value)
+    atexit.register(lambda: Path("exit-handler-ran").touch())
+    code = sys.argv[2]
+    if code in ("raise", "interrupt"):
+        raise ValueError("the stage failed") if code == "raise" else KeyboardInterrupt
+    sys.exit("probe: error: no data" if code == "message" else int(code))
+
+if __name__ == "__main__":
+    main()
 """
 
 
@@ -34,10 +47,15 @@ def checkout(tmp_path, monkeypatch) -> tuple[Path, dict]:
     # the probe needs none of torch and MLflow: a forkserver without them starts in a fraction of a second (the slow
     # suite's executor tests run the stages on the real preload)
     monkeypatch.setattr(warm_stages, "PRELOAD", ["json"])
+    # the forkserver (one per process) takes the environment of the test that starts it: its streams buffered, as
+    # the Ray worker's are, and a variable no stage is given
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    monkeypatch.setenv("ONLY_IN_THE_PARENT", "1")
     (tmp_path / "pipeline").mkdir()
     (tmp_path / "pipeline" / "__init__.py").write_text("MARK = 'the stand-in'\n")
     (tmp_path / "pipeline" / "probe.py").write_text(PROBE)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    del env["ONLY_IN_THE_PARENT"]
     return tmp_path, {**env, "EXPECTED_CWD": str(tmp_path), warm_stages.FRESH_ENV: "0"}
 
 
@@ -71,33 +89,41 @@ def test_the_forked_stage_runs_its_checkout_s_code_with_its_arguments_directory_
     code, output = run_probe(root, env, "0")
     assert code == 0, output
     log = ray_tasks.stage_log(root, "probe")
-    assert output.splitlines()[:3] == [
+    lines = output.splitlines()
+    assert lines[:3] == [
         f"checkout the stand-in cwd True argv ['{log}', '0']",
         "first on sys.path True logged already True",
         f"title pipeline.probe {log} 0",
     ]
+    assert lines[4] == "as a fresh one True True dies with its parent 9"
     assert (root / "exit-handler-ran").exists()
 
 
-@pytest.mark.parametrize("code, expected", [("3", 3), ("message", 1), ("raise", 1)])
+@pytest.mark.parametrize("code, expected", [("3", 3), ("message", 1), ("raise", 1), ("interrupt", -2)])
 def test_a_failing_stage_s_exit_code_and_message_come_back_and_its_exit_handlers_run(checkout, code, expected):
     root, env = checkout
     returned, output = run_probe(root, env, code)
     assert returned == expected
-    if code == "raise":
-        assert "ValueError: the stage failed" in output
+    if code in ("raise", "interrupt"):
+        assert output.rstrip().endswith("ValueError: the stage failed" if code == "raise" else "KeyboardInterrupt")
     elif code == "message":
         assert output.endswith("probe: error: no data\n")
     assert (root / "exit-handler-ran").exists()
 
 
-def test_a_fresh_interpreter_runs_it_alike_when_asked(checkout, tmp_path):
+def test_a_fresh_interpreter_runs_it_alike_when_asked(checkout):
     root, env = checkout
-    env = {**env, "PYTHONPATH": str(tmp_path / "on-pythonpath")}  # in a fresh interpreter's import path, so here too
     warm = run_probe(root, env, "0")
     fresh = run_probe(root, {**env, warm_stages.FRESH_ENV: "1"}, "0")
     assert fresh[0] == warm[0] == 0
-    assert fresh[1] == warm[1] and str(tmp_path / "on-pythonpath") in warm[1]
+    assert fresh[1].replace("parent 0", "parent 9") == warm[1]  # the death signal: setpriv's, if it is installed
+
+
+def test_a_stage_whose_start_up_settings_differ_from_the_forkservers_starts_fresh(checkout):
+    _, env = checkout
+    assert warm_stages.python_module("python -m pipeline.probe", env)
+    for setting in ({"PYTHONHASHSEED": "7"}, {"PYTHONPATH": "elsewhere"}, {"TORCH_LOGS": "dynamo"}):
+        assert warm_stages.python_module("python -m pipeline.probe", {**env, **setting}) is None, setting
 
 
 def test_a_forked_stage_is_stopped_as_a_process_is(checkout):
