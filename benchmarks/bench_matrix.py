@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parallel = [sys.executable, "-m", "pipeline.tools.parallel", "--jobs", str(args.jobs)]
     commands = {  # the executor's stages forked (warm_stages.py) unless the environment says otherwise
         "sequential": (["dvc", "repro"], {}),
-        "parallel": (parallel, {warm_stages.FRESH_ENV: "0"}),
+        "parallel": (parallel, forked := {warm_stages.FRESH_ENV: "0"}),
         "parallel_fresh": (parallel, {warm_stages.FRESH_ENV: "1"}),
     }
     seconds = {}
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "sequential_s": round(seconds["sequential"], 1),
         "parallel_s": round(seconds["parallel"], 1),
         "parallel_fresh_s": round(seconds["parallel_fresh"], 1),
-        "stages_forked": warm_stages.python_module("python -m pipeline.stages.prepare", env) is not None,
+        "stages_forked": warm_stages.python_module("python -m pipeline.stages.prepare", {**env, **forked}) is not None,
         "speedup": round(seconds["sequential"] / seconds["parallel"], 2),
         "speedup_forked_over_fresh": round(seconds["parallel_fresh"] / seconds["parallel"], 2),
     }
