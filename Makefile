@@ -76,7 +76,8 @@ tracking-server-stop: $(STAMP)
 test: $(STAMP)
 	$(PYTEST) -m "not slow"
 
-# everything: the fast suite, then the end-to-end tests that run real dvc, mlflow servers and killed processes
+# everything: the fast suite, then the end-to-end tests that run real dvc, mlflow servers and killed processes,
+# and the compiled training loop (inductor compiles C++)
 test-all: test
 	$(PYTEST) -m slow
 

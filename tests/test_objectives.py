@@ -101,6 +101,7 @@ def test_the_objective_changes_what_is_learned(prepared):
         assert any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a]), (a, b)
 
 
+@pytest.mark.slow  # inductor compiles C++ for each mode: 80 s of the fast suite's 3 min
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compiled_training_follows_the_eager_loop(prepared, mode):
     """train.compile runs the batches' forward and loss through inductor (on CPU, reduce-overhead's CUDA graphs do
