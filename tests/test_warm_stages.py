@@ -135,3 +135,19 @@ def test_a_forked_stage_is_stopped_as_a_process_is(checkout):
     assert stage.returncode is None
     stage.terminate()
     assert stage.wait() == -15 == stage.returncode
+
+
+def test_a_library_that_fails_to_preload_is_named_and_the_rest_still_load(tmp_path, monkeypatch, capsys):
+    (tmp_path / "preload_missing_dependency.py").write_text("import no_such_module_anywhere\n")
+    (tmp_path / "preload_broken.py").write_text("raise RuntimeError('broken at import')\n")
+    (tmp_path / "preload_fine.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = ["preload_missing_dependency", "preload_broken", "preload_fine"]
+    for name in names:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    warm_stages.preload(names)
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 2
+    assert "preload_missing_dependency" in said[0] and "no_such_module_anywhere" in said[0]
+    assert "preload_broken" in said[1] and "broken at import" in said[1]
+    assert sys.modules["preload_fine"].LOADED

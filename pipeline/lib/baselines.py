@@ -7,14 +7,11 @@ headers included), and gzip (level 9) of the whole test set as one raw uint8 arr
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import gzip
 import io
 import multiprocessing
 import os
-import signal
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
@@ -23,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.lib import metrics, quantize
+from pipeline.lib import lifetime, metrics, quantize
 from pipeline.lib.config import RateDistortionConfig
 from pipeline.lib.io import DataError
 
@@ -60,7 +57,6 @@ def pillow_codec(images: np.ndarray, fmt: str, **options) -> tuple[float, np.nda
 
 
 _WORKER_IMAGES: np.ndarray | None = None  # a codec worker's test images, set as it starts
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @contextmanager
@@ -86,10 +82,7 @@ def _worker_start(images: np.ndarray, parent: int) -> None:
     and would otherwise wait on it for ever when the stage is killed."""
     global _WORKER_IMAGES
     _WORKER_IMAGES = images
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl
-        os._exit(1)
+    lifetime.die_with_parent(parent)
 
 
 @contextmanager

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import functools
+import importlib
 import json
 import multiprocessing
 import os
@@ -34,16 +34,16 @@ from pathlib import Path
 
 import setproctitle
 
+from pipeline.lib.lifetime import die_with_parent
+
 # what the stages import (found by diffing sys.modules around each stage): torch, torch.export's compiler stack and
-# MLflow's SQL store make most of a stage's start-up; of this project's code only the forkserver's own set-up (a
-# child imports its stage's code afresh)
-PRELOAD = [
-    "pipeline.tools.forkserver_dies_with_worker",
+# MLflow's SQL store make most of a stage's start-up. None of this project's code: a child imports its stage's afresh
+HEAVY_LIBRARIES = [
     *("torch", "torch._dynamo", "torch.export", "networkx", "sympy"),
     *("mlflow", "mlflow.pytorch", "mlflow.pyfunc", "mlflow.store.tracking.sqlalchemy_store", "alembic.command", "git"),
     *("pandas", "scipy.stats", "skimage.metrics", "matplotlib.pyplot", "PIL.Image", "filelock"),
 ]
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PRELOAD = ["pipeline.tools.forkserver_setup"]  # which imports HEAVY_LIBRARIES (through preload, below)
 FRESH_ENV = "COMPRESSNET_FRESH_PROCESSES"  # "1": every stage in a fresh interpreter, none forked
 NVIDIA_DRIVER = "/dev/nvidiactl"
 # variables read as an interpreter or a preloaded library starts (hash seed, warnings, site paths, torch's and the
@@ -144,7 +144,7 @@ def run_module(module: str, args: list[str], path: list[str], env: dict, log: st
         stream.reconfigure(line_buffering=True, write_through=True)  # a file gets the lines as they are printed
     os.setpgid(0, 0)  # out of the Ray worker's process group: a killed worker's stage dies by its SIGKILL (below),
     # as a fresh one does, before Ray's SIGTERM to the group would have it end its runs itself
-    die_with_parent()
+    die_with_parent(os.getppid())  # the forkserver's, as this child starts
     # ps and /proc show the stage's command, not the forkserver's (before the environment changes: it needs it)
     setproctitle.setproctitle(shlex.join([sys.executable, "-m", module, *args]))
     os.chdir(path[0])
@@ -184,11 +184,11 @@ def run_as_main(module: str) -> int:
     return code
 
 
-def die_with_parent() -> None:
-    """The kernel SIGKILLs this process when its parent dies: a stage when its forkserver does, the forkserver when
-    its Ray worker does."""
-    parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
+def preload(names: list[str]) -> None:
+    """Imports each module, saying on stderr which failed and why: a stage then imports it itself, seconds slower,
+    and meets the same error where it needs the module."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # whatever the failure, the forkserver starts and its stages run
+            print(f"warm stages: preloading {name} failed ({error!r}); each stage imports it itself", file=sys.stderr)
