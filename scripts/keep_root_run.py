@@ -9,7 +9,10 @@ reports/ that they name; a run trained but not evaluated is left out and trains 
 kept). Refuses, copying nothing, when the checkout's dvc.lock changes or drops a stage the record keeps, when a
 file differs from the md5 its entry records, when params.yaml differs from what a kept stage ran with, when a stage
 read another version of a kept stage's output than that stage's entry records (evaluate on a model train replaced
-since), or when a run has metrics but no lock entries (the executor stopped before recording it). Then, for each
+since), or when a run has metrics but no lock entries (the executor stopped before recording it). With
+--retrained-classifier it takes a classifier trained again (on another kind of CPU its training is not the same to the
+bit): the record keeps the new entry, the runs kept before keep theirs, which name the classifier each was measured
+against, and a new run must have read the new one. Then, for each
 new run, it prints whether its history (epoch, losses, LR) and its test metrics equal its twin's in the 2026-12-02/03
 matrices, and a row for the results README's table of kept runs. Last, the executor's command for the runs left, in
 the order to run them: the study's four seed by seed, then their twins.
@@ -108,9 +111,10 @@ def read_files(checkout: Path, paths: list[str]) -> dict[str, bytes | None]:
     return {path: (checkout / path).read_bytes() if (checkout / path).is_file() else None for path in paths}
 
 
-def inconsistencies(contents: dict[str, bytes | None], entries: dict) -> list[str]:
+def inconsistencies(contents: dict[str, bytes | None], entries: dict, measured_before: set[str]) -> list[str]:
     """Files that differ from their entry's md5, params.yaml values that differ from what a stage ran with, and
-    stages that read another version of a kept stage's output (evaluate a model train has since replaced)."""
+    stages that read another version of a kept stage's output (evaluate a model train has since replaced), but for
+    the stages in measured_before: kept entries, left as they were when a kept stage they read was retrained."""
     params = yaml.safe_load(contents["params.yaml"])
     problems = [
         f"{key}: {stage} ran with {old!r}, params.yaml has {new!r}"
@@ -121,6 +125,7 @@ def inconsistencies(contents: dict[str, bytes | None], entries: dict) -> list[st
     problems += [
         f"{stage} read {dep['path']} with md5 {dep.get('md5')}, {made[dep['path']][0]} wrote {made[dep['path']][1]}"
         for stage, entry in entries.items()
+        if stage not in measured_before
         for dep in entry.get("deps", [])
         if dep["path"] in made and dep.get("md5") != made[dep["path"]][1]
     ]
@@ -171,15 +176,20 @@ def table_row(run: str, checkout: Path, published: dict[str, float]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
+def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classifier: bool = False) -> list[str]:
     """Copies the checkout's record files into the record; returns what to print. ValueError: nothing copied."""
     missing = [name for name in ("params.yaml", "dvc.lock") if not (checkout / name).is_file()]
     if missing:
         raise ValueError(f"{checkout}: not a checkout that ran the matrix: no {', '.join(missing)}")
     lock, record_stages = read_lock(checkout), lock_stages(record)
     stages = lock.get("stages", {})
-    if changed := changed_stages(record_stages, stages):
-        raise ValueError(f"{checkout}/dvc.lock changes or drops kept stages: {', '.join(changed)}; nothing copied")
+    changed = changed_stages(record_stages, stages)
+    retrained = retrained_classifier and "classifier" in changed and "classifier" in stages
+    if changed := [name for name in changed if not (retrained and name == "classifier")]:
+        hint = " (a classifier trained again: see --retrained-classifier)" if "classifier" in changed else ""
+        raise ValueError(
+            f"{checkout}/dvc.lock changes or drops kept stages: {', '.join(changed)}{hint}; nothing copied"
+        )
     kept, evaluated = evaluated_runs(record_stages), evaluated_runs(stages)
     unrecorded = sorted(p.stem for p in (checkout / "reports" / "metrics").glob("*.json") if p.stem not in evaluated)
     if unrecorded:
@@ -191,11 +201,16 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path]) -> list[str]:
         )
     entries = kept_entries(stages, evaluated)
     contents = read_files(checkout, ["params.yaml", *recorded_files(entries)])
-    if problems := inconsistencies(contents, entries):
+    measured_before = set(record_stages) - set(RECORDED_STAGES) if retrained else set()
+    if problems := inconsistencies(contents, entries, measured_before):
         raise ValueError(f"{checkout} is not what its dvc.lock records: {'; '.join(problems)}; nothing copied")
     new = sorted(evaluated - kept)
     published = {model: row["mse"] for model, row in yaml.safe_load(REFERENCE.read_text())["published_weights"].items()}
     lines = [line for run in new for line in (twin_report(run, checkout, twins), table_row(run, checkout, published))]
+    if retrained:
+        lines.append(
+            f"the classifier trained again; {len(kept)} runs kept before name the one they were measured against"
+        )
     for path, data in contents.items():
         (record / path).parent.mkdir(parents=True, exist_ok=True)
         (record / path).write_bytes(data)
@@ -230,9 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.keep_root_run", description=__doc__)
     parser.add_argument("checkout", type=Path, help="the checkout running the matrix, e.g. build/rootrun")
     parser.add_argument("--record", type=Path, default=RECORD, help="where the record is kept (default: %(default)s)")
+    parser.add_argument(
+        "--retrained-classifier",
+        action="store_true",
+        help="take the checkout's classifier where it differs from the record's (trained again on another kind of CPU)",
+    )
     args = parser.parse_args(argv)
     try:
-        lines = [*keep(args.checkout, args.record, TWINS), continue_line(args.checkout, args.record)]
+        kept = keep(args.checkout, args.record, TWINS, args.retrained_classifier)
+        lines = [*kept, continue_line(args.checkout, args.record)]
     except (ValueError, OSError, yaml.YAMLError, DvcException) as err:  # DVC's: a corrupt dvc.lock
         print(f"keep_root_run: {err}", file=sys.stderr)
         return 1

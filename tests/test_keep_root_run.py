@@ -192,6 +192,40 @@ def test_a_run_evaluated_on_a_model_train_has_since_replaced_is_refused(tmp_path
         keep_root_run.keep(checkout, record, twins)
 
 
+def retrain_classifier(checkout: Path, new_runs: list[str], md5: str = "trained again") -> None:
+    """The checkout's classifier trained again (another kind of CPU), and new_runs evaluated against it."""
+    lock = yaml.safe_load((checkout / "dvc.lock").read_text())
+    classifier = {**CLASSIFIER, "md5": md5}
+    lock["stages"]["classifier"]["outs"][0] = classifier
+    for run in new_runs:
+        evaluate = lock["stages"][keep_root_run.run_stages(run)[1]]
+        evaluate["deps"] = [classifier if dep["path"] == CLASSIFIER["path"] else dep for dep in evaluate["deps"]]
+    (checkout / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
+def test_a_retrained_classifier_is_taken_only_when_asked_and_the_runs_kept_before_still_name_theirs(
+    tmp_path, twins, record
+):
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
+    retrain_classifier(checkout, ["model04-seed0"])
+    with pytest.raises(ValueError, match=r"kept stages: classifier \(a classifier trained again: see --retrained"):
+        keep_root_run.keep(checkout, record, twins)
+    lines = keep_root_run.keep(checkout, record, twins, retrained_classifier=True)
+    assert lines[-2].startswith("the classifier trained again; 1 runs kept before") and lines[-1].endswith("(1 new)")
+    stages = keep_root_run.lock_stages(record)
+    assert stages["classifier"]["outs"][0]["md5"] == "trained again"
+    assert CLASSIFIER in stages["evaluate@model01-0"]["deps"]  # measured against the earlier classifier
+    assert {**CLASSIFIER, "md5": "trained again"} in stages["evaluate@model04-0"]["deps"]
+
+
+def test_a_new_run_measured_against_a_classifier_other_than_the_retrained_one_is_refused(tmp_path, twins, record):
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
+    retrain_classifier(checkout, [])  # model04-seed0 was evaluated before the classifier trained again
+    with pytest.raises(ValueError, match="evaluate@model04-0 read models/classifier.pt with md5 b, classifier wrote"):
+        keep_root_run.keep(checkout, record, twins, retrained_classifier=True)
+    assert not (record / "reports" / "metrics" / "model04-seed0.json").exists()
+
+
 def test_a_corrupt_dvc_lock_is_one_line(tmp_path, capsys):
     checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446})
     (checkout / "dvc.lock").write_text("stages: [\n")
