@@ -111,10 +111,16 @@ def read_files(checkout: Path, paths: list[str]) -> dict[str, bytes | None]:
     return {path: (checkout / path).read_bytes() if (checkout / path).is_file() else None for path in paths}
 
 
-def inconsistencies(contents: dict[str, bytes | None], entries: dict, measured_before: set[str]) -> list[str]:
+def weights_only(entry: dict) -> dict:
+    """The entry without its outputs' hashes and sizes: what a retrain with the same code, params and data leaves."""
+    return {**entry, "outs": [{k: v for k, v in out.items() if k not in ("md5", "size")} for out in entry["outs"]]}
+
+
+def inconsistencies(contents: dict[str, bytes | None], entries: dict, kept_before: set[str]) -> list[str]:
     """Files that differ from their entry's md5, params.yaml values that differ from what a stage ran with, and
-    stages that read another version of a kept stage's output (evaluate a model train has since replaced), but for
-    the stages in measured_before: kept entries, left as they were when a kept stage they read was retrained."""
+    stages that read another version of a kept stage's output (evaluate a model train has since replaced). Not the
+    classifier's for the stages kept_before: each names the classifier its run was measured against, which a later
+    retrain may have replaced (--retrained-classifier)."""
     params = yaml.safe_load(contents["params.yaml"])
     problems = [
         f"{key}: {stage} ran with {old!r}, params.yaml has {new!r}"
@@ -125,9 +131,9 @@ def inconsistencies(contents: dict[str, bytes | None], entries: dict, measured_b
     problems += [
         f"{stage} read {dep['path']} with md5 {dep.get('md5')}, {made[dep['path']][0]} wrote {made[dep['path']][1]}"
         for stage, entry in entries.items()
-        if stage not in measured_before
         for dep in entry.get("deps", [])
         if dep["path"] in made and dep.get("md5") != made[dep["path"]][1]
+        if not (stage in kept_before and made[dep["path"]][0] == "classifier")
     ]
     for path, md5 in recorded_files(entries).items():
         actual = hashlib.md5(contents[path]).hexdigest() if contents[path] is not None else "no such file"
@@ -184,9 +190,11 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classif
     lock, record_stages = read_lock(checkout), lock_stages(record)
     stages = lock.get("stages", {})
     changed = changed_stages(record_stages, stages)
-    retrained = retrained_classifier and "classifier" in changed and "classifier" in stages
+    weights = "classifier" in changed and "classifier" in stages
+    weights = weights and weights_only(record_stages["classifier"]) == weights_only(stages["classifier"])
+    retrained = retrained_classifier and weights
     if changed := [name for name in changed if not (retrained and name == "classifier")]:
-        hint = " (a classifier trained again: see --retrained-classifier)" if "classifier" in changed else ""
+        hint = " (the classifier trained again to other weights: --retrained-classifier takes it)" if weights else ""
         raise ValueError(
             f"{checkout}/dvc.lock changes or drops kept stages: {', '.join(changed)}{hint}; nothing copied"
         )
@@ -201,8 +209,7 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classif
         )
     entries = kept_entries(stages, evaluated)
     contents = read_files(checkout, ["params.yaml", *recorded_files(entries)])
-    measured_before = set(record_stages) - set(RECORDED_STAGES) if retrained else set()
-    if problems := inconsistencies(contents, entries, measured_before):
+    if problems := inconsistencies(contents, entries, set(record_stages) - set(RECORDED_STAGES)):
         raise ValueError(f"{checkout} is not what its dvc.lock records: {'; '.join(problems)}; nothing copied")
     new = sorted(evaluated - kept)
     published = {model: row["mse"] for model, row in yaml.safe_load(REFERENCE.read_text())["published_weights"].items()}

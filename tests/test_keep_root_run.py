@@ -206,16 +206,45 @@ def retrain_classifier(checkout: Path, new_runs: list[str], md5: str = "trained 
 def test_a_retrained_classifier_is_taken_only_when_asked_and_the_runs_kept_before_still_name_theirs(
     tmp_path, twins, record
 ):
-    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
-    retrain_classifier(checkout, ["model04-seed0"])
-    with pytest.raises(ValueError, match=r"kept stages: classifier \(a classifier trained again: see --retrained"):
+    runs = {"model01-seed0": 0.00446, "model04-seed0": 0.0038, "model04_linear-seed0": 0.0032}
+    checkout = write_checkout(tmp_path / "checkout", runs)
+    retrain_classifier(checkout, ["model04-seed0", "model04_linear-seed0"])
+    with pytest.raises(ValueError, match=r"kept stages: classifier \(the classifier trained again to other weights"):
         keep_root_run.keep(checkout, record, twins)
     lines = keep_root_run.keep(checkout, record, twins, retrained_classifier=True)
-    assert lines[-2].startswith("the classifier trained again; 1 runs kept before") and lines[-1].endswith("(1 new)")
+    assert lines[-2].startswith("the classifier trained again; 1 runs kept before") and lines[-1].endswith("(2 new)")
     stages = keep_root_run.lock_stages(record)
     assert stages["classifier"]["outs"][0]["md5"] == "trained again"
     assert CLASSIFIER in stages["evaluate@model01-0"]["deps"]  # measured against the earlier classifier
     assert {**CLASSIFIER, "md5": "trained again"} in stages["evaluate@model04-0"]["deps"]
+    later = write_checkout(tmp_path / "later", {**runs, "model02-seed0": 0.0037})
+    retrain_classifier(later, ["model04-seed0", "model04_linear-seed0", "model02-seed0"])
+    assert keep_root_run.keep(later, record, twins)[-1].endswith("(1 new)")  # no flag: the record's classifier
+
+
+def test_a_classifier_changed_beyond_its_weights_or_dropped_is_refused_even_when_asked(tmp_path, twins, record):
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
+    retrain_classifier(checkout, ["model04-seed0"])
+    lock = yaml.safe_load((checkout / "dvc.lock").read_text())
+    lock["stages"]["classifier"]["deps"].append({"path": "pipeline/stages/classifier.py", "md5": "edited"})
+    (checkout / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    with pytest.raises(ValueError, match="changes or drops kept stages: classifier; nothing copied"):
+        keep_root_run.keep(checkout, record, twins, retrained_classifier=True)
+    del lock["stages"]["classifier"]
+    (checkout / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    with pytest.raises(ValueError, match="changes or drops kept stages: classifier; nothing copied"):
+        keep_root_run.keep(checkout, record, twins, retrained_classifier=True)
+    assert "evaluate@model04-0" not in keep_root_run.lock_stages(record)
+
+
+def test_the_command_takes_a_retrained_classifier_when_asked(tmp_path, twins, record, monkeypatch, capsys):
+    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446, "model04-seed0": 0.0038})
+    retrain_classifier(checkout, ["model04-seed0"])
+    monkeypatch.setattr(keep_root_run, "TWINS", twins)
+    monkeypatch.setattr(keep_root_run, "continue_line", lambda checkout, record: "the runs left")
+    assert keep_root_run.main([str(checkout), "--record", str(record)]) == 1
+    assert keep_root_run.main([str(checkout), "--record", str(record), "--retrained-classifier"]) == 0
+    assert "the classifier trained again" in capsys.readouterr().out
 
 
 def test_a_new_run_measured_against_a_classifier_other_than_the_retrained_one_is_refused(tmp_path, twins, record):

@@ -53,6 +53,7 @@ NVIDIA_DRIVER = "/dev/nvidiactl"
 STARTUP_PREFIXES = ("PYTHON", "TORCH", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "ONEDNN_", "DNNL_", "MPL")
 STARTUP_IGNORED = {"PYTHONUNBUFFERED", "PYTHONBREAKPOINT", "OMP_NUM_THREADS"}
 forkserver_settings: dict | None = None  # startup_settings of the environment this process's forkserver started in
+forkserver_pid: int | None = None  # in a forkserver set up by forkserver_setup, and its children: its pid
 
 
 def python_module(cmd: str, env: dict) -> tuple[str, list[str]] | None:
@@ -144,7 +145,7 @@ def run_module(module: str, args: list[str], path: list[str], env: dict, log: st
         stream.reconfigure(line_buffering=True, write_through=True)  # a file gets the lines as they are printed
     os.setpgid(0, 0)  # out of the Ray worker's process group: a killed worker's stage dies by its SIGKILL (below),
     # as a fresh one does, before Ray's SIGTERM to the group would have it end its runs itself
-    die_with_parent(os.getppid())  # the forkserver's, as this child starts
+    die_with_parent(forkserver_pid or os.getppid())
     # ps and /proc show the stage's command, not the forkserver's (before the environment changes: it needs it)
     setproctitle.setproctitle(shlex.join([sys.executable, "-m", module, *args]))
     os.chdir(path[0])
