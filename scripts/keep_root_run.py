@@ -182,23 +182,28 @@ def table_row(run: str, checkout: Path, published: dict[str, float]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classifier: bool = False) -> list[str]:
-    """Copies the checkout's record files into the record; returns what to print. ValueError: nothing copied."""
-    missing = [name for name in ("params.yaml", "dvc.lock") if not (checkout / name).is_file()]
-    if missing:
-        raise ValueError(f"{checkout}: not a checkout that ran the matrix: no {', '.join(missing)}")
-    lock, record_stages = read_lock(checkout), lock_stages(record)
-    stages = lock.get("stages", {})
-    changed = changed_stages(record_stages, stages)
-    weights = "classifier" in changed and "classifier" in stages
-    weights = weights and weights_only(record_stages["classifier"]) == weights_only(stages["classifier"])
-    retrained = retrained_classifier and weights
-    if changed := [name for name in changed if not (retrained and name == "classifier")]:
-        hint = " (the classifier trained again to other weights: --retrained-classifier takes it)" if weights else ""
+def classifier_retrained(before: dict, now: dict) -> bool:
+    """The classifier's entry differs in its outputs' hashes alone: trained again with the same code, params and
+    data (on another kind of CPU its weights are not the same to the bit)."""
+    if "classifier" not in before or "classifier" not in now or before["classifier"] == now["classifier"]:
+        return False
+    return weights_only(before["classifier"]) == weights_only(now["classifier"])
+
+
+def check_kept_stages(checkout: Path, before: dict, now: dict, retrained_classifier: bool) -> bool:
+    """ValueError if the checkout's dvc.lock changes or drops a kept stage; whether it takes a retrained classifier."""
+    retrained = classifier_retrained(before, now)
+    taken = retrained_classifier and retrained
+    if changed := [name for name in changed_stages(before, now) if not (taken and name == "classifier")]:
+        hint = " (the classifier trained again to other weights: --retrained-classifier takes it)" if retrained else ""
         raise ValueError(
             f"{checkout}/dvc.lock changes or drops kept stages: {', '.join(changed)}{hint}; nothing copied"
         )
-    kept, evaluated = evaluated_runs(record_stages), evaluated_runs(stages)
+    return taken
+
+
+def check_all_recorded(checkout: Path, stages: dict, evaluated: set[str]) -> None:
+    """ValueError if a run has metrics that dvc.lock does not record (an evaluate not committed)."""
     unrecorded = sorted(p.stem for p in (checkout / "reports" / "metrics").glob("*.json") if p.stem not in evaluated)
     if unrecorded:
         absent = [name for run in unrecorded for name in run_stages(run) if name not in stages]
@@ -207,6 +212,18 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classif
             f"{' '.join(stage_name('evaluate', *variant_and_seed(run)) for run in unrecorded)} through the executor "
             "(or `dvc commit` the stage the executor named as not recorded); nothing copied"
         )
+
+
+def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classifier: bool = False) -> list[str]:
+    """Copies the checkout's record files into the record; returns what to print. ValueError: nothing copied."""
+    missing = [name for name in ("params.yaml", "dvc.lock") if not (checkout / name).is_file()]
+    if missing:
+        raise ValueError(f"{checkout}: not a checkout that ran the matrix: no {', '.join(missing)}")
+    lock, record_stages = read_lock(checkout), lock_stages(record)
+    stages = lock.get("stages", {})
+    retrained = check_kept_stages(checkout, record_stages, stages, retrained_classifier)
+    kept, evaluated = evaluated_runs(record_stages), evaluated_runs(stages)
+    check_all_recorded(checkout, stages, evaluated)
     entries = kept_entries(stages, evaluated)
     contents = read_files(checkout, ["params.yaml", *recorded_files(entries)])
     if problems := inconsistencies(contents, entries, set(record_stages) - set(RECORDED_STAGES)):
