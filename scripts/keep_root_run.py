@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -256,13 +257,14 @@ def runs_left(params: Params, kept: set[str]) -> list[str]:
 
 
 def continue_line(checkout: Path, record: Path) -> str:
-    """The executor's command for the runs the record does not keep yet, to run from the checkout: each stage in a
-    fresh interpreter, as the kept runs were (before the executor forked its stages), not forked."""
+    """The executor's command for the runs the record does not keep yet, ready to paste: each stage in a fresh
+    interpreter, as the kept runs were (before the executor forked its stages), not forked; niced, so that the
+    machine stays usable beside it."""
     left = runs_left(load_params(checkout / "params.yaml"), evaluated_runs(lock_stages(record)))
     if not left:
         return "every run of the matrix is kept: next the targets baselines and study, then the report"
-    command = f"{warm_stages.FRESH_ENV}=1 python -m pipeline.tools.parallel --jobs 1 {' '.join(left)}"
-    return f"{len(left)} runs left; from {checkout}: {command}"
+    command = f"{warm_stages.FRESH_ENV}=1 nice -n 10 python -m pipeline.tools.parallel --jobs 1 {' '.join(left)}"
+    return f"{len(left)} runs left; in the activated shell: cd {shlex.quote(str(checkout))} && {command}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -287,7 +287,8 @@ def test_the_last_line_is_the_executors_command_for_the_runs_the_record_lacks(tm
     raw = study_and_twins(params_support.valid(), ("model01", "model04"))  # the record keeps model01-seed0
     (checkout / "params.yaml").write_text(yaml.safe_dump(raw))
     targets = "evaluate@model04-0 evaluate@model01-1 evaluate@model04-1 evaluate@model01_linear-0"
-    command = f"COMPRESSNET_FRESH_PROCESSES=1 python -m pipeline.tools.parallel --jobs 1 {targets}"
-    assert keep_root_run.continue_line(checkout, record).startswith(f"7 runs left; from {checkout}: {command}")
+    command = f"cd {checkout} && COMPRESSNET_FRESH_PROCESSES=1 nice -n 10 python -m pipeline.tools.parallel --jobs 1"
+    line = keep_root_run.continue_line(checkout, record)
+    assert line.startswith(f"7 runs left; in the activated shell: {command} {targets}")
     (checkout / "params.yaml").write_text(yaml.safe_dump({**raw, "seeds": [0], "matrix": ["model01"]}))
     assert keep_root_run.continue_line(checkout, record).startswith("every run of the matrix is kept")
