@@ -4,8 +4,9 @@
     python -m scripts.keep_root_run build/rootrun
 
 A run is kept once the checkout's dvc.lock holds both its train and its evaluate entry. The record keeps those
-entries, prepare's and the classifier's (every run was measured against their outputs), and the files under
-reports/ that they name; a run trained but not evaluated is left out and trains again next time (its model is not
+entries, prepare's and the classifier's (every run was measured against their outputs), the baselines' and the study
+stages' once run (the report's other inputs, measured against the same classifier), and the files under reports/ that
+they name; a run trained but not evaluated is left out and trains again next time (its model is not
 kept). Refuses, copying nothing, when the checkout's dvc.lock changes or drops a stage the record keeps, when a
 file differs from the md5 its entry records, when params.yaml differs from what a kept stage ran with, when a stage
 read another version of a kept stage's output than that stage's entry records (evaluate on a model train replaced
@@ -45,6 +46,7 @@ RECORD = RESULTS / "rootrun-cpu"
 TWINS = {"": RESULTS / "standin-study4-cpu-15ep", "_linear": RESULTS / "standin-linear4-cpu-15ep"}
 REFERENCE = Path(__file__).resolve().parents[1] / "pipeline" / "reference.yaml"
 RECORDED_STAGES = ("prepare", "classifier")  # besides the runs' own stages
+REPORT_INPUTS = ("baselines", "study@")  # name prefixes: the report's inputs besides the runs'
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_objective", "val_loss", "lr"]
 WRITTEN_SINCE = {"collapsed", "output_range", "run", "data_manifest_sha256"}  # not in the twins, or not comparable
 
@@ -87,9 +89,10 @@ def evaluated_runs(stages: dict) -> set[str]:
 
 
 def kept_entries(stages: dict, runs: set[str]) -> dict:
-    """The dvc.lock entries the record keeps, in dvc.lock's order: prepare's, the classifier's and the runs'."""
+    """The dvc.lock entries the record keeps, in dvc.lock's order: prepare's, the classifier's, the runs', the
+    baselines' and the study stages'."""
     keep = {*RECORDED_STAGES, *(name for run in runs for name in run_stages(run))}
-    return {name: entry for name, entry in stages.items() if name in keep}
+    return {name: entry for name, entry in stages.items() if name in keep or name.startswith(REPORT_INPUTS)}
 
 
 def changed_stages(kept: dict, now: dict) -> list[str]:
@@ -232,6 +235,8 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classif
     new = sorted(evaluated - kept)
     published = {model: row["mse"] for model, row in yaml.safe_load(REFERENCE.read_text())["published_weights"].items()}
     lines = [line for run in new for line in (twin_report(run, checkout, twins), table_row(run, checkout, published))]
+    if added := [name for name in entries if name.startswith(REPORT_INPUTS) and name not in record_stages]:
+        lines.append(f"kept {', '.join(added)}: the report's inputs besides the runs")
     if retrained:
         lines.append(
             f"the classifier trained again; {len(kept)} runs kept before name the one they were measured against"
@@ -262,7 +267,7 @@ def continue_line(checkout: Path, record: Path) -> str:
     machine stays usable beside it."""
     left = runs_left(load_params(checkout / "params.yaml"), evaluated_runs(lock_stages(record)))
     if not left:
-        return "every run of the matrix is kept: next the targets baselines and study, then the report"
+        return "every run of the matrix is kept: next the report (the executor's target report runs what it lacks)"
     command = f"{warm_stages.FRESH_ENV}=1 nice -n 10 python -m pipeline.tools.parallel --jobs 1 {' '.join(left)}"
     return f"{len(left)} runs left; in the activated shell: cd {shlex.quote(str(checkout))} && {command}"
 

@@ -116,12 +116,37 @@ def test_a_run_trained_but_not_evaluated_is_left_out_of_the_record_and_may_train
     assert "evaluate@model03-1" in keep_root_run.lock_stages(record)
 
 
-def test_only_the_runs_prepares_and_the_classifiers_entries_are_kept(tmp_path, twins, record):
-    baselines = {"baselines": {"outs": [{"path": "reports/baselines.json", "md5": "not copied"}]}}
-    checkout = write_checkout(tmp_path / "checkout", {"model01-seed0": 0.00446}, extra=baselines)
-    (checkout / "reports" / "baselines.json").write_text("{}")
-    keep_root_run.keep(checkout, record, twins)
-    assert "baselines" not in keep_root_run.lock_stages(record)  # an entry whose output the record would not hold
+def report_inputs(root: Path) -> dict:
+    """The baselines' and a study stage's entries, their files written under root: the report's other inputs."""
+    (root / "reports" / "study").mkdir(parents=True, exist_ok=True)
+    (root / "reports" / "baselines.json").write_text("{}")
+    (root / "reports" / "study" / "model01.json").write_text('{"mse": 0.00389}')
+    return {
+        "baselines": {"deps": [PREPARED], "outs": outs(root, "reports/baselines.json")},
+        "study@model01": {"deps": [PREPARED, CLASSIFIER], "outs": outs(root, "reports/study/model01.json")},
+        "plots": {"outs": [{"path": "reports/plots.json", "md5": "no such file"}]},
+    }
+
+
+def test_the_baselines_and_study_entries_are_kept_with_their_files_and_no_other_stage(tmp_path, twins, record):
+    checkout = tmp_path / "checkout"
+    write_checkout(checkout, {"model01-seed0": 0.00446}, extra=report_inputs(checkout))
+    lines = keep_root_run.keep(checkout, record, twins)
+    assert lines[0] == "kept baselines, study@model01: the report's inputs besides the runs"
+    kept = ["prepare", "classifier", "train@model01-0", "evaluate@model01-0", "baselines", "study@model01"]
+    assert list(keep_root_run.lock_stages(record)) == kept  # not "plots": no input of the report
+    assert (record / "reports" / "study" / "model01.json").read_text() == '{"mse": 0.00389}'
+    assert (record / "reports" / "baselines.json").read_text() == "{}"
+    assert keep_root_run.keep(checkout, record, twins)[0] == f"kept 1 runs in {record} (0 new)"  # said once
+
+
+def test_a_baselines_file_other_than_its_entry_records_is_refused(tmp_path, twins, record):
+    checkout = tmp_path / "checkout"
+    write_checkout(checkout, {"model01-seed0": 0.00446}, extra=report_inputs(checkout))
+    (checkout / "reports" / "baselines.json").write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="reports/baselines.json has md5 .*, dvc.lock records"):
+        keep_root_run.keep(checkout, record, twins)
+    assert "baselines" not in keep_root_run.lock_stages(record)
 
 
 def test_a_checkout_whose_lock_changes_a_kept_stage_is_refused_and_nothing_is_copied(tmp_path, twins, record):
@@ -291,4 +316,4 @@ def test_the_last_line_is_the_executors_command_for_the_runs_the_record_lacks(tm
     line = keep_root_run.continue_line(checkout, record)
     assert line.startswith(f"7 runs left; in the activated shell: {command} {targets}")
     (checkout / "params.yaml").write_text(yaml.safe_dump({**raw, "seeds": [0], "matrix": ["model01"]}))
-    assert keep_root_run.continue_line(checkout, record).startswith("every run of the matrix is kept")
+    assert keep_root_run.continue_line(checkout, record).startswith("every run of the matrix is kept: next the report")
