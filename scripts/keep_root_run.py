@@ -262,14 +262,15 @@ def runs_left(params: Params, kept: set[str]) -> list[str]:
 
 
 def continue_line(checkout: Path, record: Path) -> str:
-    """The executor's command for the runs the record does not keep yet, ready to paste: each stage in a fresh
-    interpreter, as the kept runs were (before the executor forked its stages), not forked; niced, so that the
-    machine stays usable beside it."""
+    """The executor's command for the runs the record does not keep yet (once all are, the report's), ready to
+    paste: each stage in a fresh interpreter, as the kept runs were (before the executor forked its stages), not
+    forked; niced, so that the machine stays usable beside it."""
     left = runs_left(load_params(checkout / "params.yaml"), evaluated_runs(lock_stages(record)))
-    if not left:
-        return "every run of the matrix is kept: next the report (the executor's target report runs what it lacks)"
+    where = f"cd {shlex.quote(str(checkout))}"
+    if not left:  # not the target report: the record keeps no model, so its runs would train again
+        return f"every run of the matrix is kept; the report: {where} && dvc repro --single-item report"
     command = f"{warm_stages.FRESH_ENV}=1 nice -n 10 python -m pipeline.tools.parallel --jobs 1 {' '.join(left)}"
-    return f"{len(left)} runs left; in the activated shell: cd {shlex.quote(str(checkout))} && {command}"
+    return f"{len(left)} runs left; in the activated shell: {where} && {command}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -316,4 +316,5 @@ def test_the_last_line_is_the_executors_command_for_the_runs_the_record_lacks(tm
     line = keep_root_run.continue_line(checkout, record)
     assert line.startswith(f"7 runs left; in the activated shell: {command} {targets}")
     (checkout / "params.yaml").write_text(yaml.safe_dump({**raw, "seeds": [0], "matrix": ["model01"]}))
-    assert keep_root_run.continue_line(checkout, record).startswith("every run of the matrix is kept: next the report")
+    report = f"every run of the matrix is kept; the report: cd {checkout} && dvc repro --single-item report"
+    assert keep_root_run.continue_line(checkout, record) == report
