@@ -3,34 +3,27 @@
 
     python -m scripts.keep_root_run build/rootrun
 
-A run is kept once the checkout's dvc.lock holds both its train and its evaluate entry. The record keeps those
-entries, prepare's and the classifier's (every run was measured against their outputs), the baselines' and the study
-stages' once run (the report's other inputs, measured against the same classifier), and the files under reports/ that
-they name; a run trained but not evaluated is left out and trains again next time (its model is not
-kept). Refuses, copying nothing, when the checkout's dvc.lock changes or drops a stage the record keeps, when a
-file differs from the md5 its entry records, when params.yaml differs from what a kept stage ran with, when a stage
-read another version of a kept stage's output than that stage's entry records (evaluate on a model train replaced
-since), or when a run has metrics but no lock entries (the executor stopped before recording it). With
---retrained-classifier it takes a classifier trained again (on another kind of CPU its training is not the same to the
-bit): the record keeps the new entry, the runs kept before keep theirs, which name the classifier each was measured
-against, and a new run must have read the new one. Then, for each
-new run, it prints whether its history (epoch, losses, LR) and its test metrics equal its twin's in the 2026-12-02/03
-matrices, and a row for the results README's table of kept runs. Last, the executor's command for the runs left, in
-the order to run them: the study's four seed by seed, then their twins.
+A run is kept once the checkout's dvc.lock holds both its train and its evaluate entry (a run trained but not
+evaluated trains again: its model is not kept). The record keeps those entries, prepare's and the classifier's, the
+baselines' and the study stages' once run, the report's while it read the files the checkout holds now, and the files
+under reports/ that they name. Refuses, copying nothing, when the checkout's dvc.lock changes or drops a kept stage
+(one run again to the same outputs is taken), when a file or directory differs from the md5 its entry records, when
+params.yaml differs from what a kept stage ran with, when a stage read another version of a kept stage's output than
+that stage's entry records, or when a run has metrics but no lock entries. With --retrained-classifier it takes a
+classifier trained again (on another kind of CPU its training is not the same to the bit): the runs kept before keep
+their entries, which name the classifier each was measured against, and a new run must have read the new one. Then,
+for each new run, whether it equals its twin in the 2026-12-02/03 matrices and its row for the results README's table
+of kept runs; last, the executor's command for the runs left (the study's four seed by seed, then their twins).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import shlex
-import statistics
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from dvc.exceptions import DvcException
 from dvc.utils.serialize import dump_yaml, parse_yaml
@@ -39,16 +32,14 @@ from pipeline.lib import stats
 from pipeline.lib.config import Params, load_params, run_name
 from pipeline.provenance import lock_guard, stage_name
 from pipeline.tools import warm_stages
-from pipeline.tools.lineage_checks import RUN_NAME, params_drift
+from pipeline.tools.lineage_checks import params_drift
+from scripts.root_run_files import content_md5, read_files, recorded_files, remove_outputs, stale_inputs
+from scripts.root_run_twins import RESULTS, TWINS, published_mse, table_row, twin_report, variant_and_seed
 
-RESULTS = Path(__file__).resolve().parents[1] / "reports" / "results"
 RECORD = RESULTS / "rootrun-cpu"
-TWINS = {"": RESULTS / "standin-study4-cpu-15ep", "_linear": RESULTS / "standin-linear4-cpu-15ep"}
-REFERENCE = Path(__file__).resolve().parents[1] / "pipeline" / "reference.yaml"
 RECORDED_STAGES = ("prepare", "classifier")  # besides the runs' own stages
 REPORT_INPUTS = ("baselines", "study@")  # name prefixes: the report's inputs besides the runs'
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_objective", "val_loss", "lr"]
-WRITTEN_SINCE = {"collapsed", "output_range", "run", "data_manifest_sha256"}  # not in the twins, or not comparable
+REPORT = "report"  # drawn from the kept stages: kept when it read the checkout's files as they are now
 
 
 def read_lock(root: Path) -> dict:
@@ -64,12 +55,6 @@ def read_lock(root: Path) -> dict:
 
 def lock_stages(root: Path) -> dict:
     return read_lock(root).get("stages", {})
-
-
-def variant_and_seed(run: str) -> tuple[str, int]:
-    """model04_linear-seed2 -> ("model04_linear", 2): the run names of pipeline.lib.config.run_name."""
-    match = RUN_NAME.fullmatch(run)
-    return match["variant"], int(match["seed"])
 
 
 def run_stages(run: str) -> list[str]:
@@ -88,31 +73,28 @@ def evaluated_runs(stages: dict) -> set[str]:
     return {run for run in metrics if all(name in stages for name in run_stages(run))}
 
 
-def kept_entries(stages: dict, runs: set[str]) -> dict:
+def kept_entries(stages: dict, runs: set[str], with_report: bool) -> dict:
     """The dvc.lock entries the record keeps, in dvc.lock's order: prepare's, the classifier's, the runs', the
-    baselines' and the study stages'."""
-    keep = {*RECORDED_STAGES, *(name for run in runs for name in run_stages(run))}
+    baselines' and the study stages', and the report's if with_report."""
+    keep = {*RECORDED_STAGES, *(name for run in runs for name in run_stages(run)), *([REPORT] if with_report else [])}
     return {name: entry for name, entry in stages.items() if name in keep or name.startswith(REPORT_INPUTS)}
 
 
+def ran_again(kept: dict, now: dict) -> list[str]:
+    """The record's stages the checkout ran again to the same outputs (their code or params changed, not what they
+    wrote): the record takes their new entries."""
+    return [
+        name
+        for name, entry in kept.items()
+        if name in now and now[name] != entry and now[name].get("outs") == entry.get("outs")
+    ]
+
+
 def changed_stages(kept: dict, now: dict) -> list[str]:
-    """The record's stages whose dvc.lock entry the checkout does not have as it is."""
-    return [name for name, entry in kept.items() if now.get(name) != entry]
-
-
-def recorded_files(entries: dict) -> dict[str, str]:
-    """Path -> md5 of each file under reports/ that the entries name as an output: what the record copies."""
-    return {
-        out["path"]: out.get("md5")
-        for entry in entries.values()
-        for out in entry.get("outs", [])
-        if out["path"].startswith("reports/")
-    }
-
-
-def read_files(checkout: Path, paths: list[str]) -> dict[str, bytes | None]:
-    """Each file's bytes, read once: what is checked is what is copied (None: no such file)."""
-    return {path: (checkout / path).read_bytes() if (checkout / path).is_file() else None for path in paths}
+    """The record's stages whose dvc.lock entry the checkout does not have as it is, nor ran again to the same
+    outputs. Not the report: drawn from the others, the checkout's replaces it."""
+    again = ran_again(kept, now)
+    return [name for name, entry in kept.items() if now.get(name) != entry and name not in again and name != REPORT]
 
 
 def weights_only(entry: dict) -> dict:
@@ -140,50 +122,9 @@ def inconsistencies(contents: dict[str, bytes | None], entries: dict, kept_befor
         if not (stage in kept_before and made[dep["path"]][0] == "classifier")
     ]
     for path, md5 in recorded_files(entries).items():
-        actual = hashlib.md5(contents[path]).hexdigest() if contents[path] is not None else "no such file"
-        if actual != md5:
+        if (actual := content_md5(contents, path)) != md5:
             problems.append(f"{path} has md5 {actual}, dvc.lock records {md5}")
     return problems
-
-
-def history_matches(new: Path, twin: Path) -> bool:
-    """Epoch, losses and LR equal as written, every digit (seconds and speed differ from machine to machine)."""
-    return pd.read_csv(new, dtype=str)[HISTORY_COLUMNS].equals(pd.read_csv(twin, dtype=str)[HISTORY_COLUMNS])
-
-
-def metric_differences(new: dict, twin: dict) -> list[str]:
-    return sorted(key for key in twin.keys() - WRITTEN_SINCE if new.get(key) != twin[key])
-
-
-def twin_report(run: str, checkout: Path, twins: dict[str, Path]) -> str:
-    twin = twins["_linear" if variant_and_seed(run)[0].endswith("_linear") else ""]
-    history, metrics = (Path("reports/history") / f"{run}.csv", Path("reports/metrics") / f"{run}.json")
-    twin_history, twin_metrics = twin / "history" / f"{run}.csv", twin / "metrics" / f"{run}.json"
-    if not (twin_history.is_file() and twin_metrics.is_file()):
-        return f"{run}: no twin in {twin}"
-    same_history = history_matches(checkout / history, twin_history)
-    differ = metric_differences(*(json.loads(p.read_text()) for p in (checkout / metrics, twin_metrics)))
-    history_said = "equal to" if same_history else "DIFFERENT from"
-    metrics_said = "equal" if not differ else f"DIFFERENT in {', '.join(differ)}"
-    return f"{run}: history {history_said} its twin's ({twin.name}), test metrics {metrics_said}"
-
-
-def table_row(run: str, checkout: Path, published: dict[str, float]) -> str:
-    """The results README's row: test MSE, its ratio to the published weights', dead units, PSNR per image, and the
-    training seconds with the median epoch."""
-    metrics = json.loads((checkout / "reports" / "metrics" / f"{run}.json").read_text())
-    seconds = pd.read_csv(checkout / "reports" / "history" / f"{run}.csv")["seconds"]
-    variant, seed = variant_and_seed(run)
-    study = published.get(variant.removesuffix("_linear"))
-    cells = [
-        f"{variant} seed {seed}",
-        f"{metrics['mse']:.5f}",
-        f"{metrics['mse'] / study:.2f}" if study else "n/a",
-        str(metrics["dead_latent_units"]),
-        f"{metrics['psnr']:.2f} dB",
-        f"{seconds.sum():,.0f} ({statistics.median(seconds):.1f})",
-    ]
-    return "| " + " | ".join(cells) + " |"
 
 
 def classifier_retrained(before: dict, now: dict) -> bool:
@@ -228,24 +169,38 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classif
     retrained = check_kept_stages(checkout, record_stages, stages, retrained_classifier)
     kept, evaluated = evaluated_runs(record_stages), evaluated_runs(stages)
     check_all_recorded(checkout, stages, evaluated)
-    entries = kept_entries(stages, evaluated)
+    stale = stale_inputs(checkout, stages.get(REPORT, {}))
+    entries = kept_entries(stages, evaluated, with_report=REPORT in stages and not stale)
     contents = read_files(checkout, ["params.yaml", *recorded_files(entries)])
     if problems := inconsistencies(contents, entries, set(record_stages) - set(RECORDED_STAGES)):
         raise ValueError(f"{checkout} is not what its dvc.lock records: {'; '.join(problems)}; nothing copied")
     new = sorted(evaluated - kept)
-    published = {model: row["mse"] for model, row in yaml.safe_load(REFERENCE.read_text())["published_weights"].items()}
-    lines = [line for run in new for line in (twin_report(run, checkout, twins), table_row(run, checkout, published))]
+    lines = [
+        line for run in new for line in (twin_report(run, checkout, twins), table_row(run, checkout, published_mse()))
+    ]
     if added := [name for name in entries if name.startswith(REPORT_INPUTS) and name not in record_stages]:
         lines.append(f"kept {', '.join(added)}: the report's inputs besides the runs")
+    if again := ran_again(record_stages, stages):
+        lines.append(
+            f"{', '.join(again)} ran again to the same outputs: kept with the entries that name their code now"
+        )
     if retrained:
         lines.append(
             f"the classifier trained again; {len(kept)} runs kept before name the one they were measured against"
         )
+    lines += report_said(record_stages, entries, stale)
+    remove_outputs(record, {name: entry for name, entry in record_stages.items() if entries.get(name) != entry})
     for path, data in contents.items():
         (record / path).parent.mkdir(parents=True, exist_ok=True)
         (record / path).write_bytes(data)
     dump_yaml(record / "dvc.lock", {**lock, "stages": entries})  # last: it names the runs
     return [*lines, f"kept {len(evaluated)} runs in {record} ({len(new)} new)"]
+
+
+def report_said(before: dict, entries: dict, stale: list[str]) -> list[str]:
+    if stale:
+        return [f"the report is not kept: it read {', '.join(stale)} other than the checkout's now; run it again"]
+    return ["kept the report on these runs"] if REPORT in entries and before.get(REPORT) != entries[REPORT] else []
 
 
 def runs_left(params: Params, kept: set[str]) -> list[str]:
@@ -267,6 +222,8 @@ def continue_line(checkout: Path, record: Path) -> str:
     forked; niced, so that the machine stays usable beside it."""
     left = runs_left(load_params(checkout / "params.yaml"), evaluated_runs(lock_stages(record)))
     where = f"cd {shlex.quote(str(checkout))}"
+    if not left and REPORT in lock_stages(record):
+        return "every run of the matrix is kept, and the report on them"
     if not left:  # not the target report: the record keeps no model, so its runs would train again
         return f"every run of the matrix is kept; the report: {where} && dvc repro --single-item report"
     command = f"{warm_stages.FRESH_ENV}=1 nice -n 10 python -m pipeline.tools.parallel --jobs 1 {' '.join(left)}"
