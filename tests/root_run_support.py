@@ -1,5 +1,5 @@
 """The tests of scripts.keep_root_run: checkouts and records laid out as the root run's, with dvc.lock entries that
-name their files' md5."""
+name their files' md5; a pytest plugin (tests/conftest.py), for its fixtures twins and record."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from scripts import keep_root_run
@@ -80,3 +81,15 @@ def twin_snapshots(root: Path) -> dict[str, Path]:
     write_run(twins[""], "model04-seed0", 0.0038, reports="")
     write_run(twins["_linear"], "model04_linear-seed0", 0.0031, train_loss="0.4", reports="")
     return twins
+
+
+@pytest.fixture
+def twins(tmp_path: Path) -> dict[str, Path]:
+    """The twin snapshots a kept run is compared with."""
+    return twin_snapshots(tmp_path)
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> Path:
+    """A record that keeps model01 seed 0."""
+    return write_checkout(tmp_path / "record", {"model01-seed0": 0.00446})

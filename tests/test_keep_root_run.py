@@ -11,17 +11,7 @@ import yaml
 from pipeline.lib.config import parse_params
 from scripts import keep_root_run
 from tests import params_support
-from tests.root_run_support import CLASSIFIER, PARAMS, twin_snapshots, write_checkout, write_run
-
-
-@pytest.fixture
-def twins(tmp_path: Path) -> dict[str, Path]:
-    return twin_snapshots(tmp_path)
-
-
-@pytest.fixture
-def record(tmp_path: Path) -> Path:
-    return write_checkout(tmp_path / "record", {"model01-seed0": 0.00446})
+from tests.root_run_support import CLASSIFIER, PARAMS, write_checkout, write_run
 
 
 def test_a_new_run_is_copied_in_checked_against_its_twin_and_given_its_table_row(tmp_path, twins, record):

@@ -12,17 +12,7 @@ from dvc_data.hashfile.db import HashFileDB
 from dvc_objects.fs.local import LocalFileSystem
 
 from scripts import keep_root_run
-from tests.root_run_support import CLASSIFIER, PREPARED, entries, outs, twin_snapshots, write_checkout, write_run
-
-
-@pytest.fixture
-def twins(tmp_path: Path) -> dict[str, Path]:
-    return twin_snapshots(tmp_path)
-
-
-@pytest.fixture
-def record(tmp_path: Path) -> Path:
-    return write_checkout(tmp_path / "record", {"model01-seed0": 0.00446})
+from tests.root_run_support import CLASSIFIER, PREPARED, entries, outs, write_checkout, write_run
 
 
 def report_inputs(root: Path) -> dict:
