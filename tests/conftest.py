@@ -82,10 +82,18 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 600) -> str:
     return result.stdout
 
 
+def committed_results(repo: Path) -> set[str]:
+    """dvc.lock and the outputs it names: the root run's results, committed at the repo root."""
+    lock = repo / "dvc.lock"
+    stages = yaml.safe_load(lock.read_text())["stages"] if lock.is_file() else {}
+    return {"dvc.lock", *(out["path"] for entry in stages.values() for out in entry.get("outs", []))}
+
+
 def make_project(
     root: Path, variants: dict, epochs: int = 2, data_source: str | None = None, seeds: tuple[int, ...] = (0,)
 ) -> tuple[Path, dict]:
-    """Copy the repo's tracked (and new, unignored) files into a fresh git repo with these variants.
+    """Copy the repo's tracked (and new, unignored) files into a fresh git repo with these variants, without the root
+    run's results (a project that has run nothing yet).
 
     Returns the root and an environment whose PATH starts with this venv, with no MLFLOW_TRACKING_URI,
     so stages use the copy's own sqlite store, as a user's checkout would.
@@ -93,8 +101,9 @@ def make_project(
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
+    results = committed_results(REPO)
     for name in files:
-        if (REPO / name).is_file():
+        if (REPO / name).is_file() and not any(name == out or name.startswith(f"{out}/") for out in results):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
