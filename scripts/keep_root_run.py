@@ -73,11 +73,23 @@ def evaluated_runs(stages: dict) -> set[str]:
     return {run for run in metrics if all(name in stages for name in run_stages(run))}
 
 
-def kept_entries(stages: dict, runs: set[str], with_report: bool) -> dict:
-    """The dvc.lock entries the record keeps, in dvc.lock's order: prepare's, the classifier's, the runs', the
-    baselines' and the study stages', and the report's if with_report."""
-    keep = {*RECORDED_STAGES, *(name for run in runs for name in run_stages(run)), *([REPORT] if with_report else [])}
+def kept_entries(stages: dict, runs: set[str]) -> dict:
+    """The dvc.lock entries the record keeps besides the report's, in dvc.lock's order: prepare's, the classifier's,
+    the runs', the baselines' and the study stages'."""
+    keep = {*RECORDED_STAGES, *(name for run in runs for name in run_stages(run))}
     return {name: entry for name, entry in stages.items() if name in keep or name.startswith(REPORT_INPUTS)}
+
+
+def with_report(checkout: Path, stages: dict, entries: dict) -> tuple[dict, list[str]]:
+    """The entries with the report's, in dvc.lock's order, where the record can hold what the report read; else the
+    entries alone and the report's inputs it cannot hold (changed since, or holding outputs of stages not kept: the
+    history of a run trained but not evaluated)."""
+    if REPORT not in stages:
+        return entries, []
+    left_out = set(recorded_files({name: entry for name, entry in stages.items() if name not in {*entries, REPORT}}))
+    if stale := stale_inputs(checkout, stages[REPORT], left_out):
+        return entries, stale
+    return {name: entry for name, entry in stages.items() if name in entries or name == REPORT}, []
 
 
 def ran_again(kept: dict, now: dict) -> list[str]:
@@ -86,7 +98,7 @@ def ran_again(kept: dict, now: dict) -> list[str]:
     return [
         name
         for name, entry in kept.items()
-        if name in now and now[name] != entry and now[name].get("outs") == entry.get("outs")
+        if name != REPORT and name in now and now[name] != entry and now[name].get("outs") == entry.get("outs")
     ]
 
 
@@ -121,6 +133,7 @@ def inconsistencies(contents: dict[str, bytes | None], entries: dict, kept_befor
         if dep["path"] in made and dep.get("md5") != made[dep["path"]][1]
         if not (stage in kept_before and made[dep["path"]][0] == "classifier")
     ]
+    problems += [f"{path} is outside reports/" for path in recorded_files(entries) if ".." in Path(path).parts]
     for path, md5 in recorded_files(entries).items():
         if (actual := content_md5(contents, path)) != md5:
             problems.append(f"{path} has md5 {actual}, dvc.lock records {md5}")
@@ -169,8 +182,7 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classif
     retrained = check_kept_stages(checkout, record_stages, stages, retrained_classifier)
     kept, evaluated = evaluated_runs(record_stages), evaluated_runs(stages)
     check_all_recorded(checkout, stages, evaluated)
-    stale = stale_inputs(checkout, stages.get(REPORT, {}))
-    entries = kept_entries(stages, evaluated, with_report=REPORT in stages and not stale)
+    entries, stale = with_report(checkout, stages, kept_entries(stages, evaluated))
     contents = read_files(checkout, ["params.yaml", *recorded_files(entries)])
     if problems := inconsistencies(contents, entries, set(record_stages) - set(RECORDED_STAGES)):
         raise ValueError(f"{checkout} is not what its dvc.lock records: {'; '.join(problems)}; nothing copied")
@@ -199,7 +211,9 @@ def keep(checkout: Path, record: Path, twins: dict[str, Path], retrained_classif
 
 def report_said(before: dict, entries: dict, stale: list[str]) -> list[str]:
     if stale:
-        return [f"the report is not kept: it read {', '.join(stale)} other than the checkout's now; run it again"]
+        return [f"the report is not kept: the record cannot hold {', '.join(stale)} as it read them; run it again"]
+    if REPORT in before and REPORT not in entries:
+        return ["the report is not kept: the checkout's dvc.lock has none (the record's is removed)"]
     return ["kept the report on these runs"] if REPORT in entries and before.get(REPORT) != entries[REPORT] else []
 
 

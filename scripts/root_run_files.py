@@ -46,14 +46,16 @@ def content_md5(contents: dict[str, bytes | None], path: str) -> str:
     return tree.hash_info.value
 
 
-def stale_inputs(checkout: Path, entry: dict) -> list[str]:
-    """The entry's inputs under reports/ that the checkout no longer holds as the stage read them."""
-    paths = [dep["path"] for dep in entry.get("deps", []) if dep["path"].startswith("reports/")]
-    now = read_files(checkout, paths)
+def stale_inputs(checkout: Path, entry: dict, left_out: set[str]) -> list[str]:
+    """The entry's inputs under reports/ that the checkout no longer holds as the stage read them, or that hold a file
+    of left_out (which the record's copy would lack)."""
+    deps = [dep for dep in entry.get("deps", []) if dep["path"].startswith("reports/")]
+    now = read_files(checkout, [dep["path"] for dep in deps])
     return [
         dep["path"]
-        for dep in entry.get("deps", [])
-        if dep["path"] in paths and content_md5(now, dep["path"]) != dep.get("md5")
+        for dep in deps
+        if content_md5(now, dep["path"]) != dep.get("md5")
+        or any(path == dep["path"] or path.startswith(f"{dep['path']}/") for path in left_out)
     ]
 
 

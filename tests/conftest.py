@@ -12,8 +12,8 @@ import yaml
 from tests.fakedata import make_emnist_dir
 
 # fixtures shared by test modules (training: prepared, empty_store, store, root, baseline; evaluate and report:
-# trained, workspace; lineage: isolated_store; the codec: codec_project, codec_root; keep_root_run: twins, record);
-# a module may define its own
+# trained, workspace; lineage: isolated_store; the codec: codec_project, codec_root; keep_root_run: root_twins,
+# root_record); a module may define its own
 pytest_plugins = [
     "tests.train_support",
     "tests.evaluate_support",

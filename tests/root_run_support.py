@@ -1,5 +1,5 @@
 """The tests of scripts.keep_root_run: checkouts and records laid out as the root run's, with dvc.lock entries that
-name their files' md5; a pytest plugin (tests/conftest.py), for its fixtures twins and record."""
+name their files' md5; a pytest plugin (tests/conftest.py), for its fixtures root_twins and root_record."""
 
 from __future__ import annotations
 
@@ -77,19 +77,19 @@ def write_checkout(root: Path, runs: dict[str, float], extra: dict | None = None
 
 def twin_snapshots(root: Path) -> dict[str, Path]:
     """The 2026-12-02/03 matrices' layout: model04 seed 0 in the study's, its twin (another train loss) in the other."""
-    twins = {"": root / "study4", "_linear": root / "linear4"}
-    write_run(twins[""], "model04-seed0", 0.0038, reports="")
-    write_run(twins["_linear"], "model04_linear-seed0", 0.0031, train_loss="0.4", reports="")
-    return twins
+    root_twins = {"": root / "study4", "_linear": root / "linear4"}
+    write_run(root_twins[""], "model04-seed0", 0.0038, reports="")
+    write_run(root_twins["_linear"], "model04_linear-seed0", 0.0031, train_loss="0.4", reports="")
+    return root_twins
 
 
 @pytest.fixture
-def twins(tmp_path: Path) -> dict[str, Path]:
+def root_twins(tmp_path: Path) -> dict[str, Path]:
     """The twin snapshots a kept run is compared with."""
     return twin_snapshots(tmp_path)
 
 
 @pytest.fixture
-def record(tmp_path: Path) -> Path:
+def root_record(tmp_path: Path) -> Path:
     """A record that keeps model01 seed 0."""
     return write_checkout(tmp_path / "record", {"model01-seed0": 0.00446})
