@@ -103,10 +103,13 @@ def ran_again(kept: dict, now: dict) -> list[str]:
 
 
 def changed_stages(kept: dict, now: dict) -> list[str]:
-    """The record's stages whose dvc.lock entry the checkout does not have as it is, nor ran again to the same
-    outputs. Not the report: drawn from the others, the checkout's replaces it."""
-    again = ran_again(kept, now)
-    return [name for name, entry in kept.items() if now.get(name) != entry and name not in again and name != REPORT]
+    """The record's stages the checkout dropped or whose outputs it changed (one run again to the same outputs is
+    not: ran_again). Not the report: drawn from the others, the checkout's replaces it."""
+    return [
+        name
+        for name, entry in kept.items()
+        if name != REPORT and (name not in now or now[name].get("outs") != entry.get("outs"))
+    ]
 
 
 def weights_only(entry: dict) -> dict:
@@ -234,9 +237,10 @@ def continue_line(checkout: Path, record: Path) -> str:
     """The executor's command for the runs the record does not keep yet (once all are, the report's), ready to
     paste: each stage in a fresh interpreter, as the kept runs were (before the executor forked its stages), not
     forked; niced, so that the machine stays usable beside it."""
-    left = runs_left(load_params(checkout / "params.yaml"), evaluated_runs(lock_stages(record)))
+    recorded = lock_stages(record)
+    left = runs_left(load_params(checkout / "params.yaml"), evaluated_runs(recorded))
     where = f"cd {shlex.quote(str(checkout))}"
-    if not left and REPORT in lock_stages(record):
+    if not left and REPORT in recorded:
         return "every run of the matrix is kept, and the report on them"
     if not left:  # not the target report: the record keeps no model, so its runs would train again
         return f"every run of the matrix is kept; the report: {where} && dvc repro --single-item report"
