@@ -151,3 +151,15 @@ def test_a_library_that_fails_to_preload_is_named_and_the_rest_still_load(tmp_pa
     assert "preload_missing_dependency" in said[0] and "no_such_module_anywhere" in said[0]
     assert "preload_broken" in said[1] and "broken at import" in said[1]
     assert sys.modules["preload_fine"].LOADED
+
+
+def test_mlflow_s_map_of_installed_distributions_is_built_ahead_for_the_forked_stages(monkeypatch, capsys):
+    from mlflow.utils import requirements_utils
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    warm_stages.warm_mlflow_requirements()
+    assert "torch" in requirements_utils._MODULES_TO_PACKAGES["torch"]
+    assert capsys.readouterr().err == ""
+    monkeypatch.delattr(requirements_utils, "_init_modules_to_packages_map")
+    warm_stages.warm_mlflow_requirements()
+    assert "MLflow's requirements map not built ahead" in capsys.readouterr().err

@@ -3,7 +3,7 @@ other import the kernel is asked to SIGKILL it the moment the Ray worker that st
 next notices, and each of its stages with it (they ask the same of the forkserver), as a fresh stage under `setpriv
 --pdeathsig KILL` dies with its worker: a stage must never go on writing while its retry runs. Then the heavy
 libraries, each failure said on the Ray worker's output rather than skipped in silence, as multiprocessing's own
-preload does."""
+preload does, and MLflow's map of the installed distributions, which every model logged needs."""
 
 import os
 
@@ -15,3 +15,4 @@ from pipeline.tools import warm_stages  # noqa: E402 (its imports come after the
 
 warm_stages.forkserver_pid = os.getpid()  # the parent each stage checks it still has as it sets its death signal
 warm_stages.preload(warm_stages.HEAVY_LIBRARIES)
+warm_stages.warm_mlflow_requirements()

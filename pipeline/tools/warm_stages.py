@@ -39,8 +39,9 @@ from pipeline.lib.lifetime import die_with_parent
 # what the stages import (found by diffing sys.modules around each stage): torch, torch.export's compiler stack and
 # MLflow's SQL store make most of a stage's start-up. None of this project's code: a child imports its stage's afresh
 HEAVY_LIBRARIES = [
-    *("torch", "torch._dynamo", "torch.export", "networkx", "sympy"),
+    *("torch", "torch._dynamo", "torch.export", "torch.export._trace", "torch.export.pt2_archive", "networkx", "sympy"),
     *("mlflow", "mlflow.pytorch", "mlflow.pyfunc", "mlflow.store.tracking.sqlalchemy_store", "alembic.command", "git"),
+    *("opentelemetry.sdk.metrics", "sqlalchemy.dialects.sqlite"),  # what MLflow imports as a run starts
     *("pandas", "scipy.stats", "skimage.metrics", "matplotlib.pyplot", "PIL.Image", "filelock"),
 ]
 PRELOAD = ["pipeline.tools.forkserver_setup"]  # which imports HEAVY_LIBRARIES (through preload, below)
@@ -193,3 +194,18 @@ def preload(names: list[str]) -> None:
             importlib.import_module(name)
         except Exception as error:  # whatever the failure, the forkserver starts and its stages run
             print(f"warm stages: preloading {name} failed ({error!r}); each stage imports it itself", file=sys.stderr)
+
+
+def warm_mlflow_requirements() -> None:
+    """MLflow checks a logged model's pip requirements against the installed distributions, and maps every installed
+    distribution to its modules to do it (about a second, on the first model a process logs), then keeps the map in
+    the process. Built here once, every train stage forked from here inherits it. MLflow offers no public call for
+    it: if its internals move, this says so and the stages build the map themselves, as fresh ones do."""
+    try:
+        from mlflow.utils import requirements_utils
+
+        requirements_utils._init_modules_to_packages_map()
+    except Exception as error:  # the stages run regardless, a second slower
+        print(
+            f"warm stages: MLflow's requirements map not built ahead ({error!r}); each stage builds it", file=sys.stderr
+        )
