@@ -18,9 +18,10 @@ from dvc.lock import LockError
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from pipeline import paths
+from pipeline.lib import download
 from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.keras_weights import study_files
-from pipeline.tools import plan, plan_probe
+from pipeline.tools import plan, plan_downloads, plan_probe
 from pipeline.tools.child_path import path_with_this_python
 from tests.conftest import REPO, TINY_SPEC, make_project, run
 from tests.fakedata import make_emnist_dir
@@ -148,20 +149,37 @@ def test_the_study_recipe_profile_trains_the_studys_models_with_another_recipe_a
 def test_the_plan_says_when_the_study_stages_will_download_and_how_to_do_without(project_root):
     """Offline, the download would fail only when the study stages run: said before the hours of training."""
     params = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "models": ["model01"]}})
-    [line] = plan.download_lines(params, ["prepare", "study@model01"])
+    [line] = plan_downloads.download_lines(params, ["prepare", "study@model01"])
     assert "model01" in line and params.study.url in line and "add STUDY=" in line
     paths.study_raw_dir().mkdir(parents=True)
     for name in study_files("model01"):
         (paths.study_raw_dir() / name).write_bytes(b"downloaded before")
-    assert plan.download_lines(params, ["prepare", "study@model01"]) == [line], "not the pinned files: fetched again"
+    assert plan_downloads.download_lines(params, ["prepare", "study@model01"]) == [line], (
+        "not the pinned files: fetched again"
+    )
     pinned = project_root / "pinned.sha256"
     pinned.write_text(
         "".join(f"{hashlib.sha256(b'downloaded before').hexdigest()}  {n}\n" for n in study_files("model01"))
     )
     verified = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "checksums": str(pinned)}})
-    assert plan.download_lines(verified, ["prepare", "study@model01"]) == []
+    assert plan_downloads.download_lines(verified, ["prepare", "study@model01"]) == []
     local = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "source": str(project_root)}})
-    assert plan.download_lines(local, ["study@model02"]) == []
+    assert plan_downloads.download_lines(local, ["study@model02"]) == []
+
+
+def test_the_plan_says_when_prepare_will_download_emnist_and_how_to_do_without(project_root):
+    listing = project_root / "official.sha256"
+    listing.write_text(f"{hashlib.sha256(b'kept before').hexdigest()}  emnist-balanced-test-labels-idx1-ubyte.gz\n")
+    params = parse_params({**REPO_PARAMS, "data": {**REPO_PARAMS["data"], "source": str(listing)}})
+    [line] = plan_downloads.download_lines(params, ["prepare", "train@model01-0"])
+    assert params.data.url in line and "560 MB" in line and "add DATA=" in line
+    assert plan_downloads.download_lines(params, ["train@model01-0"]) == [], "prepared already: nothing to download"
+    kept = paths.raw_dir() / download.OFFICIAL_DIR
+    kept.mkdir(parents=True)
+    (kept / "emnist-balanced-test-labels-idx1-ubyte.gz").write_bytes(b"kept before")
+    assert plan_downloads.download_lines(params, ["prepare"]) == [], "its verified files are kept: no download"
+    local = parse_params({**REPO_PARAMS, "data": {**REPO_PARAMS["data"], "source": str(project_root)}})
+    assert plan_downloads.download_lines(local, ["prepare"]) == []
 
 
 def tiny_params(**train) -> Params:

@@ -35,13 +35,13 @@ from pipeline.lib import prepared
 from pipeline.lib.config import ConfigError, Params, parse_params
 from pipeline.lib.config_sections import STUDY_SOURCE
 from pipeline.lib.device import pick_device, release_freed_memory
-from pipeline.lib.idx import find_split_files, parse_sha256sums, read_idx
-from pipeline.lib.io import DataError, sha256_file
-from pipeline.lib.keras_weights import study_files
+from pipeline.lib.idx import find_split_files, read_idx
+from pipeline.lib.io import DataError
 from pipeline.lib.report_findings import counted
 from pipeline.provenance import stage_name
 from pipeline.tools import plan_probe
 from pipeline.tools.child_path import path_with_this_python
+from pipeline.tools.plan_downloads import download_lines
 from pipeline.tools.stage_clock import duration
 
 BALANCED = {"train": 112_800, "test": 18_800}  # EMNIST-Balanced's split sizes, before prepare carves val from train
@@ -169,30 +169,6 @@ def parallel_line(device: str, cores: int, threads: int) -> str:
         f"{start}, but each already takes the {counted(cores, 'CPU core')} here (train.threads), so they would "
         "split them: it pays where one stage leaves cores or a GPU idle (docs/scale-out.md)"
     )
-
-
-def download_lines(params: Params, stages: list[str]) -> list[str]:
-    """The study's weights still to download, said before the hours of training that come after the study stages:
-    offline, that is where the run would stop."""
-    if params.study.source != STUDY_SOURCE:
-        return []
-    models = [name.removeprefix("study@") for name in stages if name.startswith("study@")]
-    checksums = paths.project_path(params.study.checksums)
-    pinned = parse_sha256sums(checksums) if checksums.is_file() else {}
-    missing = [model for model in models if not all(downloaded(name, pinned) for name in study_files(model))]
-    if not missing:
-        return []
-    return [
-        f"plan: the study stages download the study's weights for {', '.join(missing)} from {params.study.url}; "
-        "offline, add STUDY=<a directory holding the .keras files> to the make command (or set study.source; "
-        "study.models: [] leaves them out)"
-    ]
-
-
-def downloaded(name: str, pinned: dict[str, str]) -> bool:
-    """Whether the study stage would use the file already there: it downloads again one that is not the pinned one."""
-    path = paths.study_raw_dir() / name
-    return name in pinned and path.is_file() and sha256_file(path) == pinned[name]
 
 
 def hydra_value(value) -> str:
