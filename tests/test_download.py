@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import socket
 import threading
 import zipfile
@@ -12,12 +13,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from pipeline import paths
 from pipeline.lib import download
 from pipeline.lib.config import parse_params
 from pipeline.lib.idx import read_idx, verify_checksums
 from pipeline.lib.io import DataError, sha256_file
 from pipeline.lib.prepared import load_manifest, load_split
 from pipeline.stages import prepare as stage
+from pipeline.tools import plan_downloads
 from tests.conftest import TINY_SPEC
 from tests.fakedata import make_emnist_dir
 
@@ -171,6 +174,23 @@ def test_corrupt_zip_is_deleted(server, sums, tmp_path, corrupt):
         download.fetch_official(server.url, tmp_path, checksums=sums)
     assert str(tmp_path / "gzip.zip") in str(err.value)
     assert list(tmp_path.iterdir()) == []  # archive deleted, no half-extracted files
+
+
+def test_the_plan_says_prepare_downloads_exactly_when_it_does(server, sums, fake_zip, project_root):
+    """The plan's line (pipeline.tools.plan_downloads) against fetch_official: with nothing here it downloads; with
+    its verified files kept, or the whole archive downloaded before, it does not."""
+    (project_root / "official.sha256").write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+    params = parse_params({"variants": {"m": TINY_SPEC}, "data": {"source": "official.sha256", "url": server.url}})
+    said, downloaded = [], []
+    for state in ("nothing", "its verified files", "the archive"):
+        if state == "the archive":
+            shutil.rmtree(paths.raw_dir() / plan_downloads.KEPT_DIR)
+            (paths.raw_dir() / plan_downloads.ARCHIVE).write_bytes(fake_zip[0])
+        said.append(bool(plan_downloads.download_lines(params, ["prepare"])))
+        requests = len(server.requests)
+        assert download.fetch_official(server.url, paths.raw_dir(), sums) == paths.raw_dir() / plan_downloads.KEPT_DIR
+        downloaded.append(len(server.requests) > requests)
+    assert said == downloaded == [True, False, False]
 
 
 def test_prepare_stage_end_to_end_from_official_url(server, sums, project_root):

@@ -18,8 +18,8 @@ from dvc.lock import LockError
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from pipeline import paths
-from pipeline.lib import download
 from pipeline.lib.config import ConfigError, Params, parse_params
+from pipeline.lib.io import DataError
 from pipeline.lib.keras_weights import study_files
 from pipeline.tools import plan, plan_downloads, plan_probe
 from pipeline.tools.child_path import path_with_this_python
@@ -149,37 +149,51 @@ def test_the_study_recipe_profile_trains_the_studys_models_with_another_recipe_a
 def test_the_plan_says_when_the_study_stages_will_download_and_how_to_do_without(project_root):
     """Offline, the download would fail only when the study stages run: said before the hours of training."""
     params = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "models": ["model01"]}})
-    [line] = plan_downloads.download_lines(params, ["prepare", "study@model01"])
+    [line] = plan_downloads.download_lines(params, ["study@model01"])
     assert "model01" in line and params.study.url in line and "add STUDY=" in line
     paths.study_raw_dir().mkdir(parents=True)
     for name in study_files("model01"):
         (paths.study_raw_dir() / name).write_bytes(b"downloaded before")
-    assert plan_downloads.download_lines(params, ["prepare", "study@model01"]) == [line], (
-        "not the pinned files: fetched again"
-    )
+    assert plan_downloads.download_lines(params, ["study@model01"]) == [line], "not the pinned files: fetched again"
     pinned = project_root / "pinned.sha256"
     pinned.write_text(
         "".join(f"{hashlib.sha256(b'downloaded before').hexdigest()}  {n}\n" for n in study_files("model01"))
     )
     verified = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "checksums": str(pinned)}})
-    assert plan_downloads.download_lines(verified, ["prepare", "study@model01"]) == []
+    assert plan_downloads.download_lines(verified, ["study@model01"]) == []
     local = parse_params({**REPO_PARAMS, "study": {**REPO_PARAMS["study"], "source": str(project_root)}})
     assert plan_downloads.download_lines(local, ["study@model02"]) == []
 
 
-def test_the_plan_says_when_prepare_will_download_emnist_and_how_to_do_without(project_root):
+def emnist_listing(project_root: Path, text: str) -> Params:
     listing = project_root / "official.sha256"
-    listing.write_text(f"{hashlib.sha256(b'kept before').hexdigest()}  emnist-balanced-test-labels-idx1-ubyte.gz\n")
-    params = parse_params({**REPO_PARAMS, "data": {**REPO_PARAMS["data"], "source": str(listing)}})
+    listing.write_text(text)
+    return parse_params({**REPO_PARAMS, "data": {**REPO_PARAMS["data"], "source": str(listing)}})
+
+
+def test_the_plan_says_when_prepare_will_download_emnist_and_how_to_do_without(project_root):
+    params = emnist_listing(project_root, f"{hashlib.sha256(b'kept').hexdigest()}  emnist-balanced-test-labels.gz\n")
     [line] = plan_downloads.download_lines(params, ["prepare", "train@model01-0"])
     assert params.data.url in line and "560 MB" in line and "add DATA=" in line
     assert plan_downloads.download_lines(params, ["train@model01-0"]) == [], "prepared already: nothing to download"
-    kept = paths.raw_dir() / download.OFFICIAL_DIR
+    kept = paths.raw_dir() / plan_downloads.KEPT_DIR
     kept.mkdir(parents=True)
-    (kept / "emnist-balanced-test-labels-idx1-ubyte.gz").write_bytes(b"kept before")
+    (kept / "emnist-balanced-test-labels.gz").write_bytes(b"not the pinned file")
+    assert plan_downloads.download_lines(params, ["prepare"]) == [line], "not the pinned file: downloaded again"
+    (kept / "emnist-balanced-test-labels.gz").write_bytes(b"kept")
     assert plan_downloads.download_lines(params, ["prepare"]) == [], "its verified files are kept: no download"
     local = parse_params({**REPO_PARAMS, "data": {**REPO_PARAMS["data"], "source": str(project_root)}})
     assert plan_downloads.download_lines(local, ["prepare"]) == []
+
+
+def test_an_archive_downloaded_before_is_only_extracted_and_a_bad_listing_is_said_before_any_stage(project_root):
+    params = emnist_listing(project_root, f"{hashlib.sha256(b'kept').hexdigest()}  emnist-balanced-test-labels.gz\n")
+    paths.raw_dir().mkdir(parents=True)
+    (paths.raw_dir() / plan_downloads.ARCHIVE).write_bytes(b"a whole archive")
+    assert plan_downloads.download_lines(params, ["prepare"]) == []
+    not_a_listing = emnist_listing(project_root, "EMNIST, balanced\n")
+    with pytest.raises(DataError, match=r"^data.source .*official.sha256: not a listing of the official files"):
+        plan_downloads.download_lines(not_a_listing, ["prepare"])
 
 
 def tiny_params(**train) -> Params:

@@ -19,7 +19,6 @@ from pipeline.lib.io import CHUNK, DataError, atomic_write, sha256_file
 
 OFFICIAL_MAPPING = "emnist-balanced-mapping.txt"
 MAX_MEMBER_BYTES = 2**30  # no official member comes near 1 GiB (the Balanced train images: 28 MB)
-OFFICIAL_DIR = "emnist-balanced"  # in the raw directory: the verified files, the download's cache
 
 
 def fetch_official(url: str, raw_dir: Path, checksums: dict[str, str]) -> Path:
@@ -27,8 +26,8 @@ def fetch_official(url: str, raw_dir: Path, checksums: dict[str, str]) -> Path:
 
     Returns the directory with the verified files. Nothing that is incomplete ever carries a final name.
     """
-    target = raw_dir / OFFICIAL_DIR
-    if official_files_kept(raw_dir, checksums):
+    target = raw_dir / "emnist-balanced"
+    if _verified(target, checksums):
         return target
     archive = raw_dir / "gzip.zip"
     if not archive.exists():
@@ -44,10 +43,9 @@ def fetch_official(url: str, raw_dir: Path, checksums: dict[str, str]) -> Path:
     return target
 
 
-def official_files_kept(raw_dir: Path, checksums: dict[str, str]) -> bool:
-    """Whether fetch_official has the verified files already, and so downloads nothing."""
+def _verified(directory: Path, checksums: dict[str, str]) -> bool:
     try:
-        verify_checksums(raw_dir / OFFICIAL_DIR, checksums)
+        verify_checksums(directory, checksums)
         return True
     except DataError:
         return False
