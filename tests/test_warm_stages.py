@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.tools import ray_tasks, warm_stages
+from tests.conftest import REPO
 
 # a stand-in checkout: its own `pipeline` package, whose probe says where it runs and what it was given
 PROBE = """import atexit, ctypes, multiprocessing, os, sys
@@ -153,13 +154,17 @@ def test_a_library_that_fails_to_preload_is_named_and_the_rest_still_load(tmp_pa
     assert sys.modules["preload_fine"].LOADED
 
 
-def test_mlflow_s_map_of_installed_distributions_is_built_ahead_for_the_forked_stages(monkeypatch, capsys):
+def test_the_forkserver_builds_mlflow_s_map_of_installed_distributions_for_its_stages_to_inherit(monkeypatch, capsys):
+    # the forkserver's set-up, its heavy libraries left out (seconds of imports this test does not need)
+    script = (
+        "from pipeline.tools import warm_stages; warm_stages.HEAVY_LIBRARIES.clear(); "
+        "import pipeline.tools.forkserver_setup; from mlflow.utils import requirements_utils as r; "
+        "print(r._MODULES_TO_PACKAGES['torch'])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "['torch']\n", "")
     from mlflow.utils import requirements_utils
 
-    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
-    warm_stages.warm_mlflow_requirements()
-    assert "torch" in requirements_utils._MODULES_TO_PACKAGES["torch"]
-    assert capsys.readouterr().err == ""
     monkeypatch.delattr(requirements_utils, "_init_modules_to_packages_map")
     warm_stages.warm_mlflow_requirements()
     assert "MLflow's requirements map not built ahead" in capsys.readouterr().err

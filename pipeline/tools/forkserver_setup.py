@@ -3,7 +3,7 @@ other import the kernel is asked to SIGKILL it the moment the Ray worker that st
 next notices, and each of its stages with it (they ask the same of the forkserver), as a fresh stage under `setpriv
 --pdeathsig KILL` dies with its worker: a stage must never go on writing while its retry runs. Then the heavy
 libraries, each failure said on the Ray worker's output rather than skipped in silence, as multiprocessing's own
-preload does, and MLflow's map of the installed distributions, which every model logged needs."""
+preload does. Then MLflow's map of the installed distributions, which MLflow needs for every model it logs."""
 
 import os
 
